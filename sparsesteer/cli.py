@@ -1,0 +1,78 @@
+"""The `sparsesteer` command line: one entry point, one subcommand per pipeline stage.
+
+Each stage owns its subcommands in a `commands.py` next to its code; this file only lists them.
+A command module exposes `register(subparsers)`, which adds its parsers and sets `func` to the
+function that runs them. Heavy imports (torch, transformers) happen inside those functions so that
+`--help` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import os
+import sys
+
+from .utils.errors import SparsesteerError
+
+# Order = order in `sparsesteer --help`, which follows the pipeline.
+COMMAND_MODULES = [
+    "sparsesteer.data.commands",  # download
+    "sparsesteer.models.commands",  # zeroshot
+    "sparsesteer.activations.commands",  # cache, verify
+    "sparsesteer.sae.commands",  # train, evaluate
+    "sparsesteer.steering.commands",  # steer
+    "sparsesteer.experiments.commands",  # reproduce
+]
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Show defaults and keep descriptions' line breaks."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog="sparsesteer",
+        description="Sparse autoencoders for vision transformers: cache activations, train SAEs, "
+        "measure them, and steer models with their features.",
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"sparsesteer {__version__}")
+    parser.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name == name:  # stage not built yet
+                continue
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    if args.quiet:
+        os.environ["SPARSESTEER_QUIET"] = "1"
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    try:
+        result = args.func(args)
+    except SparsesteerError as e:
+        print(f"sparsesteer {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
+    return int(result or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

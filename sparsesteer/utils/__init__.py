@@ -1,0 +1,1 @@
+"""Small shared helpers: atomic IO, user-facing errors, config dataclasses, progress bars."""

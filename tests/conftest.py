@@ -1,0 +1,19 @@
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("SPARSESTEER_QUIET", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR10_JPEG = ROOT.parent / "shared" / "data" / "cifar10-jpeg"
+
+
+@pytest.fixture
+def cifar10_jpeg() -> Path:
+    """The real CIFAR-10 JPEGs beside the project; tests using it skip cleanly without them."""
+    if not (CIFAR10_JPEG / "test").is_dir():
+        pytest.skip(f"real CIFAR-10 JPEGs not found at {CIFAR10_JPEG}")
+    return CIFAR10_JPEG
