@@ -1,0 +1,203 @@
+"""The shared SAE base: parameters, decoding, the unit-norm decoder constraint, saving and loading.
+
+Every variant stores W_enc [n_latents, d_in], b_enc [n_latents], W_dec [n_latents, d_in] and
+b_dec [d_in] (the checkpoint format's names and shapes). A variant only decides how codes are
+chosen (`_encode`) and which loss terms it adds (`forward`).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+from torch import Tensor, nn
+
+from ..utils.errors import SparsesteerError
+from . import kernels
+from .config import SAEConfig
+
+
+class SparseCodes(NamedTuple):
+    """Padded sparse codes: slot j of row b holds latent `indices[b, j]` with `values[b, j]`;
+    slots with value 0 are padding (rows may have fewer than K active latents)."""
+
+    values: Tensor
+    """[..., K] activations of the selected latents."""
+    indices: Tensor
+    """[..., K] int64 latent indices."""
+
+    def to_dense(self, n_latents: int) -> Tensor:
+        """[..., n_latents] dense codes."""
+        lead = self.values.shape[:-1]
+        K = self.values.shape[-1]
+        dense = kernels.to_dense(self.values.reshape(-1, K), self.indices.reshape(-1, K), n_latents)
+        return dense.reshape(*lead, n_latents)
+
+    def l0(self) -> Tensor:
+        """[...] number of active (non-zero) latents per sample."""
+        return (self.values != 0).sum(-1)
+
+
+class ForwardOutput(NamedTuple):
+    """What one training forward pass gives the trainer."""
+
+    recon: Tensor
+    """[B, d] reconstruction of the input."""
+    codes: SparseCodes | None
+    """The codes used for the reconstruction ([B, K]); None for relu, whose codes are dense."""
+    fire_counts: Tensor
+    """[n_latents] int64: on how many samples of the batch each latent was active."""
+    l0: Tensor
+    """Mean number of active latents per sample."""
+    fvu: Tensor
+    """Fraction of variance unexplained of the batch."""
+    aux_loss: Tensor
+    """AuxK loss (0 when no latent is dead or AuxK is off)."""
+    sparsity_loss: Tensor
+    """L1 penalty (relu) or 0."""
+    matryoshka_fvu: Tensor
+    """Mean FVU over the Matryoshka prefixes (0 when none)."""
+    loss: Tensor
+    """The total objective: fvu (or the Matryoshka mean) + aux_coeff * aux_loss + sparsity_loss."""
+
+
+class SparseAutoencoder(nn.Module):
+    """Base class of every SAE variant. Build one with `build(cfg)` or `SparseAutoencoder.load(dir)`.
+
+    Inputs may have leading dimensions ([..., d_in]); they are kept in the outputs.
+    """
+
+    metadata: dict[str, Any]
+    """Free-form provenance saved in cfg.json: hook point, model, token selection, input
+    normalisation, training summary."""
+
+    def __init__(self, cfg: SAEConfig, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
+        super().__init__()
+        if not cfg.d_in or not cfg.n_latents:
+            raise SparsesteerError("SAEConfig must be resolved (d_in and n_latents set); use cfg.resolved(d_in)")
+        self.cfg = cfg
+        n, d = cfg.n_latents, cfg.d_in
+        W_dec = torch.empty(n, d, device=device, dtype=dtype)
+        nn.init.kaiming_uniform_(W_dec, a=math.sqrt(5))
+        W_dec /= W_dec.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        self.W_dec = nn.Parameter(W_dec)
+        self.W_enc = nn.Parameter(W_dec.clone())  # encoder starts as the decoder's transpose
+        self.b_enc = nn.Parameter(torch.zeros(n, device=device, dtype=dtype))
+        self.b_dec = nn.Parameter(torch.zeros(d, device=device, dtype=dtype))
+        self.metadata = {}
+
+    # ---------------------------------------------------------------- properties
+    @property
+    def d_in(self) -> int:
+        return self.cfg.d_in
+
+    @property
+    def n_latents(self) -> int:
+        return self.cfg.n_latents
+
+    @property
+    def device(self) -> torch.device:
+        return self.W_dec.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.W_dec.dtype
+
+    # ---------------------------------------------------------------- encode / decode
+    def _check_input(self, x: Tensor) -> Tensor:
+        if x.ndim < 1 or x.shape[-1] != self.d_in:
+            raise SparsesteerError(
+                f"activation width {tuple(x.shape)[-1:] or '()'} does not match the SAE's d_in={self.d_in} "
+                f"(input shape {tuple(x.shape)})"
+            )
+        return x.reshape(-1, self.d_in).to(self.dtype)
+
+    def _encode(
+        self, x_bd: Tensor, *, dead_mask: Tensor | None = None, training: bool = False
+    ) -> tuple[SparseCodes, SparseCodes | None]:
+        """Codes of a flat batch (training rule when `training`, else the inference rule), plus
+        AuxK codes over dead latents when `dead_mask` is given."""
+        raise NotImplementedError
+
+    def encode(self, x: Tensor) -> SparseCodes:
+        """Sparse codes of x ([..., d_in] -> values/indices [..., K]); inference rule."""
+        lead = x.shape[:-1]
+        codes, _ = self._encode(self._check_input(x))
+        K = codes.values.shape[-1]
+        return SparseCodes(codes.values.reshape(*lead, K), codes.indices.reshape(*lead, K))
+
+    def encode_dense(self, x: Tensor) -> Tensor:
+        """Dense codes [..., n_latents] (convenient for analysis; not the fast path)."""
+        return self.encode(x).to_dense(self.n_latents)
+
+    def decode(self, codes: SparseCodes | Tensor, *, bias: bool = True) -> Tensor:
+        """Reconstruction from sparse codes ([..., K]) or dense codes ([..., n_latents])."""
+        if isinstance(codes, SparseCodes):
+            lead = codes.values.shape[:-1]
+            K = codes.values.shape[-1]
+            out = kernels.sparse_decode(codes.values.reshape(-1, K), codes.indices.reshape(-1, K), self.W_dec)
+        else:
+            if codes.shape[-1] != self.n_latents:
+                raise SparsesteerError(f"dense codes have {codes.shape[-1]} latents, the SAE has {self.n_latents}")
+            lead = codes.shape[:-1]
+            out = codes.reshape(-1, self.n_latents).to(self.dtype) @ self.W_dec
+        if bias:
+            out = out + self.b_dec
+        return out.reshape(*lead, self.d_in)
+
+    def reconstruct(self, x: Tensor) -> Tensor:
+        """decode(encode(x))."""
+        return self.decode(self.encode(x))
+
+    def forward(self, x: Tensor, *, dead_mask: Tensor | None = None) -> ForwardOutput:  # type: ignore[override]
+        """Training objective on a flat batch [B, d_in]."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- decoder constraint
+    @torch.no_grad()
+    def set_decoder_norm_to_unit_norm(self) -> None:
+        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(torch.finfo(self.dtype).eps)
+
+    @torch.no_grad()
+    def remove_gradient_parallel_to_decoder_directions(self) -> None:
+        """Project out of each decoder row's gradient its component along the (unit) row, so that
+        a step changes the direction, not the norm, before renormalisation."""
+        g = self.W_dec.grad
+        if g is None:
+            return
+        parallel_n = (g * self.W_dec).sum(1, keepdim=True)
+        g -= parallel_n * self.W_dec
+
+    @torch.no_grad()
+    def fold_input_scale(self, scale: float) -> None:
+        """Fold a fixed input scale s (the SAE was trained on s * x) into the weights, so that the
+        SAE takes raw x: W_enc <- s W_enc, b_dec <- b_dec / s, W_dec <- W_dec / s."""
+        self.W_enc *= scale
+        self.b_dec /= scale
+        self.W_dec /= scale
+        self._fold_extra(scale)
+
+    def _fold_extra(self, scale: float) -> None:
+        """Variants with more scale-dependent state override this."""
+
+    # ---------------------------------------------------------------- persistence
+    def save(self, path: str | Path, **metadata: Any) -> Path:
+        """Write cfg.json + sae.safetensors (atomically, weights checksummed) to `path`."""
+        from .checkpoint import save_sae
+
+        self.metadata.update(metadata)
+        return save_sae(self, path)
+
+    @classmethod
+    def load(cls, path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> "SparseAutoencoder":
+        """Load a sparsesteer, sparsify or SAELens SAE directory (never unpickles)."""
+        from .checkpoint import load_sae
+
+        return load_sae(path, device=device, dtype=dtype)
+
+    def extra_repr(self) -> str:
+        return f"arch={self.cfg.arch}, d_in={self.d_in}, n_latents={self.n_latents}" + (
+            f", k={self.cfg.k}" if self.cfg.uses_k else ""
+        )

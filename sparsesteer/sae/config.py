@@ -1,0 +1,114 @@
+"""What defines one SAE and its training objective (the shared training loop is `TrainConfig`)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Literal
+
+from ..utils.errors import SparsesteerError, unknown
+
+ARCHITECTURES = ("topk", "batchtopk", "relu", "jumprelu")
+Arch = Literal["topk", "batchtopk", "relu", "jumprelu"]
+
+
+@dataclass(frozen=True)
+class SAEConfig:
+    """One sparse autoencoder: architecture, size, sparsity rule and the terms of its loss."""
+
+    arch: Arch = "topk"
+    """topk: TopK(ReLU(W_enc (x - b_dec) + b_enc)); batchtopk: top k*B over the batch in training,
+    a learned threshold at inference; relu: ReLU + L1 penalty; jumprelu: per-latent threshold
+    (inference only; for SAEs imported from SAELens)."""
+    d_in: int = 0
+    """Input width; 0 = take it from the activations."""
+    n_latents: int = 0
+    """Number of latents; 0 = expansion * d_in."""
+    expansion: int = 4
+    """Latents per input dimension, used when n_latents is 0."""
+    k: int = 32
+    """Active latents per sample (topk), or on average per sample (batchtopk)."""
+    select: Literal["relu", "abs"] = "relu"
+    """topk selection rule: 'relu' keeps the k largest pre-activations and ReLUs them (non-negative
+    codes, sparsify's rule); 'abs' keeps the k largest |pre-activations| with their sign."""
+    normalize_decoder: bool = True
+    """Keep decoder rows at unit norm (gradient component along each row removed before a step,
+    rows renormalised after)."""
+    l1_coeff: float = 1e-3
+    """relu: weight of the L1 penalty mean_b sum_j |f_bj| (times ||W_dec_j|| if weighted), added
+    to the FVU loss."""
+    l1_weight_by_decoder_norm: bool = False
+    """relu: weight each latent's L1 by its decoder row norm (use with normalize_decoder off)."""
+    aux_k: int = 0
+    """AuxK: dead latents used to model the residual per sample; 0 = d_in // 2 (Gao et al.)."""
+    aux_coeff: float = 1 / 32
+    """AuxK loss coefficient; 0 disables AuxK."""
+    dead_after: int = 10_000_000
+    """A latent counts as dead after this many training samples without firing."""
+    dense_threshold: float = 0.1
+    """A latent counts as dense when it fires on more than this fraction of samples."""
+    matryoshka: tuple[int, ...] = ()
+    """Matryoshka prefix sizes (e.g. 128,512,1024): the loss averages the FVU of each prefix of
+    latents and of all latents. topk/batchtopk only."""
+    threshold_ema: float = 0.99
+    """batchtopk: EMA decay of the inference threshold (mean of the batches' smallest selected
+    activation)."""
+    pass_weight: float = 0.0
+    """PASS prototype alignment: weight of ||z_i - zbar_class(i)||^2 (0 = off; 0.8 in the VS2
+    paper). Needs labels in the activations."""
+    pass_ema: float = 0.99
+    """PASS: EMA decay of the per-class mean codes (detached prototypes)."""
+
+    def __post_init__(self) -> None:
+        if self.arch not in ARCHITECTURES:
+            raise unknown("SAE architecture", self.arch, ARCHITECTURES)
+        if self.select not in ("relu", "abs"):
+            raise unknown("selection rule", self.select, ("relu", "abs"))
+        if self.expansion < 1 and self.n_latents == 0:
+            raise SparsesteerError(f"expansion must be >= 1, got {self.expansion}")
+        if self.n_latents < 0 or self.d_in < 0:
+            raise SparsesteerError("d_in and n_latents must be non-negative")
+        if self.uses_k and self.k < 1:
+            raise SparsesteerError(f"k must be >= 1, got {self.k}")
+        if self.n_latents and self.uses_k and self.k >= self.n_latents:
+            raise SparsesteerError(f"k must be smaller than n_latents, got k={self.k} >= n_latents={self.n_latents}")
+        if self.matryoshka:
+            if self.arch not in ("topk", "batchtopk"):
+                raise SparsesteerError("matryoshka prefixes need arch topk or batchtopk")
+            if list(self.matryoshka) != sorted(set(self.matryoshka)) or self.matryoshka[0] < 1:
+                raise SparsesteerError(f"matryoshka prefixes must be increasing positive sizes, got {self.matryoshka}")
+            if self.n_latents and self.matryoshka[-1] > self.n_latents:
+                raise SparsesteerError(
+                    f"matryoshka prefix {self.matryoshka[-1]} exceeds n_latents={self.n_latents}"
+                )
+        for name in ("threshold_ema", "pass_ema"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise SparsesteerError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if self.pass_weight < 0 or self.aux_coeff < 0 or self.l1_coeff < 0:
+            raise SparsesteerError("loss coefficients must be non-negative")
+
+    @property
+    def uses_k(self) -> bool:
+        return self.arch in ("topk", "batchtopk")
+
+    def resolved(self, d_in: int) -> "SAEConfig":
+        """This config with d_in and n_latents filled in (checked against the data width)."""
+        if self.d_in and self.d_in != d_in:
+            raise SparsesteerError(f"SAE config says d_in={self.d_in} but the activations have width {d_in}")
+        n = self.n_latents or self.expansion * d_in
+        return dataclasses.replace(self, d_in=d_in, n_latents=n)
+
+    @property
+    def name(self) -> str:
+        """Short run name for sweeps, e.g. 'topk-k64-n3072'."""
+        parts = [self.arch]
+        if self.uses_k:
+            parts.append(f"k{self.k}")
+        if self.arch == "relu":
+            parts.append(f"l1{self.l1_coeff:g}")
+        parts.append(f"n{self.n_latents or str(self.expansion) + 'x'}")
+        if self.matryoshka:
+            parts.append("mat")
+        if self.pass_weight:
+            parts.append(f"pass{self.pass_weight:g}")
+        return "-".join(parts)

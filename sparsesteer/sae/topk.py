@@ -1,0 +1,78 @@
+"""TopK SAE (Gao et al. 2024; sparsify's rule): codes = TopK_k(ReLU(W_enc (x - b_dec) + b_enc)).
+
+Training uses the sparse kernels (one dense encoder matmul, everything else O(B * k * d)), the
+AuxK loss against dead latents and optional Matryoshka prefix losses.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import kernels, losses
+from .base import ForwardOutput, SparseAutoencoder, SparseCodes
+
+
+class TopKSAE(SparseAutoencoder):
+    @property
+    def k_aux(self) -> int:
+        return min(self.cfg.aux_k or self.d_in // 2, self.n_latents)
+
+    def _aux_request(self, dead_mask: Tensor | None) -> tuple[Tensor | None, int]:
+        """(dead mask, k_aux) when AuxK applies to this batch, else (None, 0)."""
+        if dead_mask is None or self.cfg.aux_coeff == 0:
+            return None, 0
+        n_dead = int(dead_mask.sum())
+        if n_dead == 0:
+            return None, 0
+        return dead_mask, min(self.k_aux, n_dead)
+
+    def _activate(self, pre: Tensor) -> Tensor:
+        return pre if self.cfg.select == "abs" else torch.relu(pre)
+
+    def _encode(self, x_bd, *, dead_mask=None, training=False):
+        x_c = x_bd - self.b_dec
+        mask, k_aux = self._aux_request(dead_mask)
+        sel = kernels.encode_select(
+            x_c.detach(), self.W_enc, self.b_enc, self.cfg.k,
+            by_abs=self.cfg.select == "abs", dead_mask_n=mask, k_aux=k_aux,
+        )
+        pre = kernels.gather_linear(sel.values, x_c, self.W_enc, self.b_enc, sel.indices)
+        codes = SparseCodes(self._activate(pre), sel.indices)
+        aux = None
+        if sel.aux_values is not None:
+            aux_pre = kernels.gather_linear(sel.aux_values, x_c, self.W_enc, self.b_enc, sel.aux_indices)
+            aux = SparseCodes(torch.relu(aux_pre), sel.aux_indices)
+        return codes, aux
+
+    def forward(self, x: Tensor, *, dead_mask: Tensor | None = None) -> ForwardOutput:  # type: ignore[override]
+        x_bd = self._check_input(x)
+        codes, aux = self._encode(x_bd, dead_mask=dead_mask, training=True)
+        return self._objective(x_bd, codes, aux, dead_mask)
+
+    def _objective(self, x_bd: Tensor, codes: SparseCodes, aux: SparseCodes | None, dead_mask: Tensor | None) -> ForwardOutput:
+        recon = kernels.sparse_decode(codes.values, codes.indices, self.W_dec) + self.b_dec
+        tv = losses.total_variance(x_bd)
+        fvu = losses.fvu(x_bd, recon, tv)
+        zero = fvu.new_zeros(())
+        aux_loss = zero
+        if aux is not None:
+            assert dead_mask is not None
+            aux_recon = kernels.sparse_decode(aux.values, aux.indices, self.W_dec)
+            aux_loss = losses.auxk(x_bd - recon, aux_recon, tv, int(dead_mask.sum()), self.k_aux)
+        main = fvu
+        mat = zero
+        if self.cfg.matryoshka:
+            prefix_fvus = [
+                losses.fvu(x_bd, kernels.sparse_decode(codes.values * (codes.indices < m), codes.indices, self.W_dec) + self.b_dec, tv)
+                for m in self.cfg.matryoshka
+                if m < self.n_latents
+            ]
+            mat = torch.stack([*prefix_fvus, fvu]).mean()
+            main = mat
+        with torch.no_grad():
+            active = codes.values != 0
+            fire_counts = torch.bincount(codes.indices[active], minlength=self.n_latents)
+            l0 = active.sum(1).float().mean()
+        loss = main + self.cfg.aux_coeff * aux_loss
+        return ForwardOutput(recon, codes, fire_counts, l0, fvu, aux_loss, zero, mat, loss)
