@@ -24,33 +24,14 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
 from torch import Tensor
 
 from ..utils.errors import SparsesteerError
-
-
-@runtime_checkable
-class RowSource(Protocol):
-    """Rows of activations, readable in contiguous ranges."""
-
-    n_rows: int
-    d: int
-
-    def read(self, start: int, stop: int) -> Tensor:
-        """Rows [start, stop) as a new tensor (stored dtype)."""
-        ...
-
-    def labels(self, start: int, stop: int) -> np.ndarray | None:
-        """int64 label of each of those rows (-1 unlabeled), or None without labels."""
-        ...
-
-    def describe(self) -> dict[str, Any]:
-        """JSON-able description for provenance."""
-        ...
+from .cache import RowSource
 
 
 class TensorSource:

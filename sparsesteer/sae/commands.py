@@ -104,22 +104,21 @@ def sweep_configs(args: argparse.Namespace, base: dict[str, Any]) -> list[Any]:
 
 
 def source_metadata(path: str | Path, hook: str | None, tokens: str | None) -> dict[str, Any]:
-    """Hook, model and token selection of a cache directory, for the SAE's cfg.json."""
-    from ..utils import io
-
+    """Hook, model, token selection and dataset of a cache directory, for the SAE's cfg.json."""
     path = Path(path)
-    manifest_path = path / "manifest.json"
-    if not manifest_path.is_file():
+    hooks = _cache_hooks(path)
+    if hooks is None:
         return {"hook": hook, "model": None, "tokens": tokens, "activations": str(path)}
-    manifest = io.read_json(manifest_path)
-    hooks = manifest.get("hooks") or []
+    from ..activations.cache import ActivationCache
+
+    settings = ActivationCache.open(path, verify="none").settings
     return {
         "hook": hook or (hooks[0] if len(hooks) == 1 else None),
-        "model": manifest.get("model"),
-        "tokens": tokens or manifest.get("tokens"),
+        "model": settings.model,
+        "tokens": tokens or settings.tokens,
         "activations": str(path.resolve()),
-        "dataset": manifest.get("dataset"),
-        "split": manifest.get("split"),
+        "dataset": settings.dataset,
+        "split": settings.split,
     }
 
 
@@ -196,7 +195,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cache_hooks(path: str | Path) -> list[str] | None:
-    from ..utils import io
+    """The hooks of a cache directory, or None when `path` is not one."""
+    if not (Path(path) / "manifest.json").is_file():
+        return None
+    from ..activations.cache import ActivationCache
 
-    manifest = Path(path) / "manifest.json"
-    return io.read_json(manifest).get("hooks") if manifest.is_file() else None
+    return list(ActivationCache.open(path, verify="none").hooks)

@@ -131,7 +131,7 @@ class TrainResult(NamedTuple):
     """Steps taken in total."""
 
 
-class _Member:
+class Member:
     """One SAE of the sweep with its optimiser and counters."""
 
     def __init__(self, cfg: SAEConfig, device: torch.device, train: TrainConfig, n_classes: int):
@@ -302,7 +302,7 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-        members = [_Member(c, self.device, cfg, max(self.n_classes, 1)) for c in self.sae_cfgs]
+        members = [Member(c, self.device, cfg, max(self.n_classes, 1)) for c in self.sae_cfgs]
         step, position = 0, 0
         if resume and latest is not None:
             step, position, scale = self._load_state(latest[1], members, settings)
@@ -332,7 +332,7 @@ class Trainer:
                 labels = batch.labels.to(self.device) if batch.labels is not None else None
                 lr = cfg.lr_at(step, self.total)
                 for m in members:
-                    self._step(m, x, labels, lr)
+                    train_step(m, x, labels, lr, cfg, self.device)
                 step += 1
                 position += cfg.batch_size
                 if step % cfg.log_every == 0 or step == self.total:
@@ -347,71 +347,8 @@ class Trainer:
                 s.close()
         return self._finish(members, last, step, time.time() - t0)
 
-    def _step(self, m: _Member, x: torch.Tensor, labels: torch.Tensor | None, lr: float) -> None:
-        sae, c = m.sae, m.cfg
-        dead = m.since_fired >= c.dead_after if c.uses_k else None
-        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16 and self.device.type == "cuda"):
-            out = sae(x, dead_mask=dead)
-        loss = out.loss
-        pass_loss = None
-        if c.pass_weight:
-            pass_loss = self._pass_loss(m, out, labels)
-            loss = loss + c.pass_weight * pass_loss
-        loss.backward()
-        if c.normalize_decoder:
-            sae.remove_gradient_parallel_to_decoder_directions()
-        if self.cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(sae.parameters(), self.cfg.grad_clip)
-        for group in m.opt.param_groups:
-            group["lr"] = lr
-        m.opt.step()
-        m.opt.zero_grad(set_to_none=True)
-        if c.normalize_decoder:
-            sae.set_decoder_norm_to_unit_norm()
-        with torch.no_grad():
-            B = x.shape[0]
-            m.since_fired += B
-            m.since_fired[out.fire_counts > 0] = 0
-            m.fire_count += out.fire_counts
-            m.window_samples += B
-            stats = {"loss": loss, "fvu": out.fvu, "l0": out.l0, "aux_loss": out.aux_loss, "sparsity_loss": out.sparsity_loss}
-            if c.matryoshka:
-                stats["matryoshka_fvu"] = out.matryoshka_fvu
-            if pass_loss is not None:
-                stats["pass_loss"] = pass_loss
-            for k, v in stats.items():
-                m.sums[k] = m.sums.get(k, 0.0) + float(v)
-            m.sum_steps += 1
-
-    def _pass_loss(self, m: _Member, out, labels: torch.Tensor | None) -> torch.Tensor:
-        """PASS prototype alignment; prototypes are a detached per-class EMA of the codes, updated
-        with this batch before the loss is taken."""
-        from .losses import prototype_alignment
-
-        if labels is None:
-            raise SparsesteerError("PASS (--pass-weight) needs labels in every batch")
-        if out.codes is None:
-            raise SparsesteerError("PASS needs a topk or batchtopk SAE")
-        known = labels >= 0
-        if not bool(known.any()):
-            return out.fvu.new_zeros(())
-        values, indices, lab = out.codes.values[known], out.codes.indices[known], labels[known]
-        with torch.no_grad():
-            C, n = m.prototypes.shape
-            sums = torch.zeros(C, n, device=values.device, dtype=values.dtype)
-            sums.index_put_((lab[:, None].expand_as(indices), indices), values.detach(), accumulate=True)
-            counts = torch.bincount(lab, minlength=C).to(values.dtype)
-            present = counts > 0
-            means = sums[present] / counts[present, None]
-            ema = m.cfg.pass_ema
-            fresh = ~m.proto_seen[present]
-            updated = torch.where(fresh[:, None], means, ema * m.prototypes[present] + (1 - ema) * means)
-            m.prototypes[present] = updated
-            m.proto_seen |= present
-        return prototype_alignment(values, indices, m.prototypes, lab)
-
     # ------------------------------------------------------------------ logging
-    def _log(self, members: list[_Member], step: int, position: int, lr: float, sinks: list, elapsed: float) -> list[dict[str, float]]:
+    def _log(self, members: list[Member], step: int, position: int, lr: float, sinks: list, elapsed: float) -> list[dict[str, float]]:
         rows = []
         record: dict[str, Any] = {"step": step, "samples": position, "lr": lr, "elapsed_s": round(elapsed, 3)}
         for name, m in zip(self.names, members):
@@ -432,7 +369,7 @@ class Trainer:
         return rows
 
     # ------------------------------------------------------------------ checkpoints
-    def _save_state(self, state_dir: Path, members: list[_Member], step: int, position: int, scale: float) -> None:
+    def _save_state(self, state_dir: Path, members: list[Member], step: int, position: int, scale: float) -> None:
         """Write state/<step>/ completely, then remove older ones: the newest complete directory
         (with its state.json written last) is always a valid checkpoint."""
         target = state_dir / f"{step:09d}"
@@ -463,7 +400,7 @@ class Trainer:
             if old != target and old.name[0].isdigit():
                 shutil.rmtree(old, ignore_errors=True)
 
-    def _load_state(self, path: Path, members: list[_Member], settings: dict[str, Any]) -> tuple[int, int, float]:
+    def _load_state(self, path: Path, members: list[Member], settings: dict[str, Any]) -> tuple[int, int, float]:
         meta = io.read_json(path / "state.json")
         saved = meta["settings"]
         for key in ("train", "saes", "source"):
@@ -486,7 +423,7 @@ class Trainer:
         return int(meta["step"]), int(meta["position"]), float(meta["scale"])
 
     # ------------------------------------------------------------------ output
-    def _finish(self, members: list[_Member], last: list[dict[str, float]], step: int, elapsed: float) -> TrainResult:
+    def _finish(self, members: list[Member], last: list[dict[str, float]], step: int, elapsed: float) -> TrainResult:
         paths, saes = [], []
         single = len(members) == 1
         for name, m, metrics in zip(self.names, members, last):
@@ -519,6 +456,78 @@ class Trainer:
             paths.append(path)
             saes.append(sae)
         return TrainResult(paths, saes, last, step)
+
+
+def train_step(m: Member, x: torch.Tensor, labels: torch.Tensor | None, lr: float, cfg: TrainConfig, device: torch.device) -> None:
+    """One optimiser step of one SAE on a batch (the inner loop of `Trainer.fit`)."""
+    sae, c = m.sae, m.cfg
+    dead = m.since_fired >= c.dead_after if c.uses_k else None
+    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
+        out = sae(x, dead_mask=dead)
+    loss = out.loss
+    pass_loss = None
+    if c.pass_weight:
+        pass_loss = _pass_loss(m, out, labels, x)
+        loss = loss + c.pass_weight * pass_loss
+    loss.backward()
+    if c.normalize_decoder:
+        sae.remove_gradient_parallel_to_decoder_directions()
+    if cfg.grad_clip:
+        torch.nn.utils.clip_grad_norm_(sae.parameters(), cfg.grad_clip)
+    for group in m.opt.param_groups:
+        group["lr"] = lr
+    m.opt.step()
+    m.opt.zero_grad(set_to_none=True)
+    if c.normalize_decoder:
+        sae.set_decoder_norm_to_unit_norm()
+    with torch.no_grad():
+        B = x.shape[0]
+        m.since_fired += B
+        m.since_fired[out.fire_counts > 0] = 0
+        m.fire_count += out.fire_counts
+        m.window_samples += B
+        stats = {"loss": loss, "fvu": out.fvu, "l0": out.l0, "aux_loss": out.aux_loss, "sparsity_loss": out.sparsity_loss}
+        if c.matryoshka:
+            stats["matryoshka_fvu"] = out.matryoshka_fvu
+        if pass_loss is not None:
+            stats["pass_loss"] = pass_loss
+        for k, v in stats.items():
+            m.sums[k] = m.sums.get(k, 0.0) + float(v)
+        m.sum_steps += 1
+
+
+def _pass_loss(m: Member, out, labels: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+    """PASS prototype alignment; prototypes are a detached per-class EMA of the codes, updated
+    with this batch before the loss is taken.
+
+    The paper's objective is ||x - x_hat||^2 + w ||z - zbar||^2; our reconstruction term is the
+    FVU, i.e. the squared error divided by the batch's per-sample variance, so the alignment term
+    is divided by the same number to keep the paper's ratio between the two.
+    """
+    from .losses import prototype_alignment, total_variance
+
+    if labels is None:
+        raise SparsesteerError("PASS (--pass-weight) needs labels in every batch")
+    if out.codes is None:
+        raise SparsesteerError("PASS needs a topk or batchtopk SAE")
+    known = labels >= 0
+    if not bool(known.any()):
+        return out.fvu.new_zeros(())
+    values, indices, lab = out.codes.values[known], out.codes.indices[known], labels[known]
+    with torch.no_grad():
+        C, n = m.prototypes.shape
+        sums = torch.zeros(C, n, device=values.device, dtype=values.dtype)
+        sums.index_put_((lab[:, None].expand_as(indices), indices), values.detach(), accumulate=True)
+        counts = torch.bincount(lab, minlength=C).to(values.dtype)
+        present = counts > 0
+        means = sums[present] / counts[present, None]
+        ema = m.cfg.pass_ema
+        fresh = ~m.proto_seen[present]
+        updated = torch.where(fresh[:, None], means, ema * m.prototypes[present] + (1 - ema) * means)
+        m.prototypes[present] = updated
+        m.proto_seen |= present
+    per_sample_var = total_variance(x) / x.shape[0]
+    return prototype_alignment(values, indices, m.prototypes, lab) / per_sample_var.clamp_min(1e-12)
 
 
 def train(
