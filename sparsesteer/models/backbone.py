@@ -1,0 +1,328 @@
+"""Load a vision transformer (CLIP, SigLIP, DINOv2) from a hub id or a `save_pretrained` directory.
+
+One code path for both: `transformers.AutoConfig/AutoModel.from_pretrained`. The returned
+`Backbone` knows the model's geometry (blocks, width, tokens), where its blocks and sub-layers
+live, and how to run it with hooks (`run`, `intervene`, `embed_images`; see `hooks.py`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..utils.errors import SparsesteerError
+from . import hooks
+from .hooks import HookPoint, Intervention, Tokens
+
+
+@dataclass(frozen=True)
+class _Arch:
+    """Where the parts of one architecture family live in its transformers classes."""
+
+    name: str
+    layers: str  # attribute path from the vision module to its ModuleList of blocks
+    attn: str  # module (in a block) whose output is the attention branch's residual contribution
+    mlp: str  # same for the MLP branch
+    head: str  # module (from the top-level model) whose output holds the `head` activation
+
+
+_CLIP = _Arch("clip", "encoder.layers", "self_attn", "mlp", "visual_projection")
+_SIGLIP = _Arch("siglip", "encoder.layers", "self_attn", "mlp", "vision_model.head")
+# DINOv2 scales each branch by a learned layer-scale before adding it (drop-path is identity in eval).
+_DINOV2 = _Arch("dinov2", "encoder.layer", "layer_scale1", "layer_scale2", "layernorm")
+
+ARCHS: dict[str, _Arch] = {
+    "clip": _CLIP,
+    "siglip": _SIGLIP,
+    "siglip_vision_model": _SIGLIP,
+    "dinov2": _DINOV2,
+    "dinov2_with_registers": _DINOV2,
+}
+"""Supported transformers `model_type`s."""
+
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
+_HASHED_FILES = ("config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
+                 "vocab.json", "merges.txt", "spiece.model")
+
+
+def _get(obj: Any, path: str) -> Any:
+    for part in path.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _supported() -> str:
+    return ("CLIP (model_type 'clip'), SigLIP ('siglip', 'siglip_vision_model'), "
+            "DINOv2 ('dinov2', 'dinov2_with_registers')")
+
+
+def _load_config(model: str, revision: str | None) -> Any:
+    from transformers import AutoConfig
+
+    is_dir = Path(model).is_dir()
+    if not is_dir and not _HUB_ID.match(model):
+        raise SparsesteerError(f"model {model!r}: no such directory, and not a Hugging Face hub id (org/name)")
+    if is_dir and not (Path(model) / "config.json").is_file():
+        raise SparsesteerError(
+            f"model directory {model!r} has no config.json; expected a directory written by save_pretrained"
+        )
+    try:
+        return AutoConfig.from_pretrained(model, revision=revision)
+    except (OSError, ValueError, KeyError) as e:
+        where = "in" if is_dir else "in the local Hugging Face cache or on the hub for"
+        raise SparsesteerError(f"cannot load a model config {where} {model!r}: {e}") from None
+
+
+def _resolve_revision(model: str, revision: str | None) -> str:
+    """Commit hash of a hub snapshot, or a content hash of a local directory."""
+    path = Path(model)
+    if path.is_dir():
+        h = hashlib.sha256()
+        files = [path / n for n in _HASHED_FILES] + sorted(path.glob("*.safetensors")) + sorted(path.glob("*.bin"))
+        for f in files:
+            if f.is_file():
+                h.update(f.name.encode() + b"\0")
+                with open(f, "rb") as fh:
+                    while chunk := fh.read(1 << 22):
+                        h.update(chunk)
+        return "sha256-" + h.hexdigest()[:16]
+    with contextlib.suppress(Exception):
+        from transformers.utils import cached_file
+
+        cfg = cached_file(model, "config.json", revision=revision)
+        parts = Path(cfg).parts
+        if cfg and "snapshots" in parts:
+            return parts[parts.index("snapshots") + 1]
+    return revision or "unknown"
+
+
+def _read_json(model: str, name: str, revision: str | None) -> dict | None:
+    """A JSON file of a local directory or hub snapshot, or None when absent."""
+    path = Path(model) / name
+    if not path.is_file():
+        try:
+            from transformers.utils import cached_file
+
+            found = cached_file(model, name, revision=revision, _raise_exceptions_for_missing_entries=False)
+        except Exception:
+            return None
+        if not found:
+            return None
+        path = Path(found)
+    return json.loads(path.read_text())
+
+
+def load_backbone(
+    model: str | os.PathLike,
+    *,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    revision: str | None = None,
+) -> Backbone:
+    """Load a CLIP / SigLIP / DINOv2 model (hub id or `save_pretrained` directory), frozen, in eval mode."""
+    from transformers import AutoModel
+
+    model = str(model)
+    config = _load_config(model, revision)
+    model_type = getattr(config, "model_type", "?")
+    if model_type not in ARCHS:
+        raise SparsesteerError(
+            f"model {model!r} is a {model_type!r} model, which has no supported vision tower; "
+            f"supported architectures: {_supported()}"
+        )
+    try:
+        net = AutoModel.from_pretrained(model, revision=revision, dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise SparsesteerError(f"cannot load the weights of {model!r}: {e}") from None
+    net = net.to(device).eval().requires_grad_(False)
+    return Backbone(net, model_id=model, requested_revision=revision, arch=ARCHS[model_type])
+
+
+class Backbone:
+    """A loaded vision transformer plus its geometry and hook points.
+
+    Attributes: `model_id`, `revision`, `arch` ('clip'|'siglip'|'dinov2'), `n_blocks`, `d_model`,
+    `has_cls`, `n_prefix` (tokens before the patches: CLS + registers), `n_tokens` (per image, at
+    `image_size`), `image_size`, `patch_size`, `d_embed` (width of `head`), `device`, `dtype`,
+    `model` (the whole transformers model), `vision` (its vision tower), `blocks`, `has_text`.
+    """
+
+    def __init__(self, model: nn.Module, *, model_id: str, requested_revision: str | None, arch: _Arch):
+        self.model = model
+        self.model_id = model_id
+        self.requested_revision = requested_revision
+        self._arch = arch
+        self.arch = arch.name
+        self.vision: nn.Module = getattr(model, "vision_model", model)
+        self.blocks: nn.ModuleList = _get(self.vision, arch.layers)
+        vcfg = self.vision.config
+        self.n_blocks = len(self.blocks)
+        self.d_model = int(vcfg.hidden_size)
+        self.patch_size = int(vcfg.patch_size)
+        self.has_cls = arch.name != "siglip"
+        self.n_registers = int(getattr(vcfg, "num_register_tokens", 0) or 0)
+        self.n_prefix = int(self.has_cls) + self.n_registers
+        self.image_size = self._input_size()
+        self.n_tokens = self.n_prefix + (self.image_size // self.patch_size) ** 2
+        self.has_text = hasattr(model, "text_model")
+        if arch.name == "clip":
+            self.d_embed = int(model.config.projection_dim)
+        else:
+            self.d_embed = self.d_model
+
+    def _input_size(self) -> int:
+        """Side of the square input the model is run at.
+
+        CLIP and SigLIP have fixed position embeddings (`config.image_size`). DINOv2 interpolates
+        them and is run at its processor's crop size (224 for facebook/dinov2-*, while its config says
+        518), so read that from preprocessor_config.json.
+        """
+        size = int(self.vision.config.image_size)
+        if self.arch == "dinov2":
+            pp = _read_json(self.model_id, "preprocessor_config.json", self.requested_revision) or {}
+            crop = pp.get("crop_size") if pp.get("do_center_crop", True) else pp.get("size")
+            if isinstance(crop, dict) and crop.get("height"):
+                size = int(crop["height"])
+            elif isinstance(crop, int):
+                size = crop
+        return size
+
+    def __repr__(self) -> str:
+        return (f"Backbone({self.model_id!r}, arch={self.arch}, n_blocks={self.n_blocks}, d_model={self.d_model}, "
+                f"n_tokens={self.n_tokens}, image_size={self.image_size}, device={self.device}, dtype={self.dtype})")
+
+    # ---- identity, preprocessing, text --------------------------------------------------------
+
+    @functools.cached_property
+    def revision(self) -> str:
+        """Resolved hub commit hash, or 'sha256-…' over a local directory's config/weights/tokenizer files."""
+        return _resolve_revision(self.model_id, self.requested_revision)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    @functools.cached_property
+    def preprocessor(self) -> Any:
+        """`sparsesteer.data.preprocess.Preprocessor` for this model (imported lazily)."""
+        from ..data.preprocess import Preprocessor
+
+        return Preprocessor.from_pretrained(self.model_id, revision=self.requested_revision)
+
+    @functools.cached_property
+    def tokenizer(self) -> Any:
+        """The model's tokenizer (`AutoTokenizer`); only for models with a text tower."""
+        if not self.has_text:
+            raise SparsesteerError(f"model {self.model_id!r} has no text tower, hence no tokenizer")
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(self.model_id, revision=self.requested_revision)
+        except (OSError, ValueError, ImportError) as e:
+            raise SparsesteerError(f"cannot load the tokenizer of {self.model_id!r}: {e}") from None
+
+    # ---- hooks --------------------------------------------------------------------------------
+
+    def hook_point(self, name: str | HookPoint) -> HookPoint:
+        """Parse and validate a hook name for this model."""
+        return HookPoint.parse(name, self.n_blocks)
+
+    def run(
+        self,
+        pixel_values: Tensor,
+        capture: Sequence[str] | str,
+        *,
+        tokens: Tokens = "all",
+        interventions: Sequence[Intervention] = (),
+        grad: bool = False,
+    ) -> dict[str, Tensor]:
+        """Run the vision tower on `pixel_values` [B, 3, H, W] and return {hook name: activation}.
+
+        Block hooks give [B, T_sel, d] ([B, d] for tokens='cls'); `head` gives [B, d_embed]. The
+        forward pass stops right after the deepest captured hook. `interventions` apply during this
+        call only, after any installed by an enclosing `intervene`. No autograd graph unless `grad`.
+        """
+        return hooks.run(self, pixel_values, capture, tokens=tokens, interventions=interventions, grad=grad)
+
+    def intervene(self, *interventions: Intervention) -> contextlib.AbstractContextManager[None]:
+        """Context manager: `interventions` modify every forward pass of the model inside the block."""
+        return hooks.intervene(self, *interventions)
+
+    def embed_images(
+        self, pixel_values: Tensor, *, interventions: Sequence[Intervention] = (), grad: bool = False
+    ) -> Tensor:
+        """The `head` output [B, d_embed] (CLIP: image embedding before L2 normalisation)."""
+        return self.run(pixel_values, ["head"], interventions=interventions, grad=grad)["head"]
+
+    def tokens_for(self, pixel_values: Tensor) -> int:
+        """Number of tokens the model sees for images of this size."""
+        h, w = pixel_values.shape[-2:]
+        return self.n_prefix + (h // self.patch_size) * (w // self.patch_size)
+
+    def token_indices(self, tokens: Tokens, n_tokens: int | None = None) -> Tensor:
+        """Indices (into the token sequence) that a selection picks, e.g. for an activation cache."""
+        n = self.n_tokens if n_tokens is None else n_tokens
+        pos = self._positions(tokens, n)
+        return torch.arange(n) if pos is None else pos
+
+    # ---- internals used by hooks.py and head.py ----------------------------------------------
+
+    def _attn_module(self, block: nn.Module) -> nn.Module:
+        return _get(block, self._arch.attn)
+
+    def _mlp_module(self, block: nn.Module) -> nn.Module:
+        return _get(block, self._arch.mlp)
+
+    def _head_module(self) -> nn.Module:
+        path = self._arch.head
+        if self.arch == "siglip" and self.vision is self.model:
+            path = "head"
+        if self.arch == "siglip" and not getattr(self.vision, "use_head", False):
+            raise SparsesteerError(
+                f"model {self.model_id!r} has no pooling head (vision_use_head=False), so no 'head' hook"
+            )
+        return _get(self.model, path)
+
+    def _positions(self, tokens: Tokens, n_tokens: int) -> Tensor | None:
+        return hooks.token_positions(tokens, n_tokens, n_prefix=self.n_prefix, has_cls=self.has_cls)
+
+    def _check_pixels(self, pixel_values: Tensor | np.ndarray) -> Tensor:
+        if isinstance(pixel_values, np.ndarray):  # e.g. from sparsesteer.data's Preprocessor.batch
+            pixel_values = torch.from_numpy(pixel_values)
+        if not isinstance(pixel_values, Tensor) or pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
+            shape = tuple(pixel_values.shape) if isinstance(pixel_values, Tensor) else type(pixel_values).__name__
+            raise SparsesteerError(f"pixel_values must be a [B, 3, H, W] tensor, got {shape}")
+        h, w = pixel_values.shape[-2:]
+        if self.arch == "dinov2":  # interpolated position embeddings: any multiple of the patch size
+            ok = h % self.patch_size == 0 and w % self.patch_size == 0
+        else:
+            ok = h == w == self.image_size
+        if not ok:
+            raise SparsesteerError(
+                f"pixel_values are {h}x{w} but {self.model_id!r} expects {self.image_size}x{self.image_size} "
+                f"images (use backbone.preprocessor)"
+            )
+        return pixel_values.to(device=self.device, dtype=self.dtype)
+
+    def _forward(self, pixel_values: Tensor, *, head: bool) -> None:
+        """One forward pass of the vision tower (+ CLIP's projection when `head` is needed)."""
+        out = self.vision(pixel_values=pixel_values)
+        if head and self.arch == "clip":
+            self.model.visual_projection(out.pooler_output)
+
