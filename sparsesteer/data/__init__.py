@@ -1,0 +1,37 @@
+"""Images -> pixels: datasets behind one interface, model preprocessing, downloads, class names.
+
+    from sparsesteer.data import open_dataset, Preprocessor
+    ds = open_dataset("cifar100", "test")                  # or "folder:/path", "hf:owner/repo"
+    pre = Preprocessor.from_pretrained("openai/clip-vit-base-patch32")
+    pixels = pre.batch([ds[i].image for i in range(8)])    # float32 [8, 3, 224, 224]
+
+Modules: `datasets` (interface, `open_dataset`), `builtin`/`cifar`/`hf` (the datasets),
+`preprocess` (`Preprocessor`), `names` (shipped class names), `download` (+ `commands`: the CLI).
+Attributes are imported lazily so that `sparsesteer --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "Example": "datasets",
+    "ImageDataset": "datasets",
+    "UnreadableImage": "datasets",
+    "open_dataset": "datasets",
+    "available_splits": "datasets",
+    "dataset_names": "datasets",
+    "default_data_root": "datasets",
+    "DEFAULT_DATA_ROOT": "datasets",
+    "Preprocessor": "preprocess",
+    "classnames": "names",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
