@@ -20,7 +20,7 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -283,7 +283,9 @@ class Trainer:
         return scale, b_dec
 
     # ------------------------------------------------------------------ run
-    def fit(self, *, resume: bool = False) -> TrainResult:
+    def fit(self, *, resume: bool = False, on_log: Callable[[int, list[SparseAutoencoder]], None] | None = None) -> TrainResult:
+        """Run (or, with `resume`, continue) training. `on_log(step, saes)` is called at every
+        logged step with the SAEs in their training state (inputs scaled by `self.scale`)."""
         cfg = self.cfg
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
@@ -338,6 +340,8 @@ class Trainer:
                 if step % cfg.log_every == 0 or step == self.total:
                     last = self._log(members, step, position, lr, sinks, time.time() - t0)
                     bar.set_postfix(_postfix(last[0]), refresh=False)
+                    if on_log is not None:
+                        on_log(step, [m.sae for m in members])
                 bar.update(1)
                 if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == self.total:
                     self._save_state(state_dir, members, step, position, scale)

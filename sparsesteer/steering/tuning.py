@@ -1,0 +1,95 @@
+"""Hyper-parameter selection on a validation split carved from TRAIN, never on the test split."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..utils.errors import SparsesteerError
+
+# Default VS2 grid: 20 x 20 points including the identity (lam = 0 or gamma = 1) so that the
+# tuner may pick "no steering" when steering does not help on validation. The paper's best
+# CIFAR-100 point (lam 2.1, gamma 1.5) lies inside it.
+DEFAULT_LAMS = tuple(round(0.25 * i, 2) for i in range(20))  # 0 .. 4.75
+DEFAULT_GAMMAS = tuple(round(1.0 + 0.1 * i, 2) for i in range(20))  # 1.0 .. 2.9
+
+
+def validation_split(n: int, fraction: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(fit indices, validation indices) of a fixed random split of n train items."""
+    if not 0 < fraction < 1:
+        raise SparsesteerError(f"validation fraction must be in (0, 1), got {fraction}")
+    n_val = int(round(n * fraction))
+    if n_val == 0 or n_val == n:
+        raise SparsesteerError(
+            f"validation split of {fraction:g} x {n} train items is empty (or leaves nothing to fit): use more train data "
+            "or a larger --val-fraction"
+        )
+    perm = np.random.default_rng(seed).permutation(n)
+    return np.sort(perm[n_val:]), np.sort(perm[:n_val])
+
+
+@dataclass
+class GridSearch:
+    """Accuracy over a (lam, gamma) grid and the chosen point."""
+
+    lams: list[float]
+    gammas: list[float]
+    accuracy: list[list[float]]
+    """accuracy[i][j] for lams[i], gammas[j] (fraction in [0, 1])."""
+    best_lam: float
+    best_gamma: float
+    best_accuracy: float
+    split: str
+    """Where the grid was evaluated (a validation split of train)."""
+    n: int
+    """Number of samples it was evaluated on."""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+    def heatmap(self, path: str | Path, *, title: str) -> Path:
+        """PNG heatmap of the grid with the chosen point marked."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        acc = 100 * np.asarray(self.accuracy)
+        fig, ax = plt.subplots(figsize=(7.5, 6))
+        im = ax.imshow(acc, origin="lower", aspect="auto", cmap="viridis")
+        ax.set_xticks(range(len(self.gammas)), [f"{g:g}" for g in self.gammas], rotation=90, fontsize=7)
+        ax.set_yticks(range(len(self.lams)), [f"{v:g}" for v in self.lams], fontsize=7)
+        ax.set_xlabel("gamma")
+        ax.set_ylabel("lambda")
+        i, j = self.lams.index(self.best_lam), self.gammas.index(self.best_gamma)
+        ax.scatter([j], [i], marker="*", s=180, c="red", label=f"chosen: lam={self.best_lam:g}, gamma={self.best_gamma:g} ({100 * self.best_accuracy:.2f}%)")
+        ax.legend(loc="upper right", fontsize=8)
+        ax.set_title(f"{title}\ntop-1 % on {self.split} (n={self.n})", fontsize=9)
+        fig.colorbar(im, ax=ax, label="top-1 %")
+        fig.tight_layout()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        return path
+
+
+def grid_search(
+    score: Callable[[float, float], float],
+    lams: Sequence[float] = DEFAULT_LAMS,
+    gammas: Sequence[float] = DEFAULT_GAMMAS,
+    *,
+    split: str,
+    n: int,
+) -> GridSearch:
+    """Evaluate `score(lam, gamma)` on the grid; the best point wins, ties going to the first in
+    (lam, gamma) order, i.e. the weakest steering."""
+    if not lams or not gammas:
+        raise SparsesteerError("the tuning grid is empty")
+    acc = [[float(score(float(l), float(g))) for g in gammas] for l in lams]
+    flat = np.asarray(acc)
+    i, j = np.unravel_index(int(np.argmax(flat)), flat.shape)
+    return GridSearch([float(v) for v in lams], [float(v) for v in gammas], acc, float(lams[i]), float(gammas[j]), float(flat[i, j]), split, n)

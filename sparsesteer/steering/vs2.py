@@ -1,0 +1,144 @@
+"""VS2 (Chatzoudis et al. 2025, "Visual Sparse Steering") and its SAE-reconstruction baselines.
+
+All act on final-layer CLS vectors x (the output of the last encoder block, before the CLIP head):
+
+    c     = encode(x)
+    v     = decode(gamma * c) - decode(c) = (gamma - 1) W_dec^T c        (the decoder bias cancels)
+    x_hat = (x + lam * v) * ||x|| / ||x + lam * v||                       (norm-preserving rescale)
+
+Since v is linear in (gamma - 1), x_hat depends on lam and gamma only through lam * (gamma - 1): a
+(lam, gamma) grid has iso-accuracy curves along that product. The rescale cannot change a CLIP
+prediction (post-layernorm is scale-invariant up to its epsilon); it matters when the steered
+vector goes through more blocks (multi-layer steering).
+
+Baselines: SAE_REC^F replaces x by decode(encode(x)); SAE_REC^{F+gamma} by decode(gamma * c).
+The FVU gate steers only samples the SAE reconstructs well: per-sample
+FVU(x) = ||x - x_tilde||^2 / ||x - mu||^2 <= tau, tau a quantile of FVU on unlabeled train data.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from ..sae.base import SparseAutoencoder, SparseCodes
+from ..utils.errors import SparsesteerError
+
+_CHUNK = 8192
+
+
+def check_finite(**values: float) -> None:
+    """Steering strengths must be finite numbers (NaN/inf would silently poison every prediction)."""
+    for name, v in values.items():
+        if not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise SparsesteerError(f"{name} must be a finite number, got {v!r}")
+
+
+def check_sae_for_cls(sae: SparseAutoencoder, d_model: int, n_blocks: int | None = None, *, block: int | None = None) -> None:
+    """The SAE must read the final-layer CLS (or `block`'s CLS) of this model."""
+    if sae.d_in != d_model:
+        raise SparsesteerError(f"the SAE has d_in={sae.d_in} but the model's CLS has width {d_model}")
+    hook = sae.metadata.get("hook")
+    if hook is not None and n_blocks is not None:
+        want = f"blocks.{n_blocks - 1 if block is None else block}.resid_post"
+        if hook != want:
+            raise SparsesteerError(f"the SAE was trained on {hook}, but steering needs an SAE on {want} (CLS)")
+    tokens = sae.metadata.get("tokens")
+    if tokens not in (None, "cls"):
+        raise SparsesteerError(f"the SAE was trained on {tokens!r} tokens; VS2 steers the CLS token (train on --tokens cls)")
+
+
+@torch.no_grad()
+def _chunked(fn, x_bd: Tensor) -> Tensor:
+    return torch.cat([fn(x_bd[s : s + _CHUNK]) for s in range(0, x_bd.shape[0], _CHUNK)]) if x_bd.shape[0] else x_bd.clone()
+
+
+def codes(sae: SparseAutoencoder, x_bd: Tensor) -> SparseCodes:
+    """Sparse codes of many vectors, in chunks."""
+    parts = [sae.encode(x_bd[s : s + _CHUNK].to(sae.device)) for s in range(0, x_bd.shape[0], _CHUNK)]
+    K = max(p.values.shape[1] for p in parts)
+    pad = lambda t: torch.nn.functional.pad(t, (0, K - t.shape[1]))  # noqa: E731 - padding slots have value 0
+    return SparseCodes(torch.cat([pad(p.values) for p in parts]), torch.cat([pad(p.indices) for p in parts]))
+
+
+def sae_direction(sae: SparseAutoencoder, x_bd: Tensor) -> Tensor:
+    """u = W_dec^T encode(x): the SAE's reconstruction without its bias. VS2's v = (gamma - 1) u."""
+    return _chunked(lambda x: sae.decode(sae.encode(x.to(sae.device)), bias=False).to(x.dtype).to(x.device), x_bd)
+
+
+def steer(x_bd: Tensor, v_bd: Tensor, lam: float, *, rescale: bool = True) -> Tensor:
+    """x + lam * v, rescaled to the norm of x when `rescale`."""
+    check_finite(lam=lam)
+    z = x_bd + lam * v_bd
+    if rescale:
+        z = z * (x_bd.norm(dim=-1, keepdim=True) / z.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+    return z
+
+
+def vs2(
+    sae: SparseAutoencoder,
+    x_bd: Tensor,
+    lam: float,
+    gamma: float,
+    *,
+    rescale: bool = True,
+    mask_b: Tensor | None = None,
+    u_bd: Tensor | None = None,
+) -> Tensor:
+    """VS2-steered vectors. `mask_b` (bool) restricts steering to some samples (FVU gate);
+    `u_bd` reuses a precomputed `sae_direction` (it does not depend on lam or gamma)."""
+    check_finite(lam=lam, gamma=gamma)
+    u = sae_direction(sae, x_bd) if u_bd is None else u_bd
+    out = steer(x_bd, (gamma - 1.0) * u, lam, rescale=rescale)
+    if mask_b is not None:
+        out = torch.where(mask_b[:, None], out, x_bd)
+    return out
+
+
+def sae_rec(sae: SparseAutoencoder, x_bd: Tensor, gamma: float = 1.0) -> Tensor:
+    """decode(gamma * encode(x)): SAE_REC^F for gamma = 1, SAE_REC^{F+gamma} otherwise."""
+    check_finite(gamma=gamma)
+
+    def rec(x: Tensor) -> Tensor:
+        c = sae.encode(x.to(sae.device))
+        return sae.decode(SparseCodes(gamma * c.values, c.indices)).to(x.dtype).to(x.device)
+
+    return _chunked(rec, x_bd)
+
+
+def per_sample_fvu(sae: SparseAutoencoder, x_bd: Tensor, mean_d: Tensor) -> Tensor:
+    """||x - x_tilde||^2 / ||x - mu||^2 per sample."""
+    def f(x: Tensor) -> Tensor:
+        rec = sae.reconstruct(x.to(sae.device)).to(x.device, x.dtype)
+        return (x - rec).pow(2).sum(-1) / (x - mean_d.to(x)).pow(2).sum(-1).clamp_min(1e-12)
+
+    return _chunked(f, x_bd)
+
+
+@dataclass(frozen=True)
+class FVUGate:
+    """Steer only samples whose per-sample FVU is at most `tau` (learned on unlabeled train data)."""
+
+    mean: Tensor
+    """[d] mean of the train vectors (mu in the FVU denominator)."""
+    tau: float
+    """FVU threshold: the `quantile` of per-sample FVU on the train vectors."""
+    quantile: float
+    """The quantile q that produced tau (e.g. 0.95)."""
+
+    @classmethod
+    def fit(cls, sae: SparseAutoencoder, train_bd: Tensor, quantile: float) -> "FVUGate":
+        if not 0 < quantile <= 1:
+            raise SparsesteerError(f"FVU gate quantile must be in (0, 1], got {quantile}")
+        if train_bd.shape[0] == 0:
+            raise SparsesteerError("cannot fit the FVU gate on an empty train set")
+        mean = train_bd.double().mean(0).to(train_bd.dtype)
+        fvu = per_sample_fvu(sae, train_bd, mean)
+        return cls(mean=mean, tau=float(torch.quantile(fvu.double(), quantile)), quantile=quantile)
+
+    def mask(self, sae: SparseAutoencoder, x_bd: Tensor) -> Tensor:
+        """[B] bool: which samples to steer."""
+        return per_sample_fvu(sae, x_bd, self.mean) <= self.tau
