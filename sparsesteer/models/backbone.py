@@ -133,6 +133,12 @@ def load_backbone(
 ) -> Backbone:
     """Load a CLIP / SigLIP / DINOv2 model (hub id or `save_pretrained` directory), frozen, in eval mode."""
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
+
+    from ..utils.progress import quiet
+
+    if quiet():  # `sparsesteer -q` / SPARSESTEER_QUIET: no "Loading weights" bars either
+        hf_logging.disable_progress_bar()
 
     model = str(model)
     config = _load_config(model, revision)

@@ -1,0 +1,189 @@
+"""The `report` stage of `reproduce vs2`: results.json, results.md (ours beside the paper's), the
+per-class table and the plots. Every table states the model, data, split and settings."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..utils import io
+from . import vs2_paper
+
+if TYPE_CHECKING:
+    from .vs2_table import VS2Experiment
+
+
+def _fmt(v: float | None, digits: int = 2, sign: bool = False) -> str:
+    if v is None or (isinstance(v, float) and np.isnan(v)):
+        return "—"
+    return f"{v:+.{digits}f}" if sign else f"{v:.{digits}f}"
+
+
+def _settings_text(s: dict[str, Any]) -> str:
+    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in s.items() if k not in ("tuned_on",)) or "—"
+
+
+def collect(exp: "VS2Experiment") -> dict[str, Any]:
+    c = exp.cfg
+    ev = io.read_json(exp.path("evaluation.json"))
+    rows = dict(ev["rows"])
+    inforward = io.read_json(exp.path("inforward.json")) if exp.path("inforward.json").exists() else {}
+    y_test = exp.load_array("test_labels")
+    for key, settings in inforward.items():
+        pred = exp.load_array(f"logits_{key}").argmax(-1)
+        exp.save_array(f"pred_{key}", pred)
+        rows[key] = {"top1": 100 * float((pred == y_test).mean()), "settings": settings}
+    paper = vs2_paper.numbers(c.dataset, c.model)
+    zs, zs_paper = rows["zeroshot"]["top1"], paper.get("zeroshot")
+    table = []
+    for key, label in vs2_paper.ROWS:
+        if key not in rows:
+            continue
+        ours = rows[key]["top1"]
+        theirs = paper.get(key)
+        table.append({
+            "key": key,
+            "method": label,
+            "top1": ours,
+            "paper_top1": theirs,
+            "diff_vs_paper": None if theirs is None else ours - theirs,
+            "delta_vs_zeroshot": ours - zs,
+            "paper_delta_vs_zeroshot": None if theirs is None or zs_paper is None else theirs - zs_paper,
+            "settings": rows[key]["settings"],
+        })
+    tuning = io.read_json(exp.path("tuning.json"))
+    bb = exp.backbone
+    expansion, k = exp.sae_shape()
+    return {
+        "experiment": "vs2",
+        "model": {"id": bb.model_id, "revision": bb.revision, "paper_backbone": vs2_paper.backbone_key(c.model)},
+        "dataset": c.dataset,
+        "train_split": c.train_split,
+        "test_split": c.test_split,
+        "n_test": ev["n_test"],
+        "validation": tuning["validation"],
+        "sae": {"block": exp.final_block, "expansion": expansion, "k": k, "fvu": ev["sae_fvu"],
+                "paper_fvu_train": vs2_paper.fvu(c.dataset, c.model)},
+        "rows": table,
+        "fvu_gate": ev["fvu_gate"],
+        "tuning": tuning,
+        "settings": dataclasses.asdict(c),
+    }
+
+
+def per_class(exp: "VS2Experiment", method: str, top: int = 10) -> dict[str, Any] | None:
+    """Per-class accuracy of `method` vs zero-shot on test: largest gains and losses, each with the
+    class's most common zero-shot confusion."""
+    path = exp.path("arrays", f"pred_{method}.npy")
+    if not path.exists():
+        return None
+    classes = exp.dataset(exp.cfg.test_split).classes
+    y = exp.load_array("test_labels")
+    z = exp.load_array("pred_zeroshot")
+    m = exp.load_array(f"pred_{method}")
+    C = len(classes)
+    counts = np.bincount(y, minlength=C)
+    acc_z = np.bincount(y, weights=(z == y), minlength=C) / np.maximum(counts, 1)
+    acc_m = np.bincount(y, weights=(m == y), minlength=C) / np.maximum(counts, 1)
+    confusion = np.zeros((C, C), dtype=np.int64)
+    np.add.at(confusion, (y, z), 1)
+    np.fill_diagonal(confusion, 0)
+    entries = []
+    for c in range(C):
+        if counts[c] == 0:
+            continue
+        conf = int(confusion[c].argmax()) if confusion[c].any() else None
+        entries.append({
+            "class": classes[c], "n": int(counts[c]), "zeroshot": 100 * acc_z[c], "method": 100 * acc_m[c],
+            "delta": 100 * (acc_m[c] - acc_z[c]),
+            "zeroshot_confused_with": classes[conf] if conf is not None else None,
+            "confusions": int(confusion[c].max()),
+        })
+    entries.sort(key=lambda e: e["delta"])
+    return {"method": method, "gains": entries[::-1][:top], "losses": entries[:top], "all": entries,
+            "improved": sum(e["delta"] > 0 for e in entries), "worse": sum(e["delta"] < 0 for e in entries)}
+
+
+def markdown(res: dict[str, Any], classes: list[dict[str, Any]]) -> str:
+    s = res["settings"]
+    v = res["validation"]
+    lines = [
+        f"# VS2 reproduction: {res['model']['id']} on {res['dataset']}",
+        "",
+        f"- Model: `{res['model']['id']}` (revision {res['model']['revision']}); paper backbone: {res['model']['paper_backbone'] or 'not in the paper'}",
+        f"- Data: `{res['dataset']}`; rows evaluated on the **{res['test_split']}** split ({res['n_test']} images); "
+        f"SAEs and tuning use `{res['train_split']}`: tuned on its {v['split']} ({v['n']} images), SAEs trained on the other {v['n_fit']}",
+        f"- SAE: TopK on blocks.{res['sae']['block']}.resid_post CLS, expansion {res['sae']['expansion']}, k={res['sae']['k']}, "
+        f"lr {s['sae_lr']}, batch {s['sae_batch_size']}, {s['sae_epochs']:g} epochs; FVU test {res['sae']['fvu']['test']:.4f}, "
+        f"train {res['sae']['fvu']['train_fit']:.4f} (paper, train: {_fmt(res['sae']['paper_fvu_train'], 4)})",
+        f"- Zero-shot prompt: \"a photo of a {{}}.\" (ensemble row: CLIP's 80 ImageNet templates); VS2++: retriever "
+        f"`{s['retriever']}`, {s['neighbours']} neighbours, positive rule `{s['positive_rule']}`; seed {s['seed']}",
+        "",
+        "| Method | top-1 % (ours) | paper | ours − paper | Δ vs zero-shot (ours) | Δ vs zero-shot (paper) | settings (tuned on validation) |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for r in res["rows"]:
+        lines.append(
+            f"| {r['method']} | {_fmt(r['top1'])} | {_fmt(r['paper_top1'])} | {_fmt(r['diff_vs_paper'], sign=True)} | "
+            f"{_fmt(r['delta_vs_zeroshot'], sign=True)} | {_fmt(r['paper_delta_vs_zeroshot'], sign=True)} | {_settings_text(r['settings'])} |"
+        )
+    lines += ["", "## FVU gate (VS2 applied only where per-sample FVU <= tau; tau from unlabeled train)", "",
+              "| quantile q | tau | top-1 % | coverage (fraction steered) |", "|---:|---:|---:|---:|"]
+    for g in res["fvu_gate"]:
+        lines.append(f"| {g['quantile']:g} | {g['tau']:.4f} | {_fmt(g['top1'])} | {100 * g['coverage']:.1f}% |")
+    for pc in classes:
+        lines += ["", f"## Per class: {pc['method']} vs zero-shot on {res['test_split']} "
+                      f"({pc['improved']} classes improve, {pc['worse']} get worse)", "",
+                  "| class | n | zero-shot % | method % | Δ | zero-shot most often confused with |", "|---|---:|---:|---:|---:|---|"]
+        for e in pc["gains"] + [None] + pc["losses"]:
+            if e is None:
+                lines.append("| … | | | | | |")
+                continue
+            lines.append(f"| {e['class']} | {e['n']} | {e['zeroshot']:.1f} | {e['method']:.1f} | {e['delta']:+.1f} | "
+                         f"{e['zeroshot_confused_with'] or '—'} ({e['confusions']}) |")
+    lines += ["", "Plots: `plots/` (tuning heatmaps, per-class deltas, FVU gate). Numbers: `results.json`."]
+    return "\n".join(lines) + "\n"
+
+
+def plots(exp: "VS2Experiment", res: dict[str, Any], classes: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    for pc in classes:
+        entries = pc["all"]
+        fig, ax = plt.subplots(figsize=(max(6, 0.12 * len(entries)), 4))
+        ax.bar(range(len(entries)), [e["delta"] for e in entries], color=["tab:red" if e["delta"] < 0 else "tab:green" for e in entries])
+        ax.axhline(0, color="black", lw=0.8)
+        ax.set_xlabel("classes, sorted by change")
+        ax.set_ylabel("top-1 change vs zero-shot (points)")
+        ax.set_title(f"{pc['method']} per class: {res['model']['id']} on {res['dataset']} {res['test_split']}", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(exp.path("plots", f"per_class_{pc['method']}.png"), dpi=120)
+        plt.close(fig)
+    gate = res["fvu_gate"]
+    if gate:
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        ax.plot([100 * g["coverage"] for g in gate], [g["top1"] for g in gate], "o-")
+        for g in gate:
+            ax.annotate(f"q={g['quantile']:g}", (100 * g["coverage"], g["top1"]), fontsize=7)
+        ax.set_xlabel("coverage (% of test samples steered)")
+        ax.set_ylabel("top-1 %")
+        ax.set_title("VS2 with the FVU gate", fontsize=9)
+        fig.tight_layout()
+        fig.savefig(exp.path("plots", "fvu_gate.png"), dpi=120)
+        plt.close(fig)
+
+
+def write(exp: "VS2Experiment") -> None:
+    res = collect(exp)
+    classes = [pc for pc in (per_class(exp, m) for m in ("vs2", "vs2pp_pseudo")) if pc is not None]
+    res["per_class"] = [{k: v for k, v in pc.items() if k != "all"} for pc in classes]
+    exp.path("plots").mkdir(parents=True, exist_ok=True)
+    plots(exp, res, classes)
+    io.write_json(exp.path("results.json"), res)
+    io.write_text(exp.path("results.md"), markdown(res, classes))
+    io.write_json(exp.path("per_class.json"), {pc["method"]: pc["all"] for pc in classes})

@@ -1,0 +1,134 @@
+"""The `tune` and `evaluate` stages of `reproduce vs2`: every final-CLS method tuned on the
+validation part of TRAIN, then run once on the test split with the chosen settings.
+
+Everything here runs on cached CLS vectors through the CLIP head (no model forwards)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ..steering import vs2 as V
+from ..steering.tuning import grid_search
+from ..utils import io
+
+if TYPE_CHECKING:
+    from .vs2_table import VS2Experiment
+
+
+def _acc(pred: torch.Tensor | np.ndarray, labels: np.ndarray) -> float:
+    pred = np.asarray(pred)
+    return float((pred == labels).mean()) if len(labels) else float("nan")
+
+
+def tune(exp: "VS2Experiment") -> None:
+    c = exp.cfg
+    fit, val = exp.split_indices()
+    x_train, y_train = exp.cls_rows(c.train_split)
+    x_val, y_val = x_train[val], torch.from_numpy(y_train[val])
+    clf = exp.cls_classifier("single")
+    split = f"validation part ({c.val_fraction:g}, seed {c.seed}) of {c.dataset} {c.train_split}"
+    out: dict[str, Any] = {"validation": {"split": split, "n": int(len(val)), "n_fit": int(len(fit))}}
+    for key, name in (("vs2", "final"), ("vs2_pass", "pass")):
+        if name == "pass" and not c.pass_weight:
+            continue
+        sae = exp.load_sae(name)
+        V.check_sae_for_cls(sae, exp.backbone.d_model, exp.backbone.n_blocks)
+        u = V.sae_direction(sae, x_val)
+        grid = grid_search(lambda lam, g: clf.accuracy(V.vs2(sae, x_val, lam, g, u_bd=u), y_val), c.lams, c.gammas, split=split, n=len(val))
+        grid.heatmap(exp.path("plots", f"tuning_{key}.png"), title=f"{key}: {exp.backbone.model_id} on {c.dataset}")
+        out[key] = grid.to_json()
+    out.update(_tune_retrieval(exp, x_train, y_train, fit, val, clf, split))
+    io.write_json(exp.path("tuning.json"), out)
+
+
+def evaluate_test(exp: "VS2Experiment") -> None:
+    from ..activations.loader import TensorSource
+    from ..sae.metrics import evaluate as sae_metrics
+
+    c = exp.cfg
+    tuned = io.read_json(exp.path("tuning.json"))
+    fit, _ = exp.split_indices()
+    x_test, y_test = exp.cls_rows(c.test_split)
+    x_train, _ = exp.cls_rows(c.train_split)
+    clf = exp.cls_classifier("single")
+    rows: dict[str, dict[str, Any]] = {}
+
+    def record(key: str, pred: torch.Tensor | np.ndarray, **settings: Any) -> None:
+        exp.save_array(f"pred_{key}", np.asarray(pred))
+        rows[key] = {"top1": 100 * _acc(pred, y_test), "settings": settings}
+
+    record("zeroshot", exp.load_array("logits_zeroshot").argmax(-1), templates="a photo of a {}.")
+    record("zeroshot_ensemble", exp.load_array("logits_zeroshot_ensemble").argmax(-1), templates="80 CLIP ImageNet templates")
+    sae = exp.load_sae("final")
+    record("sae_rec_f", clf.predict(V.sae_rec(sae, x_test)))
+    record("sae_rec_f_gamma", clf.predict(V.sae_rec(sae, x_test, c.gamma_rec)), gamma=c.gamma_rec)
+    best = tuned["vs2"]
+    u_test = V.sae_direction(sae, x_test)
+    record("vs2", clf.predict(V.vs2(sae, x_test, best["best_lam"], best["best_gamma"], u_bd=u_test)),
+           lam=best["best_lam"], gamma=best["best_gamma"], tuned_on=best["split"])
+    if "vs2_pass" in tuned:
+        p = tuned["vs2_pass"]
+        record("vs2_pass", clf.predict(V.vs2(exp.load_sae("pass"), x_test, p["best_lam"], p["best_gamma"])),
+               lam=p["best_lam"], gamma=p["best_gamma"], pass_weight=c.pass_weight, tuned_on=p["split"])
+    gate_rows = []
+    for q in c.gate_quantiles:
+        gate = V.FVUGate.fit(sae, x_train[fit], q)
+        mask = gate.mask(sae, x_test)
+        pred = clf.predict(V.vs2(sae, x_test, best["best_lam"], best["best_gamma"], mask_b=mask, u_bd=u_test))
+        gate_rows.append({"quantile": q, "tau": gate.tau, "top1": 100 * _acc(pred, y_test), "coverage": float(mask.double().mean())})
+    rows.update(_evaluate_retrieval(exp, tuned, x_test, y_test, x_train, clf))
+    sae_fvu = {
+        "test": sae_metrics(sae, TensorSource(x_test)).fvu,
+        "train_fit": sae_metrics(sae, TensorSource(x_train[fit])).fvu,
+    }
+    io.write_json(exp.path("evaluation.json"), {"rows": rows, "fvu_gate": gate_rows, "sae_fvu": sae_fvu, "n_test": int(len(y_test))})
+
+
+# ---------------------------------------------------------------------- VS2++ and its baselines
+def _tune_retrieval(exp, x_train, y_train, fit, val, clf, split) -> dict[str, Any]:
+    """VS2++ (oracle, pseudo), CLIP steering and weighted RAG tuned on validation queries that
+    retrieve from the fit part of train."""
+    from ..steering import vs2pp
+
+    return vs2pp.tune_all(
+        sae=exp.load_sae("final"),
+        clf=clf,
+        x_db=x_train[fit],
+        emb_db=torch.from_numpy(exp.load_array(f"retrieval_{exp.cfg.train_split}"))[fit],
+        pseudo_db=torch.from_numpy(exp.load_array("pseudo_train"))[fit],
+        labels_db=torch.from_numpy(y_train[fit]),
+        x_q=x_train[val],
+        emb_q=torch.from_numpy(exp.load_array(f"retrieval_{exp.cfg.train_split}"))[val],
+        pseudo_q=torch.from_numpy(exp.load_array("pseudo_train"))[val],
+        labels_q=torch.from_numpy(y_train[val]),
+        cfg=exp.cfg,
+        split=split,
+    )
+
+
+def _evaluate_retrieval(exp, tuned, x_test, y_test, x_train, clf) -> dict[str, dict[str, Any]]:
+    """Test rows of VS2++ and its baselines; test queries retrieve from the whole train split."""
+    from ..steering import vs2pp
+
+    c = exp.cfg
+    rows = vs2pp.evaluate_all(
+        tuned=tuned,
+        sae=exp.load_sae("final"),
+        clf=clf,
+        x_db=x_train,
+        emb_db=torch.from_numpy(exp.load_array(f"retrieval_{c.train_split}")),
+        pseudo_db=torch.from_numpy(exp.load_array("pseudo_train")),
+        labels_db=torch.from_numpy(exp.load_array("train_labels")),
+        x_q=x_test,
+        emb_q=torch.from_numpy(exp.load_array(f"retrieval_{c.test_split}")),
+        pseudo_q=torch.from_numpy(exp.load_array("pseudo_test")),
+        cfg=c,
+    )
+    out = {}
+    for key, r in rows.items():
+        exp.save_array(f"pred_{key}", r["pred"])
+        out[key] = {"top1": 100 * _acc(r["pred"], y_test), "settings": r["settings"]}
+    return out

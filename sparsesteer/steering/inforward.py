@@ -1,0 +1,85 @@
+"""Steering inside the forward pass, through the backbone's interventions.
+
+SAE_REC^A replaces the CLS token of every block's output by its SAE reconstruction; multi-layer
+VS2 steers the CLS of the last n blocks, each with the SAE of its block. Both change what later
+blocks see, so they need model forwards (unlike final-layer VS2, which runs on cached vectors).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from ..models.hooks import Intervention
+from ..sae.base import SparseAutoencoder
+from . import vs2 as V
+
+if TYPE_CHECKING:
+    from ..data.datasets import ImageDataset
+    from ..models.backbone import Backbone
+    from ..models.zeroshot import ZeroShotClassifier
+
+
+def cls_hook(block: int) -> str:
+    return f"blocks.{block}.resid_post"
+
+
+def _flat(fn):
+    """Wrap a [N, d] -> [N, d] function as an intervention function on [B, T, d]."""
+
+    def apply(acts_btd: Tensor, positions_t: Tensor) -> Tensor:
+        shape = acts_btd.shape
+        return fn(acts_btd.reshape(-1, shape[-1])).reshape(shape).to(acts_btd.dtype)
+
+    return apply
+
+
+def reconstruct_cls(block: int, sae: SparseAutoencoder) -> Intervention:
+    """Replace block `block`'s output CLS by its SAE reconstruction."""
+    return Intervention(cls_hook(block), _flat(lambda x: sae.reconstruct(x.to(sae.dtype))), tokens="cls")
+
+
+def vs2_cls(block: int, sae: SparseAutoencoder, lam: float, gamma: float, *, rescale: bool = True) -> Intervention:
+    """VS2 on block `block`'s output CLS."""
+    V.check_finite(lam=lam, gamma=gamma)
+    return Intervention(cls_hook(block), _flat(lambda x: V.vs2(sae, x.to(sae.dtype), lam, gamma, rescale=rescale)), tokens="cls")
+
+
+def sae_rec_all(saes: Mapping[int, SparseAutoencoder]) -> list[Intervention]:
+    """SAE_REC^A: every block's CLS reconstructed by that block's SAE."""
+    return [reconstruct_cls(b, sae) for b, sae in sorted(saes.items())]
+
+
+def vs2_last_blocks(saes: Mapping[int, SparseAutoencoder], n_blocks: int, last: int, lam: float, gamma: float, *, rescale: bool = True) -> list[Intervention]:
+    """VS2 on the CLS of the last `last` blocks (each with its own SAE), in forward order."""
+    blocks = list(range(n_blocks - last, n_blocks))
+    missing = [b for b in blocks if b not in saes]
+    if missing:
+        from ..utils.errors import SparsesteerError
+
+        raise SparsesteerError(f"multi-layer steering over the last {last} blocks needs SAEs for blocks {missing}")
+    return [vs2_cls(b, saes[b], lam, gamma, rescale=rescale) for b in blocks]
+
+
+@torch.no_grad()
+def classify_dataset(
+    backbone: "Backbone",
+    classifier: "ZeroShotClassifier",
+    dataset: "ImageDataset",
+    interventions: Sequence[Intervention],
+    *,
+    batch_size: int = 64,
+    workers: int | None = None,
+    stop: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Zero-shot logits [N, C] and labels [N] of a dataset split with interventions applied."""
+    from ..data.batches import image_batches
+    from ..models.zeroshot import classify
+
+    batches = image_batches(dataset, backbone.preprocessor, batch_size=batch_size, workers=workers, stop=stop)
+    pairs = ((torch.as_tensor(b.pixels), b.labels) for b in batches)
+    n = len(dataset) if stop is None else stop
+    return classify(backbone, classifier, pairs, interventions=interventions, total=-(-n // batch_size))
