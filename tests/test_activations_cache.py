@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from sparsesteer.activations import cache as cache_mod
+from sparsesteer.activations.cache import writer as writer_mod
 from sparsesteer.activations.cache import ActivationCache, CacheSettings, CacheWriter, RowSource
 from sparsesteer.cli import main
 from sparsesteer.utils.errors import SparsesteerError
@@ -222,7 +222,7 @@ def test_crash_between_shard_files_and_manifest_commit_is_redone(tmp_path, monke
     data = make_data()
     write_cache(tmp_path / "ref", settings(), data)
 
-    real_write_json = cache_mod.write_json
+    real_write_json = writer_mod.write_json
     calls = {"n": 0}
 
     def crash_on_second_commit(path, obj):
@@ -231,10 +231,10 @@ def test_crash_between_shard_files_and_manifest_commit_is_redone(tmp_path, monke
             raise OSError("simulated crash before the manifest rename")
         real_write_json(path, obj)
 
-    monkeypatch.setattr(cache_mod, "write_json", crash_on_second_commit)
+    monkeypatch.setattr(writer_mod, "write_json", crash_on_second_commit)
     with pytest.raises(OSError, match="simulated crash"):
         write_cache(tmp_path / "crash", settings(), data)
-    monkeypatch.setattr(cache_mod, "write_json", real_write_json)
+    monkeypatch.setattr(writer_mod, "write_json", real_write_json)
 
     shard1 = tmp_path / "crash" / "shards" / HOOKS[0] / "00001.npy"
     assert shard1.exists()  # written and renamed, but never committed
@@ -253,8 +253,8 @@ def test_crash_between_shard_files_and_manifest_commit_is_redone(tmp_path, monke
 
 KILLED_WRITER = """
 import os, sys
-import numpy as np
-from sparsesteer.activations import cache as cache_mod
+from pathlib import Path
+from sparsesteer.activations.cache import writer as writer_mod
 from sparsesteer.utils import io
 sys.path.insert(0, {tests!r})
 from test_activations_cache import make_data, settings, write_cache
@@ -266,8 +266,8 @@ def killed(path, obj, calls=[0]):
         os._exit(9)
     io.write_json(path, obj)
 
-cache_mod.write_json = killed
-write_cache(cache_mod.Path({out!r}), settings(), make_data())
+writer_mod.write_json = killed
+write_cache(Path({out!r}), settings(), make_data())
 """
 
 
@@ -291,14 +291,14 @@ def test_writer_killed_mid_commit_resumes_identically(tmp_path):
 
 def test_failed_commit_keeps_writer_consistent_and_retryable(tmp_path, monkeypatch):
     acts, image_idx, token_idx, _ = make_data(n_images=1)
-    real = cache_mod.write_json
+    real = writer_mod.write_json
     with CacheWriter.open(tmp_path / "c", settings(n_images=2)) as w:
         w.add_skipped(1, "img1.jpg", "truncated JPEG")
-        monkeypatch.setattr(cache_mod, "write_json", lambda p, o: (_ for _ in ()).throw(OSError("disk full")))
+        monkeypatch.setattr(writer_mod, "write_json", lambda p, o: (_ for _ in ()).throw(OSError("disk full")))
         with pytest.raises(OSError, match="disk full"):
             w.write_shard(acts, image_idx, token_idx, n_images=2)
         assert w.next_shard_index == 0 and w.manifest["skipped"] == []
-        monkeypatch.setattr(cache_mod, "write_json", real)
+        monkeypatch.setattr(writer_mod, "write_json", real)
         w.write_shard(acts, image_idx, token_idx, n_images=2)
         w.finish([3, 4])
     c = ActivationCache.open(tmp_path / "c", verify="all")

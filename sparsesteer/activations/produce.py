@@ -1,0 +1,276 @@
+"""The cache producer behind `sparsesteer cache`: run a model over a dataset split and write the
+activations of some hook points into an activation cache (format: docs/formats.md).
+
+One forward pass per batch captures every hook (stopping after the deepest); decoding runs in
+DataLoader workers meanwhile (`data.batches.image_batches`). Rows are image-major in
+`token_positions` order. Shards hold a fixed number of images, derived from a target shard size
+(or taken from the shards already in --out), so shard boundaries never depend on when a run was
+interrupted: a killed run, rerun with the same arguments, ends byte-identical to an uninterrupted
+one. Each shard is filled in place in a preallocated buffer of the cache dtype, so memory is one
+shard plus the batches in flight, whatever the dataset size.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..utils.errors import SparsesteerError, unknown
+from .cache import DTYPES, ActivationCache, CacheSettings, CacheWriter
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..data.datasets import ImageDataset
+    from ..models.backbone import Backbone
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SHARD_MB = 64
+"""Target size of one shard (all hooks together), in MiB; fixes the number of images per shard."""
+TOKEN_CHOICES = ("cls", "patch", "all")
+
+
+@dataclass(frozen=True)
+class HookPlan:
+    """What one cache run captures: validated hook names, widths and the rows kept per image."""
+
+    hooks: tuple[str, ...]
+    """Hook names in the order given (normalised by `HookPoint`)."""
+    d: dict[str, int]
+    """Width of each hook (d_model for block hooks, d_embed for `head`)."""
+    tokens: str
+    """'cls', 'patch' or 'all'."""
+    token_positions: tuple[int, ...]
+    """Model token indices kept per image, in row order."""
+    cls_position: int | None
+    """Index of the CLS token, None for models without one."""
+
+    @property
+    def values_per_image(self) -> int:
+        """Activation values stored per image, all hooks together (times the itemsize = bytes)."""
+        return len(self.token_positions) * sum(self.d.values())
+
+
+def plan_hooks(backbone: Backbone, hooks: list[str] | tuple[str, ...], tokens: str) -> HookPlan:
+    """Validate hook names and the token selection for `backbone` before any image is read.
+
+    `head` is one vector per image, so it can only sit in a cache whose rows are one per image:
+    tokens='cls' (its rows are indexed as the CLS token).
+    """
+    if isinstance(hooks, str):
+        hooks = [hooks]
+    if not hooks:
+        raise SparsesteerError("no hook point given: pass at least one --hook (e.g. blocks.11.resid_post)")
+    if tokens not in TOKEN_CHOICES:
+        raise unknown("token selection (--tokens)", str(tokens), TOKEN_CHOICES)
+    names = [str(backbone.hook_point(h)) for h in hooks]
+    dup = sorted({h for h in names if names.count(h) > 1})
+    if dup:
+        raise SparsesteerError(f"hook {dup[0]!r} is given more than once")
+    if "head" in names and tokens != "cls":
+        raise SparsesteerError(
+            f"hook 'head' gives one embedding per image, so it can only be cached with --tokens cls (got {tokens!r})"
+        )
+    if tokens == "cls" and not backbone.has_cls:
+        raise SparsesteerError(
+            f"--tokens cls: {backbone.model_id!r} ({backbone.arch}) has no CLS token; use --tokens patch or all"
+        )
+    positions = tuple(int(t) for t in backbone.token_indices(tokens).tolist())
+    d = {h: backbone.d_embed if h == "head" else backbone.d_model for h in names}
+    return HookPlan(tuple(names), d, tokens, positions, 0 if backbone.has_cls else None)
+
+
+def shard_images_for(plan: HookPlan, dtype: str, shard_mb: float = DEFAULT_SHARD_MB) -> int:
+    """Images per shard so that one shard (all hooks) is about `shard_mb` MiB; at least 1."""
+    itemsize = 4 if dtype == "float32" else 2
+    return max(1, int(shard_mb * 2**20 // (plan.values_per_image * itemsize)))
+
+
+def cache_activations(
+    model: str | os.PathLike | Backbone,
+    dataset: str,
+    split: str,
+    hooks: list[str] | tuple[str, ...] | str,
+    tokens: str,
+    out: str | os.PathLike,
+    *,
+    dtype: str = "float32",
+    batch_size: int = 64,
+    limit: int | None = None,
+    workers: int | None = None,
+    on_bad_image: str = "error",
+    device: str = "auto",
+    data_root: str | os.PathLike | None = None,
+    revision: str | None = None,
+    shard_images: int | None = None,
+) -> ActivationCache:
+    """Cache the activations of `hooks` of `model` on `dataset`/`split` into `out`, resuming a run
+    that stopped; return the finished cache.
+
+    model: hub id or save_pretrained directory, or an already loaded `Backbone` (then `device` and
+    `revision` stay at their defaults: the backbone has both).
+    tokens: 'cls', 'patch' or 'all'. dtype: storage dtype (the model itself runs in float32).
+    limit: only the first N images of the split. shard_images: images per shard (default: about
+    `DEFAULT_SHARD_MB` MiB per shard, or whatever the shards already in `out` use).
+    workers: decoding processes (None: `data.batches.default_workers()`).
+    """
+    from ..data import open_dataset
+    from ..data.batches import ON_BAD_IMAGE, resolve_device
+    from ..models import Backbone, load_backbone
+
+    if dtype not in DTYPES:
+        raise unknown("cache dtype (--dtype)", str(dtype), DTYPES)
+    if on_bad_image not in ON_BAD_IMAGE:
+        raise unknown("--on-bad-image value", str(on_bad_image), ON_BAD_IMAGE)
+    _positive(batch_size, "--batch-size")
+    if limit is not None:
+        _positive(limit, "--limit")
+    if shard_images is not None:
+        _positive(shard_images, "--shard-images")
+    if isinstance(model, Backbone) and (device != "auto" or revision is not None):
+        raise SparsesteerError("cache_activations: pass device and revision to load_backbone, not with a loaded Backbone")
+    target = None if isinstance(model, Backbone) else resolve_device(device)
+
+    ds = open_dataset(dataset, split, data_root=data_root)
+    bb = model if isinstance(model, Backbone) else load_backbone(model, device=target, revision=revision)
+    plan = plan_hooks(bb, hooks, tokens)
+    pre = bb.preprocessor
+    if pre.output_size != (bb.image_size, bb.image_size):
+        raise SparsesteerError(
+            f"{bb.model_id!r}: its preprocessing produces {pre.output_size or 'variable-size'} images but the "
+            f"model runs at {bb.image_size}x{bb.image_size}; fix preprocessor_config.json (crop_size)"
+        )
+    n_images = len(ds) if limit is None else min(limit, len(ds))
+    settings = CacheSettings(
+        hooks=plan.hooks,
+        d=plan.d,
+        tokens=plan.tokens,
+        token_positions=plan.token_positions,
+        cls_position=plan.cls_position,
+        n_images=n_images,
+        dtype=dtype,
+        model={"id": bb.model_id, "revision": bb.revision, "arch": bb.arch},
+        dataset=ds.describe(),
+        split=split,
+        preprocessing=pre.to_dict(),
+    )
+    with CacheWriter.open(out, settings) as writer:
+        if writer.completed:
+            log.info("%s already holds this activation cache, completed; nothing to do", out)
+        else:
+            per_shard = _resume_shard_images(writer, shard_images) or shard_images or shard_images_for(plan, dtype)
+            _produce(writer, bb, ds, pre, plan, per_shard, batch_size=batch_size, workers=workers,
+                     on_bad_image=on_bad_image)
+            writer.finish(ds.labels()[:n_images])
+    return ActivationCache.open(out)
+
+
+def _positive(value: Any, flag: str) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise SparsesteerError(f"{flag} must be a positive integer, got {value!r}")
+
+
+def _resume_shard_images(writer: CacheWriter, asked: int | None) -> int | None:
+    """Images per shard of the shards already committed (None for a new cache). A resumed cache
+    keeps its shard size, which is what makes it byte-identical to an uninterrupted run."""
+    shards = writer.manifest["shards"]
+    if not shards:
+        return None
+    existing = int(shards[0]["n_images"])
+    if asked is not None and asked != existing:
+        raise SparsesteerError(
+            f"{writer.path} was started with {existing} images per shard; resume it with that value "
+            f"(or without --shard-images), or use another --out"
+        )
+    return existing
+
+
+class _ShardBuffer:
+    """Rows of the shard being filled, per hook, preallocated in the cache dtype."""
+
+    def __init__(self, plan: HookPlan, dtype: str, max_images: int):
+        import torch
+
+        self.plan = plan
+        self.tpi = len(plan.token_positions)
+        torch_dtype = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+        # torch.empty does not touch the pages: memory is used as rows are filled.
+        self.acts = {h: torch.empty((max_images * self.tpi, w), dtype=torch_dtype) for h, w in plan.d.items()}
+        self.images: list[np.ndarray] = []
+        self.rows = 0
+
+    def add(self, acts_rows: dict[str, torch.Tensor], images: np.ndarray) -> None:
+        n = len(images) * self.tpi
+        for h, rows in acts_rows.items():
+            dest = self.acts[h][self.rows : self.rows + n]
+            dest.copy_(rows)  # round-to-nearest-even into float16 / bfloat16
+            _check_finite(dest, rows, h, images, self.plan.token_positions)
+        self.images.append(images)
+        self.rows += n
+
+    def flush(self, writer: CacheWriter, n_images: int) -> None:
+        images = np.concatenate(self.images) if self.images else np.zeros(0, dtype=np.int64)
+        image_idx = np.repeat(images, self.tpi)
+        token_idx = np.tile(np.asarray(self.plan.token_positions, dtype=np.int64), len(images))
+        acts = {h: a[: self.rows] for h, a in self.acts.items()}
+        writer.write_shard(acts, image_idx, token_idx, n_images=n_images, check_finite=False)
+        self.images, self.rows = [], 0
+
+
+def _check_finite(stored: torch.Tensor, source: torch.Tensor, hook: str, images: np.ndarray, positions) -> None:
+    """NaN/Inf in a model's activations, or values beyond float16's range, are errors naming the row."""
+    import torch
+
+    finite = torch.isfinite(stored).all(dim=1)
+    if bool(finite.all()):
+        return
+    r = int((~finite).nonzero()[0, 0])
+    image, token = int(images[r // len(positions)]), positions[r % len(positions)]
+    if bool(torch.isfinite(source[r]).all()):
+        raise SparsesteerError(
+            f"activations of hook {hook!r} at image {image}, token {token} overflow {stored.dtype} "
+            f"(max |x| = {float(source[r].abs().max()):.4g}); cache with --dtype float32 or bfloat16"
+        )
+    raise SparsesteerError(f"the model produced NaN/Inf at hook {hook!r}, image {image}, token {token}")
+
+
+def _produce(
+    writer: CacheWriter,
+    bb: Backbone,
+    ds: ImageDataset,
+    pre: Any,
+    plan: HookPlan,
+    shard_images: int,
+    *,
+    batch_size: int,
+    workers: int | None,
+    on_bad_image: str,
+) -> None:
+    """Forward every image from `writer.next_image` on and commit full shards as they fill."""
+    from ..data.batches import image_batches
+    from ..utils.progress import progress
+
+    n_images = writer.settings.n_images
+    start = shard_start = writer.next_image
+    shard_end = min(shard_start + shard_images, n_images)
+    buf = _ShardBuffer(plan, writer.settings.dtype, min(shard_images, n_images - start))
+    batches = image_batches(ds, pre, batch_size=batch_size, workers=workers, start=start, stop=n_images,
+                            on_bad_image=on_bad_image, chunk=shard_images, pin_memory=bb.device.type == "cuda")
+    with progress(total=n_images, initial=start, unit="img", desc="cache", smoothing=0.1) as bar:
+        for batch in batches:  # batches never straddle a shard boundary (chunk=shard_images)
+            for skipped in batch.skipped:
+                writer.add_skipped(skipped.index, skipped.source, skipped.error)
+            if len(batch.indices):
+                out = bb.run(batch.pixels, plan.hooks, tokens=plan.tokens)
+                # [B, d] (cls, head) or [B, T, d] -> image-major rows [B * T, d]
+                buf.add({h: out[h].reshape(-1, plan.d[h]).cpu() for h in plan.hooks}, batch.indices)
+            if batch.stop == shard_end:
+                buf.flush(writer, shard_end - shard_start)
+                shard_start, shard_end = shard_end, min(shard_end + shard_images, n_images)
+            bar.update(batch.stop - batch.start)

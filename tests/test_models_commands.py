@@ -1,0 +1,108 @@
+"""`sparsesteer zeroshot`: accuracies and predictions equal a hand computation; errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from sparsesteer.cli import main
+from sparsesteer.data import open_dataset
+from sparsesteer.models import ZeroShotClassifier, get_templates, load_backbone
+from sparsesteer.models.commands import default_out, zeroshot
+from sparsesteer.models.tiny import make_tiny_dinov2
+from sparsesteer.utils.errors import SparsesteerError
+from test_activations_produce import tiny_clip
+from test_data_batches import make_folder_dataset
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    return tiny_clip(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("zs-images")
+    make_folder_dataset(root, (4, 3, 3, 2, 3, 2, 3), split="test", seed=3)  # 7 classes: top-5 < 100 %
+    return root
+
+
+def by_hand(clip: Path, data: Path, templates: str, n: int):
+    """Logits from the classifier weights and one-image-at-a-time embeddings: 100 * cosine."""
+    bb = load_backbone(clip)
+    ds = open_dataset(f"folder:{data}", "test")
+    weights = ZeroShotClassifier.build(bb, ds.classes, get_templates(templates)).weights.double()
+    emb = torch.cat([bb.embed_images(torch.from_numpy(bb.preprocessor(ds[i].image))[None]) for i in range(n)]).double()
+    cos = (emb / emb.norm(dim=1, keepdim=True)) @ (weights / weights.norm(dim=1, keepdim=True)).T
+    return 100 * cos, torch.from_numpy(ds.labels()[:n]), ds
+
+
+@pytest.mark.parametrize("templates, limit", [("single", None), ("ensemble7", 11)])
+def test_zeroshot_equals_hand_computation(clip, data, tmp_path, capsys, templates, limit):
+    argv = ["zeroshot", "--model", str(clip), "--dataset", f"folder:{data}", "--split", "test", "--templates",
+            templates, "--out", str(tmp_path / "out"), "--text-cache", str(tmp_path / "text"), "--batch-size", "4",
+            "--workers", "0"]
+    assert main(argv + (["--limit", str(limit)] if limit else [])) == 0
+    n = limit or 20
+    logits, labels, ds = by_hand(clip, data, templates, n)
+    top5 = logits.topk(5, dim=1).indices
+    top1_acc = (top5[:, 0] == labels).double().mean().item()
+    top5_acc = (top5 == labels[:, None]).any(dim=1).double().mean().item()
+    assert 0 < top5_acc < 1  # a meaningful check: neither all nor none within the top 5
+
+    report = json.loads((tmp_path / "out" / "zeroshot.json").read_text())
+    assert report["n_images"] == n
+    assert report["topk"]["top1"] == pytest.approx(top1_acc) and report["topk"]["top5"] == pytest.approx(top5_acc)
+    assert report["meta"] == {"model": str(clip), "revision": load_backbone(clip).revision,
+                              "dataset": f"folder:{data.resolve()}", "split": "test", "templates": templates,
+                              "n_images": n}
+    for c, row in enumerate(report["per_class"]):
+        mine = labels == c
+        assert row["name"] == ds.classes[c] and row["n"] == int(mine.sum())
+        if row["n"]:
+            assert row["accuracy"] == pytest.approx((top5[mine, 0] == c).double().mean().item())
+    md = (tmp_path / "out" / "zeroshot.md").read_text()
+    assert f"| {n} | {100 * top1_acc:.2f} | {100 * top5_acc:.2f} |" in md and "| class 0 |" in md
+
+    lines = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert [x["index"] for x in lines] == list(range(n))
+    assert [x["top5"] for x in lines] == top5.tolist()
+    assert [x["label"] for x in lines] == labels.tolist()
+    assert lines[0]["source"] == ds.source(0) and lines[0]["top5_names"][0] == ds.classes[lines[0]["top5"][0]]
+    np.testing.assert_allclose([x["top5_logits"] for x in lines], logits.topk(5, dim=1).values.numpy(), atol=1e-4)
+
+    out = capsys.readouterr().out
+    assert f"top-1 {100 * top1_acc:.2f} %, top-5 {100 * top5_acc:.2f} %" in out and "predictions.jsonl" in out
+    assert len(list((tmp_path / "text").glob("zeroshot-*.safetensors"))) == 1  # class weights cached
+
+
+def test_zeroshot_errors(clip, data, tmp_path):
+    kw = dict(out=tmp_path / "o", text_cache=None, workers=0)
+    dino = make_tiny_dinov2(tmp_path / "dino", layers=1)
+    with pytest.raises(SparsesteerError, match="has no text tower"):
+        zeroshot(dino, f"folder:{data}", "test", **kw)
+    with pytest.raises(SparsesteerError, match="unknown split 'val'"):
+        zeroshot(clip, f"folder:{data}", "val", **kw)
+    with pytest.raises(SparsesteerError, match="unknown template set 'ensembel'.*did you mean 'ensemble'"):
+        zeroshot(clip, f"folder:{data}", "test", templates="ensembel", **kw)
+
+
+def test_dataset_without_class_names_is_refused(clip, tmp_path):
+    datasets = pytest.importorskip("datasets")
+    from PIL import Image
+
+    unlabeled = datasets.Dataset.from_dict({"image": [Image.new("RGB", (8, 8), (k, 0, 0)) for k in range(3)]},
+                                           features=datasets.Features({"image": datasets.Image()}))
+    datasets.DatasetDict({"test": unlabeled}).save_to_disk(str(tmp_path / "hf"))
+    with pytest.raises(SparsesteerError, match=r"has no class names \(only no labels\)"):
+        zeroshot(clip, f"hf:{tmp_path / 'hf'}", "test", out=tmp_path / "o", text_cache=None, workers=0)
+
+
+def test_default_out_dir():
+    assert default_out("openai/clip-vit-base-patch32", "cifar100", "test") == Path(
+        "zeroshot/clip-vit-base-patch32-cifar100-test")
+    assert default_out("/m/tiny/", "folder:/data/imgs/", "val") == Path("zeroshot/tiny-imgs-val")
