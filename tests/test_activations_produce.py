@@ -124,20 +124,21 @@ def test_limit_workers_and_cli_summary(clip, data, bb, tmp_path, capsys):
 
 
 def test_unreadable_images_skip_or_error(clip, bb, tmp_path, capsys):
-    root = make_folder_dataset(tmp_path / "imgs", (3, 2, 2), corrupt={(0, 1), (2, 0)})
+    root = make_folder_dataset(tmp_path / "imgs", (3, 2, 2), corrupt={(0, 2), (1, 0)})  # images 2, 3
     argv = ["cache", "--model", str(clip), "--dataset", f"folder:{root}", "--split", "train", "--hook",
             "blocks.0.resid_post", "--tokens", "all", "--workers", "0", "--batch-size", "2", "--shard-images", "2"]
     assert main(argv + ["--out", str(tmp_path / "err")]) == 2
     err = capsys.readouterr().err
-    assert f"{root.resolve()}/train/class_0/img_1.jpg" in err and "--on-bad-image skip" in err
+    assert f"{root.resolve()}/train/class_0/img_2.jpg" in err and "--on-bad-image skip" in err
 
     assert main(argv + ["--out", str(tmp_path / "skip"), "--on-bad-image", "skip"]) == 0
     assert "2 unreadable images skipped" in capsys.readouterr().out
     c = ActivationCache.open(tmp_path / "skip", verify="all")
     assert [(s["image"], Path(s["source"]).relative_to(root.resolve()).as_posix()) for s in c.skipped] == [
-        (1, "train/class_0/img_1.jpg"), (5, "train/class_2/img_0.jpg")]
+        (2, "train/class_0/img_2.jpg"), (3, "train/class_1/img_0.jpg")]
     assert all("cannot read image" in s["error"] for s in c.skipped)
-    kept = [0, 2, 3, 4, 6]
+    assert [s["rows"] for s in c.manifest["shards"]] == [34, 0, 34, 17]  # shard 1: both images unreadable
+    kept = [0, 1, 4, 5, 6]
     index = c.rows().row_index(0, c.n_rows)
     np.testing.assert_array_equal(index[:, 0], np.repeat(kept, 17))
     np.testing.assert_allclose(read_all(c, "blocks.0.resid_post"),
@@ -181,6 +182,25 @@ def test_shard_size_from_target_megabytes(bb):
     assert shard_images_for(plan, "float32", shard_mb=1) == 2**20 // (17 * 64 * 4)
     assert shard_images_for(plan, "bfloat16", shard_mb=1) == 2**20 // (17 * 64 * 2)
     assert shard_images_for(plan, "float32", shard_mb=1e-6) == 1
+
+
+def help_defaults(command: str) -> dict[str, str]:
+    """Option -> its help text as --help prints it, for every option of `command`."""
+    from sparsesteer.cli import HelpFormatter, build_parser
+
+    sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
+    fmt = HelpFormatter(command)
+    return {a.option_strings[-1]: fmt._get_help_string(a) % {"default": a.default}
+            for a in sub._actions if a.option_strings and a.dest != "help"}
+
+
+def test_help_states_every_default():
+    helps = help_defaults("cache")
+    required = {"--model", "--dataset", "--split", "--hook", "--tokens", "--out"}
+    assert required < set(helps)
+    for option, text in helps.items():
+        assert option in required or "default:" in text, (option, text)
+    assert "(default: float32)" in helps["--dtype"] and "(default: 64)" in helps["--batch-size"]
 
 
 def _cache_argv(clip, data, out, *extra):
@@ -267,8 +287,15 @@ def test_interrupted_run_resumes_with_its_own_shard_size(clip, data, tmp_path, m
     assert ActivationCache.open(tmp_path / "c").n_shards == 1
     with pytest.raises(SparsesteerError, match="was started with 2 images per shard"):
         cache_activations(*args, tmp_path / "c", shard_images=3, batch_size=3, workers=0)
-    c = cache_activations(*args, tmp_path / "c", batch_size=3, workers=0)  # keeps 2 images per shard
-    assert [s["n_images"] for s in c.manifest["shards"]] == [2, 2, 2, 1]
+    real_finish = produce.CacheWriter.finish
+    monkeypatch.setattr(produce.CacheWriter, "finish", lambda self, labels: (_ for _ in ()).throw(KeyboardInterrupt))
+    with pytest.raises(KeyboardInterrupt):  # every shard committed, but not finished
+        cache_activations(*args, tmp_path / "c", batch_size=3, workers=0)  # keeps 2 images per shard
+    monkeypatch.setattr(produce.CacheWriter, "finish", real_finish)
+    c = ActivationCache.open(tmp_path / "c")
+    assert [s["n_images"] for s in c.manifest["shards"]] == [2, 2, 2, 1] and not c.completed
+    c = cache_activations(*args, tmp_path / "c", workers=0)  # nothing left to run: only finishes
+    assert c.completed
     cache_activations(*args, tmp_path / "ref", shard_images=2, batch_size=3, workers=0)
     assert npy_hashes(tmp_path / "c") == npy_hashes(tmp_path / "ref")
 

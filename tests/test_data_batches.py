@@ -124,3 +124,17 @@ def test_default_workers_and_picklable_parts(folder_ds):
     assert 0 <= default_workers() <= 8
     clone = pickle.loads(pickle.dumps((folder_ds, PRE)))
     np.testing.assert_array_equal(clone[1](clone[0][4].image), PRE(folder_ds[4].image))
+
+
+def test_real_cifar10_jpegs(cifar10_jpeg):
+    """The real JPEGs through one worker: same pixels as the preprocessor in this process, labels
+    from the class folders (airplane = 0, automobile = 1, ...)."""
+    ds = open_dataset(f"folder:{cifar10_jpeg}", "test")
+    clip = Preprocessor()  # CLIP's 224 px recipe: the 32 px images are upsampled
+    picks = [0, 1, 1000, 9999]
+    batches = [b for s in picks for b in image_batches(ds, clip, batch_size=4, start=s, stop=s + 1, workers=1)]
+    pixels = torch.cat([b.pixels for b in batches]).numpy()
+    assert pixels.shape == (4, 3, 224, 224)
+    np.testing.assert_array_equal(pixels, np.stack([clip(ds[i].image) for i in picks]))
+    assert torch.cat([b.labels for b in batches]).tolist() == [0, 0, 1, 9]
+    assert ds.classes[:2] == ["airplane", "automobile"]

@@ -15,7 +15,7 @@ from sparsesteer.models import ZeroShotClassifier, get_templates, load_backbone
 from sparsesteer.models.commands import default_out, zeroshot
 from sparsesteer.models.tiny import make_tiny_dinov2
 from sparsesteer.utils.errors import SparsesteerError
-from test_activations_produce import tiny_clip
+from test_activations_produce import help_defaults, tiny_clip
 from test_data_batches import make_folder_dataset
 
 
@@ -31,14 +31,15 @@ def data(tmp_path_factory) -> Path:
     return root
 
 
-def by_hand(clip: Path, data: Path, templates: str, n: int):
+def by_hand(clip: Path, data: Path, templates: str, n: int, skip=()):
     """Logits from the classifier weights and one-image-at-a-time embeddings: 100 * cosine."""
     bb = load_backbone(clip)
     ds = open_dataset(f"folder:{data}", "test")
     weights = ZeroShotClassifier.build(bb, ds.classes, get_templates(templates)).weights.double()
-    emb = torch.cat([bb.embed_images(torch.from_numpy(bb.preprocessor(ds[i].image))[None]) for i in range(n)]).double()
+    images = [i for i in range(n) if i not in skip]
+    emb = torch.cat([bb.embed_images(torch.from_numpy(bb.preprocessor(ds[i].image))[None]) for i in images]).double()
     cos = (emb / emb.norm(dim=1, keepdim=True)) @ (weights / weights.norm(dim=1, keepdim=True)).T
-    return 100 * cos, torch.from_numpy(ds.labels()[:n]), ds
+    return 100 * cos, torch.from_numpy(ds.labels()[images]), ds
 
 
 @pytest.mark.parametrize("templates, limit", [("single", None), ("ensemble7", 11)])
@@ -106,3 +107,29 @@ def test_default_out_dir():
     assert default_out("openai/clip-vit-base-patch32", "cifar100", "test") == Path(
         "zeroshot/clip-vit-base-patch32-cifar100-test")
     assert default_out("/m/tiny/", "folder:/data/imgs/", "val") == Path("zeroshot/tiny-imgs-val")
+
+
+def test_help_states_every_default():
+    helps = help_defaults("zeroshot")
+    for option, text in helps.items():
+        assert option in {"--model", "--dataset", "--split"} or "default:" in text, (option, text)
+    assert "(default: single)" in helps["--templates"]
+
+
+def test_unreadable_images_error_or_skip(clip, tmp_path, capsys):
+    root = make_folder_dataset(tmp_path / "imgs", (2, 2, 2), split="test", corrupt={(1, 0)})  # image 2
+    argv = ["zeroshot", "--model", str(clip), "--dataset", f"folder:{root}", "--split", "test", "--out",
+            str(tmp_path / "out"), "--text-cache", "none", "--workers", "0"]
+    assert main(argv) == 2
+    assert "class_1/img_0.jpg" in capsys.readouterr().err
+    assert main(argv + ["--on-bad-image", "skip"]) == 0
+    assert "1 unreadable images left out" in capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "zeroshot.json").read_text())
+    assert report["n_images"] == 5 and report["meta"]["skipped"] == 1 and report["meta"]["n_images"] == 5
+    lines = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
+    assert [x["index"] for x in lines] == [0, 1, 3, 4, 5]
+    logits, labels, _ = by_hand(clip, root, "single", 6, skip={2})
+    assert [x["top5"] for x in lines] == logits.topk(3, dim=1).indices.tolist()
+    assert report["topk"]["top1"] == pytest.approx((logits.argmax(1) == labels).double().mean().item())
+    (skipped,) = [json.loads(x) for x in (tmp_path / "out" / "skipped.jsonl").read_text().splitlines()]
+    assert skipped["index"] == 2 and skipped["source"].endswith("class_1/img_0.jpg")

@@ -48,7 +48,7 @@ class ImageBatch(NamedTuple):
     """A batch of preprocessed images covering the dataset indices [start, stop)."""
 
     pixels: Tensor
-    """float32 [B, 3, H, W]; B = stop - start - len(skipped). Pinned when CUDA is available."""
+    """float32 [B, 3, H, W]; B = stop - start - len(skipped). In pinned memory when asked (default: with CUDA)."""
     labels: Tensor
     """int64 [B] labels (-1 = unlabeled)."""
     indices: np.ndarray
@@ -192,10 +192,10 @@ def image_batches(
 
     if on_bad_image not in ON_BAD_IMAGE:
         raise unknown("--on-bad-image value", str(on_bad_image), ON_BAD_IMAGE)
-    checks = [("batch size", batch_size, 1), ("prefetch", prefetch, 1)] + ([("chunk", chunk, 1)] if chunk is not None else [])
-    for name, value, low in checks:
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise SparsesteerError(f"{name} must be an integer >= {low}, got {value!r}")
+    checks = [("batch size", batch_size), ("prefetch", prefetch)] + ([("chunk", chunk)] if chunk is not None else [])
+    for name, value in checks:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise SparsesteerError(f"{name} must be an integer >= 1, got {value!r}")
     workers = default_workers() if workers is None else workers
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise SparsesteerError(f"workers must be an integer >= 0, got {workers!r}")

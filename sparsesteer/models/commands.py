@@ -2,8 +2,8 @@
 
 A thin wrapper: backbone -> `ZeroShotClassifier` over the dataset's class names and a template set
 -> image embeddings of every image (`data.batches.image_batches` + the `head` hook) -> logits ->
-`accuracy.evaluate` -> `zeroshot.json` + `zeroshot.md` (overall top-1/top-5, per-class table) and
-`predictions.jsonl` (top-5 classes of every image).
+`accuracy.evaluate` -> `zeroshot.json` + `zeroshot.md` (overall top-1/top-5, per-class table),
+`predictions.jsonl` (top-5 classes of every image) and, with `--on-bad-image skip`, `skipped.jsonl`.
 """
 
 from __future__ import annotations
@@ -41,6 +41,8 @@ class ZeroShotRun:
     """`zeroshot.md`."""
     predictions_path: Path
     """`predictions.jsonl`: one line per image with its index, source, label, top-5 classes and logits."""
+    skipped: list[dict]
+    """{index, source, error} of each unreadable image left out (on_bad_image='skip'; also in skipped.jsonl)."""
 
 
 def zeroshot(
@@ -57,10 +59,12 @@ def zeroshot(
     data_root: str | os.PathLike | None = None,
     revision: str | None = None,
     text_cache: str | os.PathLike | None = DEFAULT_TEXT_CACHE,
+    on_bad_image: str = "error",
 ) -> ZeroShotRun:
     """Evaluate zero-shot classification of `model` on `dataset`/`split` and write the reports to `out`
     (default `zeroshot/<model>-<dataset>-<split>`). text_cache: directory for the class weights
-    (None = do not cache them)."""
+    (None = do not cache them). on_bad_image='skip' leaves unreadable images out of the scores and
+    lists them in `skipped.jsonl`."""
     from ..data import open_dataset
     from ..data.batches import image_batches, resolve_device
     from ..utils.io import write_text
@@ -91,24 +95,40 @@ def zeroshot(
     clf = ZeroShotClassifier.build(bb, ds.classes, prompts, cache_dir=cache_dir)
 
     batches = image_batches(ds, bb.preprocessor, batch_size=batch_size, workers=workers, stop=n_images,
-                            pin_memory=target.type == "cuda")
-    logits, labels_t = classify(bb, clf, ((b.pixels, b.labels) for b in batches), total=-(-n_images // batch_size))
+                            on_bad_image=on_bad_image, pin_memory=target.type == "cuda")
+    kept, skipped = [], []
+
+    def pairs():
+        for b in batches:
+            kept.extend(b.indices.tolist())
+            skipped.extend(b.skipped)
+            if len(b.indices):
+                yield b.pixels, b.labels
+
+    logits, labels_t = classify(bb, clf, pairs(), total=-(-n_images // batch_size))
     meta = {"model": bb.model_id, "revision": bb.revision, "dataset": ds.name, "split": split,
-            "templates": templates, "n_images": n_images}
+            "templates": templates, "n_images": len(kept)}
+    if skipped:
+        meta["skipped"] = len(skipped)
     result = evaluate(logits, labels_t, ds.classes, ks=(1, TOPK), meta=meta)
 
     out_dir = Path(out) if out is not None else default_out(model, ds.name, split)
     json_path, md_path = write_result(result, out_dir, stem="zeroshot")
     top_logits, top = logits.topk(min(TOPK, clf.n_classes), dim=-1)
     lines = [
-        json.dumps({"index": i, "source": ds.source(i), "label": int(labels_t[i]), "top5": top[i].tolist(),
-                    "top5_names": [ds.classes[c] for c in top[i].tolist()],
-                    "top5_logits": [round(float(v), 6) for v in top_logits[i]]})
-        for i in range(n_images)
+        json.dumps({"index": i, "source": ds.source(i), "label": int(labels_t[row]), "top5": top[row].tolist(),
+                    "top5_names": [ds.classes[c] for c in top[row].tolist()],
+                    "top5_logits": [round(float(v), 6) for v in top_logits[row]]})
+        for row, i in enumerate(kept)
     ]
     pred_path = out_dir / "predictions.jsonl"
     write_text(pred_path, "\n".join(lines) + "\n")
-    return ZeroShotRun(result, json_path, md_path, pred_path)
+    skipped_path = out_dir / "skipped.jsonl"
+    if skipped:
+        write_text(skipped_path, "".join(json.dumps(s._asdict()) + "\n" for s in skipped))
+    elif skipped_path.exists():  # from an earlier run into the same --out
+        skipped_path.unlink()
+    return ZeroShotRun(result, json_path, md_path, pred_path, [s._asdict() for s in skipped])
 
 
 def default_out(model: str | os.PathLike, dataset: str, split: str) -> Path:
@@ -132,7 +152,8 @@ def register(subparsers: Any) -> None:
         epilog=EXAMPLES,
         formatter_class=HelpFormatter,
     )
-    z.add_argument("--model", required=True, help="Hugging Face hub id or save_pretrained directory (CLIP or SigLIP with a text tower)")
+    z.add_argument("--model", required=True,
+                   help="Hugging Face hub id or save_pretrained directory (CLIP or SigLIP with a text tower)")
     z.add_argument("--dataset", required=True, help="built-in name (cifar100, ...), folder:PATH or hf:REPO_ID")
     z.add_argument("--split", required=True, help="dataset split, e.g. test")
     z.add_argument("--templates", default="single", choices=list(TEMPLATE_SETS),
@@ -142,11 +163,14 @@ def register(subparsers: Any) -> None:
     z.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     z.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N images (default: all)")
     z.add_argument("--workers", type=int, default=None,
-                   help=f"image-decoding processes, 0 = none (default: half the CPUs, at most 8; here {default_workers()})")
+                   help="image-decoding processes, 0 = none "
+                   f"(default: half the CPUs, at most 8; here {default_workers()})")
     z.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
     z.add_argument("--data-root", default=None,
                    help=f"where built-in datasets live (default: $SPARSESTEER_DATA or {default_data_root()})")
     z.add_argument("--revision", default=None, help="hub revision of --model (default: main)")
+    z.add_argument("--on-bad-image", default="error", choices=("error", "skip"),
+                   help="unreadable image: stop with an error, or leave it out of the scores (listed in skipped.jsonl)")
     z.add_argument("--text-cache", metavar="DIR", default=DEFAULT_TEXT_CACHE,
                    help="directory caching the class weights per (model, classes, templates); 'none' disables it")
     z.set_defaults(func=run_zeroshot)
@@ -157,9 +181,12 @@ def run_zeroshot(args: argparse.Namespace) -> int:
         args.model, args.dataset, args.split, templates=args.templates, out=args.out, batch_size=args.batch_size,
         limit=args.limit, workers=args.workers, device=args.device, data_root=args.data_root,
         revision=args.revision, text_cache=None if str(args.text_cache).lower() == "none" else args.text_cache,
+        on_bad_image=args.on_bad_image,
     )  # fmt: skip
     r = run.result
     print(f"zero-shot {r.meta['dataset']} [{r.meta['split']}], {r.n_images} images, templates {r.meta['templates']}: "
           f"top-1 {100 * r.topk[1]:.2f} %, top-{TOPK} {100 * r.topk[TOPK]:.2f} %")
+    if run.skipped:
+        print(f"{len(run.skipped)} unreadable images left out (listed in {run.predictions_path.parent / 'skipped.jsonl'})")
     print(f"wrote {run.json_path}, {run.markdown_path}, {run.predictions_path}")
     return 0
