@@ -258,6 +258,25 @@ def test_model_dataset_split_and_out_errors(clip, data, tmp_path, capsys):
     assert 'field dtype: "float32" vs "float16"' in err
 
 
+def test_dinov2_with_registers_head_and_patches(data, tmp_path):
+    """The VS2++ retriever cache (DINOv2 `head`, cls) and patch rows that leave the registers out."""
+    from sparsesteer.models.tiny import make_tiny_dinov2
+
+    path = make_tiny_dinov2(tmp_path / "dino", layers=2, registers=2)
+    dino = load_backbone(path)
+    c = cache_activations(dino, f"folder:{data}", "train", ["head", "blocks.1.resid_post"], "cls", tmp_path / "h",
+                          workers=0, batch_size=3)
+    assert c.settings.d == {"head": 32, "blocks.1.resid_post": 32} and c.settings.model["arch"] == "dinov2"
+    for hook in ("head", "blocks.1.resid_post"):
+        np.testing.assert_allclose(read_all(c, hook), reference_rows(dino, data, "train", hook, "cls", range(7)),
+                                   rtol=1e-5, atol=1e-5)
+    p = cache_activations(dino, f"folder:{data}", "train", ["blocks.0.mlp_out"], "patch", tmp_path / "p", workers=0)
+    assert p.settings.token_positions == tuple(range(3, 19))  # CLS 0, registers 1-2, then 16 patches
+    np.testing.assert_allclose(read_all(p, "blocks.0.mlp_out"),
+                               reference_rows(dino, data, "train", "blocks.0.mlp_out", "patch", range(7)),
+                               rtol=1e-5, atol=1e-5)
+
+
 def test_model_without_cls_refuses_cls_tokens(tmp_path):
     from sparsesteer.models.tiny import make_tiny_siglip
 
