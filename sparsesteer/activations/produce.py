@@ -121,7 +121,8 @@ def cache_activations(
     workers: decoding processes (None: `data.batches.default_workers()`).
     """
     from ..data import open_dataset
-    from ..data.batches import ON_BAD_IMAGE, resolve_device
+    from ..data.batches import ON_BAD_IMAGE
+    from ..utils.device import resolve_device
     from ..models import Backbone, load_backbone
 
     if dtype not in DTYPES:

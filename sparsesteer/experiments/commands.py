@@ -19,7 +19,7 @@ EXAMPLES = """examples:
 def register(sub: argparse._SubParsersAction) -> None:
     from ..cli import HelpFormatter
     from ..utils import config as config_utils
-    from .vs2_table import VS2Config
+    from .vs2_config import VS2Config
 
     p = sub.add_parser(
         "reproduce",
@@ -41,7 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..utils import config as config_utils
-    from .vs2_table import VS2Config, VS2Experiment
+    from .vs2_config import VS2Config
+    from .vs2_table import VS2Experiment
 
     data = config_utils.load_file(args.config) if args.config else {}
     cfg = config_utils.from_dict(VS2Config, {**data, **config_utils.overrides(args, VS2Config)}, where="vs2 settings")

@@ -102,8 +102,11 @@ def per_class(exp: "VS2Experiment", method: str, top: int = 10) -> dict[str, Any
             "confusions": int(confusion[c].max()),
         })
     entries.sort(key=lambda e: e["delta"])
-    return {"method": method, "gains": entries[::-1][:top], "losses": entries[:top], "all": entries,
-            "improved": sum(e["delta"] > 0 for e in entries), "worse": sum(e["delta"] < 0 for e in entries)}
+    gains = [e for e in entries[::-1] if e["delta"] > 0][:top]
+    losses = [e for e in entries if e["delta"] < 0][:top]
+    return {"method": method, "gains": gains, "losses": losses, "all": entries,
+            "improved": sum(e["delta"] > 0 for e in entries), "worse": sum(e["delta"] < 0 for e in entries),
+            "unchanged": sum(e["delta"] == 0 for e in entries)}
 
 
 def markdown(res: dict[str, Any], classes: list[dict[str, Any]]) -> str:
@@ -135,14 +138,14 @@ def markdown(res: dict[str, Any], classes: list[dict[str, Any]]) -> str:
         lines.append(f"| {g['quantile']:g} | {g['tau']:.4f} | {_fmt(g['top1'])} | {100 * g['coverage']:.1f}% |")
     for pc in classes:
         lines += ["", f"## Per class: {pc['method']} vs zero-shot on {res['test_split']} "
-                      f"({pc['improved']} classes improve, {pc['worse']} get worse)", "",
-                  "| class | n | zero-shot % | method % | Δ | zero-shot most often confused with |", "|---|---:|---:|---:|---:|---|"]
-        for e in pc["gains"] + [None] + pc["losses"]:
-            if e is None:
-                lines.append("| … | | | | | |")
+                      f"({pc['improved']} classes improve, {pc['worse']} get worse, {pc['unchanged']} unchanged)"]
+        for title, group in (("largest gains", pc["gains"]), ("largest losses", pc["losses"])):
+            if not group:
                 continue
-            lines.append(f"| {e['class']} | {e['n']} | {e['zeroshot']:.1f} | {e['method']:.1f} | {e['delta']:+.1f} | "
-                         f"{e['zeroshot_confused_with'] or '—'} ({e['confusions']}) |")
+            lines += ["", f"{title}:", "", "| class | n | zero-shot % | method % | Δ | zero-shot most often confused with (count) |",
+                      "|---|---:|---:|---:|---:|---|"]
+            lines += [f"| {e['class']} | {e['n']} | {e['zeroshot']:.1f} | {e['method']:.1f} | {e['delta']:+.1f} | "
+                      f"{e['zeroshot_confused_with'] or '—'} ({e['confusions']}) |" for e in group]
     lines += ["", "Plots: `plots/` (tuning heatmaps, per-class deltas, FVU gate). Numbers: `results.json`."]
     return "\n".join(lines) + "\n"
 

@@ -17,104 +17,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 
-from ..steering.tuning import DEFAULT_GAMMAS, DEFAULT_LAMS
 from ..utils import io
 from ..utils.errors import SparsesteerError
 from . import vs2_paper
 from .stages import Pipeline, Stage
+from .vs2_config import VS2Config
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CLIP_LAMS = tuple(round(0.1 * i, 2) for i in range(21))  # 0 .. 2
-DEFAULT_ALPHAS = tuple(round(0.05 * i, 2) for i in range(21))  # 0 .. 1
-
-
-@dataclass(frozen=True)
-class VS2Config:
-    """Settings of one `reproduce vs2` run. None means: the paper's value for this backbone."""
-
-    model: str = "openai/clip-vit-base-patch32"
-    """CLIP backbone: hub id or local directory."""
-    dataset: str = "cifar100"
-    """cifar100, cub200, tiny-imagenet, folder:PATH or hf:REPO (with class names)."""
-    train_split: str = "train"
-    """Split used for the SAEs, the validation part and the retrieval database (labels unused except by PASS and oracle rows)."""
-    test_split: str = "test"
-    """Split the table is reported on (tiny-imagenet: its val split, as in the paper)."""
-    data_root: str | None = None
-    """Where built-in datasets live (downloaded there when missing); None = SPARSESTEER_DATA or ~/.cache."""
-    retriever: str = "facebook/dinov2-base"
-    """VS2++ retrieval embeddings: a DINOv2 hub id/directory, or 'clip' for CLIP image embeddings."""
-    neighbours: int = 50
-    """VS2++: neighbours retrieved per query."""
-    positive_rule: Literal["query", "mode"] = "query"
-    """VS2++ positives: neighbours sharing the query's pseudo-label, or carrying the most frequent label."""
-    val_fraction: float = 0.1
-    """Fraction of TRAIN held out for tuning (fixed seed); the SAEs are trained on the rest."""
-    seed: int = 0
-    """Seed of the validation split and SAE training."""
-    sae_k: int | None = None
-    """SAE k; None = paper's (64 B/32, 256 B/16, 128 L/14)."""
-    sae_expansion: int | None = None
-    """SAE expansion; None = paper's (4; 10 for L/14)."""
-    sae_lr: float = 5e-4
-    """SAE learning rate (paper: 5e-4, linear warm-up then linear decay)."""
-    sae_batch_size: int = 1024
-    """SAE batch size (unstated in the paper)."""
-    sae_epochs: float = 100.0
-    """Passes over the train CLS vectors (unstated in the paper)."""
-    sae_dead_after_steps: int = 100
-    """AuxK: a latent is dead after this many steps without firing (the paper's 'dead feature threshold 100', read as steps)."""
-    pass_weight: float = 0.8
-    """PASS prototype-alignment weight (paper: 0.8)."""
-    gamma_rec: float = 1.5
-    """gamma of the SAE_REC^{F+gamma} baseline (paper: 1.5)."""
-    lams: tuple[float, ...] = DEFAULT_LAMS
-    """VS2 / VS2++ lambda grid."""
-    gammas: tuple[float, ...] = DEFAULT_GAMMAS
-    """VS2 / VS2++ gamma grid."""
-    clip_lams: tuple[float, ...] = DEFAULT_CLIP_LAMS
-    """CLIP-steering lambda grid."""
-    alphas: tuple[float, ...] = DEFAULT_ALPHAS
-    """Weighted-RAG alpha grid."""
-    gate_quantiles: tuple[float, ...] = (0.90, 0.95, 0.99, 0.995)
-    """FVU-gate quantiles q (tau = q-quantile of per-sample FVU on unlabeled train)."""
-    in_forward: bool = True
-    """Also run the rows that need model forwards with per-block SAEs: SAE_REC^A and VS2 on the last blocks."""
-    multi_layer: tuple[int, ...] = (2, 3)
-    """Table 7: steer the CLS of the last n blocks for each n."""
-    limit_train: int | None = None
-    """Use only the first N train images (quick runs)."""
-    limit_test: int | None = None
-    """Use only the first N test images (quick runs)."""
-    cache_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
-    """Storage dtype of cached activations."""
-    batch_size: int = 64
-    """Images per model forward."""
-    workers: int | None = None
-    """Image decoding processes (None: automatic)."""
-    device: str = "auto"
-    """cpu, cuda, ... or auto."""
-
-    def __post_init__(self) -> None:
-        if self.neighbours < 1:
-            raise SparsesteerError(f"neighbours must be >= 1, got {self.neighbours}")
-        for name in ("pass_weight", "gamma_rec", "sae_lr"):
-            value = getattr(self, name)
-            if not math.isfinite(value):
-                raise SparsesteerError(f"{name} must be finite, got {value}")
-        for name in ("lams", "gammas", "clip_lams", "alphas"):
-            if not all(math.isfinite(v) for v in getattr(self, name)):
-                raise SparsesteerError(f"{name} must be finite numbers")
-
 
 CACHE_FIELDS = ("model", "dataset", "train_split", "test_split", "limit_train", "limit_test", "cache_dtype", "in_forward")
 
@@ -145,7 +60,7 @@ class VS2Experiment:
     @property
     def backbone(self):
         if self._bb is None:
-            from ..data.batches import resolve_device
+            from ..utils.device import resolve_device
             from ..models import load_backbone
 
             self._bb = load_backbone(self.cfg.model, device=resolve_device(self.cfg.device))

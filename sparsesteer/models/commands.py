@@ -66,7 +66,8 @@ def zeroshot(
     (None = do not cache them). on_bad_image='skip' leaves unreadable images out of the scores and
     lists them in `skipped.jsonl`."""
     from ..data import open_dataset
-    from ..data.batches import image_batches, resolve_device
+    from ..data.batches import image_batches
+    from ..utils.device import resolve_device
     from ..utils.io import write_text
     from .accuracy import evaluate, write_result
     from .backbone import load_backbone

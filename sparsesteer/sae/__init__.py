@@ -5,40 +5,56 @@
     codes = sae.encode(x)              # SparseCodes(values [B, k], indices [B, k])
     x_hat = sae.decode(codes)
     sae.save("runs/sae"); sae = SparseAutoencoder.load("runs/sae")
+
+Names are imported lazily so that `sparsesteer --help` does not load torch.
 """
 
 from __future__ import annotations
 
-from .base import ForwardOutput, SparseAutoencoder, SparseCodes
-from .batchtopk import BatchTopKSAE
-from .config import ARCHITECTURES, SAEConfig
-from .jumprelu import JumpReLUSAE
-from .relu import ReLUSAE
-from .topk import TopKSAE
+import importlib
+from typing import TYPE_CHECKING, Any
 
-VARIANTS: dict[str, type[SparseAutoencoder]] = {
-    "topk": TopKSAE,
-    "batchtopk": BatchTopKSAE,
-    "relu": ReLUSAE,
-    "jumprelu": JumpReLUSAE,
+from .config import ARCHITECTURES, SAEConfig, TrainConfig
+
+if TYPE_CHECKING:
+    from .base import ForwardOutput, SparseAutoencoder, SparseCodes
+    from .batchtopk import BatchTopKSAE
+    from .jumprelu import JumpReLUSAE
+    from .relu import ReLUSAE
+    from .topk import TopKSAE
+
+_LAZY = {
+    "ForwardOutput": "base",
+    "SparseAutoencoder": "base",
+    "SparseCodes": "base",
+    "BatchTopKSAE": "batchtopk",
+    "JumpReLUSAE": "jumprelu",
+    "ReLUSAE": "relu",
+    "TopKSAE": "topk",
 }
 
 
-def build(cfg: SAEConfig, **kwargs) -> SparseAutoencoder:
+def variants() -> dict[str, type]:
+    """Architecture name -> SAE class."""
+    from .batchtopk import BatchTopKSAE
+    from .jumprelu import JumpReLUSAE
+    from .relu import ReLUSAE
+    from .topk import TopKSAE
+
+    return {"topk": TopKSAE, "batchtopk": BatchTopKSAE, "relu": ReLUSAE, "jumprelu": JumpReLUSAE}
+
+
+def build(cfg: SAEConfig, **kwargs: Any) -> "SparseAutoencoder":
     """A freshly initialised SAE of the configured variant (cfg must be resolved)."""
-    return VARIANTS[cfg.arch](cfg, **kwargs)
+    return variants()[cfg.arch](cfg, **kwargs)
 
 
-__all__ = [
-    "ARCHITECTURES",
-    "BatchTopKSAE",
-    "ForwardOutput",
-    "JumpReLUSAE",
-    "ReLUSAE",
-    "SAEConfig",
-    "SparseAutoencoder",
-    "SparseCodes",
-    "TopKSAE",
-    "VARIANTS",
-    "build",
-]
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
+    if name == "VARIANTS":
+        return variants()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["ARCHITECTURES", "SAEConfig", "TrainConfig", "build", "variants", *_LAZY]

@@ -24,7 +24,7 @@ EXAMPLES = """examples:
 def register(sub: argparse._SubParsersAction) -> None:
     from ..cli import HelpFormatter
     from .config import SAEConfig
-    from .train import TrainConfig
+    from .config import TrainConfig
 
     p = sub.add_parser(
         "train",
@@ -157,9 +157,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ..activations.loader import open_source
     from .base import SparseAutoencoder
     from .metrics import evaluate, save_eval
-    from .train import _resolve_device
+    from ..utils.device import resolve_device
 
-    device = _resolve_device(args.device)
+    device = resolve_device(args.device)
     sae = SparseAutoencoder.load(args.sae, device=device)
     meta = source_metadata(args.activations, args.hook or sae.metadata.get("hook"), args.tokens)
     cache_hooks = _cache_hooks(args.activations)

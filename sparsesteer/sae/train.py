@@ -21,9 +21,8 @@ import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -32,90 +31,13 @@ from safetensors.torch import load_file, save_file
 from ..activations.loader import RowSource, ShuffledBatches, open_source, sample_rows
 from ..utils import io
 from ..utils.config import to_dict
+from ..utils.device import resolve_device
 from ..utils.errors import SparsesteerError
 from ..utils.progress import progress
 from . import build
 from .base import SparseAutoencoder
-from .config import SAEConfig
+from .config import SAEConfig, TrainConfig
 from .init import geometric_median
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    """The shared training loop."""
-
-    batch_size: int = 4096
-    """Samples (activation rows) per step."""
-    lr: float = 5e-4
-    """Peak learning rate (Adam)."""
-    warmup_steps: int | None = None
-    """Linear warm-up steps; None = 5% of the run."""
-    decay: Literal["cosine", "linear", "constant"] = "cosine"
-    """Learning-rate decay after warm-up, down to min_lr_ratio * lr at the last step."""
-    min_lr_ratio: float = 0.0
-    """Final learning rate as a fraction of lr."""
-    epochs: float = 1.0
-    """Passes over the activations (ignored when steps is set)."""
-    steps: int | None = None
-    """Training steps; None = epochs * rows / batch_size."""
-    grad_clip: float = 1.0
-    """Clip each SAE's gradient norm to this value; 0 = off."""
-    adam_betas: tuple[float, float] = (0.9, 0.999)
-    """Adam betas."""
-    seed: int = 0
-    """Seed for initialisation and data order."""
-    b_dec_init: Literal["geometric_median", "mean", "zeros"] = "geometric_median"
-    """Initial decoder bias: geometric median or mean of a data sample, or zeros."""
-    normalize_input: bool = False
-    """Scale inputs by a fixed factor so their mean norm is sqrt(d_in); the factor is folded into the
-    saved weights, so a saved SAE takes raw activations."""
-    init_samples: int = 65536
-    """Rows sampled for the initialisation statistics (b_dec, input scale)."""
-    device: str = "auto"
-    """cpu, cuda, cuda:1, ... or auto (cuda when available)."""
-    bf16: bool = False
-    """bfloat16 autocast for the forward pass (CUDA only)."""
-    tf32: bool = True
-    """Allow TF32 matmuls (CUDA only)."""
-    checkpoint_every: int = 1000
-    """Save a resumable checkpoint every N steps (and at the end); 0 = only at the end."""
-    log_every: int = 20
-    """Append metrics to metrics.jsonl every N steps."""
-    buffer_mb: int = 512
-    """Shuffle buffer: rows held in memory at once (two windows at most, with prefetch)."""
-    log_to: tuple[str, ...] = ()
-    """Extra metric sinks: wandb, tensorboard (when installed)."""
-    wandb_project: str = "sparsesteer"
-    """Weights & Biases project (with log_to=wandb)."""
-
-    def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise SparsesteerError(f"batch_size must be >= 1, got {self.batch_size}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise SparsesteerError(f"lr must be a positive number, got {self.lr}")
-        if self.steps is not None and self.steps < 1:
-            raise SparsesteerError(f"steps must be >= 1, got {self.steps}")
-        if self.epochs <= 0:
-            raise SparsesteerError(f"epochs must be positive, got {self.epochs}")
-        for sink in self.log_to:
-            if sink not in ("wandb", "tensorboard"):
-                raise SparsesteerError(f"unknown log sink {sink!r}; valid: wandb, tensorboard")
-
-    def total_steps(self, n_rows: int) -> int:
-        return self.steps or max(1, math.ceil(self.epochs * n_rows / self.batch_size))
-
-    def lr_at(self, step: int, total: int) -> float:
-        """Learning rate for step `step` (0-based) of `total`: linear warm-up, then decay."""
-        warm = self.warmup_steps if self.warmup_steps is not None else max(1, round(0.05 * total))
-        if step < warm:
-            return self.lr * (step + 1) / warm
-        if self.decay == "constant" or total <= warm:
-            return self.lr
-        frac = min(1.0, (step - warm + 1) / (total - warm))
-        lo = self.min_lr_ratio
-        if self.decay == "linear":
-            return self.lr * (1 - (1 - lo) * frac)
-        return self.lr * (lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
 class TrainResult(NamedTuple):
@@ -191,18 +113,6 @@ def _adam_impl(device: torch.device) -> dict[str, Any]:
     return {"fused": True} if device.type in ("cpu", "cuda") else {"foreach": True}
 
 
-def _resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(spec)
-    except RuntimeError:
-        raise SparsesteerError(f"unknown device {spec!r}") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise SparsesteerError("--device cuda requested but CUDA is not available")
-    return device
-
-
 def _unique_names(cfgs: Sequence[SAEConfig]) -> list[str]:
     names = [c.name for c in cfgs]
     if len(set(names)) == len(names):
@@ -235,7 +145,7 @@ class Trainer:
         self.names = _unique_names(self.sae_cfgs)
         self.out = Path(out)
         self.metadata = dict(metadata or {})
-        self.device = _resolve_device(cfg.device)
+        self.device = resolve_device(cfg.device)
         self.total = cfg.total_steps(self.source.n_rows)
         self.n_classes = 0
         if any(c.pass_weight for c in self.sae_cfgs):

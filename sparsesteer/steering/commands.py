@@ -76,7 +76,7 @@ def _classes(cache, dataset: str | None, data_root: str | None) -> list[str]:
 def run_vs2(args: argparse.Namespace) -> int:
     import torch
 
-    from ..data.batches import resolve_device
+    from ..utils.device import resolve_device
     from ..models import load_backbone
     from ..models.templates import get_templates
     from ..models.zeroshot import ZeroShotClassifier
