@@ -151,8 +151,8 @@ def test_batchtopk_threshold_is_an_ema_and_drives_inference():
     sae = make("batchtopk", k=3, threshold_ema=0.5)
     x1, x2 = torch.randn(20, 12, dtype=torch.float64), torch.randn(20, 12, dtype=torch.float64)
     p = dense_params(sae)
-    m1 = ref_batchtopk_codes(ref_pre(p, x1), 3)
-    m2 = ref_batchtopk_codes(ref_pre(p, x2), 3)
+    m1 = ref_batchtopk_codes(ref_pre(p, x1), 3).detach()
+    m2 = ref_batchtopk_codes(ref_pre(p, x2), 3).detach()
     with torch.no_grad():
         sae(x1)
         sae(x2)
