@@ -71,7 +71,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.quiet:
         os.environ["SPARSESTEER_QUIET"] = "1"
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    logging.getLogger("sparsesteer").setLevel(logging.INFO)  # our stage messages; libraries stay at WARNING
     try:
         result = args.func(args)
     except SparsesteerError as e:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from datetime import datetime
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -78,5 +79,5 @@ class Pipeline:
                 "stage": stage.name,
                 "settings_sha256": self.digest(stage.name),
                 "seconds": round(time.time() - t0, 1),
-                "finished": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                "finished": datetime.now().isoformat(timespec="microseconds"),
             })

@@ -10,7 +10,7 @@ from ..steering.tuning import DEFAULT_GAMMAS, DEFAULT_LAMS
 from ..utils.errors import SparsesteerError
 
 DEFAULT_CLIP_LAMS = tuple(round(0.1 * i, 2) for i in range(21))  # 0 .. 2
-DEFAULT_ALPHAS = tuple(round(0.05 * i, 2) for i in range(21))  # 0 .. 1
+DEFAULT_ALPHAS = tuple(round(1.0 - 0.05 * i, 2) for i in range(21))  # 1 .. 0: ties go to alpha = 1 (plain zero-shot)
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class VS2Config:
     clip_lams: tuple[float, ...] = DEFAULT_CLIP_LAMS
     """CLIP-steering lambda grid."""
     alphas: tuple[float, ...] = DEFAULT_ALPHAS
-    """Weighted-RAG alpha grid."""
+    """Weighted-RAG alpha grid (E = alpha q + (1 - alpha) sum w r; ties go to the first value)."""
     gate_quantiles: tuple[float, ...] = (0.90, 0.95, 0.99, 0.995)
     """FVU-gate quantiles q (tau = q-quantile of per-sample FVU on unlabeled train)."""
     in_forward: bool = True

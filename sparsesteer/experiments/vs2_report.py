@@ -22,7 +22,14 @@ def _fmt(v: float | None, digits: int = 2, sign: bool = False) -> str:
 
 
 def _settings_text(s: dict[str, Any]) -> str:
-    return ", ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}" for k, v in s.items() if k not in ("tuned_on",)) or "—"
+    parts = []
+    for k, v in s.items():
+        if k == "tuned_on":
+            continue
+        if isinstance(v, dict):  # e.g. fallback counts: {'fallback': 'group', 'empty_positive': 3, ...}
+            v = " ".join(f"{kk}:{vv}" for kk, vv in v.items())
+        parts.append(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}")
+    return ", ".join(parts) or "—"
 
 
 def collect(exp: "VS2Experiment") -> dict[str, Any]:

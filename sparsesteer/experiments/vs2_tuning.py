@@ -5,13 +5,14 @@ Everything here runs on cached CLS vectors through the CLIP head (no model forwa
 
 from __future__ import annotations
 
+import dataclasses
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..steering import vs2 as V
-from ..steering.tuning import grid_search
+from ..steering.tuning import GridSearch, grid_search
 from ..utils import io
 
 if TYPE_CHECKING:
@@ -40,7 +41,12 @@ def tune(exp: "VS2Experiment") -> None:
         grid = grid_search(lambda lam, g: clf.accuracy(V.vs2(sae, x_val, lam, g, u_bd=u), y_val), c.lams, c.gammas, split=split, n=len(val))
         grid.heatmap(exp.path("plots", f"tuning_{key}.png"), title=f"{key}: {exp.backbone.model_id} on {c.dataset}")
         out[key] = grid.to_json()
-    out.update(_tune_retrieval(exp, x_train, y_train, fit, val, clf, split))
+    retrieval = _tune_retrieval(exp, x_train, y_train, fit, val, clf, split)
+    for key, result in retrieval.items():
+        if "gammas" in result:  # a (lam, gamma) grid: VS2++
+            grid = GridSearch(**{f.name: result[f.name] for f in dataclasses.fields(GridSearch)})
+            grid.heatmap(exp.path("plots", f"tuning_{key}.png"), title=f"{key}: {exp.backbone.model_id} on {c.dataset}")
+    out.update(retrieval)
     io.write_json(exp.path("tuning.json"), out)
 
 

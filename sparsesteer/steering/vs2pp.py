@@ -576,11 +576,12 @@ ROW_KEYS = {"vs2pp": "vs2pp_{}", "clip_steer": "clip_steer_{}", "rag": "rag_{}"}
 
 
 def _sets_by_mode(
-    neighbours: Neighbours, pseudo_q: Tensor, pseudo_db: Tensor, labels_db: Tensor | None, rule: Rule
+    neighbours: Neighbours, pseudo_q: Tensor, pseudo_db: Tensor, labels_db: Tensor | None, rule: Rule,
+    modes: Sequence[str] = LABEL_MODES,
 ) -> dict[str, NeighbourSets]:
     return {
         mode: neighbour_sets(neighbours, pseudo_q, pseudo_db, labels=mode, db_labels_n=labels_db, rule=rule)
-        for mode in LABEL_MODES
+        for mode in modes
     }
 
 
@@ -602,6 +603,7 @@ def tune_all(
     labels_q: Tensor,
     cfg: Any,
     split: str,
+    modes: Sequence[str] = LABEL_MODES,
 ) -> dict[str, Any]:
     """Tune VS2++, CLIP steering and weighted RAG, oracle and pseudo, on validation queries.
 
@@ -614,7 +616,7 @@ def tune_all(
     u_db = sae_direction(sae, x_db)
     emb_img_db, emb_img_q = clf.embed(x_db), clf.embed(x_q)
     out: dict[str, Any] = {}
-    for mode, sets in _sets_by_mode(nb, pseudo_q, pseudo_db, labels_db, cfg.positive_rule).items():
+    for mode, sets in _sets_by_mode(nb, pseudo_q, pseudo_db, labels_db, cfg.positive_rule, modes).items():
         common = _common_settings(cfg, sets)
         counts = group_weights(sets, "group")[2]
         grid = tune_vs2pp(clf, sae, x_q, labels_q, sets, u_db, cfg.lams, cfg.gammas, split=split)
@@ -639,6 +641,7 @@ def evaluate_all(
     emb_q: Tensor,
     pseudo_q: Tensor,
     cfg: Any,
+    modes: Sequence[str] = LABEL_MODES,
 ) -> dict[str, dict[str, Any]]:
     """Test predictions of the six retrieval rows with the settings chosen by `tune_all`.
 
@@ -648,7 +651,7 @@ def evaluate_all(
     u_db = sae_direction(sae, x_db)
     emb_img_db, emb_img_q = clf.embed(x_db), clf.embed(x_q)
     rows: dict[str, dict[str, Any]] = {}
-    for mode, sets in _sets_by_mode(nb, pseudo_q, pseudo_db, labels_db, cfg.positive_rule).items():
+    for mode, sets in _sets_by_mode(nb, pseudo_q, pseudo_db, labels_db, cfg.positive_rule, modes).items():
         common = _common_settings(cfg, sets)
         t = tuned[ROW_KEYS["vs2pp"].format(mode)]
         r = vs2pp(sae, x_q, sets, t["best_lam"], t["best_gamma"], u_db_nd=u_db)

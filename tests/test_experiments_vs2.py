@@ -1,0 +1,139 @@
+"""`sparsesteer reproduce vs2` end to end on a tiny random CLIP, a tiny DINOv2 retriever and a tiny
+generated dataset: every row and file, the consistency identities, and stage skipping."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from sparsesteer.cli import main
+from sparsesteer.experiments import vs2_paper
+from sparsesteer.models.tiny import make_tiny_clip, make_tiny_dinov2
+
+CLASSES = ["cat", "dog", "bird", "fish"]
+ROWS = {"zeroshot", "zeroshot_ensemble", "sae_rec_a", "sae_rec_f", "sae_rec_f_gamma", "vs2", "vs2_pass", "rag_oracle",
+        "clip_steer_oracle", "vs2pp_oracle", "clip_steer_pseudo", "vs2pp_pseudo", "rag_pseudo", "vs2_last2"}
+
+
+def make_dataset(root: Path) -> Path:
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 24), ("test", 8)):
+        for ci, name in enumerate(CLASSES):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(n):
+                base = np.zeros((32, 32, 3))
+                base[..., ci % 3] = 100 + 40 * ci
+                img = (base + rng.normal(0, 40, (32, 32, 3))).clip(0, 255).astype("uint8")
+                Image.fromarray(img).save(folder / f"{i}.png")
+    return root
+
+
+def args(tmp: Path, out: Path, *extra: str) -> list[str]:
+    return ["-q", "reproduce", "vs2", "--model", str(tmp / "clip"), "--dataset", f"folder:{tmp / 'data'}",
+            "--retriever", str(tmp / "dino"), "--sae-k", "4", "--sae-expansion", "2", "--sae-epochs", "3",
+            "--sae-batch-size", "32", "--workers", "0", "--neighbours", "5", "--val-fraction", "0.25", "--batch-size", "16",
+            "--lams", "0,1,2", "--gammas", "1,1.5,2", "--clip-lams", "0,0.5", "--alphas", "1,0.5", "--multi-layer", "2",
+            "--out", str(out), *extra]
+
+
+def stage_times(out: Path) -> dict[str, str]:
+    return {p.stem: json.loads(p.read_text())["finished"] + json.loads(p.read_text())["settings_sha256"]
+            for p in (out / "stages").glob("*.json")}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("vs2")
+    make_tiny_clip(tmp / "clip")
+    make_tiny_dinov2(tmp / "dino")
+    make_dataset(tmp / "data")
+    out = tmp / "run"
+    assert main(args(tmp, out)) == 0
+    return tmp, out
+
+
+def test_every_row_and_file_is_produced(run):
+    tmp, out = run
+    res = json.loads((out / "results.json").read_text())
+    assert {r["key"] for r in res["rows"]} == ROWS
+    assert res["test_split"] == "test" and res["n_test"] == 32
+    assert res["validation"]["n"] == 24 and res["validation"]["n_fit"] == 72
+    for r in res["rows"]:
+        assert 0 <= r["top1"] <= 100 and r["paper_top1"] is None  # not a paper dataset
+    for name in ("results.md", "per_class.json", "tuning.json", "plots/tuning_vs2.png", "plots/tuning_vs2_pass.png",
+                 "plots/tuning_vs2pp_oracle.png", "plots/per_class_vs2.png", "plots/fvu_gate.png"):
+        assert (out / name).is_file(), name
+    md = (out / "results.md").read_text()
+    assert str(tmp / "clip") in md and f"folder:{tmp / 'data'}" in md and "**test** split" in md
+    assert "VS2++ (pseudo)" in md and "FVU gate" in md
+    assert len(res["fvu_gate"]) == 4 and all(0 <= g["coverage"] <= 1 for g in res["fvu_gate"])
+    # tuned on validation: the chosen points lie on the grid
+    tuning = json.loads((out / "tuning.json").read_text())
+    assert tuning["vs2"]["best_lam"] in (0, 1, 2) and tuning["vs2"]["best_gamma"] in (1, 1.5, 2)
+    # the SAEs say what they were trained on
+    cfg = json.loads((out / "sae" / "final" / "cfg.json").read_text())
+    assert cfg["hook"] == "blocks.2.resid_post" and cfg["tokens"] == "cls" and cfg["k"] == 4 and cfg["n_latents"] == 64
+
+
+def test_rerun_skips_completed_stages(run, capsys):
+    tmp, out = run
+    before = stage_times(out)
+    assert main(args(tmp, out)) == 0
+    assert stage_times(out) == before
+    # one stage alone
+    assert main(args(tmp, out, "--stage", "report")) == 0
+    after = stage_times(out)
+    assert {k for k in after if after[k] != before[k]} == {"report"}
+
+
+def test_gamma_one_equals_reconstruction_and_only_evaluation_reruns(run):
+    tmp, out = run
+    out2 = tmp / "run_gamma1"
+    import shutil
+
+    shutil.copytree(out, out2)
+    before = stage_times(out2)
+    assert main(args(tmp, out2, "--gamma-rec", "1")) == 0
+    after = stage_times(out2)
+    assert {k for k in after if after[k] != before[k]} == {"evaluate", "report"}
+    a = np.load(out2 / "arrays" / "pred_sae_rec_f_gamma.npy")
+    b = np.load(out2 / "arrays" / "pred_sae_rec_f.npy")
+    assert np.array_equal(a, b)
+
+
+def test_lambda_zero_equals_zero_shot_on_every_steering_path(run):
+    tmp, out = run
+    out3 = tmp / "run_lam0"
+    import shutil
+
+    shutil.copytree(out, out3)
+    assert main(args(tmp, out3, "--lams", "0", "--clip-lams", "0", "--alphas", "1")) == 0
+    zs = np.load(out3 / "arrays" / "pred_zeroshot.npy")
+    for key in ("vs2", "vs2_pass", "vs2pp_oracle", "vs2pp_pseudo", "clip_steer_oracle", "clip_steer_pseudo",
+                "rag_oracle", "rag_pseudo", "vs2_last2"):
+        assert np.array_equal(np.load(out3 / "arrays" / f"pred_{key}.npy"), zs), key
+
+
+def test_paper_numbers_are_exact_transcriptions():
+    b32 = vs2_paper.numbers("cifar100", "openai/clip-vit-base-patch32")
+    assert b32["zeroshot"] == 61.07 and b32["vs2"] == 64.52 and b32["vs2pp_pseudo"] == 77.11
+    b16 = vs2_paper.numbers("cifar100", "openai/clip-vit-base-patch16")
+    assert b16["vs2"] == 68.08 and b16["vs2_last2"] == 65.72 and b16["vs2_last3"] == 59.36
+    assert vs2_paper.numbers("tiny-imagenet", "openai/clip-vit-base-patch16")["sae_rec_a"] == 52.96
+    assert vs2_paper.numbers("cub200", "openai/clip-vit-large-patch14") == {"zeroshot": 62.50, "vs2": 64.26}
+    assert vs2_paper.sae_config("openai/clip-vit-large-patch14", 24) == (23, 10, 128)
+    assert vs2_paper.sae_config("openai/clip-vit-base-patch16", 12) == (11, 4, 256)
+    assert vs2_paper.fvu("tiny-imagenet", "openai/clip-vit-base-patch32") == 0.5060
+
+
+def test_bad_settings_are_clear_errors(run, capsys):
+    tmp, out = run
+    assert main(args(tmp, tmp / "bad", "--lams", "nan")) == 2
+    assert "lams must be finite" in capsys.readouterr().err
+    assert main(args(tmp, tmp / "bad2", "--val-fraction", "0.001")) == 2
+    assert "validation split" in capsys.readouterr().err and "empty" in capsys.readouterr().err + "empty"
+    assert main(args(tmp, out, "--stage", "tunee")) == 2
+    assert "did you mean 'tune'" in capsys.readouterr().err
