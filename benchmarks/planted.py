@@ -40,6 +40,7 @@ def planted_data(n: int, d: int, atoms: int, active: int, noise: float, seed: in
 
 def mmcs(D_true: torch.Tensor, W_dec: torch.Tensor) -> float:
     """Mean over true atoms of the max cosine similarity with any decoder row."""
+    W_dec = W_dec.detach()
     W = W_dec / W_dec.norm(dim=1, keepdim=True)
     return float((D_true @ W.T).max(dim=1).values.mean())
 

@@ -137,3 +137,18 @@ def test_bad_settings_are_clear_errors(run, capsys):
     assert "validation split" in capsys.readouterr().err and "empty" in capsys.readouterr().err + "empty"
     assert main(args(tmp, out, "--stage", "tunee")) == 2
     assert "did you mean 'tune'" in capsys.readouterr().err
+
+
+def test_reproduce_on_real_cifar10_jpegs(cifar10_jpeg, tmp_path):
+    """Real JPEG decoding through the whole chain (a tiny random CLIP; skipped without the data)."""
+    make_tiny_clip(tmp_path / "clip")
+    out = tmp_path / "run"
+    assert main(["-q", "reproduce", "vs2", "--model", str(tmp_path / "clip"), "--dataset", f"folder:{cifar10_jpeg}",
+                 "--retriever", "clip", "--limit-train", "200", "--limit-test", "100", "--sae-k", "4", "--sae-expansion", "2",
+                 "--sae-epochs", "2", "--sae-batch-size", "64", "--workers", "1", "--neighbours", "5", "--lams", "0,1",
+                 "--gammas", "1,2", "--clip-lams", "0,1", "--alphas", "1,0.5", "--no-in-forward", "--out", str(out)]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert res["n_test"] == 100 and res["validation"]["n"] == 20
+    assert "sae_rec_a" not in {r["key"] for r in res["rows"]}  # --no-in-forward
+    classes = {e["class"] for e in json.loads((out / "per_class.json").read_text())["vs2"]}
+    assert classes <= {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"}

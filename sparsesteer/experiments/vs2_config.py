@@ -6,11 +6,9 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from ..steering.tuning import DEFAULT_GAMMAS, DEFAULT_LAMS
+from ..steering.tuning import DEFAULT_ALPHAS, DEFAULT_CLIP_LAMS, DEFAULT_GAMMAS, DEFAULT_LAMS
 from ..utils.errors import SparsesteerError
 
-DEFAULT_CLIP_LAMS = tuple(round(0.1 * i, 2) for i in range(21))  # 0 .. 2
-DEFAULT_ALPHAS = tuple(round(1.0 - 0.05 * i, 2) for i in range(21))  # 1 .. 0: ties go to alpha = 1 (plain zero-shot)
 
 
 @dataclass(frozen=True)

@@ -198,7 +198,7 @@ def run_vs2pp(args: argparse.Namespace) -> int:
     from . import vs2 as V
     from . import vs2pp
     from .classify import CLSClassifier
-    from .tuning import DEFAULT_GAMMAS, DEFAULT_LAMS, validation_split
+    from .tuning import DEFAULT_ALPHAS, DEFAULT_CLIP_LAMS, DEFAULT_GAMMAS, DEFAULT_LAMS, validation_split
 
     if (args.retrieval_activations is None) != (args.retrieval_database is None):
         raise SparsesteerError("give both --retrieval-activations and --retrieval-database, or neither (CLIP embeddings)")
@@ -226,7 +226,7 @@ def run_vs2pp(args: argparse.Namespace) -> int:
     pseudo_q, pseudo_db = clf.predict(x_q), clf.predict(x_db)
     labels_db = torch.from_numpy(y_db)
     cfg = SimpleNamespace(neighbours=args.neighbours, positive_rule=args.positive_rule, lams=DEFAULT_LAMS, gammas=DEFAULT_GAMMAS,
-                          clip_lams=tuple(round(0.1 * i, 2) for i in range(21)), alphas=vs2pp.DEFAULT_ALPHAS, retriever=retriever)
+                          clip_lams=DEFAULT_CLIP_LAMS, alphas=DEFAULT_ALPHAS, retriever=retriever)
     fit, val = validation_split(len(x_db), args.val_fraction, args.seed)
     fit_t, val_t = torch.from_numpy(fit), torch.from_numpy(val)
     tuned = vs2pp.tune_all(sae=sae, clf=clf, x_db=x_db[fit_t], emb_db=emb_db[fit_t], pseudo_db=pseudo_db[fit_t],

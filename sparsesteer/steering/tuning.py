@@ -15,6 +15,10 @@ from ..utils.errors import SparsesteerError
 # CIFAR-100 point (lam 2.1, gamma 1.5) lies inside it.
 DEFAULT_LAMS = tuple(round(0.25 * i, 2) for i in range(20))  # 0 .. 4.75
 DEFAULT_GAMMAS = tuple(round(1.0 + 0.1 * i, 2) for i in range(20))  # 1.0 .. 2.9
+# CLIP steering (x + lam * (mean_{S+} x - mean_{S-} x)): lam up to the reach of lam * (gamma - 1) above.
+DEFAULT_CLIP_LAMS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
+# Weighted RAG (E = alpha q + (1 - alpha) sum w r): from 1 (plain zero-shot) down, so ties keep zero-shot.
+DEFAULT_ALPHAS = tuple(round(1.0 - 0.05 * i, 2) for i in range(21))
 
 
 def validation_split(n: int, fraction: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

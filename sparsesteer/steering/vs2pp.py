@@ -43,7 +43,7 @@ from torch import Tensor
 
 from ..utils.errors import SparsesteerError, unknown
 from .retrieval import Backend, Neighbours, knn
-from .tuning import DEFAULT_GAMMAS, DEFAULT_LAMS, GridSearch, grid_search
+from .tuning import DEFAULT_ALPHAS, DEFAULT_CLIP_LAMS, DEFAULT_GAMMAS, DEFAULT_LAMS, GridSearch, grid_search
 from .vs2 import check_finite, sae_direction, steer
 
 if TYPE_CHECKING:
@@ -61,10 +61,8 @@ RAG_OVER = ("positives", "all")
 
 N_NEIGHBOURS = 50
 """The paper's N (ablation: 10/25/50/100)."""
-DEFAULT_CLIP_LAMS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
 """CLIP-steering strengths. VS2++'s default grid reaches lam * (gamma - 1) = 9, so the same reach;
 0 first so that ties pick no steering."""
-DEFAULT_ALPHAS = tuple(round(1.0 - 0.05 * i, 2) for i in range(21))
 """Weighted-RAG alphas, 1.0 (zero-shot) first so that ties pick the least retrieval."""
 _CHUNK = 128  # queries per gather of neighbour rows ([chunk, N, d])
 
