@@ -244,3 +244,33 @@ def test_cli_bad_input_errors(tmp_path, capsys):
     capsys.readouterr()
     assert main(["evaluate", "--sae", str(tmp_path / "s"), "--activations", str(tmp_path / "w.npy")]) == 2
     assert "width 8 does not match the SAE's d_in=16" in capsys.readouterr().err
+
+
+def test_wandb_sink_gets_flattened_metrics_and_is_finished(tmp_path, monkeypatch):
+    """The W&B integration, with a stand-in module (wandb itself is an optional extra)."""
+    import types
+
+    calls = {"init": [], "log": [], "finish": 0}
+
+    class Run:
+        def log(self, data, step):
+            calls["log"].append((step, data))
+
+        def finish(self):
+            calls["finish"] += 1
+
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kw: calls["init"].append(kw) or Run()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    train(data(), SAEConfig(k=2, n_latents=16), TrainConfig(batch_size=256, steps=4, log_every=2, log_to=("wandb",), wandb_project="p"),
+          tmp_path / "w")
+    assert calls["init"][0]["project"] == "p" and calls["finish"] == 1
+    assert [s for s, _ in calls["log"]] == [2, 4]
+    step, record = calls["log"][-1]
+    assert record["step"] == 4 and "topk-k2-n16/fvu" in record and "topk-k2-n16/l0" in record
+
+
+def test_missing_logging_backend_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import fails
+    with pytest.raises(SparsesteerError, match="pip install wandb"):
+        train(data(), SAEConfig(k=2, n_latents=16), TrainConfig(steps=1, log_to=("wandb",)), tmp_path / "w")
