@@ -66,9 +66,9 @@ class VS2Config:
     multi_layer: tuple[int, ...] = (2, 3)
     """Table 7: steer the CLS of the last n blocks for each n."""
     limit_train: int | None = None
-    """Use only the first N train images (quick runs)."""
+    """Use only the first N train images, in dataset order (quick runs; folder: layouts are sorted by class, so few classes)."""
     limit_test: int | None = None
-    """Use only the first N test images (quick runs)."""
+    """Use only the first N test images, in dataset order (quick runs; see limit_train)."""
     cache_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     """Storage dtype of cached activations."""
     batch_size: int = 64

@@ -93,7 +93,16 @@ def grid_search(
     (lam, gamma) order, i.e. the weakest steering."""
     if not lams or not gammas:
         raise SparsesteerError("the tuning grid is empty")
-    acc = [[float(score(float(l), float(g))) for g in gammas] for l in lams]
+    from ..utils.progress import progress
+
+    with progress(total=len(lams) * len(gammas), desc=f"grid on {split[:40]}", unit="point") as bar:
+        acc = []
+        for l in lams:
+            row = []
+            for g in gammas:
+                row.append(float(score(float(l), float(g))))
+                bar.update(1)
+            acc.append(row)
     flat = np.asarray(acc)
     i, j = np.unravel_index(int(np.argmax(flat)), flat.shape)
     return GridSearch([float(v) for v in lams], [float(v) for v in gammas], acc, float(lams[i]), float(gammas[j]), float(flat[i, j]), split, n)
