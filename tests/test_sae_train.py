@@ -124,7 +124,7 @@ def test_nan_in_a_batch_names_batch_and_source_row(tmp_path):
 
 def test_input_normalisation_is_folded_into_saved_weights(tmp_path):
     x = data() * 37.0
-    res = train(x, SAEConfig(k=4, n_latents=32), TrainConfig(batch_size=256, steps=10, normalize_input=True), tmp_path / "n")
+    train(x, SAEConfig(k=4, n_latents=32), TrainConfig(batch_size=256, steps=10, normalize_input=True), tmp_path / "n")
     cfg = json.loads((tmp_path / "n" / "cfg.json").read_text())
     scale = cfg["input_normalisation"]["scale"]
     assert cfg["input_normalisation"]["folded"] and scale == pytest.approx(16**0.5 / float(x.norm(dim=1).mean()), rel=1e-3)
@@ -143,7 +143,7 @@ def test_auxk_trains_dead_latents_only_when_enabled(tmp_path):
         # 64 samples x k=1 cannot fire most of 256 latents: after one batch they count as dead
         cfg = SAEConfig(k=1, n_latents=256, aux_coeff=coeff, dead_after=64)
         t = Trainer(TensorSource(x), cfg, TrainConfig(batch_size=64, steps=12, log_every=12, lr=1e-2, grad_clip=0), tmp_path / f"a{coeff}")
-        res = t.fit()
+        t.fit()
         lines = [json.loads(l) for l in (tmp_path / f"a{coeff}" / "metrics.jsonl").read_text().splitlines()]
         moved[coeff] = lines[-1][t.names[0]]["aux_loss"]
     assert moved[0.0] == 0.0 and moved[1 / 32] > 0.0

@@ -25,7 +25,6 @@ from ..utils.errors import SparsesteerError, unknown
 from .datasets import ImageDataset, UnreadableImage
 
 if TYPE_CHECKING:
-    import torch
     from torch import Tensor
 
     from .preprocess import Preprocessor

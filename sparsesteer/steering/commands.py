@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -105,25 +105,28 @@ def _classes(cache, dataset: str | None, data_root: str | None) -> list[str]:
     return ds.classes
 
 
-def run_vs2(args: argparse.Namespace) -> int:
-    import torch
+class _Scored(NamedTuple):
+    """What both steering commands start from: model, SAE, the scored split and its classifier."""
 
-    from ..utils.device import resolve_device
+    backbone: Any
+    sae: Any
+    cache: Any
+    x: Any
+    """[N, d] final-layer CLS vectors of the scored split."""
+    labels: np.ndarray
+    classifier: Any
+    """CLSClassifier with the single-prompt or ensemble zero-shot weights."""
+
+
+def _load_scored(args: argparse.Namespace, templates: str = "single") -> _Scored:
     from ..models import load_backbone
     from ..models.templates import get_templates
     from ..models.zeroshot import ZeroShotClassifier
     from ..sae import SparseAutoencoder
-    from ..utils import io
+    from ..utils.device import resolve_device
     from . import vs2 as V
     from .classify import CLSClassifier
-    from .tuning import grid_search, validation_split
 
-    if (args.lam is None) != (args.gamma is None):
-        raise SparsesteerError("give both --lam and --gamma, or neither and --tune-on")
-    if args.lam is None and not args.tune_on:
-        raise SparsesteerError("give --lam and --gamma, or --tune-on TRAIN_CACHE to tune them on validation")
-    if args.gate_quantile is not None and not args.tune_on:
-        raise SparsesteerError("--gate-quantile learns its threshold on unlabeled train data: give --tune-on TRAIN_CACHE")
     device = resolve_device(args.device)
     bb = load_backbone(args.model, device=device)
     sae = SparseAutoencoder.load(args.sae, device=device)
@@ -134,7 +137,24 @@ def run_vs2(args: argparse.Namespace) -> int:
     classes = _classes(cache, args.dataset, args.data_root)
     if labels.max() >= len(classes):
         raise SparsesteerError(f"labels go up to {labels.max()} but there are only {len(classes)} class names")
-    clf = CLSClassifier(bb, ZeroShotClassifier.build(bb, classes, get_templates(args.templates)))
+    clf = CLSClassifier(bb, ZeroShotClassifier.build(bb, classes, get_templates(templates)))
+    return _Scored(bb, sae, cache, x, labels, clf)
+
+
+def run_vs2(args: argparse.Namespace) -> int:
+    import torch
+
+    from ..utils import io
+    from . import vs2 as V
+    from .tuning import grid_search, validation_split
+
+    if (args.lam is None) != (args.gamma is None):
+        raise SparsesteerError("give both --lam and --gamma, or neither and --tune-on")
+    if args.lam is None and not args.tune_on:
+        raise SparsesteerError("give --lam and --gamma, or --tune-on TRAIN_CACHE to tune them on validation")
+    if args.gate_quantile is not None and not args.tune_on:
+        raise SparsesteerError("--gate-quantile learns its threshold on unlabeled train data: give --tune-on TRAIN_CACHE")
+    bb, sae, cache, x, labels, clf = _load_scored(args, args.templates)
     y = torch.from_numpy(labels)
     rescale = not args.no_rescale
     report: dict[str, Any] = {"model": bb.model_id, "revision": bb.revision, "sae": str(Path(args.sae).resolve()),
@@ -189,34 +209,19 @@ def run_vs2pp(args: argparse.Namespace) -> int:
 
     import torch
 
-    from ..models import load_backbone
-    from ..models.templates import get_templates
-    from ..models.zeroshot import ZeroShotClassifier
-    from ..sae import SparseAutoencoder
     from ..utils import io
-    from ..utils.device import resolve_device
-    from . import vs2 as V
     from . import vs2pp
-    from .classify import CLSClassifier
     from .tuning import DEFAULT_ALPHAS, DEFAULT_CLIP_LAMS, DEFAULT_GAMMAS, DEFAULT_LAMS, validation_split
 
     if (args.retrieval_activations is None) != (args.retrieval_database is None):
         raise SparsesteerError("give both --retrieval-activations and --retrieval-database, or neither (CLIP embeddings)")
-    device = resolve_device(args.device)
-    bb = load_backbone(args.model, device=device)
-    sae = SparseAutoencoder.load(args.sae, device=device)
-    V.check_sae_for_cls(sae, bb.d_model, bb.n_blocks)
-    cache, x_q, y_q = _cls_view(args.activations, bb.n_blocks)
+    bb, sae, cache, x_q, y_q, clf = _load_scored(args)
     _, x_db, y_db = _cls_view(args.database, bb.n_blocks)
-    if y_q is None or (y_q < 0).all():
-        raise SparsesteerError(f"{args.activations} has no labels: scoring accuracy needs a labelled split")
     modes = ("pseudo", "oracle") if args.labels == "both" else (args.labels,)
     if y_db is None or (y_db < 0).any():
         raise SparsesteerError(
             f"{args.database} is not fully labelled: tuning scores validation queries drawn from it (and oracle mode uses its labels)"
         )
-    classes = _classes(cache, args.dataset, args.data_root)
-    clf = CLSClassifier(bb, ZeroShotClassifier.build(bb, classes, get_templates("single")))
     if args.retrieval_activations:
         emb_q = _head_rows(args.retrieval_activations, len(x_q), "--retrieval-activations")
         emb_db = _head_rows(args.retrieval_database, len(x_db), "--retrieval-database")
