@@ -12,8 +12,7 @@ Attributes are imported lazily so that `sparsesteer --help` stays fast.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from ..utils.lazy import lazy_exports
 
 _EXPORTS = {
     "Example": "datasets",
@@ -30,8 +29,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    if name in _EXPORTS:
-        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(__name__, _EXPORTS)

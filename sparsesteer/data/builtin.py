@@ -37,6 +37,17 @@ class FileListDataset(ImageDataset):
     _base: Path
     _files: list[str]
 
+    def _setup(self, name: str, split: str, base: Path, splits: tuple[str, ...] | None) -> Path:
+        """Identity of a built-in layout: its name, the split (checked against `splits` unless
+        None) and the folder the files live in."""
+        self.name = name
+        if splits is not None:
+            check_split(name, split, splits)
+        self.split = split
+        self._base = base
+        self.root = str(base)
+        return base
+
     def _load_image(self, i: int) -> Image.Image:
         return decode_image(self._base / self._files[i], self.source(i))
 
@@ -132,12 +143,7 @@ class TinyImageNet(FileListDataset):
     SPLITS = ("train", "val", "test")
 
     def __init__(self, data_root: Path, split: str) -> None:
-        self.name = "tiny-imagenet"
-        check_split(self.name, split, self.SPLITS)
-        self.split = split
-        base = Path(data_root) / "tiny-imagenet-200"
-        self._base = base
-        self.root = str(base)
+        base = self._setup("tiny-imagenet", split, Path(data_root) / "tiny-imagenet-200", self.SPLITS)
         wnids_path = base / "wnids.txt"
         if not wnids_path.is_file():
             raise missing_file(wnids_path, self.name, Path(data_root))
@@ -191,13 +197,8 @@ class CUB200(FileListDataset):
     SPLITS = ("train", "test")
 
     def __init__(self, data_root: Path, split: str) -> None:
-        self.name = "cub200"
-        check_split(self.name, split, self.SPLITS)
-        self.split = split
         data_root = Path(data_root)
-        base = data_root / "CUB_200_2011"
-        self._base = base
-        self.root = str(base)
+        base = self._setup("cub200", split, data_root / "CUB_200_2011", self.SPLITS)
 
         def read(file: str) -> list[list[str]]:
             return _read_rows(base / file, self.name, data_root, 2)
@@ -238,14 +239,9 @@ class CelebA(FileListDataset):
     _PARTITION = {"train": "0", "valid": "1", "val": "1", "test": "2"}
 
     def __init__(self, data_root: Path, split: str, *, target: str = "Male") -> None:
-        self.name = "celeba"
-        if split != "val":  # accepted alias of valid
-            check_split(self.name, split, self.SPLITS)
-        self.split = split
         data_root = Path(data_root)
-        base = data_root / "celeba"
-        self._base = base
-        self.root = str(base)
+        # "val" is an accepted alias of "valid"
+        base = self._setup("celeba", split, data_root / "celeba", None if split == "val" else self.SPLITS)
         attr_path, part_path = base / "list_attr_celeba.txt", base / "list_eval_partition.txt"
         for path in (attr_path, part_path):
             if not path.is_file():
@@ -314,13 +310,8 @@ class Waterbirds(FileListDataset):
     _COLUMNS = ("img_filename", "y", "split", "place")
 
     def __init__(self, data_root: Path, split: str) -> None:
-        self.name = "waterbirds"
-        check_split(self.name, split, self.SPLITS)
-        self.split = split
         data_root = Path(data_root)
-        base = data_root / "waterbird_complete95_forest2water2"
-        self._base = base
-        self.root = str(base)
+        base = self._setup("waterbirds", split, data_root / "waterbird_complete95_forest2water2", self.SPLITS)
         metadata = base / "metadata.csv"
         if not metadata.is_file():
             raise missing_file(metadata, self.name, data_root)

@@ -11,8 +11,9 @@ Names are imported lazily so that `sparsesteer --help` does not load torch.
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any
+
+from ..utils.lazy import lazy_exports
 
 from .config import ARCHITECTURES, SAEConfig, TrainConfig
 
@@ -49,12 +50,11 @@ def build(cfg: SAEConfig, **kwargs: Any) -> "SparseAutoencoder":
     return variants()[cfg.arch](cfg, **kwargs)
 
 
+_lazy = lazy_exports(__name__, _LAZY)
+
+
 def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f".{_LAZY[name]}", __name__), name)
-    if name == "VARIANTS":
-        return variants()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return variants() if name == "VARIANTS" else _lazy(name)
 
 
 __all__ = ["ARCHITECTURES", "SAEConfig", "TrainConfig", "build", "variants", *_LAZY]
