@@ -127,8 +127,16 @@ def child_memory(args: argparse.Namespace) -> None:
     Path("/proc/self/clear_refs").write_text("5")  # reset VmHWM to the current RSS (Linux >= 4.0)
     base = _status_mib("VmRSS")
     ips = produce(bb, args.spec, args.split, HOOKS[0], args.child_memory, args.batch_size, args.workers, Path(args.out))
-    print(json.dumps({"images": args.child_memory, "rss_before_mib": base, "peak_rss_mib": _status_mib("VmHWM"),
-                      "images_per_s": ips}))
+    print(
+        json.dumps(
+            {
+                "images": args.child_memory,
+                "rss_before_mib": base,
+                "peak_rss_mib": _status_mib("VmHWM"),
+                "images_per_s": ips,
+            }
+        )
+    )
 
 
 def main() -> None:
@@ -160,8 +168,10 @@ def main() -> None:
         model_dir = make_random_clip(tmp / "clip-b32", "ViT-B/32")
         spec, split = dataset_spec(tmp, max(args.images, *args.memory_sizes))
         print(f"model: random CLIP ViT-B/32 (224 px, 50 tokens, d 768); images: {spec} [{split}]; tokens: {TOKENS}")
-        print(f"batch size {args.batch_size}; producer workers {args.workers}; torch threads {torch.get_num_threads()}; "
-              f"CPUs {os.cpu_count()}; {args.images} images per run, {args.pairs} pairs per hook\n")
+        print(
+            f"batch size {args.batch_size}; producer workers {args.workers}; torch threads {torch.get_num_threads()}; "
+            f"CPUs {os.cpu_count()}; {args.images} images per run, {args.pairs} pairs per hook\n"
+        )
 
         bb = load(model_dir, args.batch_size)
         burn(bb, args.batch_size, seconds=20)
@@ -173,24 +183,52 @@ def main() -> None:
                     if kind == "naive":
                         speeds[kind].append(naive(bb, spec, split, hook, args.images, args.batch_size))
                     else:
-                        speeds[kind].append(produce(bb, spec, split, hook, args.images, args.batch_size,
-                                                    args.workers, tmp / "out"))
+                        speeds[kind].append(
+                            produce(bb, spec, split, hook, args.images, args.batch_size, args.workers, tmp / "out")
+                        )
             ratios = [b / a for a, b in zip(speeds["naive"], speeds["producer"])]
-            rows.append((hook, np.median(speeds["naive"]), np.median(speeds["producer"]), np.median(ratios),
-                         min(ratios), max(ratios)))
+            rows.append(
+                (
+                    hook,
+                    np.median(speeds["naive"]),
+                    np.median(speeds["producer"]),
+                    np.median(ratios),
+                    min(ratios),
+                    max(ratios),
+                )
+            )
         del bb
-        print("| hook | tokens | naive loop (img/s, median) | sparsesteer cache (img/s, median) | ratio (median of pairs) "
-              "| ratio range |")
+        print(
+            "| hook | tokens | naive loop (img/s, median) | sparsesteer cache (img/s, median) | ratio (median of pairs) "
+            "| ratio range |"
+        )
         print("|---|---|---:|---:|---:|---:|")
         for hook, a, b, r, lo, hi in rows:
             print(f"| {hook} | {TOKENS} | {a:.1f} | {b:.1f} | {r:.2f}x | {lo:.2f}-{hi:.2f} |")
 
-        print("\n| images cached (blocks.5.resid_post, all tokens) | RSS before (MiB) | peak RSS while caching (MiB) | img/s |")
+        print(
+            "\n| images cached (blocks.5.resid_post, all tokens) | RSS before (MiB) | peak RSS while caching (MiB) | img/s |"
+        )
         print("|---:|---:|---:|---:|")
         for n in args.memory_sizes:
-            cmd = [sys.executable, __file__, "--child-memory", str(n), "--model-dir", str(model_dir), "--spec", spec,
-                   "--split", split, "--out", str(tmp / "mem"), "--batch-size", str(args.batch_size),
-                   "--workers", str(args.workers)]
+            cmd = [
+                sys.executable,
+                __file__,
+                "--child-memory",
+                str(n),
+                "--model-dir",
+                str(model_dir),
+                "--spec",
+                spec,
+                "--split",
+                split,
+                "--out",
+                str(tmp / "mem"),
+                "--batch-size",
+                str(args.batch_size),
+                "--workers",
+                str(args.workers),
+            ]
             res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.splitlines()[-1])
             print(f"| {n} | {res['rss_before_mib']:.0f} | {res['peak_rss_mib']:.0f} | {res['images_per_s']:.1f} |")
     finally:

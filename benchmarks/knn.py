@@ -62,13 +62,23 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     db = torch.randn(args.n, args.d, generator=gen)
     q = torch.randn(args.queries, args.d, generator=gen)
-    print(f"database {args.n} x {args.d} float32, {args.queries} queries, top {args.k}, {torch.get_num_threads()} threads")
+    print(
+        f"database {args.n} x {args.d} float32, {args.queries} queries, top {args.k}, {torch.get_num_threads()} threads"
+    )
     cq, cdb = args.chunk_queries, args.chunk_db
 
     if args.sweep:
         qs = q[:2048]
         print("| chunk_queries | chunk_db | queries/s | matmul queries/s | vs matmul |\n|---:|---:|---:|---:|---:|")
-        for cq_, cdb_ in [(256, 16384), (512, 16384), (1024, 8192), (1024, 16384), (1024, 32768), (2048, 16384), (1024, 100_000)]:
+        for cq_, cdb_ in [
+            (256, 16384),
+            (512, 16384),
+            (1024, 8192),
+            (1024, 16384),
+            (1024, 32768),
+            (2048, 16384),
+            (1024, 100_000),
+        ]:
             index = Index(db, backend="torch", chunk_queries=cq_, chunk_db=cdb_)
             ref_t, knn_t = [], []
             for _ in range(args.repeats):  # alternate, so that noise hits both alike

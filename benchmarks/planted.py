@@ -62,10 +62,14 @@ def main() -> None:
     x, D = planted_data(args.n, args.d, args.atoms, args.active, args.noise, args.seed)
     sae_cfg = SAEConfig(arch="topk", k=args.active, n_latents=args.atoms, dead_after=args.dead_after)
     steps = args.samples // args.batch
-    train_cfg = TrainConfig(batch_size=args.batch, lr=args.lr, steps=steps, log_every=max(1, steps // 8), seed=args.seed, checkpoint_every=0)
-    print(f"# Planted dictionary: d={args.d}, {args.atoms} unit-norm atoms, {args.active} active per sample "
-          f"(magnitudes U[0.5, 1.5)), noise std {args.noise}, {args.n:,} samples; TopK SAE k={args.active}, "
-          f"{args.atoms} latents, lr {args.lr}, batch {args.batch}, AuxK dead after {args.dead_after:,} samples; seed {args.seed}\n")
+    train_cfg = TrainConfig(
+        batch_size=args.batch, lr=args.lr, steps=steps, log_every=max(1, steps // 8), seed=args.seed, checkpoint_every=0
+    )
+    print(
+        f"# Planted dictionary: d={args.d}, {args.atoms} unit-norm atoms, {args.active} active per sample "
+        f"(magnitudes U[0.5, 1.5)), noise std {args.noise}, {args.n:,} samples; TopK SAE k={args.active}, "
+        f"{args.atoms} latents, lr {args.lr}, batch {args.batch}, AuxK dead after {args.dead_after:,} samples; seed {args.seed}\n"
+    )
     print("| training samples | MMCS | FVU (train batch) | dead latents |")
     print("|---:|---:|---:|---:|")
     rows = []
@@ -85,8 +89,10 @@ def main() -> None:
         final = evaluate(result.saes[0], TensorSource(x))
     reached = next((s for s, m in rows if m >= 0.95), None)
     when = f"first at {reached:,} samples" if reached else "never reached"
-    print(f"\nfinal: MMCS {mmcs(D, result.saes[0].W_dec):.4f}, FVU {final.fvu:.4f} on all {args.n:,} samples, "
-          f"L0 {final.l0_mean:.1f}; MMCS >= 0.95 {when} (target: within 4,000,000); {time.time() - t0:.0f} s")
+    print(
+        f"\nfinal: MMCS {mmcs(D, result.saes[0].W_dec):.4f}, FVU {final.fvu:.4f} on all {args.n:,} samples, "
+        f"L0 {final.l0_mean:.1f}; MMCS >= 0.95 {when} (target: within 4,000,000); {time.time() - t0:.0f} s"
+    )
 
 
 if __name__ == "__main__":

@@ -104,9 +104,13 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     device = torch.device(args.device)
-    print(f"# TopK SAE training step, fp32, Adam; d={args.d}, k={args.k}, batch={args.batch}, device={device}, "
-          f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.repeats}\n")
-    print("| n_latents | sparsesteer step (s) | dense reference (s) | encoder matmul (s) | speed-up vs dense | step / matmul |")
+    print(
+        f"# TopK SAE training step, fp32, Adam; d={args.d}, k={args.k}, batch={args.batch}, device={device}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; median of {args.repeats}\n"
+    )
+    print(
+        "| n_latents | sparsesteer step (s) | dense reference (s) | encoder matmul (s) | speed-up vs dense | step / matmul |"
+    )
     print("|---:|---:|---:|---:|---:|---:|")
     for n in (int(s) for s in args.sizes.split(",")):
         t = bench(n, d=args.d, k=args.k, batch=args.batch, repeats=args.repeats, device=device)

@@ -70,14 +70,18 @@ def main() -> None:
                 torch.cuda.synchronize()
             alone.append(time.perf_counter() - t)
     a = statistics.median(alone)
-    print(f"# VS2 inference overhead: random CLIP ViT-B/32 shapes, batch {args.batch} at {bb.image_size} px, "
-          f"SAE 768 -> 3072 (k 64), device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"median of {args.repeats}\n")
+    print(
+        f"# VS2 inference overhead: random CLIP ViT-B/32 shapes, batch {args.batch} at {bb.image_size} px, "
+        f"SAE 768 -> 3072 (k 64), device {device}, torch {torch.__version__}, {torch.get_num_threads()} threads; "
+        f"median of {args.repeats}\n"
+    )
     print("| forward | seconds / batch | images / s | overhead |")
     print("|---|---:|---:|---:|")
     print(f"| plain | {p:.4f} | {args.batch / p:.1f} | — |")
     print(f"| with VS2 on the final CLS | {s:.4f} | {args.batch / s:.1f} | {100 * (s / p - 1):+.2f}% (noise-level) |")
-    print(f"| VS2 alone on the {args.batch} CLS vectors (median of 50) | {a:.5f} | — | {100 * a / p:+.3f}% of the plain forward |")
+    print(
+        f"| VS2 alone on the {args.batch} CLS vectors (median of 50) | {a:.5f} | — | {100 * a / p:+.3f}% of the plain forward |"
+    )
 
 
 if __name__ == "__main__":

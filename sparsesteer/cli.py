@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 
+from .utils.cli import HelpFormatter
 from .utils.errors import SparsesteerError
 
 # Order = order in `sparsesteer --help`, which follows the pipeline.
@@ -25,19 +26,6 @@ COMMAND_MODULES = [
     "sparsesteer.steering.commands",  # steer
     "sparsesteer.experiments.commands",  # reproduce
 ]
-
-
-class HelpFormatter(argparse.RawDescriptionHelpFormatter):
-    """Keep descriptions' line breaks; show each option's default once (options built from config
-    dataclasses already state theirs; None/False defaults say nothing useful)."""
-
-    def _get_help_string(self, action: argparse.Action) -> str:
-        text = action.help or ""
-        if "(default:" in text or "%(default)" in text:
-            return text
-        if action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
-            return text
-        return text + " (default: %(default)s)"
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from sparsesteer.activations.cache import writer as writer_mod
 from sparsesteer.activations.cache import ActivationCache, CacheSettings, CacheWriter, RowSource
+from sparsesteer.activations.cache import writer as writer_mod
 from sparsesteer.cli import main
 from sparsesteer.utils.errors import SparsesteerError
 from sparsesteer.utils.io import sha256_file
@@ -25,8 +25,16 @@ SHARD_IMAGES = [(0, 3), (3, 3), (6, 1)]  # (first image, n images) per shard: bo
 
 def settings(dtype: str = "float32", **over) -> CacheSettings:
     kw = dict(
-        hooks=HOOKS, d=D, tokens="all", token_positions=POSITIONS, cls_position=0, n_images=N_IMAGES, dtype=dtype,
-        model={"id": "tiny", "revision": None, "arch": "clip"}, dataset={"name": "unit"}, split="test",
+        hooks=HOOKS,
+        d=D,
+        tokens="all",
+        token_positions=POSITIONS,
+        cls_position=0,
+        n_images=N_IMAGES,
+        dtype=dtype,
+        model={"id": "tiny", "revision": None, "arch": "clip"},
+        dataset={"name": "unit"},
+        split="test",
     )
     kw.update(over)
     return CacheSettings(**kw)
@@ -54,10 +62,7 @@ def write_cache(path: Path, s: CacheSettings, data, shards=SHARD_IMAGES, *, fini
 
 def file_hashes(path: Path) -> dict[str, str]:
     """sha256 of every data file in the cache (everything but the manifest, whose timestamps vary)."""
-    return {
-        str(p.relative_to(path)): sha256_file(p)
-        for p in sorted(path.rglob("*.npy"))
-    }
+    return {str(p.relative_to(path)): sha256_file(p) for p in sorted(path.rglob("*.npy"))}
 
 
 def expected_stored(x: np.ndarray, dtype: str) -> torch.Tensor:

@@ -19,7 +19,9 @@ def test_each_epoch_visits_every_row_exactly_once(buffer_rows):
     n, d, bs = 1000, 4, 50
     acts = torch.arange(n, dtype=torch.float32)[:, None].repeat(1, d)
     src = TensorSource(acts, labels=np.arange(n) % 7)
-    stream = ShuffledBatches(src, bs, seed=3, buffer_bytes=buffer_rows * d * 4, chunk_bytes=16 * d * 4, prefetch=buffer_rows < 1000)
+    stream = ShuffledBatches(
+        src, bs, seed=3, buffer_bytes=buffer_rows * d * 4, chunk_bytes=16 * d * 4, prefetch=buffer_rows < 1000
+    )
     batches = list(itertools.islice(stream.iter_from(0), 2 * n // bs))
     rows = np.concatenate([b.rows for b in batches])
     for epoch in range(2):

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_data_batches import make_folder_dataset
 
 from sparsesteer.activations.cache import ActivationCache
 from sparsesteer.activations.produce import cache_activations, plan_hooks, shard_images_for
@@ -22,7 +23,6 @@ from sparsesteer.cli import main
 from sparsesteer.models import load_backbone
 from sparsesteer.models.tiny import make_tiny_clip
 from sparsesteer.utils.errors import SparsesteerError
-from test_data_batches import make_folder_dataset
 
 TESTS = Path(__file__).parent
 
@@ -84,8 +84,9 @@ def npy_hashes(path: Path) -> dict[str, str]:
     ],
 )
 def test_cached_rows_equal_an_independent_forward(clip, data, bb, tmp_path, tokens, hooks, positions):
-    c = cache_activations(clip, f"folder:{data}", "train", hooks, tokens, tmp_path / "c",
-                          batch_size=2, shard_images=3, workers=0)
+    c = cache_activations(
+        clip, f"folder:{data}", "train", hooks, tokens, tmp_path / "c", batch_size=2, shard_images=3, workers=0
+    )
     assert c.completed and c.n_images == 7 and c.n_shards == 3  # shards of 3, 3, 1 images
     assert [s["n_images"] for s in c.manifest["shards"]] == [3, 3, 1]
     s = c.settings
@@ -95,8 +96,9 @@ def test_cached_rows_equal_an_independent_forward(clip, data, bb, tmp_path, toke
     assert s.dataset["name"] == f"folder:{data.resolve()}" and s.dataset["len"] == 7 and s.split == "train"
     assert s.preprocessing == bb.preprocessor.to_dict()
     for hook in hooks:
-        np.testing.assert_allclose(read_all(c, hook), reference_rows(bb, data, "train", hook, tokens, range(7)),
-                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            read_all(c, hook), reference_rows(bb, data, "train", hook, tokens, range(7)), rtol=1e-5, atol=1e-5
+        )
     index = c.rows(hooks[0]).row_index(0, c.n_rows)
     np.testing.assert_array_equal(index[:, 0], np.repeat(np.arange(7), len(positions)))
     np.testing.assert_array_equal(index[:, 1], np.tile(positions, 7))
@@ -106,27 +108,85 @@ def test_cached_rows_equal_an_independent_forward(clip, data, bb, tmp_path, toke
 
 def test_limit_workers_and_cli_summary(clip, data, bb, tmp_path, capsys):
     out = tmp_path / "c"
-    rc = main(["cache", "--model", str(clip), "--dataset", f"folder:{data}", "--split", "test", "--hook",
-               "blocks.1.resid_post", "--tokens", "cls", "--out", str(out), "--limit", "3", "--workers", "1",
-               "--batch-size", "2"])
+    rc = main(
+        [
+            "cache",
+            "--model",
+            str(clip),
+            "--dataset",
+            f"folder:{data}",
+            "--split",
+            "test",
+            "--hook",
+            "blocks.1.resid_post",
+            "--tokens",
+            "cls",
+            "--out",
+            str(out),
+            "--limit",
+            "3",
+            "--workers",
+            "1",
+            "--batch-size",
+            "2",
+        ]
+    )
     assert rc == 0
     assert "3 images, 3 rows per hook (blocks.1.resid_post), 1 shards" in capsys.readouterr().out
     c = ActivationCache.open(out)
     assert c.n_images == 3 and c.settings.dataset["len"] == 4
     np.testing.assert_array_equal(c.labels, [0, 0, 1])
-    np.testing.assert_allclose(read_all(c, "blocks.1.resid_post"),
-                               reference_rows(bb, data, "test", "blocks.1.resid_post", "cls", range(3)), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        read_all(c, "blocks.1.resid_post"),
+        reference_rows(bb, data, "test", "blocks.1.resid_post", "cls", range(3)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     # Rerunning a completed cache does nothing and says so.
     before = npy_hashes(out)
-    rc = main(["cache", "--model", str(clip), "--dataset", f"folder:{data}", "--split", "test", "--hook",
-               "blocks.1.resid_post", "--tokens", "cls", "--out", str(out), "--limit", "3"])
+    rc = main(
+        [
+            "cache",
+            "--model",
+            str(clip),
+            "--dataset",
+            f"folder:{data}",
+            "--split",
+            "test",
+            "--hook",
+            "blocks.1.resid_post",
+            "--tokens",
+            "cls",
+            "--out",
+            str(out),
+            "--limit",
+            "3",
+        ]
+    )
     assert rc == 0 and npy_hashes(out) == before
 
 
 def test_unreadable_images_skip_or_error(clip, bb, tmp_path, capsys):
     root = make_folder_dataset(tmp_path / "imgs", (3, 2, 2), corrupt={(0, 2), (1, 0)})  # images 2, 3
-    argv = ["cache", "--model", str(clip), "--dataset", f"folder:{root}", "--split", "train", "--hook",
-            "blocks.0.resid_post", "--tokens", "all", "--workers", "0", "--batch-size", "2", "--shard-images", "2"]
+    argv = [
+        "cache",
+        "--model",
+        str(clip),
+        "--dataset",
+        f"folder:{root}",
+        "--split",
+        "train",
+        "--hook",
+        "blocks.0.resid_post",
+        "--tokens",
+        "all",
+        "--workers",
+        "0",
+        "--batch-size",
+        "2",
+        "--shard-images",
+        "2",
+    ]
     assert main(argv + ["--out", str(tmp_path / "err")]) == 2
     err = capsys.readouterr().err
     assert f"{root.resolve()}/train/class_0/img_2.jpg" in err and "--on-bad-image skip" in err
@@ -135,14 +195,20 @@ def test_unreadable_images_skip_or_error(clip, bb, tmp_path, capsys):
     assert "2 unreadable images skipped" in capsys.readouterr().out
     c = ActivationCache.open(tmp_path / "skip", verify="all")
     assert [(s["image"], Path(s["source"]).relative_to(root.resolve()).as_posix()) for s in c.skipped] == [
-        (2, "train/class_0/img_2.jpg"), (3, "train/class_1/img_0.jpg")]
+        (2, "train/class_0/img_2.jpg"),
+        (3, "train/class_1/img_0.jpg"),
+    ]
     assert all("cannot read image" in s["error"] for s in c.skipped)
     assert [s["rows"] for s in c.manifest["shards"]] == [34, 0, 34, 17]  # shard 1: both images unreadable
     kept = [0, 1, 4, 5, 6]
     index = c.rows().row_index(0, c.n_rows)
     np.testing.assert_array_equal(index[:, 0], np.repeat(kept, 17))
-    np.testing.assert_allclose(read_all(c, "blocks.0.resid_post"),
-                               reference_rows(bb, root, "train", "blocks.0.resid_post", "all", kept), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        read_all(c, "blocks.0.resid_post"),
+        reference_rows(bb, root, "train", "blocks.0.resid_post", "all", kept),
+        rtol=1e-5,
+        atol=1e-5,
+    )
     np.testing.assert_array_equal(c.labels, [0, 0, 0, 1, 1, 2, 2])  # labels of every image, skipped or not
 
 
@@ -160,7 +226,8 @@ def test_half_dtypes_round_to_nearest_even(clip, data, bb, tmp_path):
     np.testing.assert_array_equal(np.asarray(bf16.shard(hook, 0)), expected)
     assert bf16.rows(hook).read(0, 3).dtype == torch.bfloat16
     assert (tmp_path / "bf16" / "shards" / hook / "00000.npy").stat().st_size < (
-        tmp_path / "f32" / "shards" / hook / "00000.npy").stat().st_size * 0.51
+        tmp_path / "f32" / "shards" / hook / "00000.npy"
+    ).stat().st_size * 0.51
 
 
 def test_float16_overflow_is_an_error_naming_the_row(clip, data, tmp_path):
@@ -168,10 +235,14 @@ def test_float16_overflow_is_an_error_naming_the_row(clip, data, tmp_path):
     model = load_backbone(clip)  # a private copy whose weights we change in memory
     with torch.no_grad():
         model.vision.pre_layrnorm.bias.fill_(1e5)  # blocks.0.resid_pre = the embeddings after this norm
-    with pytest.raises(SparsesteerError, match=r"hook 'blocks.0.resid_pre' at image 0, token 0 overflow torch.float16.*"
-                       r"--dtype float32 or bfloat16"):
-        cache_activations(model, f"folder:{data}", "train", ["blocks.0.resid_pre"], "cls", tmp_path / "c",
-                          dtype="float16", workers=0)
+    with pytest.raises(
+        SparsesteerError,
+        match=r"hook 'blocks.0.resid_pre' at image 0, token 0 overflow torch.float16.*"
+        r"--dtype float32 or bfloat16",
+    ):
+        cache_activations(
+            model, f"folder:{data}", "train", ["blocks.0.resid_pre"], "cls", tmp_path / "c", dtype="float16", workers=0
+        )
     with pytest.raises(SparsesteerError, match="pass device and revision to load_backbone"):
         cache_activations(model, f"folder:{data}", "train", ["blocks.0.resid_pre"], "cls", tmp_path / "d", device="cpu")
 
@@ -190,8 +261,11 @@ def help_defaults(command: str) -> dict[str, str]:
 
     sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
     fmt = HelpFormatter(command)
-    return {a.option_strings[-1]: fmt._get_help_string(a) % {"default": a.default}
-            for a in sub._actions if a.option_strings and a.dest != "help"}
+    return {
+        a.option_strings[-1]: fmt._get_help_string(a) % {"default": a.default}
+        for a in sub._actions
+        if a.option_strings and a.dest != "help"
+    }
 
 
 def test_help_states_every_default():
@@ -204,22 +278,29 @@ def test_help_states_every_default():
 
 
 def _cache_argv(clip, data, out, *extra):
-    return ["cache", "--model", str(clip), "--dataset", f"folder:{data}", "--split", "train", "--out", str(out),
-            *extra]
+    return ["cache", "--model", str(clip), "--dataset", f"folder:{data}", "--split", "train", "--out", str(out), *extra]
 
 
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--hook", "blocks.1.resid_pots", "--tokens", "cls"],
-         r"unknown hook point 'blocks.1.resid_pots' \(did you mean 'blocks.1.resid_post'\?\)"),
-        (["--hook", "blocks.3.resid_post", "--tokens", "cls"],
-         r"block index 3 out of range; this model has 3 blocks, valid indices 0..2"),
+        (
+            ["--hook", "blocks.1.resid_pots", "--tokens", "cls"],
+            r"unknown hook point 'blocks.1.resid_pots' \(did you mean 'blocks.1.resid_post'\?\)",
+        ),
+        (
+            ["--hook", "blocks.3.resid_post", "--tokens", "cls"],
+            r"block index 3 out of range; this model has 3 blocks, valid indices 0..2",
+        ),
         (["--hook", "head", "--tokens", "all"], r"hook 'head' gives one embedding per image.*--tokens cls"),
         (["--hook", "blocks.0.resid_post", "--hook", "blocks.0.resid_post", "--tokens", "cls"], "more than once"),
         (["--hook", "blocks.0.resid_post", "--tokens", "cls", "--batch-size", "0"], "--batch-size must be a positive"),
-        (["--hook", "blocks.0.resid_post", "--tokens", "cls", "--device", "cuda:0"] if not torch.cuda.is_available()
-         else ["--hook", "blocks.0.resid_post", "--tokens", "cls", "--device", "tpu"], r"--device|unknown device"),
+        (
+            ["--hook", "blocks.0.resid_post", "--tokens", "cls", "--device", "cuda:0"]
+            if not torch.cuda.is_available()
+            else ["--hook", "blocks.0.resid_post", "--tokens", "cls", "--device", "tpu"],
+            r"--device|unknown device",
+        ),
     ],
 )
 def test_bad_hooks_and_options(clip, data, tmp_path, capsys, extra, message):
@@ -241,18 +322,46 @@ def test_model_dataset_split_and_out_errors(clip, data, tmp_path, capsys):
         assert main(argv) == 2
         return capsys.readouterr().err
 
-    err = error(["cache", "--model", str(bert), "--dataset", f"folder:{data}", "--split", "train",
-                 "--out", str(tmp_path / "c"), *ok])
+    err = error(
+        [
+            "cache",
+            "--model",
+            str(bert),
+            "--dataset",
+            f"folder:{data}",
+            "--split",
+            "train",
+            "--out",
+            str(tmp_path / "c"),
+            *ok,
+        ]
+    )
     assert "is a 'bert' model, which has no supported vision tower" in err
-    err = error(["cache", "--model", str(clip), "--dataset", "cifar10", "--split", "test",
-                 "--data-root", str(tmp_path / "nodata"), "--out", str(tmp_path / "c"), *ok])
+    err = error(
+        [
+            "cache",
+            "--model",
+            str(clip),
+            "--dataset",
+            "cifar10",
+            "--split",
+            "test",
+            "--data-root",
+            str(tmp_path / "nodata"),
+            "--out",
+            str(tmp_path / "c"),
+            *ok,
+        ]
+    )
     assert f"missing {tmp_path / 'nodata'}" in err and "sparsesteer download cifar10" in err
     err = error(_cache_argv(clip, data, tmp_path / "c", "--split", "validation", *ok))
     assert "unknown split 'validation'" in err and "valid: test, train" in err
 
     main(_cache_argv(clip, data, tmp_path / "c", *ok, "--limit", "2"))
     capsys.readouterr()
-    err = error(_cache_argv(clip, data, tmp_path / "c", "--hook", "blocks.1.resid_post", "--tokens", "cls", "--limit", "2"))
+    err = error(
+        _cache_argv(clip, data, tmp_path / "c", "--hook", "blocks.1.resid_post", "--tokens", "cls", "--limit", "2")
+    )
     assert f"{tmp_path / 'c'} holds a cache of different settings (field hooks" in err and "use another --out" in err
     err = error(_cache_argv(clip, data, tmp_path / "c", *ok, "--limit", "2", "--dtype", "float16"))
     assert 'field dtype: "float32" vs "float16"' in err
@@ -264,17 +373,22 @@ def test_dinov2_with_registers_head_and_patches(data, tmp_path):
 
     path = make_tiny_dinov2(tmp_path / "dino", layers=2, registers=2)
     dino = load_backbone(path)
-    c = cache_activations(dino, f"folder:{data}", "train", ["head", "blocks.1.resid_post"], "cls", tmp_path / "h",
-                          workers=0, batch_size=3)
+    c = cache_activations(
+        dino, f"folder:{data}", "train", ["head", "blocks.1.resid_post"], "cls", tmp_path / "h", workers=0, batch_size=3
+    )
     assert c.settings.d == {"head": 32, "blocks.1.resid_post": 32} and c.settings.model["arch"] == "dinov2"
     for hook in ("head", "blocks.1.resid_post"):
-        np.testing.assert_allclose(read_all(c, hook), reference_rows(dino, data, "train", hook, "cls", range(7)),
-                                   rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            read_all(c, hook), reference_rows(dino, data, "train", hook, "cls", range(7)), rtol=1e-5, atol=1e-5
+        )
     p = cache_activations(dino, f"folder:{data}", "train", ["blocks.0.mlp_out"], "patch", tmp_path / "p", workers=0)
     assert p.settings.token_positions == tuple(range(3, 19))  # CLS 0, registers 1-2, then 16 patches
-    np.testing.assert_allclose(read_all(p, "blocks.0.mlp_out"),
-                               reference_rows(dino, data, "train", "blocks.0.mlp_out", "patch", range(7)),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        read_all(p, "blocks.0.mlp_out"),
+        reference_rows(dino, data, "train", "blocks.0.mlp_out", "patch", range(7)),
+        rtol=1e-5,
+        atol=1e-5,
+    )
 
 
 def test_model_without_cls_refuses_cls_tokens(tmp_path):
@@ -327,11 +441,27 @@ def test_sigkill_mid_run_then_rerun_is_byte_identical(clip, tmp_path):
     rerun, ends with exactly the .npy bytes of an uninterrupted run."""
     root = tmp_path / "imgs"
     make_folder_dataset(root, (20, 20, 20), size=600)  # large images: decoding takes ~0.5 s after shard 0
-    argv = _cache_argv(clip, root, tmp_path / "killed", "--hook", "blocks.1.resid_post", "--hook", "blocks.0.mlp_out",
-                       "--tokens", "all", "--shard-images", "2", "--batch-size", "1", "--workers", "0")
+    argv = _cache_argv(
+        clip,
+        root,
+        tmp_path / "killed",
+        "--hook",
+        "blocks.1.resid_post",
+        "--hook",
+        "blocks.0.mlp_out",
+        "--tokens",
+        "all",
+        "--shard-images",
+        "2",
+        "--batch-size",
+        "1",
+        "--workers",
+        "0",
+    )
     env = {**os.environ, **KILL_SCRIPT_ENV}
-    proc = subprocess.Popen([sys.executable, "-m", "sparsesteer", *argv], env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "sparsesteer", *argv], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+    )
     manifest = tmp_path / "killed" / "manifest.json"
     deadline = time.monotonic() + 120
     shards = 0

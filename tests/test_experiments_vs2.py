@@ -13,8 +13,22 @@ from sparsesteer.experiments import vs2_paper
 from sparsesteer.models.tiny import make_tiny_clip, make_tiny_dinov2
 
 CLASSES = ["cat", "dog", "bird", "fish"]
-ROWS = {"zeroshot", "zeroshot_ensemble", "sae_rec_a", "sae_rec_f", "sae_rec_f_gamma", "vs2", "vs2_pass", "rag_oracle",
-        "clip_steer_oracle", "vs2pp_oracle", "clip_steer_pseudo", "vs2pp_pseudo", "rag_pseudo", "vs2_last2"}
+ROWS = {
+    "zeroshot",
+    "zeroshot_ensemble",
+    "sae_rec_a",
+    "sae_rec_f",
+    "sae_rec_f_gamma",
+    "vs2",
+    "vs2_pass",
+    "rag_oracle",
+    "clip_steer_oracle",
+    "vs2pp_oracle",
+    "clip_steer_pseudo",
+    "vs2pp_pseudo",
+    "rag_pseudo",
+    "vs2_last2",
+}
 
 
 def make_dataset(root: Path) -> Path:
@@ -32,16 +46,53 @@ def make_dataset(root: Path) -> Path:
 
 
 def args(tmp: Path, out: Path, *extra: str) -> list[str]:
-    return ["-q", "reproduce", "vs2", "--model", str(tmp / "clip"), "--dataset", f"folder:{tmp / 'data'}",
-            "--retriever", str(tmp / "dino"), "--sae-k", "4", "--sae-expansion", "2", "--sae-epochs", "3",
-            "--sae-batch-size", "32", "--workers", "0", "--neighbours", "5", "--val-fraction", "0.25", "--batch-size", "16",
-            "--lams", "0,1,2", "--gammas", "1,1.5,2", "--clip-lams", "0,0.5", "--alphas", "1,0.5", "--multi-layer", "2",
-            "--out", str(out), *extra]
+    return [
+        "-q",
+        "reproduce",
+        "vs2",
+        "--model",
+        str(tmp / "clip"),
+        "--dataset",
+        f"folder:{tmp / 'data'}",
+        "--retriever",
+        str(tmp / "dino"),
+        "--sae-k",
+        "4",
+        "--sae-expansion",
+        "2",
+        "--sae-epochs",
+        "3",
+        "--sae-batch-size",
+        "32",
+        "--workers",
+        "0",
+        "--neighbours",
+        "5",
+        "--val-fraction",
+        "0.25",
+        "--batch-size",
+        "16",
+        "--lams",
+        "0,1,2",
+        "--gammas",
+        "1,1.5,2",
+        "--clip-lams",
+        "0,0.5",
+        "--alphas",
+        "1,0.5",
+        "--multi-layer",
+        "2",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def stage_times(out: Path) -> dict[str, str]:
-    return {p.stem: json.loads(p.read_text())["finished"] + json.loads(p.read_text())["settings_sha256"]
-            for p in (out / "stages").glob("*.json")}
+    return {
+        p.stem: json.loads(p.read_text())["finished"] + json.loads(p.read_text())["settings_sha256"]
+        for p in (out / "stages").glob("*.json")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -63,8 +114,16 @@ def test_every_row_and_file_is_produced(run):
     assert res["validation"]["n"] == 24 and res["validation"]["n_fit"] == 72
     for r in res["rows"]:
         assert 0 <= r["top1"] <= 100 and r["paper_top1"] is None  # not a paper dataset
-    for name in ("results.md", "per_class.json", "tuning.json", "plots/tuning_vs2.png", "plots/tuning_vs2_pass.png",
-                 "plots/tuning_vs2pp_oracle.png", "plots/per_class_vs2.png", "plots/fvu_gate.png"):
+    for name in (
+        "results.md",
+        "per_class.json",
+        "tuning.json",
+        "plots/tuning_vs2.png",
+        "plots/tuning_vs2_pass.png",
+        "plots/tuning_vs2pp_oracle.png",
+        "plots/per_class_vs2.png",
+        "plots/fvu_gate.png",
+    ):
         assert (out / name).is_file(), name
     md = (out / "results.md").read_text()
     assert str(tmp / "clip") in md and f"folder:{tmp / 'data'}" in md and "**test** split" in md
@@ -112,8 +171,17 @@ def test_lambda_zero_equals_zero_shot_on_every_steering_path(run):
     shutil.copytree(out, out3)
     assert main(args(tmp, out3, "--lams", "0", "--clip-lams", "0", "--alphas", "1")) == 0
     zs = np.load(out3 / "arrays" / "pred_zeroshot.npy")
-    for key in ("vs2", "vs2_pass", "vs2pp_oracle", "vs2pp_pseudo", "clip_steer_oracle", "clip_steer_pseudo",
-                "rag_oracle", "rag_pseudo", "vs2_last2"):
+    for key in (
+        "vs2",
+        "vs2_pass",
+        "vs2pp_oracle",
+        "vs2pp_pseudo",
+        "clip_steer_oracle",
+        "clip_steer_pseudo",
+        "rag_oracle",
+        "rag_pseudo",
+        "vs2_last2",
+    ):
         assert np.array_equal(np.load(out3 / "arrays" / f"pred_{key}.npy"), zs), key
 
 
@@ -143,10 +211,49 @@ def test_reproduce_on_real_cifar10_jpegs(cifar10_jpeg, tmp_path):
     """Real JPEG decoding through the whole chain (a tiny random CLIP; skipped without the data)."""
     make_tiny_clip(tmp_path / "clip")
     out = tmp_path / "run"
-    assert main(["-q", "reproduce", "vs2", "--model", str(tmp_path / "clip"), "--dataset", f"folder:{cifar10_jpeg}",
-                 "--retriever", "clip", "--limit-train", "200", "--limit-test", "100", "--sae-k", "4", "--sae-expansion", "2",
-                 "--sae-epochs", "2", "--sae-batch-size", "64", "--workers", "1", "--neighbours", "5", "--lams", "0,1",
-                 "--gammas", "1,2", "--clip-lams", "0,1", "--alphas", "1,0.5", "--no-in-forward", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "-q",
+                "reproduce",
+                "vs2",
+                "--model",
+                str(tmp_path / "clip"),
+                "--dataset",
+                f"folder:{cifar10_jpeg}",
+                "--retriever",
+                "clip",
+                "--limit-train",
+                "200",
+                "--limit-test",
+                "100",
+                "--sae-k",
+                "4",
+                "--sae-expansion",
+                "2",
+                "--sae-epochs",
+                "2",
+                "--sae-batch-size",
+                "64",
+                "--workers",
+                "1",
+                "--neighbours",
+                "5",
+                "--lams",
+                "0,1",
+                "--gammas",
+                "1,2",
+                "--clip-lams",
+                "0,1",
+                "--alphas",
+                "1,0.5",
+                "--no-in-forward",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     res = json.loads((out / "results.json").read_text())
     assert res["n_test"] == 100 and res["validation"]["n"] == 20
     assert "sae_rec_a" not in {r["key"] for r in res["rows"]}  # --no-in-forward

@@ -37,7 +37,13 @@ def dirs(tmp_path_factory):
 def test_attributes(dirs, name, arch, n_blocks, has_cls, has_text, d_embed):
     bb = load_backbone(dirs[name])
     assert (bb.arch, bb.n_blocks, bb.d_model, bb.has_cls, bb.has_text, bb.d_embed) == (
-        arch, n_blocks, 32, has_cls, has_text, d_embed)
+        arch,
+        n_blocks,
+        32,
+        has_cls,
+        has_text,
+        d_embed,
+    )
     assert bb.image_size == 32 and bb.patch_size == 8
     assert bb.n_tokens == 16 + has_cls
     assert bb.model_id == str(dirs[name])
@@ -83,8 +89,9 @@ def test_errors(tmp_path):
     from transformers import BertConfig, BertModel
 
     bert = tmp_path / "bert"
-    BertModel(BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
-                         vocab_size=50)).save_pretrained(bert)
+    BertModel(
+        BertConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32, vocab_size=50)
+    ).save_pretrained(bert)
     with pytest.raises(SparsesteerError, match=r"'bert' model.*supported architectures: CLIP.*SigLIP.*DINOv2"):
         load_backbone(bert)
     with pytest.raises(SparsesteerError, match="no such directory"):

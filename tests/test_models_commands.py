@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_activations_produce import help_defaults, tiny_clip
+from test_data_batches import make_folder_dataset
 
 from sparsesteer.cli import main
 from sparsesteer.data import open_dataset
@@ -15,8 +17,6 @@ from sparsesteer.models import ZeroShotClassifier, get_templates, load_backbone
 from sparsesteer.models.commands import default_out, zeroshot
 from sparsesteer.models.tiny import make_tiny_dinov2
 from sparsesteer.utils.errors import SparsesteerError
-from test_activations_produce import help_defaults, tiny_clip
-from test_data_batches import make_folder_dataset
 
 
 @pytest.fixture(scope="module")
@@ -44,9 +44,25 @@ def by_hand(clip: Path, data: Path, templates: str, n: int, skip=()):
 
 @pytest.mark.parametrize("templates, limit", [("single", None), ("ensemble7", 11)])
 def test_zeroshot_equals_hand_computation(clip, data, tmp_path, capsys, templates, limit):
-    argv = ["zeroshot", "--model", str(clip), "--dataset", f"folder:{data}", "--split", "test", "--templates",
-            templates, "--out", str(tmp_path / "out"), "--text-cache", str(tmp_path / "text"), "--batch-size", "4",
-            "--workers", "0"]
+    argv = [
+        "zeroshot",
+        "--model",
+        str(clip),
+        "--dataset",
+        f"folder:{data}",
+        "--split",
+        "test",
+        "--templates",
+        templates,
+        "--out",
+        str(tmp_path / "out"),
+        "--text-cache",
+        str(tmp_path / "text"),
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+    ]
     assert main(argv + (["--limit", str(limit)] if limit else [])) == 0
     n = limit or 20
     logits, labels, ds = by_hand(clip, data, templates, n)
@@ -58,9 +74,14 @@ def test_zeroshot_equals_hand_computation(clip, data, tmp_path, capsys, template
     report = json.loads((tmp_path / "out" / "zeroshot.json").read_text())
     assert report["n_images"] == n
     assert report["topk"]["top1"] == pytest.approx(top1_acc) and report["topk"]["top5"] == pytest.approx(top5_acc)
-    assert report["meta"] == {"model": str(clip), "revision": load_backbone(clip).revision,
-                              "dataset": f"folder:{data.resolve()}", "split": "test", "templates": templates,
-                              "n_images": n}
+    assert report["meta"] == {
+        "model": str(clip),
+        "revision": load_backbone(clip).revision,
+        "dataset": f"folder:{data.resolve()}",
+        "split": "test",
+        "templates": templates,
+        "n_images": n,
+    }
     for c, row in enumerate(report["per_class"]):
         mine = labels == c
         assert row["name"] == ds.classes[c] and row["n"] == int(mine.sum())
@@ -96,8 +117,10 @@ def test_dataset_without_class_names_is_refused(clip, tmp_path):
     datasets = pytest.importorskip("datasets")
     from PIL import Image
 
-    unlabeled = datasets.Dataset.from_dict({"image": [Image.new("RGB", (8, 8), (k, 0, 0)) for k in range(3)]},
-                                           features=datasets.Features({"image": datasets.Image()}))
+    unlabeled = datasets.Dataset.from_dict(
+        {"image": [Image.new("RGB", (8, 8), (k, 0, 0)) for k in range(3)]},
+        features=datasets.Features({"image": datasets.Image()}),
+    )
     datasets.DatasetDict({"test": unlabeled}).save_to_disk(str(tmp_path / "hf"))
     with pytest.raises(SparsesteerError, match=r"has no class names \(only no labels\)"):
         zeroshot(clip, f"hf:{tmp_path / 'hf'}", "test", out=tmp_path / "o", text_cache=None, workers=0)
@@ -105,7 +128,8 @@ def test_dataset_without_class_names_is_refused(clip, tmp_path):
 
 def test_default_out_dir():
     assert default_out("openai/clip-vit-base-patch32", "cifar100", "test") == Path(
-        "zeroshot/clip-vit-base-patch32-cifar100-test")
+        "zeroshot/clip-vit-base-patch32-cifar100-test"
+    )
     assert default_out("/m/tiny/", "folder:/data/imgs/", "val") == Path("zeroshot/tiny-imgs-val")
 
 
@@ -118,8 +142,21 @@ def test_help_states_every_default():
 
 def test_unreadable_images_error_or_skip(clip, tmp_path, capsys):
     root = make_folder_dataset(tmp_path / "imgs", (2, 2, 2), split="test", corrupt={(1, 0)})  # image 2
-    argv = ["zeroshot", "--model", str(clip), "--dataset", f"folder:{root}", "--split", "test", "--out",
-            str(tmp_path / "out"), "--text-cache", "none", "--workers", "0"]
+    argv = [
+        "zeroshot",
+        "--model",
+        str(clip),
+        "--dataset",
+        f"folder:{root}",
+        "--split",
+        "test",
+        "--out",
+        str(tmp_path / "out"),
+        "--text-cache",
+        "none",
+        "--workers",
+        "0",
+    ]
     assert main(argv) == 2
     assert "class_1/img_0.jpg" in capsys.readouterr().err
     assert main(argv + ["--on-bad-image", "skip"]) == 0

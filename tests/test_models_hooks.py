@@ -51,8 +51,10 @@ def test_hookpoint_parse_and_roundtrip():
         assert str(hp) == name
         assert HookPoint.parse(hp, 12) == hp
     assert HookPoint.parse("blocks.2.mlp_out", 12) == HookPoint("mlp_out", 2)
-    order = sorted([HookPoint.parse(n, 4) for n in ["head", "blocks.1.resid_pre", "blocks.0.resid_post", "blocks.1.mlp_out"]],
-                   key=lambda h: h.depth)
+    order = sorted(
+        [HookPoint.parse(n, 4) for n in ["head", "blocks.1.resid_pre", "blocks.0.resid_post", "blocks.1.mlp_out"]],
+        key=lambda h: h.depth,
+    )
     assert [str(h) for h in order] == ["blocks.0.resid_post", "blocks.1.resid_pre", "blocks.1.mlp_out", "head"]
 
 
@@ -158,8 +160,10 @@ def count_calls(modules):
     calls = {name: 0 for name in modules}
     handles = []
     for name, m in modules.items():
+
         def hook(mod, args, out, name=name):
             calls[name] += 1
+
         handles.append(m.register_forward_hook(hook))
     return calls, handles
 
@@ -226,8 +230,11 @@ def test_intervention_matches_manual_recomputation(clip):
         return h
 
     last = f"blocks.{clip.n_blocks - 1}.resid_post"
-    out = clip.run(px, ["blocks.1.resid_post", last, "head"],
-                   interventions=[Intervention("blocks.1.resid_post", lambda a, p: a + vec, tokens="cls")])
+    out = clip.run(
+        px,
+        ["blocks.1.resid_post", last, "head"],
+        interventions=[Intervention("blocks.1.resid_post", lambda a, p: a + vec, tokens="cls")],
+    )
     plain = clip.run(px, ["blocks.1.resid_post", "head"])
     h_ref, head_ref = manual_clip_forward(clip, px, edit_after_block=1, edit=add_cls)
     torch.testing.assert_close(out[last], h_ref)
@@ -243,7 +250,9 @@ def test_identity_intervention_changes_nothing(backbones, arch):
     bb = backbones[arch]
     px = pixels(bb)
     names = all_hooks(bb) + ["head"]
-    ivs = [Intervention(n, lambda a, p: a, tokens=t) for n in names for t in (["all"] if n == "head" else ["all", "patch"])]
+    ivs = [
+        Intervention(n, lambda a, p: a, tokens=t) for n in names for t in (["all"] if n == "head" else ["all", "patch"])
+    ]
     torch.testing.assert_close(bb.run(px, names, interventions=ivs), bb.run(px, names), rtol=0, atol=0)
 
 
@@ -273,14 +282,23 @@ def test_positions_passed_to_fn(backbones):
     bb = backbones["dinov2_reg"]
     seen = []
     fn = lambda a, p: (seen.append((tuple(a.shape), p.tolist())), a)[1]  # noqa: E731
-    bb.run(pixels(bb), ["blocks.2.resid_post"], interventions=[
-        Intervention("blocks.0.resid_post", fn, tokens="patch"),
-        Intervention("blocks.0.resid_post", fn, tokens=[2, 7]),
-        Intervention("blocks.1.resid_pre", fn, tokens="cls"),
-        Intervention("blocks.1.mlp_out", fn, tokens="all"),
-    ])
+    bb.run(
+        pixels(bb),
+        ["blocks.2.resid_post"],
+        interventions=[
+            Intervention("blocks.0.resid_post", fn, tokens="patch"),
+            Intervention("blocks.0.resid_post", fn, tokens=[2, 7]),
+            Intervention("blocks.1.resid_pre", fn, tokens="cls"),
+            Intervention("blocks.1.mlp_out", fn, tokens="all"),
+        ],
+    )
     d = bb.d_model
-    assert seen == [((2, 16, d), list(range(3, 19))), ((2, 2, d), [2, 7]), ((2, 1, d), [0]), ((2, 19, d), list(range(19)))]
+    assert seen == [
+        ((2, 16, d), list(range(3, 19))),
+        ((2, 2, d), [2, 7]),
+        ((2, 1, d), [0]),
+        ((2, 19, d), list(range(19))),
+    ]
 
 
 def test_composition_order(clip):
@@ -340,12 +358,17 @@ def test_hooks_removed_after_exceptions(clip):
             raise KeyError("inside")
     assert n_hooks(clip.model) == before
     # a bad return value is a clear error, and also cleans up
-    with pytest.raises(SparsesteerError, match=r"blocks\.0\.resid_post returned \(2, 16, 32\); expected a tensor of shape \(2, 17, 32\)"):
+    with pytest.raises(
+        SparsesteerError,
+        match=r"blocks\.0\.resid_post returned \(2, 16, 32\); expected a tensor of shape \(2, 17, 32\)",
+    ):
         clip.run(px, ["head"], interventions=[Intervention("blocks.0.resid_post", lambda a, p: a[:, 1:])])
     assert n_hooks(clip.model) == before
     # an invalid hook name fails before anything is installed
     with pytest.raises(SparsesteerError, match="valid indices 0..2"):
-        with clip.intervene(Intervention("blocks.0.resid_post", lambda a, p: a), Intervention("blocks.3.resid_post", boom)):
+        with clip.intervene(
+            Intervention("blocks.0.resid_post", lambda a, p: a), Intervention("blocks.3.resid_post", boom)
+        ):
             pass
     assert n_hooks(clip.model) == before
     # and the model still works normally afterwards
@@ -377,7 +400,8 @@ def test_token_indices_and_numpy_pixels(backbones):
     px = pixels(bb)
     torch.testing.assert_close(bb.embed_images(px.numpy()), bb.embed_images(px))
     vec = torch.randn(bb.d_embed)
-    torch.testing.assert_close(bb.embed_images(px, interventions=[Intervention("head", lambda a, p: a + vec)]),
-                               bb.embed_images(px) + vec)
+    torch.testing.assert_close(
+        bb.embed_images(px, interventions=[Intervention("head", lambda a, p: a + vec)]), bb.embed_images(px) + vec
+    )
     with pytest.raises(SparsesteerError, match=r"\[B, 3, H, W\]"):
         bb.run(px[0], ["head"])

@@ -89,8 +89,9 @@ def test_ensemble_weights_equal_hand_computation(bbs, arch):
     tok = bb.tokenizer
     max_len = bb.model.config.text_config.max_position_embeddings
     for c, name in enumerate(CLASSES):
-        ids = tok([t.format(name) for t in TEMPLATES], padding="max_length", max_length=max_len,
-                  return_tensors="pt")["input_ids"]
+        ids = tok([t.format(name) for t in TEMPLATES], padding="max_length", max_length=max_len, return_tensors="pt")[
+            "input_ids"
+        ]
         with torch.no_grad():
             e = bb.model.get_text_features(input_ids=ids).pooler_output
         e = e / e.norm(dim=-1, keepdim=True)
@@ -234,7 +235,13 @@ def test_evaluate_and_write(tmp_path):
     data = json.loads(jp.read_text())
     assert data["meta"] == {"model": "tiny", "templates": "single"}
     assert data["topk"]["top1"] == pytest.approx(4 / 7)
-    assert data["per_class"][3] == {"name": "tree", "n": 0, "accuracy": None, "most_confused_with": None, "n_confused": 0}
+    assert data["per_class"][3] == {
+        "name": "tree",
+        "n": 0,
+        "accuracy": None,
+        "most_confused_with": None,
+        "n_confused": 0,
+    }
     md = mp.read_text()
     assert "| 7 | 57.14 | 100.00 |" in md and "| car | 3 | 33.33 | cat | 2 |" in md and "| tree | 0 | - | - | 0 |" in md
     with pytest.raises(SparsesteerError, match=r"labels must lie in 0\.\.3"):

@@ -16,7 +16,9 @@ README = Path(__file__).resolve().parents[1] / "README.md"
 def test_python_tour_runs(tmp_path, monkeypatch):
     code = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
     clip = make_tiny_clip(tmp_path / "clip")
-    code = code.replace('"openai/clip-vit-base-patch32"', repr(str(clip))).replace('"blocks.11.resid_post"', '"blocks.2.resid_post"')
+    code = code.replace('"openai/clip-vit-base-patch32"', repr(str(clip))).replace(
+        '"blocks.11.resid_post"', '"blocks.2.resid_post"'
+    )
     code = code.replace('"blocks.7.resid_post"', '"blocks.1.resid_post"')
     monkeypatch.chdir(tmp_path)
     rng = np.random.default_rng(0)

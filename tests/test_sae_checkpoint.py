@@ -44,8 +44,23 @@ def test_sparsify_layout_loads_and_encodes_like_sparsify(tmp_path):
     d, n, k = 8, 32, 3
     enc_w, enc_b = torch.randn(n, d), torch.randn(n) * 0.1
     W_dec, b_dec = torch.randn(n, d), torch.randn(d)
-    save_file({"encoder.weight": enc_w, "encoder.bias": enc_b, "W_dec": W_dec, "b_dec": b_dec}, str(tmp_path / "sae.safetensors"))
-    (tmp_path / "cfg.json").write_text(json.dumps({"expansion_factor": 4, "normalize_decoder": True, "num_latents": 0, "k": k, "multi_topk": False, "skip_connection": False, "d_in": d}))
+    save_file(
+        {"encoder.weight": enc_w, "encoder.bias": enc_b, "W_dec": W_dec, "b_dec": b_dec},
+        str(tmp_path / "sae.safetensors"),
+    )
+    (tmp_path / "cfg.json").write_text(
+        json.dumps(
+            {
+                "expansion_factor": 4,
+                "normalize_decoder": True,
+                "num_latents": 0,
+                "k": k,
+                "multi_topk": False,
+                "skip_connection": False,
+                "d_in": d,
+            }
+        )
+    )
     sae = SparseAutoencoder.load(tmp_path)
     x = torch.randn(5, d)
     # sparsify: pre = relu(encoder(x - b_dec)); top-k; decode = acts @ W_dec[idx] + b_dec
@@ -65,9 +80,16 @@ def test_saelens_layout_loads_and_encodes_like_saelens(tmp_path, arch, apply_b_d
     W_dec, b_dec = torch.randn(n, d), torch.randn(d)
     threshold = torch.rand(n) * 0.5
     tensors = {"W_enc": W_enc, "b_enc": b_enc, "W_dec": W_dec, "b_dec": b_dec}
-    cfg = {"d_in": d, "d_sae": n, "dtype": "float32", "device": "cpu", "apply_b_dec_to_input": apply_b_dec,
-           "normalize_activations": "none", "architecture": arch,
-           "metadata": {"hook_name": "blocks.9.hook_resid_post", "model_name": "open-clip:laion/x"}}
+    cfg = {
+        "d_in": d,
+        "d_sae": n,
+        "dtype": "float32",
+        "device": "cpu",
+        "apply_b_dec_to_input": apply_b_dec,
+        "normalize_activations": "none",
+        "architecture": arch,
+        "metadata": {"hook_name": "blocks.9.hook_resid_post", "model_name": "open-clip:laion/x"},
+    }
     if arch == "topk":
         cfg["k"] = k
     if arch == "jumprelu":
@@ -91,8 +113,13 @@ def test_saelens_layout_loads_and_encodes_like_saelens(tmp_path, arch, apply_b_d
 
 
 def test_saelens_unsupported_normalisation_is_refused(tmp_path):
-    save_file({"W_enc": torch.zeros(4, 8), "b_enc": torch.zeros(8), "W_dec": torch.zeros(8, 4), "b_dec": torch.zeros(4)}, str(tmp_path / "sae_weights.safetensors"))
-    (tmp_path / "cfg.json").write_text(json.dumps({"d_in": 4, "d_sae": 8, "normalize_activations": "constant_norm_rescale"}))
+    save_file(
+        {"W_enc": torch.zeros(4, 8), "b_enc": torch.zeros(8), "W_dec": torch.zeros(8, 4), "b_dec": torch.zeros(4)},
+        str(tmp_path / "sae_weights.safetensors"),
+    )
+    (tmp_path / "cfg.json").write_text(
+        json.dumps({"d_in": 4, "d_sae": 8, "normalize_activations": "constant_norm_rescale"})
+    )
     with pytest.raises(SparsesteerError, match="constant_norm_rescale"):
         SparseAutoencoder.load(tmp_path)
 
@@ -147,5 +174,7 @@ def test_config_validation_errors():
 
 def test_width_mismatch_names_both_shapes():
     sae = random_sae("topk")
-    with pytest.raises(SparsesteerError, match=r"activation width \(7,\) does not match the SAE's d_in=10 \(input shape \(3, 7\)\)"):
+    with pytest.raises(
+        SparsesteerError, match=r"activation width \(7,\) does not match the SAE's d_in=10 \(input shape \(3, 7\)\)"
+    ):
         sae.encode(torch.randn(3, 7))

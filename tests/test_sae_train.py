@@ -55,8 +55,19 @@ def test_sweep_members_see_the_same_batches_as_solo_runs(tmp_path):
 
 def test_training_reduces_fvu_and_saves_provenance(tmp_path):
     x = data()
-    before = evaluate(SparseAutoencoder.load(train(x, SAEConfig(k=4, n_latents=64), TrainConfig(batch_size=256, steps=1), tmp_path / "a").paths[0]), TensorSource(x))
-    res = train(x, SAEConfig(k=4, n_latents=64), TrainConfig(batch_size=256, epochs=4, lr=2e-3), tmp_path / "b", metadata={"hook": "blocks.1.resid_post"})
+    before = evaluate(
+        SparseAutoencoder.load(
+            train(x, SAEConfig(k=4, n_latents=64), TrainConfig(batch_size=256, steps=1), tmp_path / "a").paths[0]
+        ),
+        TensorSource(x),
+    )
+    res = train(
+        x,
+        SAEConfig(k=4, n_latents=64),
+        TrainConfig(batch_size=256, epochs=4, lr=2e-3),
+        tmp_path / "b",
+        metadata={"hook": "blocks.1.resid_post"},
+    )
     after = evaluate(res.saes[0], TensorSource(x))
     assert after.fvu < 0.8 * before.fvu
     cfg = json.loads((tmp_path / "b" / "cfg.json").read_text())
@@ -65,13 +76,32 @@ def test_training_reduces_fvu_and_saves_provenance(tmp_path):
 
 
 def _run_cli(args, env=None):
-    return subprocess.Popen([sys.executable, "-m", "sparsesteer", "-q", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "sparsesteer", "-q", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env
+    )
 
 
 def test_resume_after_sigkill_gives_bit_identical_weights(tmp_path):
     np.save(tmp_path / "acts.npy", data(20000, 16).numpy())
-    common = ["train", "--activations", str(tmp_path / "acts.npy"), "--k", "4", "--n-latents", "64", "--batch-size", "128",
-              "--steps", "600", "--checkpoint-every", "10", "--log-every", "10", "--dead-after", "2000"]
+    common = [
+        "train",
+        "--activations",
+        str(tmp_path / "acts.npy"),
+        "--k",
+        "4",
+        "--n-latents",
+        "64",
+        "--batch-size",
+        "128",
+        "--steps",
+        "600",
+        "--checkpoint-every",
+        "10",
+        "--log-every",
+        "10",
+        "--dead-after",
+        "2000",
+    ]
     ref = _run_cli([*common, "--out", str(tmp_path / "ref")])
     killed = _run_cli([*common, "--out", str(tmp_path / "run")])
     state = tmp_path / "run" / "state"
@@ -112,11 +142,23 @@ def test_nan_in_a_batch_names_batch_and_source_row(tmp_path):
     arr = data().numpy()
     arr[1234, 3] = np.nan
     np.save(tmp_path / "a.npy", arr)
-    with pytest.raises(SparsesteerError, match=r"NaN or Inf in (batch \d+|initialisation sample), row \d+( \(source row 1234\))?"):
-        train(str(tmp_path / "a.npy"), SAEConfig(k=2, n_latents=16), TrainConfig(batch_size=256, steps=20, b_dec_init="zeros", init_samples=10), tmp_path / "o")
+    with pytest.raises(
+        SparsesteerError, match=r"NaN or Inf in (batch \d+|initialisation sample), row \d+( \(source row 1234\))?"
+    ):
+        train(
+            str(tmp_path / "a.npy"),
+            SAEConfig(k=2, n_latents=16),
+            TrainConfig(batch_size=256, steps=20, b_dec_init="zeros", init_samples=10),
+            tmp_path / "o",
+        )
     arr2 = data().numpy()
     arr2[3000, 0] = np.inf
-    t = Trainer(TensorSource(torch.from_numpy(arr2)), SAEConfig(k=2, n_latents=16), TrainConfig(batch_size=256, steps=40, init_samples=100, seed=0), tmp_path / "p")
+    t = Trainer(
+        TensorSource(torch.from_numpy(arr2)),
+        SAEConfig(k=2, n_latents=16),
+        TrainConfig(batch_size=256, steps=40, init_samples=100, seed=0),
+        tmp_path / "p",
+    )
     with pytest.raises(SparsesteerError, match=r"NaN or Inf in batch \d+, row \d+ \(source row 3000\)"):
         t.fit()
     assert not (tmp_path / "p" / "cfg.json").exists()  # nothing half-written
@@ -127,12 +169,16 @@ def test_input_normalisation_is_folded_into_saved_weights(tmp_path):
     train(x, SAEConfig(k=4, n_latents=32), TrainConfig(batch_size=256, steps=10, normalize_input=True), tmp_path / "n")
     cfg = json.loads((tmp_path / "n" / "cfg.json").read_text())
     scale = cfg["input_normalisation"]["scale"]
-    assert cfg["input_normalisation"]["folded"] and scale == pytest.approx(16**0.5 / float(x.norm(dim=1).mean()), rel=1e-3)
+    assert cfg["input_normalisation"]["folded"] and scale == pytest.approx(
+        16**0.5 / float(x.norm(dim=1).mean()), rel=1e-3
+    )
     folded = SparseAutoencoder.load(tmp_path / "n")
     # unfold by hand: the saved SAE on raw x equals the training-space SAE on scaled x, rescaled
     unfolded = SparseAutoencoder.load(tmp_path / "n")
     unfolded.fold_input_scale(1 / scale)
-    torch.testing.assert_close(folded.reconstruct(x[:50]), unfolded.reconstruct(x[:50] * scale) / scale, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(
+        folded.reconstruct(x[:50]), unfolded.reconstruct(x[:50] * scale) / scale, rtol=1e-4, atol=1e-4
+    )
     torch.testing.assert_close(unfolded.W_dec.norm(dim=1), torch.ones(32), rtol=1e-5, atol=1e-5)
 
 
@@ -142,7 +188,12 @@ def test_auxk_trains_dead_latents_only_when_enabled(tmp_path):
     for coeff in (0.0, 1 / 32):
         # 64 samples x k=1 cannot fire most of 256 latents: after one batch they count as dead
         cfg = SAEConfig(k=1, n_latents=256, aux_coeff=coeff, dead_after=64)
-        t = Trainer(TensorSource(x), cfg, TrainConfig(batch_size=64, steps=12, log_every=12, lr=1e-2, grad_clip=0), tmp_path / f"a{coeff}")
+        t = Trainer(
+            TensorSource(x),
+            cfg,
+            TrainConfig(batch_size=64, steps=12, log_every=12, lr=1e-2, grad_clip=0),
+            tmp_path / f"a{coeff}",
+        )
         t.fit()
         lines = [json.loads(l) for l in (tmp_path / f"a{coeff}" / "metrics.jsonl").read_text().splitlines()]
         moved[coeff] = lines[-1][t.names[0]]["aux_loss"]
@@ -176,11 +227,15 @@ def test_pass_prototypes_are_the_ema_of_class_mean_codes(tmp_path):
 def test_pass_without_labels_says_which_flag_needs_them(tmp_path):
     np.save(tmp_path / "a.npy", data().numpy())
     with pytest.raises(SparsesteerError, match=r"PASS \(--pass-weight\) needs class labels"):
-        train(str(tmp_path / "a.npy"), SAEConfig(k=2, n_latents=16, pass_weight=0.8), TrainConfig(steps=1), tmp_path / "o")
+        train(
+            str(tmp_path / "a.npy"), SAEConfig(k=2, n_latents=16, pass_weight=0.8), TrainConfig(steps=1), tmp_path / "o"
+        )
 
 
 def test_batchtopk_learns_an_inference_threshold(tmp_path):
-    res = train(data(), SAEConfig(arch="batchtopk", k=4, n_latents=32), TrainConfig(batch_size=256, steps=10), tmp_path / "b")
+    res = train(
+        data(), SAEConfig(arch="batchtopk", k=4, n_latents=32), TrainConfig(batch_size=256, steps=10), tmp_path / "b"
+    )
     sae = SparseAutoencoder.load(tmp_path / "b")
     assert float(sae.threshold) > 0
     l0 = sae.encode(data(1000, seed=1)).l0().float().mean()
@@ -190,9 +245,18 @@ def test_batchtopk_learns_an_inference_threshold(tmp_path):
 
 def write_cache(path: Path, n_images=300, positions=(0, 1, 2, 3), d=16, hooks=("blocks.2.resid_post",), labels=True):
     rng = np.random.default_rng(0)
-    s = CacheSettings(hooks=hooks, d={h: d for h in hooks}, tokens="all", token_positions=positions, cls_position=0,
-                      n_images=n_images, dtype="float32", model={"id": "tiny-clip", "revision": "abc", "arch": "clip"},
-                      dataset={"name": "unit"}, split="train")
+    s = CacheSettings(
+        hooks=hooks,
+        d={h: d for h in hooks},
+        tokens="all",
+        token_positions=positions,
+        cls_position=0,
+        n_images=n_images,
+        dtype="float32",
+        model={"id": "tiny-clip", "revision": "abc", "arch": "clip"},
+        dataset={"name": "unit"},
+        split="train",
+    )
     with CacheWriter.open(path, s) as w:
         for first in range(0, n_images, 100):
             img = np.repeat(np.arange(first, first + 100), len(positions))
@@ -204,8 +268,28 @@ def write_cache(path: Path, n_images=300, positions=(0, 1, 2, 3), d=16, hooks=("
 
 def test_cli_train_and_evaluate_on_a_cache_with_token_filter(tmp_path, capsys):
     cache = write_cache(tmp_path / "cache")
-    assert main(["train", "--activations", str(cache), "--tokens", "cls", "--k", "2", "--expansion", "2",
-                 "--batch-size", "64", "--epochs", "2", "--out", str(tmp_path / "sae")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--activations",
+                str(cache),
+                "--tokens",
+                "cls",
+                "--k",
+                "2",
+                "--expansion",
+                "2",
+                "--batch-size",
+                "64",
+                "--epochs",
+                "2",
+                "--out",
+                str(tmp_path / "sae"),
+            ]
+        )
+        == 0
+    )
     cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
     assert cfg["hook"] == "blocks.2.resid_post" and cfg["tokens"] == "cls" and cfg["model"]["id"] == "tiny-clip"
     assert cfg["training"]["source"]["n_rows"] == 300  # one CLS row per image
@@ -240,7 +324,24 @@ def test_cli_bad_input_errors(tmp_path, capsys):
     # an SAE evaluated on activations of another width
     np.save(tmp_path / "w.npy", np.zeros((10, 8), np.float32))
     write_cache(tmp_path / "cache2")
-    assert main(["train", "--activations", str(tmp_path / "cache2"), "--k", "2", "--batch-size", "64", "--steps", "2", "--out", str(tmp_path / "s")]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--activations",
+                str(tmp_path / "cache2"),
+                "--k",
+                "2",
+                "--batch-size",
+                "64",
+                "--steps",
+                "2",
+                "--out",
+                str(tmp_path / "s"),
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["evaluate", "--sae", str(tmp_path / "s"), "--activations", str(tmp_path / "w.npy")]) == 2
     assert "width 8 does not match the SAE's d_in=16" in capsys.readouterr().err
@@ -262,8 +363,12 @@ def test_wandb_sink_gets_flattened_metrics_and_is_finished(tmp_path, monkeypatch
     fake = types.ModuleType("wandb")
     fake.init = lambda **kw: calls["init"].append(kw) or Run()
     monkeypatch.setitem(sys.modules, "wandb", fake)
-    train(data(), SAEConfig(k=2, n_latents=16), TrainConfig(batch_size=256, steps=4, log_every=2, log_to=("wandb",), wandb_project="p"),
-          tmp_path / "w")
+    train(
+        data(),
+        SAEConfig(k=2, n_latents=16),
+        TrainConfig(batch_size=256, steps=4, log_every=2, log_to=("wandb",), wandb_project="p"),
+        tmp_path / "w",
+    )
     assert calls["init"][0]["project"] == "p" and calls["finish"] == 1
     assert [s for s, _ in calls["log"]] == [2, 4]
     step, record = calls["log"][-1]

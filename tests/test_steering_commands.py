@@ -30,8 +30,20 @@ def setup(tmp_path_factory):
     for split in ("train", "test"):
         cache_activations(str(clip), ds, split, [hook], "cls", tmp / f"cache-{split}", workers=0)
     x = cache_rows(tmp / "cache-train", hook)
-    train(x, SAEConfig(k=4, n_latents=64), TrainConfig(batch_size=32, epochs=2), tmp / "sae", metadata={"hook": hook, "tokens": "cls"})
-    train(x, SAEConfig(k=4, n_latents=64), TrainConfig(batch_size=32, steps=1), tmp / "sae-b1", metadata={"hook": "blocks.1.resid_post", "tokens": "cls"})
+    train(
+        x,
+        SAEConfig(k=4, n_latents=64),
+        TrainConfig(batch_size=32, epochs=2),
+        tmp / "sae",
+        metadata={"hook": hook, "tokens": "cls"},
+    )
+    train(
+        x,
+        SAEConfig(k=4, n_latents=64),
+        TrainConfig(batch_size=32, steps=1),
+        tmp / "sae-b1",
+        metadata={"hook": "blocks.1.resid_post", "tokens": "cls"},
+    )
     return tmp, clip, ds
 
 
@@ -43,7 +55,17 @@ def cache_rows(path, hook):
 
 
 def base(tmp, clip, method="vs2"):
-    return ["-q", "steer", method, "--model", str(clip), "--sae", str(tmp / "sae"), "--activations", str(tmp / "cache-test")]
+    return [
+        "-q",
+        "steer",
+        method,
+        "--model",
+        str(clip),
+        "--sae",
+        str(tmp / "sae"),
+        "--activations",
+        str(tmp / "cache-test"),
+    ]
 
 
 def test_steer_vs2_zero_shot_matches_the_full_model_and_lambda_zero_is_identity(setup, tmp_path):
@@ -59,8 +81,22 @@ def test_steer_vs2_zero_shot_matches_the_full_model_and_lambda_zero_is_identity(
 
 def test_steer_vs2_tunes_on_train_and_gates(setup, tmp_path):
     tmp, clip, _ = setup
-    assert main(base(tmp, clip) + ["--tune-on", str(tmp / "cache-train"), "--val-fraction", "0.3", "--gate-quantile", "0.9",
-                                   "--out", str(tmp_path / "b")]) == 0
+    assert (
+        main(
+            base(tmp, clip)
+            + [
+                "--tune-on",
+                str(tmp / "cache-train"),
+                "--val-fraction",
+                "0.3",
+                "--gate-quantile",
+                "0.9",
+                "--out",
+                str(tmp_path / "b"),
+            ]
+        )
+        == 0
+    )
     rep = json.loads((tmp_path / "b" / "steer_vs2.json").read_text())
     grid = rep["tuning"]
     assert rep["lam"] == grid["best_lam"] and rep["gamma"] == grid["best_gamma"] and grid["n"] == 18
@@ -84,8 +120,24 @@ def test_steer_vs2_errors(setup, capsys):
 
 def test_steer_vs2pp_rows(setup, tmp_path):
     tmp, clip, _ = setup
-    assert main(base(tmp, clip, "vs2pp") + ["--database", str(tmp / "cache-train"), "--neighbours", "4", "--val-fraction", "0.3",
-                                            "--labels", "pseudo", "--out", str(tmp_path / "c")]) == 0
+    assert (
+        main(
+            base(tmp, clip, "vs2pp")
+            + [
+                "--database",
+                str(tmp / "cache-train"),
+                "--neighbours",
+                "4",
+                "--val-fraction",
+                "0.3",
+                "--labels",
+                "pseudo",
+                "--out",
+                str(tmp_path / "c"),
+            ]
+        )
+        == 0
+    )
     rep = json.loads((tmp_path / "c" / "steer_vs2pp.json").read_text())
     assert set(rep["rows"]) == {"vs2pp_pseudo", "clip_steer_pseudo", "rag_pseudo"}
     assert all(0 <= r["top1"] <= 100 for r in rep["rows"].values())

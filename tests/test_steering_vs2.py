@@ -93,7 +93,9 @@ def test_sae_must_match_the_final_cls(sae):
     with pytest.raises(SparsesteerError, match="d_in=16 but the model's CLS has width 32"):
         V.check_sae_for_cls(sae, 32, 3)
     sae.metadata = {"hook": "blocks.1.resid_post", "tokens": "cls"}
-    with pytest.raises(SparsesteerError, match="trained on blocks.1.resid_post, but steering needs an SAE on blocks.2.resid_post"):
+    with pytest.raises(
+        SparsesteerError, match="trained on blocks.1.resid_post, but steering needs an SAE on blocks.2.resid_post"
+    ):
         V.check_sae_for_cls(sae, 16, 3)
     sae.metadata = {"hook": "blocks.2.resid_post", "tokens": "patch"}
     with pytest.raises(SparsesteerError, match="'patch' tokens"):

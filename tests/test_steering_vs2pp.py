@@ -82,7 +82,12 @@ def test_positives_on_hand_worked_table(labels, rule):
 
 
 def test_mode_labels_ties_go_to_the_nearest():
-    assert mode_labels(torch.tensor([[4, 7, 7, 4, 9], [9, 1, 2, 2, 1], [3, 3, 3, 1, 1], [8, 8, 8, 8, 8]])).tolist() == [4, 1, 3, 8]
+    assert mode_labels(torch.tensor([[4, 7, 7, 4, 9], [9, 1, 2, 2, 1], [3, 3, 3, 1, 1], [8, 8, 8, 8, 8]])).tolist() == [
+        4,
+        1,
+        3,
+        8,
+    ]
 
 
 def test_oracle_needs_train_labels():
@@ -198,7 +203,9 @@ def test_clip_steering_by_hand(fallback):
             assert torch.equal(res.steered_qd[q], x[q])
             continue
         z = x[q].double() + 0.7 * v
-        torch.testing.assert_close(res.steered_qd[q].double(), z * x[q].double().norm() / z.norm(), rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(
+            res.steered_qd[q].double(), z * x[q].double().norm() / z.norm(), rtol=1e-5, atol=1e-6
+        )
         torch.testing.assert_close(res.direction_qd[q].double(), v, rtol=1e-5, atol=1e-6)
     assert res.fallbacks == FallbackCounts(fallback, 1, 0)  # q2 has no true-label positive
 
@@ -229,7 +236,10 @@ def test_weighted_rag_by_hand(over, alpha):
             E = qn
         else:
             s = [float(SIM[q, j]) for j in used]
-            r = sum(s[i] / sum(s) * db_emb[IDX[q, j]].double() / db_emb[IDX[q, j]].double().norm() for i, j in enumerate(used))
+            r = sum(
+                s[i] / sum(s) * db_emb[IDX[q, j]].double() / db_emb[IDX[q, j]].double().norm()
+                for i, j in enumerate(used)
+            )
             E = alpha * qn + (1 - alpha) * r
         torch.testing.assert_close(res.embeddings_qe[q].double(), E, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(res.logits_qc[q], clf.logits_of_embeddings(E[None].float())[0], rtol=1e-4, atol=1e-4)
@@ -259,10 +269,16 @@ def tiny(tmp_path_factory):
     test_x = torch.randn(60, bb.d_model, generator=g)
     retr_proj = torch.randn(bb.d_model, 12, generator=g)  # stands in for DINOv2 embeddings
     return dict(
-        clf=clf, sae=sae, train_x=train_x, test_x=test_x,
-        train_emb=train_x @ retr_proj, test_emb=test_x @ retr_proj,
-        train_pseudo=pseudo_labels(clf, train_x), test_pseudo=pseudo_labels(clf, test_x),
-        train_labels=torch.randint(0, 6, (300,), generator=g), test_labels=torch.randint(0, 6, (60,), generator=g),
+        clf=clf,
+        sae=sae,
+        train_x=train_x,
+        test_x=test_x,
+        train_emb=train_x @ retr_proj,
+        test_emb=test_x @ retr_proj,
+        train_pseudo=pseudo_labels(clf, train_x),
+        test_pseudo=pseudo_labels(clf, test_x),
+        train_labels=torch.randint(0, 6, (300,), generator=g),
+        test_labels=torch.randint(0, 6, (60,), generator=g),
     )
 
 
@@ -301,7 +317,11 @@ def run_study(t, test_labels, labels="oracle"):
     emb_train = t["clf"].embed(t["train_x"])
     rag_line = tune_weighted_rag(t["clf"], emb_train[val_idx], val_y, val_sets, emb_train, alphas=(1.0, 0.5, 0.0))
     test_sets = neighbour_sets(
-        knn(t["test_emb"], t["train_emb"], 15), t["test_pseudo"], t["train_pseudo"], labels=labels, db_labels_n=t["train_labels"]
+        knn(t["test_emb"], t["train_emb"], 15),
+        t["test_pseudo"],
+        t["train_pseudo"],
+        labels=labels,
+        db_labels_n=t["train_labels"],
     )
     steered = vs2pp(t["sae"], t["test_x"], test_sets, grid.best_lam, grid.best_gamma, u_db_nd=u).steered_qd
     clip = clip_steering(t["test_x"], test_sets, t["train_x"], line.best_value).steered_qd
@@ -312,9 +332,18 @@ def run_study(t, test_labels, labels="oracle"):
     fixed_clip = clip_steering(t["test_x"], test_sets, t["train_x"], 1.0).steered_qd
     fixed_rag = weighted_rag(t["clf"], t["clf"].embed(t["test_x"]), test_sets, emb_train, 0.5).logits_qc
     return dict(
-        grid=grid.accuracy, line=line.accuracy, rag_line=rag_line.accuracy, steered=steered, clip=clip, rag=rag,
-        fixed=fixed, fixed_clip=fixed_clip, fixed_rag=fixed_rag,
-        preds=preds, positives=test_sets.positive_qn, accuracy=float((preds == test_labels).double().mean()),
+        grid=grid.accuracy,
+        line=line.accuracy,
+        rag_line=rag_line.accuracy,
+        steered=steered,
+        clip=clip,
+        rag=rag,
+        fixed=fixed,
+        fixed_clip=fixed_clip,
+        fixed_rag=fixed_rag,
+        preds=preds,
+        positives=test_sets.positive_qn,
+        accuracy=float((preds == test_labels).double().mean()),
     )
 
 
@@ -343,7 +372,9 @@ def test_validation_queries_never_see_their_own_label(tiny):
         changed = t["train_labels"].clone()
         changed[val_idx[i]] = (changed[val_idx[i]] + 1) % 6
         other = validation_neighbour_sets(t["train_emb"], val_idx, t["train_pseudo"], train_labels_n=changed, **kw)
-        assert torch.equal(other.positive_qn[i], base.positive_qn[i]) and torch.equal(other.labels_qn[i], base.labels_qn[i])
+        assert torch.equal(other.positive_qn[i], base.positive_qn[i]) and torch.equal(
+            other.labels_qn[i], base.labels_qn[i]
+        )
 
 
 def test_tuning_matches_direct_evaluation(tiny):
@@ -376,24 +407,62 @@ def test_pipeline_rows_tune_all_and_evaluate_all(tiny):
     from types import SimpleNamespace
 
     t = tiny
-    cfg = SimpleNamespace(neighbours=12, positive_rule="query", lams=(0.0, 2.0), gammas=(1.0, 1.5), clip_lams=(0.0, 1.0),
-                          alphas=(1.0, 0.5), retriever="tiny")
+    cfg = SimpleNamespace(
+        neighbours=12,
+        positive_rule="query",
+        lams=(0.0, 2.0),
+        gammas=(1.0, 1.5),
+        clip_lams=(0.0, 1.0),
+        alphas=(1.0, 0.5),
+        retriever="tiny",
+    )
     fit, val = validation_split(300, 0.2, seed=0)
-    db = dict(sae=t["sae"], clf=t["clf"], x_db=t["train_x"][fit], emb_db=t["train_emb"][fit], pseudo_db=t["train_pseudo"][fit],
-              labels_db=t["train_labels"][fit])
-    tuned = tune_all(**db, x_q=t["train_x"][val], emb_q=t["train_emb"][val], pseudo_q=t["train_pseudo"][val],
-                     labels_q=t["train_labels"][val], cfg=cfg, split="val")
+    db = dict(
+        sae=t["sae"],
+        clf=t["clf"],
+        x_db=t["train_x"][fit],
+        emb_db=t["train_emb"][fit],
+        pseudo_db=t["train_pseudo"][fit],
+        labels_db=t["train_labels"][fit],
+    )
+    tuned = tune_all(
+        **db,
+        x_q=t["train_x"][val],
+        emb_q=t["train_emb"][val],
+        pseudo_q=t["train_pseudo"][val],
+        labels_q=t["train_labels"][val],
+        cfg=cfg,
+        split="val",
+    )
     keys = {f"{m}_{mode}" for m in ("vs2pp", "clip_steer", "rag") for mode in ("oracle", "pseudo")}
     assert set(tuned) == keys
     json.dumps(tuned)
     assert tuned["vs2pp_oracle"]["labels"] == "oracle" and tuned["rag_pseudo"]["param"] == "alpha"
-    rows = evaluate_all(tuned=tuned, sae=t["sae"], clf=t["clf"], x_db=t["train_x"], emb_db=t["train_emb"], pseudo_db=t["train_pseudo"],
-                        labels_db=t["train_labels"], x_q=t["test_x"], emb_q=t["test_emb"], pseudo_q=t["test_pseudo"], cfg=cfg)
+    rows = evaluate_all(
+        tuned=tuned,
+        sae=t["sae"],
+        clf=t["clf"],
+        x_db=t["train_x"],
+        emb_db=t["train_emb"],
+        pseudo_db=t["train_pseudo"],
+        labels_db=t["train_labels"],
+        x_q=t["test_x"],
+        emb_q=t["test_emb"],
+        pseudo_q=t["test_pseudo"],
+        cfg=cfg,
+    )
     assert set(rows) == keys
-    sets = neighbour_sets(knn(t["test_emb"], t["train_emb"], 12), t["test_pseudo"], t["train_pseudo"], labels="oracle",
-                          db_labels_n=t["train_labels"])
+    sets = neighbour_sets(
+        knn(t["test_emb"], t["train_emb"], 12),
+        t["test_pseudo"],
+        t["train_pseudo"],
+        labels="oracle",
+        db_labels_n=t["train_labels"],
+    )
     best = tuned["vs2pp_oracle"]
     u = sae_direction(t["sae"], t["train_x"])
-    direct = t["clf"].predict(vs2pp(t["sae"], t["test_x"], sets, best["best_lam"], best["best_gamma"], u_db_nd=u).steered_qd)
+    direct = t["clf"].predict(
+        vs2pp(t["sae"], t["test_x"], sets, best["best_lam"], best["best_gamma"], u_db_nd=u).steered_qd
+    )
     assert rows["vs2pp_oracle"]["pred"].tolist() == direct.tolist()
     json.dumps({k: r["settings"] for k, r in rows.items()})

@@ -20,9 +20,9 @@ are kept). See docs/caching.md for hooks, token selections and disk use.
 
 
 def register(subparsers: Any) -> None:
-    from ..cli import HelpFormatter
     from ..data.batches import default_workers
     from ..data.datasets import default_data_root
+    from ..utils.cli import HelpFormatter
     from .cache import DTYPES
     from .produce import DEFAULT_SHARD_MB, TOKEN_CHOICES
 
@@ -36,38 +36,60 @@ def register(subparsers: Any) -> None:
         epilog=CACHE_EXAMPLES,
         formatter_class=HelpFormatter,
     )
-    c.add_argument("--model", required=True,
-                   help="Hugging Face hub id or save_pretrained directory (CLIP, SigLIP, DINOv2)")
+    c.add_argument(
+        "--model", required=True, help="Hugging Face hub id or save_pretrained directory (CLIP, SigLIP, DINOv2)"
+    )
     c.add_argument("--dataset", required=True, help="built-in name (cifar100, ...), folder:PATH or hf:REPO_ID")
     c.add_argument("--split", required=True, help="dataset split, e.g. train or test")
     c.add_argument(
-        "--hook", required=True, action="append", dest="hooks", metavar="HOOK",
+        "--hook",
+        required=True,
+        action="append",
+        dest="hooks",
+        metavar="HOOK",
         help="hook point, repeatable: blocks.{i}.resid_post|resid_pre|mlp_out|attn_out (0-based) or head",
     )
     c.add_argument(
-        "--tokens", required=True, choices=TOKEN_CHOICES,
+        "--tokens",
+        required=True,
+        choices=TOKEN_CHOICES,
         help="rows kept per image: cls (1), patch (the patch tokens) or all (CLS, registers, patches); head needs cls",
     )
-    c.add_argument("--out", required=True, metavar="DIR",
-                   help="cache directory (created; resumed when it holds this cache)")
+    c.add_argument(
+        "--out", required=True, metavar="DIR", help="cache directory (created; resumed when it holds this cache)"
+    )
     c.add_argument("--dtype", default="float32", choices=DTYPES, help="storage dtype (the model runs in float32)")
     c.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    c.add_argument("--limit", type=int, default=None, metavar="N",
-                   help="cache only the first N images of the split (default: all)")
     c.add_argument(
-        "--workers", type=int, default=None,
+        "--limit", type=int, default=None, metavar="N", help="cache only the first N images of the split (default: all)"
+    )
+    c.add_argument(
+        "--workers",
+        type=int,
+        default=None,
         help="image-decoding processes, 0 = decode in the main process "
         f"(default: half the CPUs, at most 8; here {default_workers()})",
     )
-    c.add_argument("--on-bad-image", default="error", choices=("error", "skip"),
-                   help="unreadable image: stop with an error, or skip it and list it in the manifest")
+    c.add_argument(
+        "--on-bad-image",
+        default="error",
+        choices=("error", "skip"),
+        help="unreadable image: stop with an error, or skip it and list it in the manifest",
+    )
     c.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
-    c.add_argument("--data-root", default=None,
-                   help=f"where built-in datasets live (default: $SPARSESTEER_DATA or {default_data_root()})")
+    c.add_argument(
+        "--data-root",
+        default=None,
+        help=f"where built-in datasets live (default: $SPARSESTEER_DATA or {default_data_root()})",
+    )
     c.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) of --model (default: main)")
-    c.add_argument("--shard-images", type=int, default=None, metavar="N",
-                   help=f"images per shard (default: about {DEFAULT_SHARD_MB} MiB per shard; "
-                   "a resumed cache keeps its own)")
+    c.add_argument(
+        "--shard-images",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"images per shard (default: about {DEFAULT_SHARD_MB} MiB per shard; a resumed cache keeps its own)",
+    )
     c.set_defaults(func=run_cache)
 
     p = subparsers.add_parser(

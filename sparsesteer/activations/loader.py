@@ -87,7 +87,13 @@ class NpySource:
         return None if self._labels is None else self._labels[start:stop].copy()
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": "npy", "path": str(self.path.resolve()), "n_rows": self.n_rows, "d": self.d, "dtype": str(self.array.dtype)}
+        return {
+            "kind": "npy",
+            "path": str(self.path.resolve()),
+            "n_rows": self.n_rows,
+            "d": self.d,
+            "dtype": str(self.array.dtype),
+        }
 
 
 def _check_2d(shape: tuple[int, ...], name: str) -> None:
@@ -123,11 +129,15 @@ def open_source(
 
         cache = ActivationCache.open(path, verify=verify)
         if require_complete and not cache.completed:
-            raise SparsesteerError(f"{path} is an incomplete activation cache: finish it by rerunning `sparsesteer cache` with the same settings")
+            raise SparsesteerError(
+                f"{path} is an incomplete activation cache: finish it by rerunning `sparsesteer cache` with the same settings"
+            )
         return cache.rows(hook, tokens)
     if not path.exists():
         raise SparsesteerError(f"activations not found: {path}")
-    raise SparsesteerError(f"{path} is neither a .npy file of shape [N, d] nor an activation cache directory (no manifest.json)")
+    raise SparsesteerError(
+        f"{path} is neither a .npy file of shape [N, d] nor an activation cache directory (no manifest.json)"
+    )
 
 
 class Batch(NamedTuple):

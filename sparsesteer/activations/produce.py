@@ -121,8 +121,8 @@ def cache_activations(
     """
     from ..data import open_dataset
     from ..data.batches import ON_BAD_IMAGE
-    from ..utils.device import resolve_device
     from ..models import Backbone, load_backbone
+    from ..utils.device import resolve_device
 
     if dtype not in DTYPES:
         raise unknown("cache dtype (--dtype)", str(dtype), DTYPES)
@@ -134,7 +134,9 @@ def cache_activations(
     if shard_images is not None:
         _positive(shard_images, "--shard-images")
     if isinstance(model, Backbone) and (device != "auto" or revision is not None):
-        raise SparsesteerError("cache_activations: pass device and revision to load_backbone, not with a loaded Backbone")
+        raise SparsesteerError(
+            "cache_activations: pass device and revision to load_backbone, not with a loaded Backbone"
+        )
     target = None if isinstance(model, Backbone) else resolve_device(device)
 
     ds = open_dataset(dataset, split, data_root=data_root)
@@ -165,8 +167,9 @@ def cache_activations(
             log.info("%s already holds this activation cache, completed; nothing to do", out)
         else:
             per_shard = _resume_shard_images(writer, shard_images) or shard_images or shard_images_for(plan, dtype)
-            _produce(writer, bb, ds, pre, plan, per_shard, batch_size=batch_size, workers=workers,
-                     on_bad_image=on_bad_image)
+            _produce(
+                writer, bb, ds, pre, plan, per_shard, batch_size=batch_size, workers=workers, on_bad_image=on_bad_image
+            )
             writer.finish(ds.labels()[:n_images])
     return ActivationCache.open(out)
 
@@ -260,8 +263,17 @@ def _produce(
     start = shard_start = writer.next_image
     shard_end = min(shard_start + shard_images, n_images)
     buf = _ShardBuffer(plan, writer.settings.dtype, min(shard_images, n_images - start))
-    batches = image_batches(ds, pre, batch_size=batch_size, workers=workers, start=start, stop=n_images,
-                            on_bad_image=on_bad_image, chunk=shard_images, pin_memory=bb.device.type == "cuda")
+    batches = image_batches(
+        ds,
+        pre,
+        batch_size=batch_size,
+        workers=workers,
+        start=start,
+        stop=n_images,
+        on_bad_image=on_bad_image,
+        chunk=shard_images,
+        pin_memory=bb.device.type == "cuda",
+    )
     with progress(total=n_images, initial=start, unit="img", desc="cache", smoothing=0.1) as bar:
         for batch in batches:  # batches never straddle a shard boundary (chunk=shard_images)
             for skipped in batch.skipped:

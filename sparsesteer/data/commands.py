@@ -8,12 +8,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..utils.cli import HelpFormatter
 from .datasets import default_data_root
 from .download import REGISTRY
-
-
-class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
-    """Show defaults and keep the description's line breaks."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "checksum, extract it safely and mark it complete. Rerunning is a no-op once verified.\n\n"
             f"datasets:\n{lines}"
         ),
-        formatter_class=_HelpFormatter,
+        formatter_class=HelpFormatter,
     )
     parser.add_argument("name", choices=list(REGISTRY), metavar="NAME", help="dataset: " + ", ".join(REGISTRY))
     parser.add_argument(

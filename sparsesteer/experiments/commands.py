@@ -17,8 +17,8 @@ EXAMPLES = """examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..cli import HelpFormatter
     from ..utils import config as config_utils
+    from ..utils.cli import HelpFormatter
     from .vs2_config import VS2Config
 
     p = sub.add_parser(
@@ -31,9 +31,15 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     p.add_argument("experiment", choices=sorted(EXPERIMENTS), help="which table")
-    p.add_argument("--out", required=True, metavar="DIR", help="run directory (results.md, results.json, plots/, caches, SAEs)")
-    p.add_argument("--stage", default=None, metavar="NAME",
-                   help="run one stage alone: cache, retrieval, sae, zeroshot, tune, evaluate, inforward, report")
+    p.add_argument(
+        "--out", required=True, metavar="DIR", help="run directory (results.md, results.json, plots/, caches, SAEs)"
+    )
+    p.add_argument(
+        "--stage",
+        default=None,
+        metavar="NAME",
+        help="run one stage alone: cache, retrieval, sae, zeroshot, tune, evaluate, inforward, report",
+    )
     p.add_argument("--config", metavar="TOML", help="TOML/JSON file of settings; flags override it")
     config_utils.add_arguments(p.add_argument_group("settings"), VS2Config)
     p.set_defaults(func=run)

@@ -7,9 +7,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from datetime import datetime
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -75,9 +75,12 @@ class Pipeline:
             log(f"[{stage.name}] {stage.help}")
             t0 = time.time()
             stage.run()
-            io.write_json(self._marker(stage.name), {
-                "stage": stage.name,
-                "settings_sha256": self.digest(stage.name),
-                "seconds": round(time.time() - t0, 1),
-                "finished": datetime.now().isoformat(timespec="microseconds"),
-            })
+            io.write_json(
+                self._marker(stage.name),
+                {
+                    "stage": stage.name,
+                    "settings_sha256": self.digest(stage.name),
+                    "seconds": round(time.time() - t0, 1),
+                    "finished": datetime.now().isoformat(timespec="microseconds"),
+                },
+            )

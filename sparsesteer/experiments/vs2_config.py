@@ -10,7 +10,6 @@ from ..steering.tuning import DEFAULT_ALPHAS, DEFAULT_CLIP_LAMS, DEFAULT_GAMMAS,
 from ..utils.errors import SparsesteerError
 
 
-
 @dataclass(frozen=True)
 class VS2Config:
     """Settings of one `reproduce vs2` run. None means: the paper's value for this backbone."""

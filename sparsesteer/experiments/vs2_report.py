@@ -32,7 +32,7 @@ def _settings_text(s: dict[str, Any]) -> str:
     return ", ".join(parts) or "—"
 
 
-def collect(exp: "VS2Experiment") -> dict[str, Any]:
+def collect(exp: VS2Experiment) -> dict[str, Any]:
     c = exp.cfg
     ev = io.read_json(exp.path("evaluation.json"))
     rows = dict(ev["rows"])
@@ -50,16 +50,18 @@ def collect(exp: "VS2Experiment") -> dict[str, Any]:
             continue
         ours = rows[key]["top1"]
         theirs = paper.get(key)
-        table.append({
-            "key": key,
-            "method": label,
-            "top1": ours,
-            "paper_top1": theirs,
-            "diff_vs_paper": None if theirs is None else ours - theirs,
-            "delta_vs_zeroshot": ours - zs,
-            "paper_delta_vs_zeroshot": None if theirs is None or zs_paper is None else theirs - zs_paper,
-            "settings": rows[key]["settings"],
-        })
+        table.append(
+            {
+                "key": key,
+                "method": label,
+                "top1": ours,
+                "paper_top1": theirs,
+                "diff_vs_paper": None if theirs is None else ours - theirs,
+                "delta_vs_zeroshot": ours - zs,
+                "paper_delta_vs_zeroshot": None if theirs is None or zs_paper is None else theirs - zs_paper,
+                "settings": rows[key]["settings"],
+            }
+        )
     tuning = io.read_json(exp.path("tuning.json"))
     bb = exp.backbone
     expansion, k = exp.sae_shape()
@@ -71,8 +73,13 @@ def collect(exp: "VS2Experiment") -> dict[str, Any]:
         "test_split": c.test_split,
         "n_test": ev["n_test"],
         "validation": tuning["validation"],
-        "sae": {"block": exp.final_block, "expansion": expansion, "k": k, "fvu": ev["sae_fvu"],
-                "paper_fvu_train": vs2_paper.fvu(c.dataset, c.model)},
+        "sae": {
+            "block": exp.final_block,
+            "expansion": expansion,
+            "k": k,
+            "fvu": ev["sae_fvu"],
+            "paper_fvu_train": vs2_paper.fvu(c.dataset, c.model),
+        },
         "rows": table,
         "fvu_gate": ev["fvu_gate"],
         "tuning": tuning,
@@ -80,7 +87,7 @@ def collect(exp: "VS2Experiment") -> dict[str, Any]:
     }
 
 
-def per_class(exp: "VS2Experiment", method: str, top: int = 10) -> dict[str, Any] | None:
+def per_class(exp: VS2Experiment, method: str, top: int = 10) -> dict[str, Any] | None:
     """Per-class accuracy of `method` vs zero-shot on test: largest gains and losses, each with the
     class's most common zero-shot confusion."""
     path = exp.path("arrays", f"pred_{method}.npy")
@@ -102,18 +109,29 @@ def per_class(exp: "VS2Experiment", method: str, top: int = 10) -> dict[str, Any
         if counts[c] == 0:
             continue
         conf = int(confusion[c].argmax()) if confusion[c].any() else None
-        entries.append({
-            "class": classes[c], "n": int(counts[c]), "zeroshot": 100 * acc_z[c], "method": 100 * acc_m[c],
-            "delta": 100 * (acc_m[c] - acc_z[c]),
-            "zeroshot_confused_with": classes[conf] if conf is not None else None,
-            "confusions": int(confusion[c].max()),
-        })
+        entries.append(
+            {
+                "class": classes[c],
+                "n": int(counts[c]),
+                "zeroshot": 100 * acc_z[c],
+                "method": 100 * acc_m[c],
+                "delta": 100 * (acc_m[c] - acc_z[c]),
+                "zeroshot_confused_with": classes[conf] if conf is not None else None,
+                "confusions": int(confusion[c].max()),
+            }
+        )
     entries.sort(key=lambda e: e["delta"])
     gains = [e for e in entries[::-1] if e["delta"] > 0][:top]
     losses = [e for e in entries if e["delta"] < 0][:top]
-    return {"method": method, "gains": gains, "losses": losses, "all": entries,
-            "improved": sum(e["delta"] > 0 for e in entries), "worse": sum(e["delta"] < 0 for e in entries),
-            "unchanged": sum(e["delta"] == 0 for e in entries)}
+    return {
+        "method": method,
+        "gains": gains,
+        "losses": losses,
+        "all": entries,
+        "improved": sum(e["delta"] > 0 for e in entries),
+        "worse": sum(e["delta"] < 0 for e in entries),
+        "unchanged": sum(e["delta"] == 0 for e in entries),
+    }
 
 
 def markdown(res: dict[str, Any], classes: list[dict[str, Any]]) -> str:
@@ -128,7 +146,7 @@ def markdown(res: dict[str, Any], classes: list[dict[str, Any]]) -> str:
         f"- SAE: TopK on blocks.{res['sae']['block']}.resid_post CLS, expansion {res['sae']['expansion']}, k={res['sae']['k']}, "
         f"lr {s['sae_lr']}, batch {s['sae_batch_size']}, {s['sae_epochs']:g} epochs; FVU test {res['sae']['fvu']['test']:.4f}, "
         f"train {res['sae']['fvu']['train_fit']:.4f} (paper, train: {_fmt(res['sae']['paper_fvu_train'], 4)})",
-        f"- Zero-shot prompt: \"a photo of a {{}}.\" (ensemble row: CLIP's 80 ImageNet templates); VS2++: retriever "
+        f'- Zero-shot prompt: "a photo of a {{}}." (ensemble row: CLIP\'s 80 ImageNet templates); VS2++: retriever '
         f"`{s['retriever']}`, {s['neighbours']} neighbours, positive rule `{s['positive_rule']}`; seed {s['seed']}",
         "",
         "| Method | top-1 % (ours) | paper | ours − paper | Δ vs zero-shot (ours) | Δ vs zero-shot (paper) | settings (tuned on validation) |",
@@ -139,25 +157,41 @@ def markdown(res: dict[str, Any], classes: list[dict[str, Any]]) -> str:
             f"| {r['method']} | {_fmt(r['top1'])} | {_fmt(r['paper_top1'])} | {_fmt(r['diff_vs_paper'], sign=True)} | "
             f"{_fmt(r['delta_vs_zeroshot'], sign=True)} | {_fmt(r['paper_delta_vs_zeroshot'], sign=True)} | {_settings_text(r['settings'])} |"
         )
-    lines += ["", "## FVU gate (VS2 applied only where per-sample FVU <= tau; tau from unlabeled train)", "",
-              "| quantile q | tau | top-1 % | coverage (fraction steered) |", "|---:|---:|---:|---:|"]
+    lines += [
+        "",
+        "## FVU gate (VS2 applied only where per-sample FVU <= tau; tau from unlabeled train)",
+        "",
+        "| quantile q | tau | top-1 % | coverage (fraction steered) |",
+        "|---:|---:|---:|---:|",
+    ]
     for g in res["fvu_gate"]:
         lines.append(f"| {g['quantile']:g} | {g['tau']:.4f} | {_fmt(g['top1'])} | {100 * g['coverage']:.1f}% |")
     for pc in classes:
-        lines += ["", f"## Per class: {pc['method']} vs zero-shot on {res['test_split']} "
-                      f"({pc['improved']} classes improve, {pc['worse']} get worse, {pc['unchanged']} unchanged)"]
+        lines += [
+            "",
+            f"## Per class: {pc['method']} vs zero-shot on {res['test_split']} "
+            f"({pc['improved']} classes improve, {pc['worse']} get worse, {pc['unchanged']} unchanged)",
+        ]
         for title, group in (("largest gains", pc["gains"]), ("largest losses", pc["losses"])):
             if not group:
                 continue
-            lines += ["", f"{title}:", "", "| class | n | zero-shot % | method % | Δ | zero-shot most often confused with (count) |",
-                      "|---|---:|---:|---:|---:|---|"]
-            lines += [f"| {e['class']} | {e['n']} | {e['zeroshot']:.1f} | {e['method']:.1f} | {e['delta']:+.1f} | "
-                      f"{e['zeroshot_confused_with'] or '—'} ({e['confusions']}) |" for e in group]
+            lines += [
+                "",
+                f"{title}:",
+                "",
+                "| class | n | zero-shot % | method % | Δ | zero-shot most often confused with (count) |",
+                "|---|---:|---:|---:|---:|---|",
+            ]
+            lines += [
+                f"| {e['class']} | {e['n']} | {e['zeroshot']:.1f} | {e['method']:.1f} | {e['delta']:+.1f} | "
+                f"{e['zeroshot_confused_with'] or '—'} ({e['confusions']}) |"
+                for e in group
+            ]
     lines += ["", "Plots: `plots/` (tuning heatmaps, per-class deltas, FVU gate). Numbers: `results.json`."]
     return "\n".join(lines) + "\n"
 
 
-def plots(exp: "VS2Experiment", res: dict[str, Any], classes: list[dict[str, Any]]) -> None:
+def plots(exp: VS2Experiment, res: dict[str, Any], classes: list[dict[str, Any]]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -166,11 +200,17 @@ def plots(exp: "VS2Experiment", res: dict[str, Any], classes: list[dict[str, Any
     for pc in classes:
         entries = pc["all"]
         fig, ax = plt.subplots(figsize=(max(6, 0.12 * len(entries)), 4))
-        ax.bar(range(len(entries)), [e["delta"] for e in entries], color=["tab:red" if e["delta"] < 0 else "tab:green" for e in entries])
+        ax.bar(
+            range(len(entries)),
+            [e["delta"] for e in entries],
+            color=["tab:red" if e["delta"] < 0 else "tab:green" for e in entries],
+        )
         ax.axhline(0, color="black", lw=0.8)
         ax.set_xlabel("classes, sorted by change")
         ax.set_ylabel("top-1 change vs zero-shot (points)")
-        ax.set_title(f"{pc['method']} per class: {res['model']['id']} on {res['dataset']} {res['test_split']}", fontsize=9)
+        ax.set_title(
+            f"{pc['method']} per class: {res['model']['id']} on {res['dataset']} {res['test_split']}", fontsize=9
+        )
         fig.tight_layout()
         fig.savefig(exp.path("plots", f"per_class_{pc['method']}.png"), dpi=120)
         plt.close(fig)
@@ -188,7 +228,7 @@ def plots(exp: "VS2Experiment", res: dict[str, Any], classes: list[dict[str, Any
         plt.close(fig)
 
 
-def write(exp: "VS2Experiment") -> None:
+def write(exp: VS2Experiment) -> None:
     res = collect(exp)
     classes = [pc for pc in (per_class(exp, m) for m in ("vs2", "vs2pp_pseudo")) if pc is not None]
     res["per_class"] = [{k: v for k, v in pc.items() if k != "all"} for pc in classes]

@@ -31,7 +31,16 @@ from .vs2_config import VS2Config
 
 log = logging.getLogger(__name__)
 
-CACHE_FIELDS = ("model", "dataset", "train_split", "test_split", "limit_train", "limit_test", "cache_dtype", "in_forward")
+CACHE_FIELDS = (
+    "model",
+    "dataset",
+    "train_split",
+    "test_split",
+    "limit_train",
+    "limit_test",
+    "cache_dtype",
+    "in_forward",
+)
 
 
 class VS2Experiment:
@@ -44,15 +53,51 @@ class VS2Experiment:
         self._ds: dict[str, Any] = {}
         stages = [
             Stage("cache", CACHE_FIELDS, (), self.stage_cache, "caching CLIP CLS activations of train and test"),
-            Stage("retrieval", ("retriever",), ("cache",), self.stage_retrieval, "retrieval embeddings of train and test"),
-            Stage("sae", ("sae_k", "sae_expansion", "sae_lr", "sae_batch_size", "sae_epochs", "sae_dead_after_steps",
-                          "pass_weight", "val_fraction", "seed"), ("cache",), self.stage_sae, "training SAEs"),
+            Stage(
+                "retrieval", ("retriever",), ("cache",), self.stage_retrieval, "retrieval embeddings of train and test"
+            ),
+            Stage(
+                "sae",
+                (
+                    "sae_k",
+                    "sae_expansion",
+                    "sae_lr",
+                    "sae_batch_size",
+                    "sae_epochs",
+                    "sae_dead_after_steps",
+                    "pass_weight",
+                    "val_fraction",
+                    "seed",
+                ),
+                ("cache",),
+                self.stage_sae,
+                "training SAEs",
+            ),
             Stage("zeroshot", (), ("cache",), self.stage_zeroshot, "zero-shot logits and pseudo-labels"),
-            Stage("tune", ("neighbours", "positive_rule", "lams", "gammas", "clip_lams", "alphas"),
-                  ("sae", "zeroshot", "retrieval"), self.stage_tune, "tuning on the validation part of train"),
-            Stage("evaluate", ("gamma_rec", "gate_quantiles"), ("tune",), self.stage_evaluate, "rows on the test split"),
-            Stage("inforward", ("multi_layer",), ("tune",), self.stage_inforward, "rows that need model forwards (SAE_REC^A, multi-layer VS2)"),
-            Stage("report", (), ("evaluate", "inforward"), self.stage_report, "writing results.json, results.md, per-class table and plots"),
+            Stage(
+                "tune",
+                ("neighbours", "positive_rule", "lams", "gammas", "clip_lams", "alphas"),
+                ("sae", "zeroshot", "retrieval"),
+                self.stage_tune,
+                "tuning on the validation part of train",
+            ),
+            Stage(
+                "evaluate", ("gamma_rec", "gate_quantiles"), ("tune",), self.stage_evaluate, "rows on the test split"
+            ),
+            Stage(
+                "inforward",
+                ("multi_layer",),
+                ("tune",),
+                self.stage_inforward,
+                "rows that need model forwards (SAE_REC^A, multi-layer VS2)",
+            ),
+            Stage(
+                "report",
+                (),
+                ("evaluate", "inforward"),
+                self.stage_report,
+                "writing results.json, results.md, per-class table and plots",
+            ),
         ]
         self.pipeline = Pipeline(self.out, cfg, stages)
 
@@ -60,12 +105,14 @@ class VS2Experiment:
     @property
     def backbone(self):
         if self._bb is None:
-            from ..utils.device import resolve_device
             from ..models import load_backbone
+            from ..utils.device import resolve_device
 
             self._bb = load_backbone(self.cfg.model, device=resolve_device(self.cfg.device))
             if self._bb.arch != "clip":
-                raise SparsesteerError(f"VS2 needs a CLIP backbone (zero-shot through the CLS head); {self.cfg.model!r} is {self._bb.arch}")
+                raise SparsesteerError(
+                    f"VS2 needs a CLIP backbone (zero-shot through the CLS head); {self.cfg.model!r} is {self._bb.arch}"
+                )
         return self._bb
 
     def dataset(self, split: str):
@@ -104,8 +151,12 @@ class VS2Experiment:
         from ..models.templates import get_templates
         from ..models.zeroshot import ZeroShotClassifier
 
-        return ZeroShotClassifier.build(self.backbone, self.dataset(self.cfg.test_split).classes, get_templates(templates),
-                                        cache_dir=self.path("text"))
+        return ZeroShotClassifier.build(
+            self.backbone,
+            self.dataset(self.cfg.test_split).classes,
+            get_templates(templates),
+            cache_dir=self.path("text"),
+        )
 
     def cls_classifier(self, templates: str = "single"):
         from ..steering.classify import CLSClassifier
@@ -128,7 +179,9 @@ class VS2Experiment:
         return validation_split(n, self.cfg.val_fraction, self.cfg.seed)
 
     def save_array(self, name: str, array: np.ndarray | torch.Tensor) -> None:
-        io.write_npy(self.path("arrays", f"{name}.npy"), np.asarray(array.cpu() if isinstance(array, torch.Tensor) else array))
+        io.write_npy(
+            self.path("arrays", f"{name}.npy"), np.asarray(array.cpu() if isinstance(array, torch.Tensor) else array)
+        )
 
     def load_array(self, name: str) -> np.ndarray:
         return np.load(self.path("arrays", f"{name}.npy"), allow_pickle=False)
@@ -142,8 +195,20 @@ class VS2Experiment:
         train_hooks = [f"blocks.{b}.resid_post" for b in range(self.backbone.n_blocks)] if c.in_forward else [final]
         for split, hooks, limit in ((c.train_split, train_hooks, c.limit_train), (c.test_split, [final], c.limit_test)):
             self.dataset(split)  # download / validate first, with clear errors
-            cache_activations(c.model, c.dataset, split, hooks, "cls", self.path("cache", split), dtype=c.cache_dtype,
-                              batch_size=c.batch_size, limit=limit, workers=c.workers, device=c.device, data_root=c.data_root)
+            cache_activations(
+                c.model,
+                c.dataset,
+                split,
+                hooks,
+                "cls",
+                self.path("cache", split),
+                dtype=c.cache_dtype,
+                batch_size=c.batch_size,
+                limit=limit,
+                workers=c.workers,
+                device=c.device,
+                data_root=c.data_root,
+            )
         _, labels = self.cls_rows(c.train_split)
         self.save_array("train_labels", labels)
         _, test_labels = self.cls_rows(c.test_split)
@@ -161,28 +226,54 @@ class VS2Experiment:
 
                 limit = c.limit_train if split == c.train_split else c.limit_test
                 out = self.path("cache", f"retriever-{split}")
-                cache_activations(c.retriever, c.dataset, split, ["head"], "cls", out, batch_size=c.batch_size, limit=limit,
-                                  workers=c.workers, device=c.device, data_root=c.data_root)
+                cache_activations(
+                    c.retriever,
+                    c.dataset,
+                    split,
+                    ["head"],
+                    "cls",
+                    out,
+                    batch_size=c.batch_size,
+                    limit=limit,
+                    workers=c.workers,
+                    device=c.device,
+                    data_root=c.data_root,
+                )
                 view = ActivationCache.open(out, verify="none").rows("head")
                 emb = view.read(0, view.n_rows).float()
                 n_clip = self.load_array("train_labels" if split == c.train_split else "test_labels").shape[0]
                 if emb.shape[0] != n_clip:
-                    raise SparsesteerError(f"retriever cache of {split} has {emb.shape[0]} rows but the CLIP cache has {n_clip}")
+                    raise SparsesteerError(
+                        f"retriever cache of {split} has {emb.shape[0]} rows but the CLIP cache has {n_clip}"
+                    )
             self.save_array(f"retrieval_{split}", emb)
 
     def _sae_cfg(self, pass_weight: float = 0.0):
         from ..sae import SAEConfig
 
         expansion, k = self.sae_shape()
-        return SAEConfig(arch="topk", k=k, expansion=expansion, dead_after=self.cfg.sae_dead_after_steps * self.cfg.sae_batch_size,
-                         pass_weight=pass_weight)
+        return SAEConfig(
+            arch="topk",
+            k=k,
+            expansion=expansion,
+            dead_after=self.cfg.sae_dead_after_steps * self.cfg.sae_batch_size,
+            pass_weight=pass_weight,
+        )
 
     def _train_cfg(self):
         from ..sae.train import TrainConfig
 
         c = self.cfg
-        return TrainConfig(batch_size=c.sae_batch_size, lr=c.sae_lr, decay="linear", epochs=c.sae_epochs, seed=c.seed,
-                           b_dec_init="mean", device=c.device, checkpoint_every=0)
+        return TrainConfig(
+            batch_size=c.sae_batch_size,
+            lr=c.sae_lr,
+            decay="linear",
+            epochs=c.sae_epochs,
+            seed=c.seed,
+            b_dec_init="mean",
+            device=c.device,
+            checkpoint_every=0,
+        )
 
     def _train_sae(self, name: str, block: int, *, pass_weight: float = 0.0):
         import shutil
@@ -195,9 +286,13 @@ class VS2Experiment:
         out = self.path("sae", name)
         shutil.rmtree(out, ignore_errors=True)  # a stage rerun retrains from scratch
         source = TensorSource(x[fit], labels=labels[fit], name=f"{self.cfg.train_split} CLS block {block} (fit part)")
-        meta = {"hook": f"blocks.{block}.resid_post", "tokens": "cls",
-                "model": {"id": self.backbone.model_id, "revision": self.backbone.revision},
-                "dataset": self.cfg.dataset, "split": f"{self.cfg.train_split} (minus validation)"}
+        meta = {
+            "hook": f"blocks.{block}.resid_post",
+            "tokens": "cls",
+            "model": {"id": self.backbone.model_id, "revision": self.backbone.revision},
+            "dataset": self.cfg.dataset,
+            "split": f"{self.cfg.train_split} (minus validation)",
+        }
         return Trainer(source, self._sae_cfg(pass_weight), self._train_cfg(), out, metadata=meta).fit().saes[0]
 
     def stage_sae(self) -> None:
@@ -256,8 +351,9 @@ class VS2Experiment:
                 if 1 < n <= self.backbone.n_blocks:
                     runs[f"vs2_last{n}"] = inforward.vs2_last_blocks(saes, self.backbone.n_blocks, n, lam, gamma)
             for key, interventions in runs.items():
-                logits, _ = inforward.classify_dataset(self.backbone, clf, ds, interventions, batch_size=c.batch_size,
-                                                       workers=c.workers, stop=stop)
+                logits, _ = inforward.classify_dataset(
+                    self.backbone, clf, ds, interventions, batch_size=c.batch_size, workers=c.workers, stop=stop
+                )
                 self.save_array(f"logits_{key}", logits)
                 rows[key] = {"lam": lam, "gamma": gamma} if key.startswith("vs2") else {}
         io.write_json(self.path("inforward.json"), rows)

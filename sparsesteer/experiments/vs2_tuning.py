@@ -24,7 +24,7 @@ def _acc(pred: torch.Tensor | np.ndarray, labels: np.ndarray) -> float:
     return float((pred == labels).mean()) if len(labels) else float("nan")
 
 
-def tune(exp: "VS2Experiment") -> None:
+def tune(exp: VS2Experiment) -> None:
     c = exp.cfg
     fit, val = exp.split_indices()
     x_train, y_train = exp.cls_rows(c.train_split)
@@ -38,7 +38,13 @@ def tune(exp: "VS2Experiment") -> None:
         sae = exp.load_sae(name)
         V.check_sae_for_cls(sae, exp.backbone.d_model, exp.backbone.n_blocks)
         u = V.sae_direction(sae, x_val)
-        grid = grid_search(lambda lam, g: clf.accuracy(V.vs2(sae, x_val, lam, g, u_bd=u), y_val), c.lams, c.gammas, split=split, n=len(val))
+        grid = grid_search(
+            lambda lam, g, sae=sae, u=u: clf.accuracy(V.vs2(sae, x_val, lam, g, u_bd=u), y_val),
+            c.lams,
+            c.gammas,
+            split=split,
+            n=len(val),
+        )
         grid.heatmap(exp.path("plots", f"tuning_{key}.png"), title=f"{key}: {exp.backbone.model_id} on {c.dataset}")
         out[key] = grid.to_json()
     retrieval = _tune_retrieval(exp, x_train, y_train, fit, val, clf, split)
@@ -50,7 +56,7 @@ def tune(exp: "VS2Experiment") -> None:
     io.write_json(exp.path("tuning.json"), out)
 
 
-def evaluate_test(exp: "VS2Experiment") -> None:
+def evaluate_test(exp: VS2Experiment) -> None:
     from ..activations.loader import TensorSource
     from ..sae.metrics import evaluate as sae_metrics
 
@@ -67,30 +73,50 @@ def evaluate_test(exp: "VS2Experiment") -> None:
         rows[key] = {"top1": 100 * _acc(pred, y_test), "settings": settings}
 
     record("zeroshot", exp.load_array("logits_zeroshot").argmax(-1), templates="a photo of a {}.")
-    record("zeroshot_ensemble", exp.load_array("logits_zeroshot_ensemble").argmax(-1), templates="80 CLIP ImageNet templates")
+    record(
+        "zeroshot_ensemble",
+        exp.load_array("logits_zeroshot_ensemble").argmax(-1),
+        templates="80 CLIP ImageNet templates",
+    )
     sae = exp.load_sae("final")
     record("sae_rec_f", clf.predict(V.sae_rec(sae, x_test)))
     record("sae_rec_f_gamma", clf.predict(V.sae_rec(sae, x_test, c.gamma_rec)), gamma=c.gamma_rec)
     best = tuned["vs2"]
     u_test = V.sae_direction(sae, x_test)
-    record("vs2", clf.predict(V.vs2(sae, x_test, best["best_lam"], best["best_gamma"], u_bd=u_test)),
-           lam=best["best_lam"], gamma=best["best_gamma"], tuned_on=best["split"])
+    record(
+        "vs2",
+        clf.predict(V.vs2(sae, x_test, best["best_lam"], best["best_gamma"], u_bd=u_test)),
+        lam=best["best_lam"],
+        gamma=best["best_gamma"],
+        tuned_on=best["split"],
+    )
     if "vs2_pass" in tuned:
         p = tuned["vs2_pass"]
-        record("vs2_pass", clf.predict(V.vs2(exp.load_sae("pass"), x_test, p["best_lam"], p["best_gamma"])),
-               lam=p["best_lam"], gamma=p["best_gamma"], pass_weight=c.pass_weight, tuned_on=p["split"])
+        record(
+            "vs2_pass",
+            clf.predict(V.vs2(exp.load_sae("pass"), x_test, p["best_lam"], p["best_gamma"])),
+            lam=p["best_lam"],
+            gamma=p["best_gamma"],
+            pass_weight=c.pass_weight,
+            tuned_on=p["split"],
+        )
     gate_rows = []
     for q in c.gate_quantiles:
         gate = V.FVUGate.fit(sae, x_train[fit], q)
         mask = gate.mask(sae, x_test)
         pred = clf.predict(V.vs2(sae, x_test, best["best_lam"], best["best_gamma"], mask_b=mask, u_bd=u_test))
-        gate_rows.append({"quantile": q, "tau": gate.tau, "top1": 100 * _acc(pred, y_test), "coverage": float(mask.double().mean())})
+        gate_rows.append(
+            {"quantile": q, "tau": gate.tau, "top1": 100 * _acc(pred, y_test), "coverage": float(mask.double().mean())}
+        )
     rows.update(_evaluate_retrieval(exp, tuned, x_test, y_test, x_train, clf))
     sae_fvu = {
         "test": sae_metrics(sae, TensorSource(x_test)).fvu,
         "train_fit": sae_metrics(sae, TensorSource(x_train[fit])).fvu,
     }
-    io.write_json(exp.path("evaluation.json"), {"rows": rows, "fvu_gate": gate_rows, "sae_fvu": sae_fvu, "n_test": int(len(y_test))})
+    io.write_json(
+        exp.path("evaluation.json"),
+        {"rows": rows, "fvu_gate": gate_rows, "sae_fvu": sae_fvu, "n_test": int(len(y_test))},
+    )
 
 
 # ---------------------------------------------------------------------- VS2++ and its baselines

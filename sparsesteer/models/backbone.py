@@ -53,8 +53,15 @@ ARCHS: dict[str, _Arch] = {
 """Supported transformers `model_type`s."""
 
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
-_HASHED_FILES = ("config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json",
-                 "vocab.json", "merges.txt", "spiece.model")
+_HASHED_FILES = (
+    "config.json",
+    "preprocessor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "spiece.model",
+)
 
 
 def _get(obj: Any, path: str) -> Any:
@@ -64,8 +71,9 @@ def _get(obj: Any, path: str) -> Any:
 
 
 def _supported() -> str:
-    return ("CLIP (model_type 'clip'), SigLIP ('siglip', 'siglip_vision_model'), "
-            "DINOv2 ('dinov2', 'dinov2_with_registers')")
+    return (
+        "CLIP (model_type 'clip'), SigLIP ('siglip', 'siglip_vision_model'), DINOv2 ('dinov2', 'dinov2_with_registers')"
+    )
 
 
 def _load_config(model: str, revision: str | None) -> Any:
@@ -206,8 +214,10 @@ class Backbone:
         return size
 
     def __repr__(self) -> str:
-        return (f"Backbone({self.model_id!r}, arch={self.arch}, n_blocks={self.n_blocks}, d_model={self.d_model}, "
-                f"n_tokens={self.n_tokens}, image_size={self.image_size}, device={self.device}, dtype={self.dtype})")
+        return (
+            f"Backbone({self.model_id!r}, arch={self.arch}, n_blocks={self.n_blocks}, d_model={self.d_model}, "
+            f"n_tokens={self.n_tokens}, image_size={self.image_size}, device={self.device}, dtype={self.dtype})"
+        )
 
     # ---- identity, preprocessing, text --------------------------------------------------------
 
@@ -331,4 +341,3 @@ class Backbone:
         out = self.vision(pixel_values=pixel_values)
         if head and self.arch == "clip":
             self.model.visual_projection(out.pooler_output)
-

@@ -95,8 +95,15 @@ def zeroshot(
     cache_dir = None if text_cache is None else Path(text_cache).expanduser()
     clf = ZeroShotClassifier.build(bb, ds.classes, prompts, cache_dir=cache_dir)
 
-    batches = image_batches(ds, bb.preprocessor, batch_size=batch_size, workers=workers, stop=n_images,
-                            on_bad_image=on_bad_image, pin_memory=target.type == "cuda")
+    batches = image_batches(
+        ds,
+        bb.preprocessor,
+        batch_size=batch_size,
+        workers=workers,
+        stop=n_images,
+        on_bad_image=on_bad_image,
+        pin_memory=target.type == "cuda",
+    )
     kept, skipped = [], []
 
     def pairs():
@@ -107,8 +114,14 @@ def zeroshot(
                 yield b.pixels, b.labels
 
     logits, labels_t = classify(bb, clf, pairs(), total=-(-n_images // batch_size))
-    meta = {"model": bb.model_id, "revision": bb.revision, "dataset": ds.name, "split": split,
-            "templates": templates, "n_images": len(kept)}
+    meta = {
+        "model": bb.model_id,
+        "revision": bb.revision,
+        "dataset": ds.name,
+        "split": split,
+        "templates": templates,
+        "n_images": len(kept),
+    }
     if skipped:
         meta["skipped"] = len(skipped)
     result = evaluate(logits, labels_t, ds.classes, ks=(1, TOPK), meta=meta)
@@ -117,9 +130,16 @@ def zeroshot(
     json_path, md_path = write_result(result, out_dir, stem="zeroshot")
     top_logits, top = logits.topk(min(TOPK, clf.n_classes), dim=-1)
     lines = [
-        json.dumps({"index": i, "source": ds.source(i), "label": int(labels_t[row]), "top5": top[row].tolist(),
-                    "top5_names": [ds.classes[c] for c in top[row].tolist()],
-                    "top5_logits": [round(float(v), 6) for v in top_logits[row]]})
+        json.dumps(
+            {
+                "index": i,
+                "source": ds.source(i),
+                "label": int(labels_t[row]),
+                "top5": top[row].tolist(),
+                "top5_names": [ds.classes[c] for c in top[row].tolist()],
+                "top5_logits": [round(float(v), 6) for v in top_logits[row]],
+            }
+        )
         for row, i in enumerate(kept)
     ]
     pred_path = out_dir / "predictions.jsonl"
@@ -139,9 +159,9 @@ def default_out(model: str | os.PathLike, dataset: str, split: str) -> Path:
 
 
 def register(subparsers: Any) -> None:
-    from ..cli import HelpFormatter
     from ..data.batches import default_workers
     from ..data.datasets import default_data_root
+    from ..utils.cli import HelpFormatter
     from .templates import TEMPLATE_SETS
 
     z = subparsers.add_parser(
@@ -153,27 +173,49 @@ def register(subparsers: Any) -> None:
         epilog=EXAMPLES,
         formatter_class=HelpFormatter,
     )
-    z.add_argument("--model", required=True,
-                   help="Hugging Face hub id or save_pretrained directory (CLIP or SigLIP with a text tower)")
+    z.add_argument(
+        "--model",
+        required=True,
+        help="Hugging Face hub id or save_pretrained directory (CLIP or SigLIP with a text tower)",
+    )
     z.add_argument("--dataset", required=True, help="built-in name (cifar100, ...), folder:PATH or hf:REPO_ID")
     z.add_argument("--split", required=True, help="dataset split, e.g. test")
-    z.add_argument("--templates", default="single", choices=list(TEMPLATE_SETS),
-                   help="prompt set: single ('a photo of a {}.'), ensemble (CLIP's 80) or ensemble7")
-    z.add_argument("--out", metavar="DIR", default=None,
-                   help="output directory (default: zeroshot/<model>-<dataset>-<split>)")
+    z.add_argument(
+        "--templates",
+        default="single",
+        choices=list(TEMPLATE_SETS),
+        help="prompt set: single ('a photo of a {}.'), ensemble (CLIP's 80) or ensemble7",
+    )
+    z.add_argument(
+        "--out", metavar="DIR", default=None, help="output directory (default: zeroshot/<model>-<dataset>-<split>)"
+    )
     z.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     z.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N images (default: all)")
-    z.add_argument("--workers", type=int, default=None,
-                   help="image-decoding processes, 0 = none "
-                   f"(default: half the CPUs, at most 8; here {default_workers()})")
+    z.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help=f"image-decoding processes, 0 = none (default: half the CPUs, at most 8; here {default_workers()})",
+    )
     z.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
-    z.add_argument("--data-root", default=None,
-                   help=f"where built-in datasets live (default: $SPARSESTEER_DATA or {default_data_root()})")
+    z.add_argument(
+        "--data-root",
+        default=None,
+        help=f"where built-in datasets live (default: $SPARSESTEER_DATA or {default_data_root()})",
+    )
     z.add_argument("--revision", default=None, help="hub revision of --model (default: main)")
-    z.add_argument("--on-bad-image", default="error", choices=("error", "skip"),
-                   help="unreadable image: stop with an error, or leave it out of the scores (listed in skipped.jsonl)")
-    z.add_argument("--text-cache", metavar="DIR", default=DEFAULT_TEXT_CACHE,
-                   help="directory caching the class weights per (model, classes, templates); 'none' disables it")
+    z.add_argument(
+        "--on-bad-image",
+        default="error",
+        choices=("error", "skip"),
+        help="unreadable image: stop with an error, or leave it out of the scores (listed in skipped.jsonl)",
+    )
+    z.add_argument(
+        "--text-cache",
+        metavar="DIR",
+        default=DEFAULT_TEXT_CACHE,
+        help="directory caching the class weights per (model, classes, templates); 'none' disables it",
+    )
     z.set_defaults(func=run_zeroshot)
 
 
@@ -185,9 +227,13 @@ def run_zeroshot(args: argparse.Namespace) -> int:
         on_bad_image=args.on_bad_image,
     )  # fmt: skip
     r = run.result
-    print(f"zero-shot {r.meta['dataset']} [{r.meta['split']}], {r.n_images} images, templates {r.meta['templates']}: "
-          f"top-1 {100 * r.topk[1]:.2f} %, top-{TOPK} {100 * r.topk[TOPK]:.2f} %")
+    print(
+        f"zero-shot {r.meta['dataset']} [{r.meta['split']}], {r.n_images} images, templates {r.meta['templates']}: "
+        f"top-1 {100 * r.topk[1]:.2f} %, top-{TOPK} {100 * r.topk[TOPK]:.2f} %"
+    )
     if run.skipped:
-        print(f"{len(run.skipped)} unreadable images left out (listed in {run.predictions_path.parent / 'skipped.jsonl'})")
+        print(
+            f"{len(run.skipped)} unreadable images left out (listed in {run.predictions_path.parent / 'skipped.jsonl'})"
+        )
     print(f"wrote {run.json_path}, {run.markdown_path}, {run.predictions_path}")
     return 0

@@ -26,7 +26,7 @@ import contextlib
 import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor, nn
@@ -40,7 +40,7 @@ BLOCK_KINDS = ("resid_pre", "attn_out", "mlp_out", "resid_post")
 """Per-block hook kinds, in the order they occur inside a block."""
 TOKEN_MODES = ("cls", "patch", "all")
 
-Tokens = Union[str, Sequence[int]]
+Tokens = str | Sequence[int]
 """Token selection: 'cls' (index 0), 'patch' (tokens after CLS and any registers), 'all', or indices."""
 
 InterventionFn = Callable[[Tensor, Tensor], Tensor]
@@ -116,8 +116,10 @@ def token_positions(tokens: Tokens, n_tokens: int, *, n_prefix: int, has_cls: bo
             return torch.tensor([0])
         if tokens == "patch":
             return torch.arange(n_prefix, n_tokens)
-        raise SparsesteerError(f"unknown token selection {tokens!r}{did_you_mean(tokens, TOKEN_MODES)}; "
-                               f"valid: cls, patch, all, or a list of token indices")
+        raise SparsesteerError(
+            f"unknown token selection {tokens!r}{did_you_mean(tokens, TOKEN_MODES)}; "
+            f"valid: cls, patch, all, or a list of token indices"
+        )
     idx = [int(i) for i in tokens]
     if not idx:
         raise SparsesteerError("empty list of token indices")
@@ -138,9 +140,7 @@ def apply_fn(acts_btd: Tensor, positions: Tensor | None, fn: InterventionFn, whe
     new = fn(sel, pos)
     if not isinstance(new, Tensor) or new.shape != sel.shape:
         got = tuple(new.shape) if isinstance(new, Tensor) else type(new).__name__
-        raise SparsesteerError(
-            f"intervention at {where} returned {got}; expected a tensor of shape {tuple(sel.shape)}"
-        )
+        raise SparsesteerError(f"intervention at {where} returned {got}; expected a tensor of shape {tuple(sel.shape)}")
     new = new.to(acts_btd.dtype)
     if positions is None:
         return new

@@ -74,8 +74,14 @@ def cache_key(
 ) -> str:
     """Hash naming the cache file of one classifier."""
     payload = json.dumps(
-        {"format": CACHE_FORMAT, "model": model_id, "revision": revision, "dtype": str(dtype),
-         "classnames": list(classnames), "templates": list(templates)},
+        {
+            "format": CACHE_FORMAT,
+            "model": model_id,
+            "revision": revision,
+            "dtype": str(dtype),
+            "classnames": list(classnames),
+            "templates": list(templates),
+        },
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode()).hexdigest()[:24]

@@ -14,7 +14,6 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ..utils.lazy import lazy_exports
-
 from .config import ARCHITECTURES, SAEConfig, TrainConfig
 
 if TYPE_CHECKING:
@@ -45,7 +44,7 @@ def variants() -> dict[str, type]:
     return {"topk": TopKSAE, "batchtopk": BatchTopKSAE, "relu": ReLUSAE, "jumprelu": JumpReLUSAE}
 
 
-def build(cfg: SAEConfig, **kwargs: Any) -> "SparseAutoencoder":
+def build(cfg: SAEConfig, **kwargs: Any) -> SparseAutoencoder:
     """A freshly initialised SAE of the configured variant (cfg must be resolved)."""
     return variants()[cfg.arch](cfg, **kwargs)
 

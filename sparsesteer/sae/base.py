@@ -191,7 +191,9 @@ class SparseAutoencoder(nn.Module):
         return save_sae(self, path)
 
     @classmethod
-    def load(cls, path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None) -> "SparseAutoencoder":
+    def load(
+        cls, path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
+    ) -> SparseAutoencoder:
         """Load a sparsesteer, sparsify or SAELens SAE directory (never unpickles)."""
         from .checkpoint import load_sae
 

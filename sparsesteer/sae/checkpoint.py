@@ -149,7 +149,15 @@ def _load_ours(path: Path, raw: dict[str, Any], *, verify: bool) -> SparseAutoen
             "another checkpoint"
         )
     sae = _build(cfg, _read_weights(file), file)
-    reserved = fields | {"format", "format_version", "activation_rule", "weights_file", "weights_sha256", "dtype", "sparsesteer_version"}
+    reserved = fields | {
+        "format",
+        "format_version",
+        "activation_rule",
+        "weights_file",
+        "weights_sha256",
+        "dtype",
+        "sparsesteer_version",
+    }
     sae.metadata = {k: v for k, v in raw.items() if k not in reserved}
     return sae
 
@@ -174,9 +182,18 @@ def _load_sparsify(path: Path, raw: dict[str, Any]) -> SparseAutoencoder:
         raise SparsesteerError(f"{path / WEIGHTS}: no 'encoder.weight': not a sparsify SAE")
     if "W_skip" in tensors and bool(tensors["W_skip"].any()):
         raise SparsesteerError(f"{where}: sparsify skip connections are not supported")
-    n = int(raw.get("num_latents") or 0) or d_in * int(raw.get("expansion_factor", 0) or 0) or tensors["encoder.weight"].shape[0]
-    cfg = SAEConfig(arch="topk", d_in=d_in, n_latents=n, k=int(_require(raw, "k", where)),
-                    normalize_decoder=bool(raw.get("normalize_decoder", True)))
+    n = (
+        int(raw.get("num_latents") or 0)
+        or d_in * int(raw.get("expansion_factor", 0) or 0)
+        or tensors["encoder.weight"].shape[0]
+    )
+    cfg = SAEConfig(
+        arch="topk",
+        d_in=d_in,
+        n_latents=n,
+        k=int(_require(raw, "k", where)),
+        normalize_decoder=bool(raw.get("normalize_decoder", True)),
+    )
     ours = {
         "W_enc": tensors["encoder.weight"],
         "b_enc": tensors["encoder.bias"],

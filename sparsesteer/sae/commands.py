@@ -22,9 +22,8 @@ EXAMPLES = """examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..cli import HelpFormatter
-    from .config import SAEConfig
-    from .config import TrainConfig
+    from ..utils.cli import HelpFormatter
+    from .config import SAEConfig, TrainConfig
 
     p = sub.add_parser(
         "train",
@@ -36,7 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     data = p.add_argument_group("data")
-    data.add_argument("--activations", required=True, metavar="PATH", help="activation cache directory, or a .npy file [N, d]")
+    data.add_argument(
+        "--activations", required=True, metavar="PATH", help="activation cache directory, or a .npy file [N, d]"
+    )
     data.add_argument("--hook", help="hook point to train on when the cache holds several (default: its only hook)")
     data.add_argument("--tokens", help="train on these rows of the cache: cls, patch or all (default: all cached rows)")
     data.add_argument("--labels", metavar="NPY", help="labels .npy [N] for a .npy activations file (PASS needs labels)")
@@ -45,15 +46,35 @@ def register(sub: argparse._SubParsersAction) -> None:
     arch = p.add_argument_group("SAE (comma-separated values of the first five make a sweep)")
     for name in SWEEP_FIELDS:
         arch.add_argument(
-            "--" + name.replace("_", "-"), dest=name, default=None, metavar="V[,V...]", help=config_utils.help_for(SAEConfig, name)
+            "--" + name.replace("_", "-"),
+            dest=name,
+            default=None,
+            metavar="V[,V...]",
+            help=config_utils.help_for(SAEConfig, name),
         )
     config_utils.add_arguments(
         arch,
         SAEConfig,
-        ["select", "normalize_decoder", "l1_weight_by_decoder_norm", "aux_k", "aux_coeff", "dead_after", "matryoshka", "threshold_ema", "pass_ema"],
+        [
+            "select",
+            "normalize_decoder",
+            "l1_weight_by_decoder_norm",
+            "aux_k",
+            "aux_coeff",
+            "dead_after",
+            "matryoshka",
+            "threshold_ema",
+            "pass_ema",
+        ],
     )
     arch.add_argument(
-        "--pass-weight", dest="pass_weight", nargs="?", const=0.8, type=float, default=None, metavar="W",
+        "--pass-weight",
+        dest="pass_weight",
+        nargs="?",
+        const=0.8,
+        type=float,
+        default=None,
+        metavar="W",
         help="enable PASS prototype alignment with weight W (0.8 when given without a value; needs labels) (default: off)",
     )
     loop = p.add_argument_group("training loop")
@@ -69,7 +90,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Reconstruction and sparsity metrics of an SAE over activations; writes JSON and Markdown.",
         formatter_class=HelpFormatter,
     )
-    e.add_argument("--sae", required=True, metavar="DIR", help="SAE directory (sparsesteer, sparsify or SAELens layout)")
+    e.add_argument(
+        "--sae", required=True, metavar="DIR", help="SAE directory (sparsesteer, sparsify or SAELens layout)"
+    )
     e.add_argument("--activations", required=True, metavar="PATH", help="activation cache directory or .npy file")
     e.add_argument("--hook", help="hook point in a multi-hook cache (default: the SAE's hook)")
     e.add_argument("--tokens", help="cls, patch or all rows of the cache (default: all cached rows)")
@@ -94,7 +117,11 @@ def sweep_configs(args: argparse.Namespace, base: dict[str, Any]) -> list[Any]:
     if args.expansion is not None and args.n_latents is not None:
         raise SparsesteerError("give --expansion or --n-latents, not both")
     lists = {name: _split(getattr(args, name), name) for name in SWEEP_FIELDS if getattr(args, name) is not None}
-    single = {k: v for k, v in vars(args).items() if k in {f.name for f in dataclasses.fields(SAEConfig)} and k not in SWEEP_FIELDS and v is not None}
+    single = {
+        k: v
+        for k, v in vars(args).items()
+        if k in {f.name for f in dataclasses.fields(SAEConfig)} and k not in SWEEP_FIELDS and v is not None
+    }
     cfgs = []
     keys = list(lists)
     for combo in itertools.product(*(lists[k] for k in keys)):
@@ -155,9 +182,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from ..activations.loader import open_source
+    from ..utils.device import resolve_device
     from .base import SparseAutoencoder
     from .metrics import evaluate, save_eval
-    from ..utils.device import resolve_device
 
     device = resolve_device(args.device)
     sae = SparseAutoencoder.load(args.sae, device=device)

@@ -81,9 +81,7 @@ class SAEConfig:
             if list(self.matryoshka) != sorted(set(self.matryoshka)) or self.matryoshka[0] < 1:
                 raise SparsesteerError(f"matryoshka prefixes must be increasing positive sizes, got {self.matryoshka}")
             if self.n_latents and self.matryoshka[-1] > self.n_latents:
-                raise SparsesteerError(
-                    f"matryoshka prefix {self.matryoshka[-1]} exceeds n_latents={self.n_latents}"
-                )
+                raise SparsesteerError(f"matryoshka prefix {self.matryoshka[-1]} exceeds n_latents={self.n_latents}")
         for name in ("threshold_ema", "pass_ema"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise SparsesteerError(f"{name} must be in [0, 1), got {getattr(self, name)}")
@@ -94,7 +92,7 @@ class SAEConfig:
     def uses_k(self) -> bool:
         return self.arch in ("topk", "batchtopk")
 
-    def resolved(self, d_in: int) -> "SAEConfig":
+    def resolved(self, d_in: int) -> SAEConfig:
         """This config with d_in and n_latents filled in (checked against the data width)."""
         if self.d_in and self.d_in != d_in:
             raise SparsesteerError(f"SAE config says d_in={self.d_in} but the activations have width {d_in}")

@@ -20,7 +20,9 @@ class JumpReLUSAE(SparseAutoencoder):
 
     def _encode(self, x_bd, *, dead_mask=None, training=False):
         x_c = x_bd - self.b_dec
-        vals, idx = kernels.threshold_select(x_c.detach(), self.W_enc, self.b_enc, self.threshold.expand(self.n_latents))
+        vals, idx = kernels.threshold_select(
+            x_c.detach(), self.W_enc, self.b_enc, self.threshold.expand(self.n_latents)
+        )
         pre = kernels.gather_linear(vals, x_c, self.W_enc, self.b_enc, idx)
         return SparseCodes(torch.relu(pre) * (vals != 0), idx), None
 

@@ -61,7 +61,10 @@ class EvalResult:
             ("MSE", f"{self.mse:.4g}"),
             ("cosine(x, x_hat)", f"{self.cosine:.4f}"),
             ("L0 mean (std)", f"{self.l0_mean:.2f} ({self.l0_std:.2f})"),
-            ("L0 median [p1, p99]", f"{self.l0_quantiles['0.5']:.0f} [{self.l0_quantiles['0.01']:.0f}, {self.l0_quantiles['0.99']:.0f}]"),
+            (
+                "L0 median [p1, p99]",
+                f"{self.l0_quantiles['0.5']:.0f} [{self.l0_quantiles['0.01']:.0f}, {self.l0_quantiles['0.99']:.0f}]",
+            ),
             ("dead latents", f"{100 * self.dead_frac:.2f}%"),
             (f"dense latents (> {self.dense_threshold:g})", f"{100 * self.dense_frac:.2f}%"),
         ]

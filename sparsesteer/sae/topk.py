@@ -34,8 +34,13 @@ class TopKSAE(SparseAutoencoder):
         x_c = x_bd - self.b_dec
         mask, k_aux = self._aux_request(dead_mask)
         sel = kernels.encode_select(
-            x_c.detach(), self.W_enc, self.b_enc, self.cfg.k,
-            by_abs=self.cfg.select == "abs", dead_mask_n=mask, k_aux=k_aux,
+            x_c.detach(),
+            self.W_enc,
+            self.b_enc,
+            self.cfg.k,
+            by_abs=self.cfg.select == "abs",
+            dead_mask_n=mask,
+            k_aux=k_aux,
         )
         pre = kernels.gather_linear(sel.values, x_c, self.W_enc, self.b_enc, sel.indices)
         codes = SparseCodes(self._activate(pre), sel.indices)
@@ -50,7 +55,9 @@ class TopKSAE(SparseAutoencoder):
         codes, aux = self._encode(x_bd, dead_mask=dead_mask, training=True)
         return self._objective(x_bd, codes, aux, dead_mask)
 
-    def _objective(self, x_bd: Tensor, codes: SparseCodes, aux: SparseCodes | None, dead_mask: Tensor | None) -> ForwardOutput:
+    def _objective(
+        self, x_bd: Tensor, codes: SparseCodes, aux: SparseCodes | None, dead_mask: Tensor | None
+    ) -> ForwardOutput:
         recon = kernels.sparse_decode(codes.values, codes.indices, self.W_dec) + self.b_dec
         tv = losses.total_variance(x_bd)
         fvu = losses.fvu(x_bd, recon, tv)
@@ -64,7 +71,11 @@ class TopKSAE(SparseAutoencoder):
         mat = zero
         if self.cfg.matryoshka:
             prefix_fvus = [
-                losses.fvu(x_bd, kernels.sparse_decode(codes.values * (codes.indices < m), codes.indices, self.W_dec) + self.b_dec, tv)
+                losses.fvu(
+                    x_bd,
+                    kernels.sparse_decode(codes.values * (codes.indices < m), codes.indices, self.W_dec) + self.b_dec,
+                    tv,
+                )
                 for m in self.cfg.matryoshka
                 if m < self.n_latents
             ]

@@ -59,9 +59,7 @@ class Member:
     def __init__(self, cfg: SAEConfig, device: torch.device, train: TrainConfig, n_classes: int):
         self.cfg = cfg
         self.sae = build(cfg, device=device)
-        self.opt = torch.optim.Adam(
-            self.sae.parameters(), lr=train.lr, betas=train.adam_betas, **_adam_impl(device)
-        )
+        self.opt = torch.optim.Adam(self.sae.parameters(), lr=train.lr, betas=train.adam_betas, **_adam_impl(device))
         n = cfg.n_latents
         self.since_fired = torch.zeros(n, dtype=torch.long, device=device)
         self.fire_count = torch.zeros(n, dtype=torch.long, device=device)
@@ -123,8 +121,8 @@ def _unique_names(cfgs: Sequence[SAEConfig]) -> list[str]:
 class Trainer:
     """Train one SAE or a sweep of SAEs on one activation source.
 
-        trainer = Trainer(source, [SAEConfig(k=32), SAEConfig(k=64)], TrainConfig(), "runs/x")
-        result = trainer.fit()
+    trainer = Trainer(source, [SAEConfig(k=32), SAEConfig(k=64)], TrainConfig(), "runs/x")
+    result = trainer.fit()
     """
 
     def __init__(
@@ -193,7 +191,9 @@ class Trainer:
         return scale, b_dec
 
     # ------------------------------------------------------------------ run
-    def fit(self, *, resume: bool = False, on_log: Callable[[int, list[SparseAutoencoder]], None] | None = None) -> TrainResult:
+    def fit(
+        self, *, resume: bool = False, on_log: Callable[[int, list[SparseAutoencoder]], None] | None = None
+    ) -> TrainResult:
         """Run (or, with `resume`, continue) training. `on_log(step, saes)` is called at every
         logged step with the SAEs in their training state (inputs scaled by `self.scale`)."""
         cfg = self.cfg
@@ -262,7 +262,9 @@ class Trainer:
         return self._finish(members, last, step, time.time() - t0)
 
     # ------------------------------------------------------------------ logging
-    def _log(self, members: list[Member], step: int, position: int, lr: float, sinks: list, elapsed: float) -> list[dict[str, float]]:
+    def _log(
+        self, members: list[Member], step: int, position: int, lr: float, sinks: list, elapsed: float
+    ) -> list[dict[str, float]]:
         rows = []
         record: dict[str, Any] = {"step": step, "samples": position, "lr": lr, "elapsed_s": round(elapsed, 3)}
         for name, m in zip(self.names, members):
@@ -372,7 +374,9 @@ class Trainer:
         return TrainResult(paths, saes, last, step)
 
 
-def train_step(m: Member, x: torch.Tensor, labels: torch.Tensor | None, lr: float, cfg: TrainConfig, device: torch.device) -> None:
+def train_step(
+    m: Member, x: torch.Tensor, labels: torch.Tensor | None, lr: float, cfg: TrainConfig, device: torch.device
+) -> None:
     """One optimiser step of one SAE on a batch (the inner loop of `Trainer.fit`)."""
     sae, c = m.sae, m.cfg
     dead = m.since_fired >= c.dead_after if c.uses_k else None
@@ -400,7 +404,13 @@ def train_step(m: Member, x: torch.Tensor, labels: torch.Tensor | None, lr: floa
         m.since_fired[out.fire_counts > 0] = 0
         m.fire_count += out.fire_counts
         m.window_samples += B
-        stats = {"loss": loss, "fvu": out.fvu, "l0": out.l0, "aux_loss": out.aux_loss, "sparsity_loss": out.sparsity_loss}
+        stats = {
+            "loss": loss,
+            "fvu": out.fvu,
+            "l0": out.l0,
+            "aux_loss": out.aux_loss,
+            "sparsity_loss": out.sparsity_loss,
+        }
         if c.matryoshka:
             stats["matryoshka_fvu"] = out.matryoshka_fvu
         if pass_loss is not None:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 class CLSClassifier:
     """logits(cls) = classifier(head(cls)), batched, no gradients."""
 
-    def __init__(self, backbone: "Backbone", classifier: "ZeroShotClassifier", *, batch_size: int = 8192):
+    def __init__(self, backbone: Backbone, classifier: ZeroShotClassifier, *, batch_size: int = 8192):
         self.backbone = backbone
         self.classifier = classifier
         self.batch_size = batch_size
@@ -34,7 +34,10 @@ class CLSClassifier:
     @torch.no_grad()
     def embed(self, cls_bd: Tensor) -> Tensor:
         """Unnormalised image embeddings [N, d_embed] (float32, CPU)."""
-        out = [clip_head(self.backbone, cls_bd[s : s + self.batch_size]).float().cpu() for s in range(0, cls_bd.shape[0], self.batch_size)]
+        out = [
+            clip_head(self.backbone, cls_bd[s : s + self.batch_size]).float().cpu()
+            for s in range(0, cls_bd.shape[0], self.batch_size)
+        ]
         return torch.cat(out) if out else torch.zeros(0, self.classifier.weights.shape[1])
 
     @torch.no_grad()

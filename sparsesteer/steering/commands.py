@@ -26,26 +26,45 @@ EXAMPLES_PP = """example (DINOv2 retrieval, as in the paper):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..cli import HelpFormatter
+    from ..utils.cli import HelpFormatter
 
-    p = sub.add_parser("steer", help="steer a model with SAE features (VS2 on cached CLS vectors)",
-                       description="Steering methods. vs2: VS2 on cached final-layer CLS vectors, scored by CLIP zero-shot.",
-                       formatter_class=HelpFormatter)
+    p = sub.add_parser(
+        "steer",
+        help="steer a model with SAE features (VS2 on cached CLS vectors)",
+        description="Steering methods. vs2: VS2 on cached final-layer CLS vectors, scored by CLIP zero-shot.",
+        formatter_class=HelpFormatter,
+    )
     methods = p.add_subparsers(dest="method", metavar="METHOD", required=True)
-    v = methods.add_parser("vs2", help="VS2 zero-shot accuracy on a cached split", epilog=EXAMPLES, formatter_class=HelpFormatter,
-                           description="Zero-shot top-1 of a labelled cached split with and without VS2 "
-                           "(x_hat = x + lam * (gamma - 1) W_dec^T encode(x), rescaled to ||x||).")
+    v = methods.add_parser(
+        "vs2",
+        help="VS2 zero-shot accuracy on a cached split",
+        epilog=EXAMPLES,
+        formatter_class=HelpFormatter,
+        description="Zero-shot top-1 of a labelled cached split with and without VS2 "
+        "(x_hat = x + lam * (gamma - 1) W_dec^T encode(x), rescaled to ||x||).",
+    )
     v.add_argument("--model", required=True, help="CLIP hub id or directory (the one the caches were made with)")
     v.add_argument("--sae", required=True, metavar="DIR", help="SAE trained on the final block's CLS")
-    v.add_argument("--activations", required=True, metavar="DIR", help="activation cache of the split to score (final-block CLS, labelled)")
+    v.add_argument(
+        "--activations",
+        required=True,
+        metavar="DIR",
+        help="activation cache of the split to score (final-block CLS, labelled)",
+    )
     v.add_argument("--dataset", help="dataset whose class names to use (default: the one recorded in the cache)")
     v.add_argument("--data-root", help="data root of a built-in dataset")
     v.add_argument("--lam", type=float, help="steering strength lambda (or tune with --tune-on)")
     v.add_argument("--gamma", type=float, help="feature scale gamma (or tune with --tune-on)")
-    v.add_argument("--tune-on", metavar="DIR", help="TRAIN activation cache: tune (lam, gamma) on a validation part of it")
+    v.add_argument(
+        "--tune-on", metavar="DIR", help="TRAIN activation cache: tune (lam, gamma) on a validation part of it"
+    )
     v.add_argument("--val-fraction", type=float, default=0.1, help="validation fraction of --tune-on")
     v.add_argument("--seed", type=int, default=0, help="seed of the validation split")
-    v.add_argument("--gate-quantile", type=float, help="steer only samples with per-sample FVU <= this quantile of train FVU (needs --tune-on)")
+    v.add_argument(
+        "--gate-quantile",
+        type=float,
+        help="steer only samples with per-sample FVU <= this quantile of train FVU (needs --tune-on)",
+    )
     v.add_argument("--no-rescale", action="store_true", help="do not rescale steered vectors to the original norm")
     v.add_argument("--templates", choices=["single", "ensemble"], default="single", help="zero-shot prompts")
     v.add_argument("--device", default="auto", help="cpu, cuda, ... or auto")
@@ -53,20 +72,47 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.set_defaults(func=run_vs2)
 
     pp = methods.add_parser(
-        "vs2pp", help="VS2++ (retrieval-augmented) and its baselines on a cached split", formatter_class=HelpFormatter,
+        "vs2pp",
+        help="VS2++ (retrieval-augmented) and its baselines on a cached split",
+        formatter_class=HelpFormatter,
         epilog=EXAMPLES_PP,
         description="VS2++, CLIP steering and weighted RAG (pseudo and/or oracle labels). Each is tuned on validation "
         "queries carved from the database (TRAIN) cache, retrieving from the rest of it; test queries then retrieve "
-        "from the whole database. The test labels are used for scoring only.")
+        "from the whole database. The test labels are used for scoring only.",
+    )
     pp.add_argument("--model", required=True, help="CLIP hub id or directory (the one the caches were made with)")
     pp.add_argument("--sae", required=True, metavar="DIR", help="SAE trained on the final block's CLS")
-    pp.add_argument("--activations", required=True, metavar="DIR", help="activation cache of the split to score (final-block CLS, labelled)")
-    pp.add_argument("--database", required=True, metavar="DIR", help="TRAIN activation cache (final-block CLS): the retrieval database")
-    pp.add_argument("--retrieval-activations", metavar="DIR", help="retriever `head` cache of the scored split (e.g. DINOv2); default: CLIP image embeddings")
+    pp.add_argument(
+        "--activations",
+        required=True,
+        metavar="DIR",
+        help="activation cache of the split to score (final-block CLS, labelled)",
+    )
+    pp.add_argument(
+        "--database",
+        required=True,
+        metavar="DIR",
+        help="TRAIN activation cache (final-block CLS): the retrieval database",
+    )
+    pp.add_argument(
+        "--retrieval-activations",
+        metavar="DIR",
+        help="retriever `head` cache of the scored split (e.g. DINOv2); default: CLIP image embeddings",
+    )
     pp.add_argument("--retrieval-database", metavar="DIR", help="retriever `head` cache of the database split")
     pp.add_argument("--neighbours", type=int, default=50, help="neighbours per query")
-    pp.add_argument("--positive-rule", choices=["query", "mode"], default="query", help="positives: share the query's pseudo-label, or carry the most frequent label")
-    pp.add_argument("--labels", choices=["both", "pseudo", "oracle"], default="both", help="neighbour labels: CLIP pseudo-labels and/or the true train labels")
+    pp.add_argument(
+        "--positive-rule",
+        choices=["query", "mode"],
+        default="query",
+        help="positives: share the query's pseudo-label, or carry the most frequent label",
+    )
+    pp.add_argument(
+        "--labels",
+        choices=["both", "pseudo", "oracle"],
+        default="both",
+        help="neighbour labels: CLIP pseudo-labels and/or the true train labels",
+    )
     pp.add_argument("--val-fraction", type=float, default=0.1, help="validation fraction of --database")
     pp.add_argument("--seed", type=int, default=0, help="seed of the validation split")
     pp.add_argument("--dataset", help="dataset whose class names to use (default: the one recorded in the cache)")
@@ -82,7 +128,9 @@ def _cls_view(path: str, n_blocks: int):
     cache = ActivationCache.open(path)
     hook = f"blocks.{n_blocks - 1}.resid_post"
     if hook not in cache.hooks:
-        raise SparsesteerError(f"{path} does not hold {hook} (the final block's output); it holds {', '.join(cache.hooks)}")
+        raise SparsesteerError(
+            f"{path} does not hold {hook} (the final block's output); it holds {', '.join(cache.hooks)}"
+        )
     view = cache.rows(hook, "cls")
     x = view.read(0, view.n_rows).float()
     labels = view.labels(0, view.n_rows)
@@ -153,13 +201,22 @@ def run_vs2(args: argparse.Namespace) -> int:
     if args.lam is None and not args.tune_on:
         raise SparsesteerError("give --lam and --gamma, or --tune-on TRAIN_CACHE to tune them on validation")
     if args.gate_quantile is not None and not args.tune_on:
-        raise SparsesteerError("--gate-quantile learns its threshold on unlabeled train data: give --tune-on TRAIN_CACHE")
+        raise SparsesteerError(
+            "--gate-quantile learns its threshold on unlabeled train data: give --tune-on TRAIN_CACHE"
+        )
     bb, sae, cache, x, labels, clf = _load_scored(args, args.templates)
     y = torch.from_numpy(labels)
     rescale = not args.no_rescale
-    report: dict[str, Any] = {"model": bb.model_id, "revision": bb.revision, "sae": str(Path(args.sae).resolve()),
-                              "activations": str(Path(args.activations).resolve()), "split": cache.settings.split,
-                              "n": int(len(y)), "templates": args.templates, "rescale": rescale}
+    report: dict[str, Any] = {
+        "model": bb.model_id,
+        "revision": bb.revision,
+        "sae": str(Path(args.sae).resolve()),
+        "activations": str(Path(args.activations).resolve()),
+        "split": cache.settings.split,
+        "n": int(len(y)),
+        "templates": args.templates,
+        "rescale": rescale,
+    }
     lam, gamma, mask = args.lam, args.gamma, None
     if args.tune_on:
         _, x_train, y_train = _cls_view(args.tune_on, bb.n_blocks)
@@ -169,8 +226,11 @@ def run_vs2(args: argparse.Namespace) -> int:
         xv, yv = x_train[val], torch.from_numpy(y_train[val])
         u = V.sae_direction(sae, xv)
         if lam is None:
-            grid = grid_search(lambda l, g: clf.accuracy(V.vs2(sae, xv, l, g, u_bd=u, rescale=rescale), yv),
-                               split=f"validation part ({args.val_fraction:g}) of {args.tune_on}", n=len(val))
+            grid = grid_search(
+                lambda l, g: clf.accuracy(V.vs2(sae, xv, l, g, u_bd=u, rescale=rescale), yv),
+                split=f"validation part ({args.val_fraction:g}) of {args.tune_on}",
+                n=len(val),
+            )
             lam, gamma = grid.best_lam, grid.best_gamma
             report["tuning"] = grid.to_json()
             if args.out:
@@ -183,11 +243,24 @@ def run_vs2(args: argparse.Namespace) -> int:
     zs = clf.accuracy(x, y)
     steered = clf.accuracy(V.vs2(sae, x, lam, gamma, rescale=rescale, mask_b=mask), y)
     report.update({"lam": lam, "gamma": gamma, "zeroshot_top1": 100 * zs, "vs2_top1": 100 * steered})
-    md = "\n".join([
-        f"## VS2 on {cache.settings.split}: {bb.model_id}, SAE {args.sae}", "",
-        f"n = {len(y)}, prompts: {args.templates}, lam = {lam:g}, gamma = {gamma:g}"
-        + (f", FVU gate q = {args.gate_quantile:g} (coverage {100 * report['gate']['coverage']:.1f}%)" if mask is not None else ""),
-        "", "| method | top-1 % |", "|---|---:|", f"| CLIP zero-shot | {100 * zs:.2f} |", f"| VS2 | {100 * steered:.2f} |", ""])
+    md = "\n".join(
+        [
+            f"## VS2 on {cache.settings.split}: {bb.model_id}, SAE {args.sae}",
+            "",
+            f"n = {len(y)}, prompts: {args.templates}, lam = {lam:g}, gamma = {gamma:g}"
+            + (
+                f", FVU gate q = {args.gate_quantile:g} (coverage {100 * report['gate']['coverage']:.1f}%)"
+                if mask is not None
+                else ""
+            ),
+            "",
+            "| method | top-1 % |",
+            "|---|---:|",
+            f"| CLIP zero-shot | {100 * zs:.2f} |",
+            f"| VS2 | {100 * steered:.2f} |",
+            "",
+        ]
+    )
     print(md)
     if args.out:
         io.write_json(Path(args.out) / "steer_vs2.json", report)
@@ -200,7 +273,9 @@ def _head_rows(path: str, n: int, what: str):
 
     view = ActivationCache.open(path).rows("head")
     if view.n_rows != n:
-        raise SparsesteerError(f"{what} {path} has {view.n_rows} rows but the CLIP cache has {n}: cache the same split and images")
+        raise SparsesteerError(
+            f"{what} {path} has {view.n_rows} rows but the CLIP cache has {n}: cache the same split and images"
+        )
     return view.read(0, n).float()
 
 
@@ -214,7 +289,9 @@ def run_vs2pp(args: argparse.Namespace) -> int:
     from .tuning import DEFAULT_ALPHAS, DEFAULT_CLIP_LAMS, DEFAULT_GAMMAS, DEFAULT_LAMS, validation_split
 
     if (args.retrieval_activations is None) != (args.retrieval_database is None):
-        raise SparsesteerError("give both --retrieval-activations and --retrieval-database, or neither (CLIP embeddings)")
+        raise SparsesteerError(
+            "give both --retrieval-activations and --retrieval-database, or neither (CLIP embeddings)"
+        )
     bb, sae, cache, x_q, y_q, clf = _load_scored(args)
     _, x_db, y_db = _cls_view(args.database, bb.n_blocks)
     modes = ("pseudo", "oracle") if args.labels == "both" else (args.labels,)
@@ -230,24 +307,70 @@ def run_vs2pp(args: argparse.Namespace) -> int:
         emb_q, emb_db, retriever = clf.embed(x_q), clf.embed(x_db), "clip"
     pseudo_q, pseudo_db = clf.predict(x_q), clf.predict(x_db)
     labels_db = torch.from_numpy(y_db)
-    cfg = SimpleNamespace(neighbours=args.neighbours, positive_rule=args.positive_rule, lams=DEFAULT_LAMS, gammas=DEFAULT_GAMMAS,
-                          clip_lams=DEFAULT_CLIP_LAMS, alphas=DEFAULT_ALPHAS, retriever=retriever)
+    cfg = SimpleNamespace(
+        neighbours=args.neighbours,
+        positive_rule=args.positive_rule,
+        lams=DEFAULT_LAMS,
+        gammas=DEFAULT_GAMMAS,
+        clip_lams=DEFAULT_CLIP_LAMS,
+        alphas=DEFAULT_ALPHAS,
+        retriever=retriever,
+    )
     fit, val = validation_split(len(x_db), args.val_fraction, args.seed)
     fit_t, val_t = torch.from_numpy(fit), torch.from_numpy(val)
-    tuned = vs2pp.tune_all(sae=sae, clf=clf, x_db=x_db[fit_t], emb_db=emb_db[fit_t], pseudo_db=pseudo_db[fit_t],
-                           labels_db=labels_db[fit_t], x_q=x_db[val_t], emb_q=emb_db[val_t], pseudo_q=pseudo_db[val_t],
-                           labels_q=labels_db[val_t],
-                           cfg=cfg, split=f"validation part ({args.val_fraction:g}) of {args.database}", modes=modes)
-    rows = vs2pp.evaluate_all(tuned=tuned, sae=sae, clf=clf, x_db=x_db, emb_db=emb_db, pseudo_db=pseudo_db, labels_db=labels_db,
-                              x_q=x_q, emb_q=emb_q, pseudo_q=pseudo_q, cfg=cfg, modes=modes)
+    tuned = vs2pp.tune_all(
+        sae=sae,
+        clf=clf,
+        x_db=x_db[fit_t],
+        emb_db=emb_db[fit_t],
+        pseudo_db=pseudo_db[fit_t],
+        labels_db=labels_db[fit_t],
+        x_q=x_db[val_t],
+        emb_q=emb_db[val_t],
+        pseudo_q=pseudo_db[val_t],
+        labels_q=labels_db[val_t],
+        cfg=cfg,
+        split=f"validation part ({args.val_fraction:g}) of {args.database}",
+        modes=modes,
+    )
+    rows = vs2pp.evaluate_all(
+        tuned=tuned,
+        sae=sae,
+        clf=clf,
+        x_db=x_db,
+        emb_db=emb_db,
+        pseudo_db=pseudo_db,
+        labels_db=labels_db,
+        x_q=x_q,
+        emb_q=emb_q,
+        pseudo_q=pseudo_q,
+        cfg=cfg,
+        modes=modes,
+    )
     zs = 100 * float((pseudo_q.numpy() == y_q).mean())
-    report = {"model": bb.model_id, "revision": bb.revision, "sae": str(Path(args.sae).resolve()), "split": cache.settings.split,
-              "n": int(len(y_q)), "zeroshot_top1": zs, "retriever": retriever, "neighbours": args.neighbours,
-              "positive_rule": args.positive_rule, "rows": {}, "tuning": tuned}
-    lines = [f"## VS2++ on {cache.settings.split}: {bb.model_id}, SAE {args.sae}", "",
-             f"n = {len(y_q)}, retrieval: {retriever}, {args.neighbours} neighbours from {args.database}, positive rule "
-             f"{args.positive_rule}; every method tuned on a validation part of the database", "",
-             "| method | top-1 % | settings |", "|---|---:|---|", f"| CLIP zero-shot | {zs:.2f} | a photo of a {{}}. |"]
+    report = {
+        "model": bb.model_id,
+        "revision": bb.revision,
+        "sae": str(Path(args.sae).resolve()),
+        "split": cache.settings.split,
+        "n": int(len(y_q)),
+        "zeroshot_top1": zs,
+        "retriever": retriever,
+        "neighbours": args.neighbours,
+        "positive_rule": args.positive_rule,
+        "rows": {},
+        "tuning": tuned,
+    }
+    lines = [
+        f"## VS2++ on {cache.settings.split}: {bb.model_id}, SAE {args.sae}",
+        "",
+        f"n = {len(y_q)}, retrieval: {retriever}, {args.neighbours} neighbours from {args.database}, positive rule "
+        f"{args.positive_rule}; every method tuned on a validation part of the database",
+        "",
+        "| method | top-1 % | settings |",
+        "|---|---:|---|",
+        f"| CLIP zero-shot | {zs:.2f} | a photo of a {{}}. |",
+    ]
     for key, r in rows.items():
         top1 = 100 * float((np.asarray(r["pred"]) == y_q).mean())
         report["rows"][key] = {"top1": top1, "settings": r["settings"]}

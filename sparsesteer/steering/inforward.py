@@ -45,7 +45,9 @@ def reconstruct_cls(block: int, sae: SparseAutoencoder) -> Intervention:
 def vs2_cls(block: int, sae: SparseAutoencoder, lam: float, gamma: float, *, rescale: bool = True) -> Intervention:
     """VS2 on block `block`'s output CLS."""
     V.check_finite(lam=lam, gamma=gamma)
-    return Intervention(cls_hook(block), _flat(lambda x: V.vs2(sae, x.to(sae.dtype), lam, gamma, rescale=rescale)), tokens="cls")
+    return Intervention(
+        cls_hook(block), _flat(lambda x: V.vs2(sae, x.to(sae.dtype), lam, gamma, rescale=rescale)), tokens="cls"
+    )
 
 
 def sae_rec_all(saes: Mapping[int, SparseAutoencoder]) -> list[Intervention]:
@@ -53,7 +55,9 @@ def sae_rec_all(saes: Mapping[int, SparseAutoencoder]) -> list[Intervention]:
     return [reconstruct_cls(b, sae) for b, sae in sorted(saes.items())]
 
 
-def vs2_last_blocks(saes: Mapping[int, SparseAutoencoder], n_blocks: int, last: int, lam: float, gamma: float, *, rescale: bool = True) -> list[Intervention]:
+def vs2_last_blocks(
+    saes: Mapping[int, SparseAutoencoder], n_blocks: int, last: int, lam: float, gamma: float, *, rescale: bool = True
+) -> list[Intervention]:
     """VS2 on the CLS of the last `last` blocks (each with its own SAE), in forward order."""
     blocks = list(range(n_blocks - last, n_blocks))
     missing = [b for b in blocks if b not in saes]
@@ -66,9 +70,9 @@ def vs2_last_blocks(saes: Mapping[int, SparseAutoencoder], n_blocks: int, last: 
 
 @torch.no_grad()
 def classify_dataset(
-    backbone: "Backbone",
-    classifier: "ZeroShotClassifier",
-    dataset: "ImageDataset",
+    backbone: Backbone,
+    classifier: ZeroShotClassifier,
+    dataset: ImageDataset,
     interventions: Sequence[Intervention],
     *,
     batch_size: int = 64,

@@ -68,7 +68,9 @@ def _resolve_backend(backend: str) -> str:
     if backend == "auto":
         return "faiss" if faiss_available() else "torch"
     if backend == "faiss" and not faiss_available():
-        raise SparsesteerError("kNN backend 'faiss' needs the faiss package: pip install faiss-cpu (or use --knn-backend torch)")
+        raise SparsesteerError(
+            "kNN backend 'faiss' needs the faiss package: pip install faiss-cpu (or use --knn-backend torch)"
+        )
     return backend
 
 
@@ -145,7 +147,9 @@ class Index:
             x = F.normalize(x, dim=1)
         return x.contiguous()
 
-    def search(self, queries_qe: Tensor, k: int, *, exclude_self: bool = False, query_ids_q: Tensor | None = None) -> Neighbours:
+    def search(
+        self, queries_qe: Tensor, k: int, *, exclude_self: bool = False, query_ids_q: Tensor | None = None
+    ) -> Neighbours:
         """The k most similar database rows of each query (exact; see the module docstring).
 
         `exclude_self`: the queries are database rows (query i is row `query_ids_q[i]`, or row i
@@ -190,7 +194,9 @@ class Index:
             raise SparsesteerError(f"kNN: k={k} but the database has only {eligible} rows to return{extra}")
 
         q = self._prepare(queries_qe, "queries").to(self._database_ne.device)
-        tol_q = (1.01 * self.d * 2.0**-24 + 2 * _input_roundoff()) * q.norm(dim=1).double().cpu() * self._max_norm + 1e-12
+        tol_q = (1.01 * self.d * 2.0**-24 + 2 * _input_roundoff()) * q.norm(
+            dim=1
+        ).double().cpu() * self._max_norm + 1e-12
         out_sim = torch.empty(Q, k, dtype=torch.float32)
         out_idx = torch.empty(Q, k, dtype=torch.int64)
         todo = torch.arange(Q)
@@ -230,7 +236,9 @@ class Index:
         db = self._database_ne
         c = q_cd.shape[0]
         if self._buf is None or self._buf.shape[0] < c:  # reused: a fresh 128 MiB buffer costs ~5% in page faults
-            self._buf = torch.empty(max(c, self.chunk_queries), min(self.chunk_db, self.n), dtype=torch.float32, device=db.device)
+            self._buf = torch.empty(
+                max(c, self.chunk_queries), min(self.chunk_db, self.n), dtype=torch.float32, device=db.device
+            )
         buf = self._buf[:c]
         vals, idxs = [], []
         for start in range(0, self.n, self.chunk_db):

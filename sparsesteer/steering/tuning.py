@@ -69,7 +69,14 @@ class GridSearch:
         ax.set_xlabel("gamma")
         ax.set_ylabel("lambda")
         i, j = self.lams.index(self.best_lam), self.gammas.index(self.best_gamma)
-        ax.scatter([j], [i], marker="*", s=180, c="red", label=f"chosen: lam={self.best_lam:g}, gamma={self.best_gamma:g} ({100 * self.best_accuracy:.2f}%)")
+        ax.scatter(
+            [j],
+            [i],
+            marker="*",
+            s=180,
+            c="red",
+            label=f"chosen: lam={self.best_lam:g}, gamma={self.best_gamma:g} ({100 * self.best_accuracy:.2f}%)",
+        )
         ax.legend(loc="upper right", fontsize=8)
         ax.set_title(f"{title}\ntop-1 % on {self.split} (n={self.n})", fontsize=9)
         fig.colorbar(im, ax=ax, label="top-1 %")
@@ -105,4 +112,13 @@ def grid_search(
             acc.append(row)
     flat = np.asarray(acc)
     i, j = np.unravel_index(int(np.argmax(flat)), flat.shape)
-    return GridSearch([float(v) for v in lams], [float(v) for v in gammas], acc, float(lams[i]), float(gammas[j]), float(flat[i, j]), split, n)
+    return GridSearch(
+        [float(v) for v in lams],
+        [float(v) for v in gammas],
+        acc,
+        float(lams[i]),
+        float(gammas[j]),
+        float(flat[i, j]),
+        split,
+        n,
+    )

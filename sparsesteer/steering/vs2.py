@@ -37,7 +37,9 @@ def check_finite(**values: float) -> None:
             raise SparsesteerError(f"{name} must be a finite number, got {v!r}")
 
 
-def check_sae_for_cls(sae: SparseAutoencoder, d_model: int, n_blocks: int | None = None, *, block: int | None = None) -> None:
+def check_sae_for_cls(
+    sae: SparseAutoencoder, d_model: int, n_blocks: int | None = None, *, block: int | None = None
+) -> None:
     """The SAE must read the final-layer CLS (or `block`'s CLS) of this model."""
     if sae.d_in != d_model:
         raise SparsesteerError(f"the SAE has d_in={sae.d_in} but the model's CLS has width {d_model}")
@@ -48,12 +50,18 @@ def check_sae_for_cls(sae: SparseAutoencoder, d_model: int, n_blocks: int | None
             raise SparsesteerError(f"the SAE was trained on {hook}, but steering needs an SAE on {want} (CLS)")
     tokens = sae.metadata.get("tokens")
     if tokens not in (None, "cls"):
-        raise SparsesteerError(f"the SAE was trained on {tokens!r} tokens; VS2 steers the CLS token (train on --tokens cls)")
+        raise SparsesteerError(
+            f"the SAE was trained on {tokens!r} tokens; VS2 steers the CLS token (train on --tokens cls)"
+        )
 
 
 @torch.no_grad()
 def _chunked(fn, x_bd: Tensor) -> Tensor:
-    return torch.cat([fn(x_bd[s : s + _CHUNK]) for s in range(0, x_bd.shape[0], _CHUNK)]) if x_bd.shape[0] else x_bd.clone()
+    return (
+        torch.cat([fn(x_bd[s : s + _CHUNK]) for s in range(0, x_bd.shape[0], _CHUNK)])
+        if x_bd.shape[0]
+        else x_bd.clone()
+    )
 
 
 def codes(sae: SparseAutoencoder, x_bd: Tensor) -> SparseCodes:
@@ -111,6 +119,7 @@ def sae_rec(sae: SparseAutoencoder, x_bd: Tensor, gamma: float = 1.0) -> Tensor:
 
 def per_sample_fvu(sae: SparseAutoencoder, x_bd: Tensor, mean_d: Tensor) -> Tensor:
     """||x - x_tilde||^2 / ||x - mu||^2 per sample."""
+
     def f(x: Tensor) -> Tensor:
         rec = sae.reconstruct(x.to(sae.device)).to(x.device, x.dtype)
         return (x - rec).pow(2).sum(-1) / (x - mean_d.to(x)).pow(2).sum(-1).clamp_min(1e-12)
@@ -130,7 +139,7 @@ class FVUGate:
     """The quantile q that produced tau (e.g. 0.95)."""
 
     @classmethod
-    def fit(cls, sae: SparseAutoencoder, train_bd: Tensor, quantile: float) -> "FVUGate":
+    def fit(cls, sae: SparseAutoencoder, train_bd: Tensor, quantile: float) -> FVUGate:
         if not 0 < quantile <= 1:
             raise SparsesteerError(f"FVU gate quantile must be in (0, 1], got {quantile}")
         if train_bd.shape[0] == 0:

@@ -108,19 +108,27 @@ class NeighbourSets:
         """[Q] int64 |S-|."""
         return (~self.positive_qn).sum(1)
 
-    def subset(self, rows: Tensor) -> "NeighbourSets":
+    def subset(self, rows: Tensor) -> NeighbourSets:
         """The sets of some queries (e.g. one batch)."""
         rows = torch.as_tensor(rows).long()
         return NeighbourSets(
-            self.indices_qn[rows], self.similarity_qn[rows], self.labels_qn[rows], self.target_q[rows],
-            self.positive_qn[rows], self.n_database, self.labels, self.rule,
+            self.indices_qn[rows],
+            self.similarity_qn[rows],
+            self.labels_qn[rows],
+            self.target_q[rows],
+            self.positive_qn[rows],
+            self.n_database,
+            self.labels,
+            self.rule,
         )
 
 
 def _labels_1d(t: Tensor, what: str, n: int | None = None) -> Tensor:
     t = torch.as_tensor(t)
     if t.ndim != 1 or t.dtype.is_floating_point or t.dtype == torch.bool:
-        raise SparsesteerError(f"{what} must be a 1-D integer tensor of class indices, got {t.dtype} of shape {tuple(t.shape)}")
+        raise SparsesteerError(
+            f"{what} must be a 1-D integer tensor of class indices, got {t.dtype} of shape {tuple(t.shape)}"
+        )
     if n is not None and t.shape[0] != n:
         raise SparsesteerError(f"{what} has {t.shape[0]} entries, expected {n}")
     return t.long().cpu()
@@ -163,12 +171,16 @@ def neighbour_sets(
         raise SparsesteerError(f"neighbour indices must be [Q, N] with N >= 1, got shape {tuple(idx_qn.shape)}")
     Q = idx_qn.shape[0]
     if neighbours.similarity.shape != idx_qn.shape:
-        raise SparsesteerError(f"neighbour similarities have shape {tuple(neighbours.similarity.shape)}, indices {tuple(idx_qn.shape)}")
+        raise SparsesteerError(
+            f"neighbour similarities have shape {tuple(neighbours.similarity.shape)}, indices {tuple(idx_qn.shape)}"
+        )
     query_pseudo_q = _labels_1d(query_pseudo_q, "query pseudo-labels", Q)
     db_pseudo_n = _labels_1d(db_pseudo_n, "database pseudo-labels")
     n_db = int(db_pseudo_n.shape[0])
     if Q and (int(idx_qn.min()) < 0 or int(idx_qn.max()) >= n_db):
-        raise SparsesteerError(f"neighbour indices reach row {int(idx_qn.max())}, but the database has {n_db} pseudo-labels")
+        raise SparsesteerError(
+            f"neighbour indices reach row {int(idx_qn.max())}, but the database has {n_db} pseudo-labels"
+        )
     if labels == "oracle":
         if db_labels_n is None:
             raise SparsesteerError(
@@ -215,9 +227,13 @@ def validation_neighbour_sets(
     (`exclude_self`), the situation of a test query, whose own image is never in the database;
     its own label is its pseudo-label, like a test query's."""
     val_t = torch.as_tensor(np.asarray(val_idx)).long()
-    nb = knn(train_embeds_ne[val_t], train_embeds_ne, n_neighbours, exclude_self=True, query_ids_q=val_t, backend=backend)
+    nb = knn(
+        train_embeds_ne[val_t], train_embeds_ne, n_neighbours, exclude_self=True, query_ids_q=val_t, backend=backend
+    )
     train_pseudo_n = _labels_1d(train_pseudo_n, "train pseudo-labels")
-    return neighbour_sets(nb, train_pseudo_n[val_t], train_pseudo_n, labels=labels, db_labels_n=train_labels_n, rule=rule)
+    return neighbour_sets(
+        nb, train_pseudo_n[val_t], train_pseudo_n, labels=labels, db_labels_n=train_labels_n, rule=rule
+    )
 
 
 # ---------------------------------------------------------------------------- group means
@@ -292,7 +308,9 @@ def _check_rows(values_nd: Tensor, sets: NeighbourSets, what: str) -> None:
 def _check_queries(x_qd: Tensor, sets: NeighbourSets, d: int | None, what: str) -> None:
     if x_qd.ndim != 2 or x_qd.shape[0] != sets.n_queries or (d is not None and x_qd.shape[1] != d):
         want = f"[{sets.n_queries}, {d if d is not None else 'd'}]"
-        raise SparsesteerError(f"{what} have shape {tuple(x_qd.shape)}, expected {want} (one row per query of the neighbour sets)")
+        raise SparsesteerError(
+            f"{what} have shape {tuple(x_qd.shape)}, expected {want} (one row per query of the neighbour sets)"
+        )
 
 
 # ---------------------------------------------------------------------------- results
@@ -432,8 +450,12 @@ def weighted_rag(
     parts = _rag_parts(query_embeds_qe, sets, db_embeds_ne, over)
     E_qe = parts.fuse(alpha)
     return RAGResult(
-        classifier.logits_of_embeddings(E_qe), E_qe, sets.indices_qn, parts.n_used_q,
-        int((parts.n_used_q == 0).sum()), int(parts.uniform_q.sum()),
+        classifier.logits_of_embeddings(E_qe),
+        E_qe,
+        sets.indices_qn,
+        parts.n_used_q,
+        int((parts.n_used_q == 0).sum()),
+        int(parts.uniform_q.sum()),
     )
 
 
@@ -537,7 +559,10 @@ def tune_clip_steering(
     v_qd = group_direction(sets, db_x_nd, fallback).direction_qd.to(x_val_qd)
     return line_search(
         lambda lam: classifier.accuracy(steer(x_val_qd, v_qd, lam, rescale=rescale), labels_val_q),
-        lams, param="lam", split=split, n=sets.n_queries,
+        lams,
+        param="lam",
+        split=split,
+        n=sets.n_queries,
     )
 
 
@@ -574,7 +599,11 @@ ROW_KEYS = {"vs2pp": "vs2pp_{}", "clip_steer": "clip_steer_{}", "rag": "rag_{}"}
 
 
 def _sets_by_mode(
-    neighbours: Neighbours, pseudo_q: Tensor, pseudo_db: Tensor, labels_db: Tensor | None, rule: Rule,
+    neighbours: Neighbours,
+    pseudo_q: Tensor,
+    pseudo_db: Tensor,
+    labels_db: Tensor | None,
+    rule: Rule,
     modes: Sequence[str] = LABEL_MODES,
 ) -> dict[str, NeighbourSets]:
     return {
@@ -584,7 +613,12 @@ def _sets_by_mode(
 
 
 def _common_settings(cfg: Any, sets: NeighbourSets) -> dict[str, Any]:
-    return {"labels": sets.labels, "rule": sets.rule, "neighbours": sets.n_neighbours, "retriever": getattr(cfg, "retriever", None)}
+    return {
+        "labels": sets.labels,
+        "rule": sets.rule,
+        "neighbours": sets.n_neighbours,
+        "retriever": getattr(cfg, "retriever", None),
+    }
 
 
 def tune_all(
@@ -656,7 +690,11 @@ def evaluate_all(
         rows[ROW_KEYS["vs2pp"].format(mode)] = {
             "pred": clf.predict(r.steered_qd).numpy(),
             "settings": {
-                "lam": t["best_lam"], "gamma": t["best_gamma"], **common, "fallbacks": r.fallbacks._asdict(), "tuned_on": t["split"],
+                "lam": t["best_lam"],
+                "gamma": t["best_gamma"],
+                **common,
+                "fallbacks": r.fallbacks._asdict(),
+                "tuned_on": t["split"],
             },
         }
         t = tuned[ROW_KEYS["clip_steer"].format(mode)]
@@ -669,6 +707,12 @@ def evaluate_all(
         g = weighted_rag(clf, emb_img_q, sets, emb_img_db, t["best_value"])
         rows[ROW_KEYS["rag"].format(mode)] = {
             "pred": g.logits_qc.argmax(-1).numpy(),
-            "settings": {"alpha": t["best_value"], **common, "over": "positives", "n_empty": g.n_empty, "tuned_on": t["split"]},
+            "settings": {
+                "alpha": t["best_value"],
+                **common,
+                "over": "positives",
+                "n_empty": g.n_empty,
+                "tuned_on": t["split"],
+            },
         }
     return rows

@@ -10,7 +10,7 @@ if TYPE_CHECKING:
     import torch
 
 
-def resolve_device(spec: str | None = "auto") -> "torch.device":
+def resolve_device(spec: str | None = "auto") -> torch.device:
     """`--device` value -> torch.device; 'auto' = CUDA when available, else CPU."""
     import torch
 

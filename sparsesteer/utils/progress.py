@@ -16,7 +16,7 @@ def quiet() -> bool:
     return os.environ.get("SPARSESTEER_QUIET", "") not in ("", "0")
 
 
-def progress(iterable: Iterable[T] | None = None, *, disable: bool | None = None, **kwargs: Any) -> "tqdm[T]":
+def progress(iterable: Iterable[T] | None = None, *, disable: bool | None = None, **kwargs: Any) -> tqdm[T]:
     """A tqdm bar on stderr; `disable=None` means: off when SPARSESTEER_QUIET is set."""
     if disable is None:
         disable = quiet()

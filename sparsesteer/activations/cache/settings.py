@@ -318,4 +318,3 @@ def check_sha256(path: Path, entry: dict[str, Any]) -> Path:
             "the activation cache is corrupted; re-create it"
         )
     return fpath
-

@@ -13,7 +13,7 @@ import copy
 import json
 import os
 from collections.abc import Mapping
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ def _short(value: Any, limit: int = 80) -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def _version() -> str:
@@ -329,9 +329,7 @@ class CacheWriter:
         self._check_open()
         s = self.settings
         if self.next_image != s.n_images:
-            raise SparsesteerError(
-                f"cannot finish {self.path}: shards cover {self.next_image} of {s.n_images} images"
-            )
+            raise SparsesteerError(f"cannot finish {self.path}: shards cover {self.next_image} of {s.n_images} images")
         if labels is None:
             labels_arr = np.full(s.n_images, -1, dtype=LABELS_DTYPE)
         else:
@@ -522,4 +520,3 @@ def _acquire_lock(path: Path) -> int | None:
 def _release_lock(fd: int | None) -> None:
     if fd is not None:
         os.close(fd)  # closing the descriptor releases the flock
-
