@@ -22,9 +22,10 @@ are kept). See docs/caching.md for hooks, token selections and disk use.
 def register(subparsers: Any) -> None:
     from ..data.batches import default_workers
     from ..data.datasets import default_data_root
+    from ..models.hook_names import TOKEN_SELECTIONS
     from ..utils.cli import HelpFormatter
     from .cache import DTYPES
-    from .produce import DEFAULT_SHARD_MB, TOKEN_CHOICES
+    from .produce import DEFAULT_SHARD_MB
 
     c = subparsers.add_parser(
         "cache",
@@ -52,7 +53,7 @@ def register(subparsers: Any) -> None:
     c.add_argument(
         "--tokens",
         required=True,
-        choices=TOKEN_CHOICES,
+        choices=TOKEN_SELECTIONS,
         help="rows kept per image: cls (1), patch (the patch tokens) or all (CLS, registers, patches); head needs cls",
     )
     c.add_argument(

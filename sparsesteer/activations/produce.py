@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..models.hook_names import TOKEN_SELECTIONS
 from ..utils.errors import SparsesteerError, unknown
 from .cache import DTYPES, ActivationCache, CacheSettings, CacheWriter
 
@@ -32,7 +33,6 @@ log = logging.getLogger(__name__)
 
 DEFAULT_SHARD_MB = 64
 """Target size of one shard (all hooks together), in MiB; fixes the number of images per shard."""
-TOKEN_CHOICES = ("cls", "patch", "all")
 
 
 @dataclass(frozen=True)
@@ -66,8 +66,8 @@ def plan_hooks(backbone: Backbone, hooks: list[str] | tuple[str, ...], tokens: s
         hooks = [hooks]
     if not hooks:
         raise SparsesteerError("no hook point given: pass at least one --hook (e.g. blocks.11.resid_post)")
-    if tokens not in TOKEN_CHOICES:
-        raise unknown("token selection (--tokens)", str(tokens), TOKEN_CHOICES)
+    if tokens not in TOKEN_SELECTIONS:
+        raise unknown("token selection (--tokens)", str(tokens), TOKEN_SELECTIONS)
     names = [str(backbone.hook_point(h)) for h in hooks]
     dup = sorted({h for h in names if names.count(h) > 1})
     if dup:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..models.hook_names import hook_name
 from ..utils import io
 from ..utils.errors import SparsesteerError
 from . import vs2_paper
@@ -168,7 +169,7 @@ class VS2Experiment:
         from ..activations.cache import ActivationCache
 
         cache = ActivationCache.open(self.path("cache", split), verify="none")
-        hook = f"blocks.{self.final_block if block is None else block}.resid_post"
+        hook = hook_name(self.final_block if block is None else block)
         view = cache.rows(hook, "cls")
         return view.read(0, view.n_rows).float(), view.labels(0, view.n_rows)
 
@@ -191,8 +192,8 @@ class VS2Experiment:
         from ..activations.produce import cache_activations
 
         c = self.cfg
-        final = f"blocks.{self.final_block}.resid_post"
-        train_hooks = [f"blocks.{b}.resid_post" for b in range(self.backbone.n_blocks)] if c.in_forward else [final]
+        final = hook_name(self.final_block)
+        train_hooks = [hook_name(b) for b in range(self.backbone.n_blocks)] if c.in_forward else [final]
         for split, hooks, limit in ((c.train_split, train_hooks, c.limit_train), (c.test_split, [final], c.limit_test)):
             self.dataset(split)  # download / validate first, with clear errors
             cache_activations(
@@ -287,7 +288,7 @@ class VS2Experiment:
         shutil.rmtree(out, ignore_errors=True)  # a stage rerun retrains from scratch
         source = TensorSource(x[fit], labels=labels[fit], name=f"{self.cfg.train_split} CLS block {block} (fit part)")
         meta = {
-            "hook": f"blocks.{block}.resid_post",
+            "hook": hook_name(block),
             "tokens": "cls",
             "model": {"id": self.backbone.model_id, "revision": self.backbone.revision},
             "dataset": self.cfg.dataset,

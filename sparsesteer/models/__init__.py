@@ -11,7 +11,10 @@ from ..utils.lazy import lazy_exports
 _EXPORTS = {
     "load_backbone": "backbone",
     "Backbone": "backbone",
-    "HookPoint": "hooks",
+    "HookPoint": "hook_names",
+    "hook_name": "hook_names",
+    "final_resid": "hook_names",
+    "TOKEN_SELECTIONS": "hook_names",
     "Intervention": "hooks",
     "token_positions": "hooks",
     "clip_head": "head",

@@ -23,7 +23,6 @@ A capture therefore records what the rest of the network sees.
 from __future__ import annotations
 
 import contextlib
-import re
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -31,62 +30,28 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor, nn
 
-from ..utils.errors import SparsesteerError, did_you_mean
+from ..utils.errors import SparsesteerError
+from .hook_names import BLOCK_KINDS, TOKEN_SELECTIONS, HookPoint, Tokens, check_tokens, final_resid, hook_name
 
 if TYPE_CHECKING:
     from .backbone import Backbone
 
-BLOCK_KINDS = ("resid_pre", "attn_out", "mlp_out", "resid_post")
-"""Per-block hook kinds, in the order they occur inside a block."""
-TOKEN_MODES = ("cls", "patch", "all")
-
-Tokens = str | Sequence[int]
-"""Token selection: 'cls' (index 0), 'patch' (tokens after CLS and any registers), 'all', or indices."""
-
 InterventionFn = Callable[[Tensor, Tensor], Tensor]
 """fn(acts_btd, positions_t) -> new acts_btd of the same shape; positions are token indices."""
 
-_NAME_RE = re.compile(r"^blocks\.(-?\d+)\.(\w+)$")
-
-
-@dataclass(frozen=True)
-class HookPoint:
-    """A parsed hook name. `block` is None for `head`; `str(hp)` gives the name back."""
-
-    kind: str
-    block: int | None = None
-
-    @classmethod
-    def parse(cls, name: str | HookPoint, n_blocks: int) -> HookPoint:
-        """Parse and validate `name` for a model with `n_blocks` blocks."""
-        if isinstance(name, HookPoint):
-            name = str(name)
-        if name == "head":
-            return cls("head")
-        m = _NAME_RE.match(name)
-        if m is None or m.group(2) not in BLOCK_KINDS:
-            valid = [f"blocks.{i}.{k}" for i in range(n_blocks) for k in BLOCK_KINDS] + ["head"]
-            raise SparsesteerError(
-                f"unknown hook point {name!r}{did_you_mean(name, valid)}; valid: "
-                f"blocks.{{i}}.{{{','.join(BLOCK_KINDS)}}} with i in 0..{n_blocks - 1}, or head"
-            )
-        block = int(m.group(1))
-        if not 0 <= block < n_blocks:
-            raise SparsesteerError(
-                f"hook point {name!r}: block index {block} out of range; this model has "
-                f"{n_blocks} blocks, valid indices 0..{n_blocks - 1}"
-            )
-        return cls(m.group(2), block)
-
-    def __str__(self) -> str:
-        return "head" if self.block is None else f"blocks.{self.block}.{self.kind}"
-
-    @property
-    def depth(self) -> tuple[int, int]:
-        """Sort key in forward order: (block, position inside the block); head is last."""
-        if self.block is None:
-            return (1 << 30, 0)
-        return (self.block, BLOCK_KINDS.index(self.kind))
+__all__ = [
+    "BLOCK_KINDS",
+    "TOKEN_SELECTIONS",
+    "HookPoint",
+    "Intervention",
+    "Tokens",
+    "check_tokens",
+    "final_resid",
+    "hook_name",
+    "intervene",
+    "run",
+    "token_positions",
+]
 
 
 @dataclass(frozen=True)
@@ -108,18 +73,14 @@ def token_positions(tokens: Tokens, n_tokens: int, *, n_prefix: int, has_cls: bo
     `n_prefix` is the number of non-patch tokens at the start (CLS + registers; 0 for SigLIP).
     """
     if isinstance(tokens, str):
+        check_tokens(tokens, "token selection (or give a list of token indices)")
         if tokens == "all":
             return None
         if tokens == "cls":
             if not has_cls:
                 raise SparsesteerError("tokens='cls': this model has no CLS token (SigLIP); use 'patch' or 'all'")
             return torch.tensor([0])
-        if tokens == "patch":
-            return torch.arange(n_prefix, n_tokens)
-        raise SparsesteerError(
-            f"unknown token selection {tokens!r}{did_you_mean(tokens, TOKEN_MODES)}; "
-            f"valid: cls, patch, all, or a list of token indices"
-        )
+        return torch.arange(n_prefix, n_tokens)  # patch
     idx = [int(i) for i in tokens]
     if not idx:
         raise SparsesteerError("empty list of token indices")

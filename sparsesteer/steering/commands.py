@@ -124,9 +124,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _cls_view(path: str, n_blocks: int):
     from ..activations.cache import ActivationCache
+    from ..models.hook_names import final_resid
 
     cache = ActivationCache.open(path)
-    hook = f"blocks.{n_blocks - 1}.resid_post"
+    hook = final_resid(n_blocks)
     if hook not in cache.hooks:
         raise SparsesteerError(
             f"{path} does not hold {hook} (the final block's output); it holds {', '.join(cache.hooks)}"

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from ..models.hook_names import hook_name
 from ..models.hooks import Intervention
 from ..sae.base import SparseAutoencoder
 from . import vs2 as V
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 
 
 def cls_hook(block: int) -> str:
-    return f"blocks.{block}.resid_post"
+    return hook_name(block)
 
 
 def _flat(fn):

@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from ..models.hook_names import final_resid, hook_name
 from ..sae.base import SparseAutoencoder, SparseCodes
 from ..utils.errors import SparsesteerError
 
@@ -45,7 +46,7 @@ def check_sae_for_cls(
         raise SparsesteerError(f"the SAE has d_in={sae.d_in} but the model's CLS has width {d_model}")
     hook = sae.metadata.get("hook")
     if hook is not None and n_blocks is not None:
-        want = f"blocks.{n_blocks - 1 if block is None else block}.resid_post"
+        want = final_resid(n_blocks) if block is None else hook_name(block)
         if hook != want:
             raise SparsesteerError(f"the SAE was trained on {hook}, but steering needs an SAE on {want} (CLS)")
     tokens = sae.metadata.get("tokens")

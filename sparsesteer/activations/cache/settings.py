@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from ...models.hook_names import TOKEN_SELECTIONS
 from ...utils import config as cfg
 from ...utils.errors import SparsesteerError, unknown
 from ...utils.io import sha256_file
@@ -32,7 +33,6 @@ LOCK_FILE = ".lock"
 
 DType = Literal["float32", "float16", "bfloat16"]
 DTYPES: tuple[str, ...] = ("float32", "float16", "bfloat16")
-TOKEN_SELECTIONS = ("cls", "patch", "all")
 VERIFY_MODES = ("lazy", "all", "none")
 # Explicit little-endian dtypes so that the .npy header (and hence the sha256) is the same everywhere.
 STORED_DTYPES: dict[str, np.dtype] = {
