@@ -20,6 +20,7 @@ from test_data_batches import make_folder_dataset
 from sparsesteer.activations.cache import ActivationCache
 from sparsesteer.activations.produce import cache_activations, plan_hooks, shard_images_for
 from sparsesteer.cli import main
+from sparsesteer.data.subset import stratified_sample
 from sparsesteer.models import load_backbone
 from sparsesteer.models.tiny import make_tiny_clip
 from sparsesteer.utils.errors import SparsesteerError
@@ -135,10 +136,15 @@ def test_limit_workers_and_cli_summary(clip, data, bb, tmp_path, capsys):
     assert "3 images, 3 rows per hook (blocks.1.resid_post), 1 shards" in capsys.readouterr().out
     c = ActivationCache.open(out)
     assert c.n_images == 3 and c.settings.dataset["len"] == 4
-    np.testing.assert_array_equal(c.labels, [0, 0, 1])
+    # --limit is a class-stratified sample (labels of test: 0, 0, 1, 2): every class once
+    sub = c.settings.dataset["subset"]
+    assert sub["rule"] == "class-stratified" and sub["n"] == 3 and sub["of"] == 4 and sub["seed"] == 0
+    np.testing.assert_array_equal(c.labels, [0, 1, 2])
+    chosen = stratified_sample(np.array([0, 0, 1, 2]), 3, 0)
+    assert chosen[1:].tolist() == [2, 3] and chosen[0] in (0, 1)
     np.testing.assert_allclose(
         read_all(c, "blocks.1.resid_post"),
-        reference_rows(bb, data, "test", "blocks.1.resid_post", "cls", range(3)),
+        reference_rows(bb, data, "test", "blocks.1.resid_post", "cls", chosen.tolist()),
         rtol=1e-5,
         atol=1e-5,
     )

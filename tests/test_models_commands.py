@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from test_data_batches import make_folder_dataset
 
 from sparsesteer.cli import main
 from sparsesteer.data import open_dataset
+from sparsesteer.data.subset import stratified_sample
 from sparsesteer.models import ZeroShotClassifier, get_templates, load_backbone
 from sparsesteer.models.commands import default_out, zeroshot
 from sparsesteer.models.tiny import make_tiny_dinov2
@@ -31,12 +33,12 @@ def data(tmp_path_factory) -> Path:
     return root
 
 
-def by_hand(clip: Path, data: Path, templates: str, n: int, skip=()):
+def by_hand(clip: Path, data: Path, templates: str, n: int, skip=(), images=None):
     """Logits from the classifier weights and one-image-at-a-time embeddings: 100 * cosine."""
     bb = load_backbone(clip)
     ds = open_dataset(f"folder:{data}", "test")
     weights = ZeroShotClassifier.build(bb, ds.classes, get_templates(templates)).weights.double()
-    images = [i for i in range(n) if i not in skip]
+    images = [i for i in (range(n) if images is None else images) if i not in skip]
     emb = torch.cat([bb.embed_images(torch.from_numpy(bb.preprocessor(ds[i].image))[None]) for i in images]).double()
     cos = (emb / emb.norm(dim=1, keepdim=True)) @ (weights / weights.norm(dim=1, keepdim=True)).T
     return 100 * cos, torch.from_numpy(ds.labels()[images]), ds
@@ -65,7 +67,11 @@ def test_zeroshot_equals_hand_computation(clip, data, tmp_path, capsys, template
     ]
     assert main(argv + (["--limit", str(limit)] if limit else [])) == 0
     n = limit or 20
-    logits, labels, ds = by_hand(clip, data, templates, n)
+    # --limit: a class-stratified sample of the (class-sorted) split, seed 0
+    images = (
+        list(range(20)) if limit is None else stratified_sample(open_dataset(f"folder:{data}", "test").labels(), n, 0)
+    )
+    logits, labels, ds = by_hand(clip, data, templates, n, images=images)
     top5 = logits.topk(5, dim=1).indices
     top1_acc = (top5[:, 0] == labels).double().mean().item()
     top5_acc = (top5 == labels[:, None]).any(dim=1).double().mean().item()
@@ -81,6 +87,20 @@ def test_zeroshot_equals_hand_computation(clip, data, tmp_path, capsys, template
         "split": "test",
         "templates": templates,
         "n_images": n,
+        **(
+            {}
+            if limit is None
+            else {
+                "subset": {
+                    "rule": "class-stratified",
+                    "n": n,
+                    "limit": limit,
+                    "seed": 0,
+                    "of": 20,
+                    "indices_sha256": hashlib.sha256(np.asarray(images, "<i8").tobytes()).hexdigest(),
+                }
+            }
+        ),
     }
     for c, row in enumerate(report["per_class"]):
         mine = labels == c
@@ -91,10 +111,14 @@ def test_zeroshot_equals_hand_computation(clip, data, tmp_path, capsys, template
     assert f"| {n} | {100 * top1_acc:.2f} | {100 * top5_acc:.2f} |" in md and "| class 0 |" in md
 
     lines = [json.loads(x) for x in (tmp_path / "out" / "predictions.jsonl").read_text().splitlines()]
-    assert [x["index"] for x in lines] == list(range(n))
+    assert [x["index"] for x in lines] == list(images)
+    if limit:
+        assert len(set(labels.tolist())) == 7  # every class of the 7 is in the 11-image sample
     assert [x["top5"] for x in lines] == top5.tolist()
     assert [x["label"] for x in lines] == labels.tolist()
-    assert lines[0]["source"] == ds.source(0) and lines[0]["top5_names"][0] == ds.classes[lines[0]["top5"][0]]
+    assert (
+        lines[0]["source"] == ds.source(int(images[0])) and lines[0]["top5_names"][0] == ds.classes[lines[0]["top5"][0]]
+    )
     np.testing.assert_allclose([x["top5_logits"] for x in lines], logits.topk(5, dim=1).values.numpy(), atol=1e-4)
 
     out = capsys.readouterr().out

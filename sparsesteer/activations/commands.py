@@ -62,8 +62,13 @@ def register(subparsers: Any) -> None:
     c.add_argument("--dtype", default="float32", choices=DTYPES, help="storage dtype (the model runs in float32)")
     c.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     c.add_argument(
-        "--limit", type=int, default=None, metavar="N", help="cache only the first N images of the split (default: all)"
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="cache a class-stratified sample of N images, drawn with --limit-seed (default: all)",
     )
+    c.add_argument("--limit-seed", type=int, default=0, help="seed of the --limit sample")
     c.add_argument(
         "--workers",
         type=int,
@@ -111,7 +116,7 @@ def run_cache(args: argparse.Namespace) -> int:
 
     cache = cache_activations(
         args.model, args.dataset, args.split, args.hooks, args.tokens, args.out,
-        dtype=args.dtype, batch_size=args.batch_size, limit=args.limit, workers=args.workers,
+        dtype=args.dtype, batch_size=args.batch_size, limit=args.limit, limit_seed=args.limit_seed, workers=args.workers,
         on_bad_image=args.on_bad_image, device=args.device, data_root=args.data_root,
         revision=args.revision, shard_images=args.shard_images,
     )  # fmt: skip

@@ -102,6 +102,7 @@ def cache_activations(
     dtype: str = "float32",
     batch_size: int = 64,
     limit: int | None = None,
+    limit_seed: int = 0,
     workers: int | None = None,
     on_bad_image: str = "error",
     device: str = "auto",
@@ -115,11 +116,12 @@ def cache_activations(
     model: hub id or save_pretrained directory, or an already loaded `Backbone` (then `device` and
     `revision` stay at their defaults: the backbone has both).
     tokens: 'cls', 'patch' or 'all'. dtype: storage dtype (the model itself runs in float32).
-    limit: only the first N images of the split. shard_images: images per shard (default: about
+    limit: a class-stratified sample of N images of the split, drawn with `limit_seed`
+    (`data.subset`; recorded in the manifest's dataset description). shard_images: images per shard (default: about
     `DEFAULT_SHARD_MB` MiB per shard, or whatever the shards already in `out` use).
     workers: decoding processes (None: `data.batches.default_workers()`).
     """
-    from ..data import open_dataset
+    from ..data import limit_dataset, open_dataset
     from ..data.batches import ON_BAD_IMAGE
     from ..models import Backbone, load_backbone
     from ..utils.device import resolve_device
@@ -139,7 +141,7 @@ def cache_activations(
         )
     target = None if isinstance(model, Backbone) else resolve_device(device)
 
-    ds = open_dataset(dataset, split, data_root=data_root)
+    ds = limit_dataset(open_dataset(dataset, split, data_root=data_root), limit, limit_seed)
     bb = model if isinstance(model, Backbone) else load_backbone(model, device=target, revision=revision)
     plan = plan_hooks(bb, hooks, tokens)
     pre = bb.preprocessor
@@ -148,7 +150,7 @@ def cache_activations(
             f"{bb.model_id!r}: its preprocessing produces {pre.output_size or 'variable-size'} images but the "
             f"model runs at {bb.image_size}x{bb.image_size}; fix preprocessor_config.json (crop_size)"
         )
-    n_images = len(ds) if limit is None else min(limit, len(ds))
+    n_images = len(ds)
     settings = CacheSettings(
         hooks=plan.hooks,
         d=plan.d,
@@ -170,7 +172,7 @@ def cache_activations(
             _produce(
                 writer, bb, ds, pre, plan, per_shard, batch_size=batch_size, workers=workers, on_bad_image=on_bad_image
             )
-            writer.finish(ds.labels()[:n_images])
+            writer.finish(ds.labels())
     return ActivationCache.open(out)
 
 

@@ -5,7 +5,7 @@
     pre = Preprocessor.from_pretrained("openai/clip-vit-base-patch32")
     pixels = pre.batch([ds[i].image for i in range(8)])    # float32 [8, 3, 224, 224]
 
-Modules: `datasets` (interface, `open_dataset`), `builtin`/`cifar`/`hf` (the datasets),
+Modules: `datasets` (the interface), `registry` (spec strings: `open_dataset`), `subset` (`--limit`), `builtin`/`cifar`/`hf` (the datasets),
 `preprocess` (`Preprocessor`), `names` (shipped class names), `download` (+ `commands`: the CLI).
 Attributes are imported lazily so that `sparsesteer --help` stays fast.
 """
@@ -18,9 +18,13 @@ _EXPORTS = {
     "Example": "datasets",
     "ImageDataset": "datasets",
     "UnreadableImage": "datasets",
-    "open_dataset": "datasets",
-    "available_splits": "datasets",
-    "dataset_names": "datasets",
+    "open_dataset": "registry",
+    "ensure_dataset": "registry",
+    "available_splits": "registry",
+    "dataset_names": "registry",
+    "parse_spec": "registry",
+    "limit_dataset": "subset",
+    "stratified_sample": "subset",
     "default_data_root": "datasets",
     "DEFAULT_DATA_ROOT": "datasets",
     "Preprocessor": "preprocess",

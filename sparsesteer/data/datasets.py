@@ -1,8 +1,8 @@
 """Image datasets behind one interface, opened by a spec string.
 
-`open_dataset(spec, split)` understands the built-in names (cifar10, cifar100, tiny-imagenet,
-cub200, celeba, waterbirds: see `builtin.py`), `folder:PATH` (PATH/SPLIT/CLASS/*.jpg) and
-`hf:REPO_ID` (Hugging Face `datasets`, see `hf.py`). Every dataset is map-style and picklable (it
+`registry.open_dataset(spec, split)` understands the built-in names (cifar10, cifar100,
+tiny-imagenet, cub200, celeba, waterbirds: see `builtin.py`), `folder:PATH` (PATH/SPLIT/CLASS/*.jpg)
+and `hf:REPO_ID` (Hugging Face `datasets`, see `hf.py`). Every dataset is map-style and picklable (it
 is used inside DataLoader workers), decodes an image only in `__getitem__`, and answers `labels()`
 and `attribute_array()` from its index files without decoding anything.
 """
@@ -12,10 +12,9 @@ from __future__ import annotations
 import abc
 import dataclasses
 import hashlib
-import inspect
 import io
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -107,6 +106,10 @@ class ImageDataset(abc.ABC):
     def source(self, i: int) -> str:
         """File path or archive member of example i, for error messages and skip lists."""
 
+    def base_index(self, i: int) -> int:
+        """Index of example i in the full split (differs only for a `--limit` subset)."""
+        return int(i)
+
     def labels(self) -> np.ndarray:
         """int64 [len] labels (-1 = unlabeled), read from index files: decodes nothing."""
         return self._labels.copy()
@@ -176,68 +179,3 @@ def missing_file(path: Path, dataset: str, data_root: Path) -> SparsesteerError:
         f"`sparsesteer download {dataset} --data-root {data_root}` "
         "(or pass --data-root / set SPARSESTEER_DATA to the directory that holds it)"
     )
-
-
-# ---------------------------------------------------------------------------------- registry
-def _builtins() -> dict[str, type[ImageDataset]]:
-    from .builtin import BUILTINS
-
-    return BUILTINS
-
-
-def dataset_names() -> list[str]:
-    """Built-in dataset names plus the two prefix forms."""
-    return [*_builtins(), "folder:PATH", "hf:REPO_ID"]
-
-
-def _construct(cls: Callable[..., ImageDataset], spec: str, args: tuple, options: dict[str, Any]) -> ImageDataset:
-    params = inspect.signature(cls).parameters
-    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
-    if not accepts_any:
-        allowed = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
-        for key in options:
-            if key not in allowed:
-                raise SparsesteerError(
-                    f"{spec}: unknown option {key!r}{did_you_mean(key, allowed)}; valid: {', '.join(allowed) or 'none'}"
-                )
-    return cls(*args, **options)
-
-
-def open_dataset(spec: str, split: str, *, data_root: str | Path | None = None, **options: Any) -> ImageDataset:
-    """Open split `split` of the dataset named by `spec`.
-
-    spec: a built-in name (cifar10, cifar100, tiny-imagenet, cub200, celeba, waterbirds) read from
-    its canonical layout under `data_root` (default `default_data_root()`), `folder:PATH`, or
-    `hf:REPO_ID` (options: image_column, label_column, and anything `datasets.load_dataset` takes).
-    """
-    spec = spec.strip()
-    if spec.startswith("folder:"):
-        from .builtin import FolderDataset
-
-        return _construct(FolderDataset, spec, (spec[len("folder:") :], split), options)
-    if spec.startswith("hf:"):
-        from .hf import HFDataset
-
-        return _construct(HFDataset, spec, (spec[len("hf:") :], split), options)
-    builtins = _builtins()
-    if spec not in builtins:
-        raise unknown("dataset", spec, dataset_names())
-    root = Path(data_root).expanduser() if data_root is not None else default_data_root()
-    return _construct(builtins[spec], spec, (root, split), options)
-
-
-def available_splits(spec: str, data_root: str | Path | None = None) -> list[str]:
-    """Splits `open_dataset(spec, split)` accepts."""
-    spec = spec.strip()
-    if spec.startswith("folder:"):
-        from .builtin import FolderDataset
-
-        return FolderDataset.available_splits(spec[len("folder:") :])
-    if spec.startswith("hf:"):
-        from .hf import HFDataset
-
-        return HFDataset.available_splits(spec[len("hf:") :])
-    builtins = _builtins()
-    if spec not in builtins:
-        raise unknown("dataset", spec, dataset_names())
-    return list(builtins[spec].SPLITS)

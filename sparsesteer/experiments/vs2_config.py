@@ -65,9 +65,9 @@ class VS2Config:
     multi_layer: tuple[int, ...] = (2, 3)
     """Table 7: steer the CLS of the last n blocks for each n."""
     limit_train: int | None = None
-    """Use only the first N train images, in dataset order (quick runs; folder: layouts are sorted by class, so few classes)."""
+    """Use a class-stratified sample of N train images, drawn with `seed` (quick runs; recorded in the caches)."""
     limit_test: int | None = None
-    """Use only the first N test images, in dataset order (quick runs; see limit_train)."""
+    """Use a class-stratified sample of N test images, drawn with `seed` (quick runs; see limit_train)."""
     cache_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     """Storage dtype of cached activations."""
     batch_size: int = 64

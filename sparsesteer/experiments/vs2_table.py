@@ -119,18 +119,11 @@ class VS2Experiment:
     def dataset(self, split: str):
         """The split, downloading a built-in dataset first when it is not under the data root."""
         if split not in self._ds:
-            from ..data import download as dl
-            from ..data import open_dataset
+            from ..data import ensure_dataset, limit_dataset
 
-            name = self.cfg.dataset
-            try:
-                ds = open_dataset(name, split, data_root=self.cfg.data_root)
-            except SparsesteerError:
-                if name not in dl.REGISTRY or dl.is_installed(name, self.cfg.data_root):
-                    raise
-                log.info("dataset %s not found under the data root: downloading it", name)
-                dl.download(name, self.cfg.data_root)
-                ds = open_dataset(name, split, data_root=self.cfg.data_root)
+            name, c = self.cfg.dataset, self.cfg
+            limit = c.limit_train if split == c.train_split else c.limit_test
+            ds = limit_dataset(ensure_dataset(name, split, data_root=c.data_root), limit, c.seed)
             if not ds.classes:
                 raise SparsesteerError(f"dataset {name!r} has no class names: zero-shot classification needs them")
             self._ds[split] = ds
@@ -206,6 +199,7 @@ class VS2Experiment:
                 dtype=c.cache_dtype,
                 batch_size=c.batch_size,
                 limit=limit,
+                limit_seed=c.seed,
                 workers=c.workers,
                 device=c.device,
                 data_root=c.data_root,
@@ -236,6 +230,7 @@ class VS2Experiment:
                     out,
                     batch_size=c.batch_size,
                     limit=limit,
+                    limit_seed=c.seed,
                     workers=c.workers,
                     device=c.device,
                     data_root=c.data_root,
@@ -346,7 +341,7 @@ class VS2Experiment:
             saes = self.block_saes()
             clf = self.classifier("single")
             ds = self.dataset(c.test_split)
-            stop = None if c.limit_test is None else min(c.limit_test, len(ds))
+            stop = None
             runs = {"sae_rec_a": inforward.sae_rec_all(saes)}
             for n in c.multi_layer:
                 if 1 < n <= self.backbone.n_blocks:

@@ -54,6 +54,7 @@ def zeroshot(
     out: str | os.PathLike | None = None,
     batch_size: int = 64,
     limit: int | None = None,
+    limit_seed: int = 0,
     workers: int | None = None,
     device: str = "auto",
     data_root: str | os.PathLike | None = None,
@@ -65,7 +66,7 @@ def zeroshot(
     (default `zeroshot/<model>-<dataset>-<split>`). text_cache: directory for the class weights
     (None = do not cache them). on_bad_image='skip' leaves unreadable images out of the scores and
     lists them in `skipped.jsonl`."""
-    from ..data import open_dataset
+    from ..data import limit_dataset, open_dataset
     from ..data.batches import image_batches
     from ..utils.device import resolve_device
     from ..utils.io import write_text
@@ -79,14 +80,14 @@ def zeroshot(
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise SparsesteerError(f"{flag} must be a positive integer, got {value!r}")
     target = resolve_device(device)
-    ds = open_dataset(dataset, split, data_root=data_root)
+    ds = limit_dataset(open_dataset(dataset, split, data_root=data_root), limit, limit_seed)
     if not ds.classes or ds.classes == [str(i) for i in range(len(ds.classes))]:
         raise SparsesteerError(
             f"{ds.name} [{split}] has no class names (only {'integer labels' if ds.classes else 'no labels'}); "
             "zero-shot classification needs a name per class"
         )
-    n_images = len(ds) if limit is None else min(limit, len(ds))
-    labels = ds.labels()[:n_images]
+    n_images = len(ds)
+    labels = ds.labels()
     if (labels < 0).any():
         raise SparsesteerError(
             f"{ds.name} [{split}]: image {int((labels < 0).argmax())} has no label (-1); accuracy needs labelled images"
@@ -122,6 +123,8 @@ def zeroshot(
         "templates": templates,
         "n_images": len(kept),
     }
+    if "subset" in ds.describe():
+        meta["subset"] = ds.describe()["subset"]
     if skipped:
         meta["skipped"] = len(skipped)
     result = evaluate(logits, labels_t, ds.classes, ks=(1, TOPK), meta=meta)
@@ -132,7 +135,7 @@ def zeroshot(
     lines = [
         json.dumps(
             {
-                "index": i,
+                "index": ds.base_index(i),
                 "source": ds.source(i),
                 "label": int(labels_t[row]),
                 "top5": top[row].tolist(),
@@ -190,7 +193,14 @@ def register(subparsers: Any) -> None:
         "--out", metavar="DIR", default=None, help="output directory (default: zeroshot/<model>-<dataset>-<split>)"
     )
     z.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    z.add_argument("--limit", type=int, default=None, metavar="N", help="only the first N images (default: all)")
+    z.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="a class-stratified sample of N images, drawn with --limit-seed (default: all)",
+    )
+    z.add_argument("--limit-seed", type=int, default=0, help="seed of the --limit sample")
     z.add_argument(
         "--workers",
         type=int,
@@ -222,7 +232,7 @@ def register(subparsers: Any) -> None:
 def run_zeroshot(args: argparse.Namespace) -> int:
     run = zeroshot(
         args.model, args.dataset, args.split, templates=args.templates, out=args.out, batch_size=args.batch_size,
-        limit=args.limit, workers=args.workers, device=args.device, data_root=args.data_root,
+        limit=args.limit, limit_seed=args.limit_seed, workers=args.workers, device=args.device, data_root=args.data_root,
         revision=args.revision, text_cache=None if str(args.text_cache).lower() == "none" else args.text_cache,
         on_bad_image=args.on_bad_image,
     )  # fmt: skip

@@ -16,6 +16,6 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
         text = action.help or ""
         if "(default:" in text or "%(default)" in text:
             return text
-        if action.default in (None, False, argparse.SUPPRESS) or not action.option_strings:
+        if any(action.default is v for v in (None, False, argparse.SUPPRESS)) or not action.option_strings:
             return text
         return text + " (default: %(default)s)"

@@ -1,0 +1,120 @@
+"""Dataset specs -> datasets: the one place that knows the spec forms.
+
+    cifar100              a built-in name, read from its canonical layout under the data root
+    folder:PATH           PATH/SPLIT/CLASS/*.jpg|png
+    hf:REPO_ID            a Hugging Face `datasets` repository
+
+`open_dataset` opens a split; `ensure_dataset` also downloads a missing built-in first;
+`available_splits` lists a spec's splits. All of them go through `parse_spec`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from ..utils.errors import SparsesteerError, did_you_mean, unknown
+from .datasets import ImageDataset, default_data_root
+
+log = logging.getLogger(__name__)
+
+PREFIXES = ("folder:", "hf:")
+
+
+class Spec(NamedTuple):
+    """A parsed dataset spec."""
+
+    kind: str
+    """'builtin', 'folder' or 'hf'."""
+    arg: str
+    """The built-in name, the folder path or the hub repository id."""
+
+
+def _builtins() -> dict[str, type[ImageDataset]]:
+    from .builtin import BUILTINS
+
+    return BUILTINS
+
+
+def dataset_names() -> list[str]:
+    """Built-in dataset names plus the two prefix forms."""
+    return [*_builtins(), "folder:PATH", "hf:REPO_ID"]
+
+
+def parse_spec(spec: str) -> Spec:
+    """'folder:/x' -> Spec('folder', '/x'); an unknown built-in name is an error with a suggestion."""
+    spec = spec.strip()
+    for prefix in PREFIXES:
+        if spec.startswith(prefix):
+            return Spec(prefix[:-1], spec[len(prefix) :])
+    if spec not in _builtins():
+        raise unknown("dataset", spec, dataset_names())
+    return Spec("builtin", spec)
+
+
+def _dataset_class(kind: str, arg: str) -> type[ImageDataset]:
+    if kind == "folder":
+        from .builtin import FolderDataset
+
+        return FolderDataset
+    if kind == "hf":
+        from .hf import HFDataset
+
+        return HFDataset
+    return _builtins()[arg]
+
+
+def _construct(cls: Callable[..., ImageDataset], spec: str, args: tuple, options: dict[str, Any]) -> ImageDataset:
+    params = inspect.signature(cls).parameters
+    accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+    if not accepts_any:
+        allowed = [n for n, p in params.items() if p.kind is inspect.Parameter.KEYWORD_ONLY]
+        for key in options:
+            if key not in allowed:
+                raise SparsesteerError(
+                    f"{spec}: unknown option {key!r}{did_you_mean(key, allowed)}; valid: {', '.join(allowed) or 'none'}"
+                )
+    return cls(*args, **options)
+
+
+def open_dataset(spec: str, split: str, *, data_root: str | Path | None = None, **options: Any) -> ImageDataset:
+    """Open split `split` of the dataset named by `spec`.
+
+    spec: a built-in name (cifar10, cifar100, tiny-imagenet, cub200, celeba, waterbirds) read from
+    its canonical layout under `data_root` (default `default_data_root()`), `folder:PATH`, or
+    `hf:REPO_ID` (options: image_column, label_column, and anything `datasets.load_dataset` takes).
+    """
+    kind, arg = parse_spec(spec)
+    cls = _dataset_class(kind, arg)
+    if kind == "builtin":
+        root = Path(data_root).expanduser() if data_root is not None else default_data_root()
+        return _construct(cls, arg, (root, split), options)
+    return _construct(cls, spec.strip(), (arg, split), options)
+
+
+def ensure_dataset(spec: str, split: str, *, data_root: str | Path | None = None, **options: Any) -> ImageDataset:
+    """`open_dataset`, downloading a built-in dataset first when it is not under the data root."""
+    from . import download as dl
+
+    try:
+        return open_dataset(spec, split, data_root=data_root, **options)
+    except SparsesteerError:
+        kind, name = parse_spec(spec)
+        root = Path(data_root).expanduser() if data_root is not None else default_data_root()
+        if kind != "builtin" or name not in dl.REGISTRY or dl.is_installed(name, root):
+            raise
+        log.info("dataset %s not found under %s: downloading it", name, root)
+        dl.download(name, root)
+        return open_dataset(spec, split, data_root=data_root, **options)
+
+
+def available_splits(spec: str, data_root: str | Path | None = None) -> list[str]:
+    """Splits `open_dataset(spec, split)` accepts."""
+    kind, arg = parse_spec(spec)
+    cls = _dataset_class(kind, arg)
+    if kind == "builtin":
+        return list(cls.SPLITS)  # type: ignore[attr-defined]
+    return cls.available_splits(arg)  # type: ignore[attr-defined]
