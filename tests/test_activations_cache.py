@@ -394,8 +394,8 @@ def test_missing_truncated_and_foreign_files(tmp_path, capsys):
 
     m = json.loads((tmp_path / "c" / "manifest.json").read_text())
     (tmp_path / "v").mkdir()
-    (tmp_path / "v" / "manifest.json").write_text(json.dumps({**m, "format_version": 2}))
-    with pytest.raises(SparsesteerError, match="unsupported format_version 2.*upgrade sparsesteer"):
+    (tmp_path / "v" / "manifest.json").write_text(json.dumps({**m, "format_version": 3}))
+    with pytest.raises(SparsesteerError, match="unsupported format_version 3.*upgrade sparsesteer"):
         ActivationCache.open(tmp_path / "v")
     (tmp_path / "v" / "manifest.json").write_text(json.dumps({**m, "format": "saev"}))
     with pytest.raises(SparsesteerError, match="not an activation cache manifest"):

@@ -20,6 +20,7 @@ from test_data_batches import make_folder_dataset
 from sparsesteer.activations.cache import ActivationCache
 from sparsesteer.activations.produce import cache_activations, plan_hooks, shard_images_for
 from sparsesteer.cli import main
+from sparsesteer.data import open_dataset
 from sparsesteer.data.subset import stratified_sample
 from sparsesteer.models import load_backbone
 from sparsesteer.models.tiny import make_tiny_clip
@@ -137,6 +138,7 @@ def test_limit_workers_and_cli_summary(clip, data, bb, tmp_path, capsys):
     c = ActivationCache.open(out)
     assert c.n_images == 3 and c.settings.dataset["len"] == 4
     # --limit is a class-stratified sample (labels of test: 0, 0, 1, 2): every class once
+    assert c.classes == open_dataset(f"folder:{data}", "test").classes  # stored: no dataset needed later
     sub = c.settings.dataset["subset"]
     assert sub["rule"] == "class-stratified" and sub["n"] == 3 and sub["of"] == 4 and sub["seed"] == 0
     np.testing.assert_array_equal(c.labels, [0, 1, 2])

@@ -163,6 +163,7 @@ def cache_activations(
         dataset=ds.describe(),
         split=split,
         preprocessing=pre.to_dict(),
+        classes=tuple(ds.classes) if ds.classes else None,
     )
     with CacheWriter.open(out, settings) as writer:
         if writer.completed:

@@ -23,7 +23,7 @@ Modules: `settings` (format constants, `CacheSettings`, manifest checks), `write
 
 from __future__ import annotations
 
-from .reader import ActivationCache, RowSource, RowView, VerifyReport
+from .reader import ActivationCache, Rows, RowSource, RowView, VerifyReport
 from .settings import (
     DTYPES,
     FORMAT,
@@ -55,6 +55,7 @@ __all__ = [
     "DType",
     "RowSource",
     "RowView",
+    "Rows",
     "VerifyReport",
     "acts_role",
     "shard_file_name",

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -32,6 +32,15 @@ from .settings import (
 
 if TYPE_CHECKING:
     import torch
+
+
+class Rows(NamedTuple):
+    """A whole view read into memory."""
+
+    x: torch.Tensor
+    """[n_rows, d] activations."""
+    labels: np.ndarray | None
+    """int64 [n_rows] label of each row's image (-1 unlabeled), or None when the cache has no labels."""
 
 
 @runtime_checkable
@@ -141,6 +150,11 @@ class ActivationCache:
     @property
     def settings_sha256(self) -> str:
         return self.manifest["settings_sha256"]
+
+    @property
+    def classes(self) -> list[str] | None:
+        """Class names of the labels (format version 2), or None (unlabeled, or a version-1 cache)."""
+        return None if self.settings.classes is None else list(self.settings.classes)
 
     @property
     def skipped(self) -> list[dict[str, Any]]:
@@ -426,7 +440,18 @@ class RowView:
             out[lo : lo + n] = self.cache.index(shard)[sel]
         return out
 
+    def read_all(self, dtype: torch.dtype | None = None) -> Rows:
+        """The whole view in memory: (x [n_rows, d] float32 by default, labels or None). For the
+        small final-CLS views steering and tuning work on; stream big views with `read`."""
+        import torch
+
+        x = self.read(0, self.n_rows).to(dtype or torch.float32)
+        return Rows(x, self.labels(0, self.n_rows))
+
     def describe(self) -> dict[str, Any]:
+        """Where the rows come from: path, hook, tokens, width, and the model/dataset/split that made them."""
+        s = self.cache.settings
+        dataset = s.dataset or {}
         return {
             "path": str(self.cache.path),
             "hook": self.hook,
@@ -435,6 +460,11 @@ class RowView:
             "d": self.d,
             "dtype": self.cache.dtype,
             "settings_sha256": self.cache.settings_sha256,
+            "model": s.model,
+            "dataset": dataset.get("name"),
+            "split": s.split,
+            **({"subset": dataset["subset"]} if "subset" in dataset else {}),
+            "classes": list(s.classes) if s.classes is not None else None,
         }
 
     def __repr__(self) -> str:

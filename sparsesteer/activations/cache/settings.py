@@ -24,7 +24,9 @@ from ...utils.errors import SparsesteerError, unknown
 from ...utils.io import sha256_file
 
 FORMAT = "sparsesteer-activations"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Written by this version. 2 added `settings.classes`; version-1 caches are still read."""
+READABLE_VERSIONS = (1, 2)
 MANIFEST = "manifest.json"
 LABELS_FILE = "labels.npy"
 SHARDS_DIR = "shards"
@@ -92,6 +94,9 @@ class CacheSettings:
     """Dataset split the images come from."""
     preprocessing: dict[str, Any] | None = None
     """Image preprocessing (JSON, opaque to the cache)."""
+    classes: tuple[str, ...] | None = None
+    """Readable class names, `classes[label]` (format version 2), so that zero-shot needs no dataset on
+    disk; None for unlabeled data and in version-1 caches (then absent from the JSON)."""
 
     def __post_init__(self) -> None:
         def fail(field: str, why: str) -> SparsesteerError:
@@ -166,6 +171,10 @@ class CacheSettings:
             raise fail("n_images", f"{self.n_images} images do not fit the int32 row index")
         if self.split is not None and not isinstance(self.split, str):
             raise fail("split", f"expected a string, got {self.split!r}")
+        if self.classes is not None:
+            if isinstance(self.classes, str) or not all(isinstance(c, str) for c in self.classes):
+                raise fail("classes", "expected a list of class-name strings")
+            set_("classes", tuple(self.classes))
         for name in ("model", "dataset", "preprocessing"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Mapping):
@@ -179,7 +188,10 @@ class CacheSettings:
 
     def to_json(self) -> dict[str, Any]:
         """The settings as stored in manifest.json (field order = declaration order)."""
-        return cfg.to_dict(self)
+        data = cfg.to_dict(self)
+        if data["classes"] is None:  # version-1 manifests have no such key: keep their hash
+            del data["classes"]
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any], *, where: str = "cache settings") -> CacheSettings:
@@ -229,10 +241,10 @@ def read_manifest(path: Path) -> tuple[dict[str, Any], CacheSettings]:
         got = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise SparsesteerError(f"{mpath} is not an activation cache manifest (format {got!r}, expected {FORMAT!r})")
     version = manifest.get("format_version")
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         hint = "; upgrade sparsesteer" if isinstance(version, int) and version > FORMAT_VERSION else ""
         raise SparsesteerError(
-            f"{mpath}: unsupported format_version {version!r} (this sparsesteer reads {FORMAT_VERSION}){hint}"
+            f"{mpath}: unsupported format_version {version!r} (this sparsesteer reads {', '.join(map(str, READABLE_VERSIONS))}){hint}"
         )
     for key in ("settings", "settings_sha256", "shards", "skipped", "completed"):
         if key not in manifest:
