@@ -51,6 +51,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever sys.stderr is at the time (tests and notebooks swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value) -> None:
+        pass
+
+
+def _log_to_stderr() -> None:
+    """Our stage messages (INFO) on stderr, once each. Libraries keep their own handlers: a root
+    handler as well would print every library warning twice."""
+    log = logging.getLogger("sparsesteer")
+    if not any(isinstance(h, _StderrHandler) for h in log.handlers):
+        handler = _StderrHandler()
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -59,8 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if args.quiet:
         os.environ["SPARSESTEER_QUIET"] = "1"
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    logging.getLogger("sparsesteer").setLevel(logging.INFO)  # our stage messages; libraries stay at WARNING
+    _log_to_stderr()
     try:
         result = args.func(args)
     except SparsesteerError as e:

@@ -102,6 +102,23 @@ def test_manually_placed_archive_is_used(toy, monkeypatch):
     assert (download("toy", root) / "a.txt").read_bytes() == b"hello"
 
 
+def test_placed_archive_with_a_wrong_checksum_is_named(toy, monkeypatch):
+    root, source = toy
+    downloads = root / ".sparsesteer" / "downloads"
+    downloads.mkdir(parents=True)
+    (downloads / "toy.tar.gz").write_bytes(b"not the archive")
+
+    def offline(url, dest, **kw):
+        raise SparsesteerError(f"cannot download {url}: network unreachable")
+
+    monkeypatch.setattr(dl, "fetch", offline)
+    with pytest.raises(SparsesteerError) as e:
+        download("toy", root)
+    msg = str(e.value)
+    assert f"{downloads / 'toy.tar.gz'} fails its checksum (expected {source.resources[0].checksum}, got " in msg
+    assert "replace it with the file from file://" in msg and "network unreachable" in msg
+
+
 def test_member_checksum_and_expected_paths_are_checked(toy, monkeypatch):
     root, source = toy
     wrong = Source(**{**source.__dict__, "member_checksums": {"toy-data/a.txt": "md5:" + "1" * 32}})

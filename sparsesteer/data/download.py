@@ -350,10 +350,21 @@ def download(name: str, data_root: str | Path | None = None, *, force: bool = Fa
     archives = []
     for res in source.resources:
         archive = work / res.filename
+        placed = None  # a file placed by hand at the documented path that fails its checksum
+        if archive.is_file() and not force and res.checksum is not None and not verify(archive, res.checksum):
+            placed = (
+                f"{archive} fails its checksum (expected {res.checksum}, got {file_checksum(archive, res.checksum)})"
+            )
+            log.warning("%s; downloading it again", placed)
         if not (archive.is_file() and not force and verify(archive, res.checksum)):
             partial = work / f"{res.filename}.part"
             log.info("downloading %s", res.url)
-            fetch(res.url, partial, desc=res.filename)
+            try:
+                fetch(res.url, partial, desc=res.filename)
+            except SparsesteerError as e:
+                if placed is None:
+                    raise
+                raise SparsesteerError(f"{placed}: replace it with the file from {res.url} ({e})") from None
             if not verify(partial, res.checksum):
                 got = file_checksum(partial, res.checksum or "md5:")
                 partial.unlink(missing_ok=True)

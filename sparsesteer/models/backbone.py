@@ -86,6 +86,15 @@ def _load_config(model: str, revision: str | None) -> Any:
         raise SparsesteerError(
             f"model directory {model!r} has no config.json; expected a directory written by save_pretrained"
         )
+    if not is_dir:
+        from huggingface_hub import try_to_load_from_cache
+
+        from ..utils.hub import check_hub
+
+        def cached() -> bool:
+            return isinstance(try_to_load_from_cache(model, "config.json", revision=revision), str)
+
+        check_hub(model, what="model", flag="--model", cached=cached)
     try:
         return AutoConfig.from_pretrained(model, revision=revision)
     except (OSError, ValueError, KeyError) as e:

@@ -21,12 +21,23 @@ import numpy as np
 from .errors import SparsesteerError
 
 
+def _file_mode() -> int:
+    """0666 minus the process umask: the mode `open()` would give a new file."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+_MODE = _file_mode()
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path next to `path`; on success rename it over `path`, else delete it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, _MODE)  # mkstemp makes 0600 files; a shared results folder needs the umask's mode
     os.close(fd)
     tmp = Path(tmp)
     try:
