@@ -14,7 +14,7 @@ import logging
 import os
 import sys
 
-from .utils.cli import HelpFormatter
+from .utils.cli import HelpFormatter, check_outputs, os_error_message
 from .utils.errors import SparsesteerError
 
 # Order = order in `sparsesteer --help`, which follows the pipeline.
@@ -85,10 +85,14 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["SPARSESTEER_QUIET"] = "1"
     _log_to_stderr()
     try:
+        check_outputs(args)  # before any work: an unwritable --out fails now, not after an hour
         result = args.func(args)
     except SparsesteerError as e:
         print(f"sparsesteer {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:  # a write that failed mid-run (disk full, permissions): one line, no traceback
+        print(f"sparsesteer {args.command}: error: {os_error_message(e)}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

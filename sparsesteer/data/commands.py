@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="directory that holds the datasets ($SPARSESTEER_DATA or ~/.cache/sparsesteer/data)",
     )
     parser.add_argument("--force", action="store_true", help="download and extract again even if already verified")
-    parser.set_defaults(func=run_download)
+    parser.set_defaults(func=run_download, output_args=("data_root",))
 
 
 def run_download(args: argparse.Namespace) -> int:

@@ -226,7 +226,7 @@ def register(subparsers: Any) -> None:
         default=DEFAULT_TEXT_CACHE,
         help="directory caching the class weights per (model, classes, templates); 'none' disables it",
     )
-    z.set_defaults(func=run_zeroshot)
+    z.set_defaults(func=run_zeroshot, output_args=("out", "text_cache"))
 
 
 def run_zeroshot(args: argparse.Namespace) -> int:
