@@ -1,0 +1,54 @@
+"""Provenance: built from a cache view, stored in an SAE's cfg.json, and checked when combined."""
+
+import pytest
+from test_activations_cache import make_data, settings, write_cache
+
+from sparsesteer.activations.cache import ActivationCache
+from sparsesteer.sae.provenance import Provenance, check_agree, mismatches
+from sparsesteer.utils.errors import SparsesteerError
+
+
+def test_from_a_cache_view(tmp_path):
+    write_cache(tmp_path / "c", settings(classes=("a", "b"), dataset={"name": "folder:/x", "len": 7}), make_data())
+    view = ActivationCache.open(tmp_path / "c").rows("blocks.0.resid_post", "cls")
+    p = Provenance.from_rows(view.describe())
+    assert (p.model_id, p.model_revision, p.hook, p.tokens, p.d) == ("tiny", None, "blocks.0.resid_post", "cls", 8)
+    assert (p.dataset, p.split, p.classes) == ("folder:/x", "test", ("a", "b"))
+    assert p.activations == str(tmp_path / "c")
+
+
+def test_metadata_round_trip_and_old_checkpoints():
+    p = Provenance("m", "rev1", "blocks.3.resid_post", "patch", 16, "cifar100", "train", ("x", "y"))
+    back = Provenance.from_metadata(p.to_metadata(), d=16)
+    assert back == p
+    # what earlier versions and the SAELens reader wrote
+    old = Provenance.from_metadata({"hook": "blocks.1.resid_post", "model": {"id": "m"}, "dataset": {"name": "c10"}})
+    assert (old.model_id, old.model_revision, old.dataset, old.tokens) == ("m", None, "c10", None)
+    assert Provenance.from_metadata({"model": "plain-id"}).model_id == "plain-id"
+
+
+def test_mismatch_names_both_sides_unknown_is_not_checked():
+    sae = Provenance("openai/clip", "aaa", "blocks.11.resid_post", "cls", 768)
+    cache = Provenance("openai/clip", "bbb", "blocks.10.resid_post", "cls", 768)
+    assert mismatches(sae, cache) == [
+        "model revision: 'aaa' vs 'bbb'",
+        "hook: 'blocks.11.resid_post' vs 'blocks.10.resid_post'",
+    ]
+    with pytest.raises(SparsesteerError) as e:
+        check_agree("the SAE (runs/sae)", sae, "the activations (runs/c)", cache)
+    msg = str(e.value)
+    assert "the SAE (runs/sae) has model openai/clip, model revision aaa, hook blocks.11.resid_post" in msg
+    assert "the activations (runs/c) has model openai/clip, model revision bbb, hook blocks.10.resid_post" in msg
+    assert "--allow-mismatch" in msg
+    notes = check_agree("the SAE", sae, "the activations", cache, allow=True)
+    assert notes == [
+        "the SAE and the activations disagree (model revision: 'aaa' vs 'bbb'; hook: "
+        "'blocks.11.resid_post' vs 'blocks.10.resid_post')"
+    ]
+    unknown = Provenance(hook="blocks.11.resid_post")  # an array without a manifest: nothing else known
+    assert check_agree("a", sae, "b", unknown) == []
+    assert check_agree("a", sae, "b", sae.replace(split="test"), fields=("split",)) == []
+    with pytest.raises(SparsesteerError, match="split: 'train' vs 'test'"):
+        check_agree("a", sae.replace(split="train"), "b", sae.replace(split="test"), fields=("split",))
+    with pytest.raises(SparsesteerError, match="class names differ"):
+        check_agree("a", sae.replace(classes=("x",)), "b", sae.replace(classes=("y",)), fields=("classes_sha256",))
