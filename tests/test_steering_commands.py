@@ -116,6 +116,11 @@ def test_steer_vs2_errors(setup, capsys):
     assert "trained on blocks.1.resid_post, but steering needs an SAE on blocks.2.resid_post" in capsys.readouterr().err
     assert main(base(tmp, clip) + ["--lam", "inf", "--gamma", "2"]) == 2
     assert "finite" in capsys.readouterr().err
+    # fixed strengths and tuning exclude each other (one of them used to be ignored silently)
+    for given in (["--lam", "1", "--gamma", "2"], ["--lam", "1"], ["--gamma", "2"]):
+        assert main(base(tmp, clip) + given + ["--tune-on", str(tmp / "cache-train")]) == 2
+        err = capsys.readouterr().err
+        assert "--lam/--gamma and --tune-on exclude each other" in err, given
 
 
 def test_steer_vs2pp_rows(setup, tmp_path):

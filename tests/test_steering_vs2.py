@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from sparsesteer.models.backbone import load_backbone
+from sparsesteer.models.hook_names import final_resid
 from sparsesteer.models.tiny import make_tiny_clip
 from sparsesteer.models.zeroshot import ZeroShotClassifier
 from sparsesteer.sae import SAEConfig, build
@@ -114,7 +115,7 @@ def clip(tmp_path_factory):
 def test_cls_classifier_equals_the_full_model(clip):
     bb, clf = clip
     pixels = torch.randn(6, 3, bb.image_size, bb.image_size)
-    last = f"blocks.{bb.n_blocks - 1}.resid_post"
+    last = final_resid(bb.n_blocks)
     cls = bb.run(pixels, capture=[last], tokens="cls")[last]
     logits = CLSClassifier(bb, clf).logits(cls)
     ref = clf.logits(bb.embed_images(pixels)).float()
@@ -139,6 +140,23 @@ def test_grid_search_picks_the_best_and_breaks_ties_towards_weak_steering():
     assert (res.best_lam, res.best_gamma) == (1, 2.0)  # first of the optimal points (1, 2.0), (2, 1.5), (4, 1.25)
     flat = grid_search(lambda lam, g: 0.5, [0, 1], [1.0, 2.0], split="val", n=10)
     assert (flat.best_lam, flat.best_gamma) == (0, 1.0)  # no gain: no steering
+
+
+def test_tune_vs2_is_the_grid_of_vs2_accuracies(sae):
+    class Stub:  # accuracy = fraction of rows whose first coordinate is positive (labels ignored)
+        def accuracy(self, x, labels):
+            return float((x[:, 0] > 0).double().mean())
+
+    x = torch.randn(40, 16, dtype=torch.float64)
+    y = torch.zeros(40, dtype=torch.long)
+    lams, gammas = (0.0, 1.0, 3.0), (1.0, 2.0)
+    for rescale in (True, False):
+        grid = V.tune_vs2(Stub(), sae, x, y, lams, gammas, rescale=rescale, split="val")
+        with torch.no_grad():
+            want = [[Stub().accuracy(V.vs2(sae, x, lam, g, rescale=rescale), y) for g in gammas] for lam in lams]
+        assert grid.accuracy == want and grid.n == 40 and grid.split == "val"
+    with pytest.raises(SparsesteerError, match="40 labels"):
+        V.tune_vs2(Stub(), sae, x[:30], y, lams, gammas)
 
 
 def test_heatmap_is_written(tmp_path):

@@ -1,5 +1,6 @@
-"""VS2++ and its baselines, each against an independent computation: a hand-worked neighbour table,
-the literal formulas on SAE codes, hand-computed CLIP steering and weighted RAG, and a tiny CLIP."""
+"""VS2++, its neighbour sets, its baselines and the retrieval suite, each against an independent
+computation: a hand-worked neighbour table, the literal formulas on SAE codes, hand-computed CLIP
+steering and weighted RAG, and a tiny CLIP."""
 
 from __future__ import annotations
 
@@ -11,25 +12,20 @@ from sparsesteer.models.backbone import load_backbone
 from sparsesteer.models.tiny import make_tiny_clip
 from sparsesteer.models.zeroshot import ZeroShotClassifier
 from sparsesteer.sae import SAEConfig, build
+from sparsesteer.steering.baselines import clip_steering, tune_clip_steering, tune_weighted_rag, weighted_rag
 from sparsesteer.steering.classify import CLSClassifier
-from sparsesteer.steering.retrieval import Neighbours, knn
-from sparsesteer.steering.tuning import validation_split
-from sparsesteer.steering.vs2 import sae_direction
-from sparsesteer.steering.vs2pp import (
+from sparsesteer.steering.neighbours import (
     FallbackCounts,
-    clip_steering,
-    evaluate_all,
     mode_labels,
     neighbour_sets,
     pseudo_labels,
-    tune_all,
-    tune_clip_steering,
-    tune_vs2pp,
-    tune_weighted_rag,
     validation_neighbour_sets,
-    vs2pp,
-    weighted_rag,
 )
+from sparsesteer.steering.retrieval import Neighbours, knn
+from sparsesteer.steering.retrieval_suite import RetrievalRows, RetrievalSuiteSettings, evaluate_all, tune_all
+from sparsesteer.steering.tuning import validation_split
+from sparsesteer.steering.vs2 import sae_direction
+from sparsesteer.steering.vs2pp import tune_vs2pp, vs2pp
 from sparsesteer.utils.errors import SparsesteerError
 
 
@@ -402,12 +398,12 @@ def test_tuning_matches_direct_evaluation(tiny):
 
 
 def test_pipeline_rows_tune_all_and_evaluate_all(tiny):
-    """The entry points of `reproduce vs2`: JSON-able tuning, then test rows with the chosen settings."""
+    """The entry points of `reproduce vs2` and `steer vs2pp`: JSON-able tuning, then test rows with the
+    chosen settings."""
     import json
-    from types import SimpleNamespace
 
     t = tiny
-    cfg = SimpleNamespace(
+    settings = RetrievalSuiteSettings(
         neighbours=12,
         positive_rule="query",
         lams=(0.0, 2.0),
@@ -416,41 +412,31 @@ def test_pipeline_rows_tune_all_and_evaluate_all(tiny):
         alphas=(1.0, 0.5),
         retriever="tiny",
     )
+    train = RetrievalRows(
+        cls_nd=t["train_x"], embeds_ne=t["train_emb"], pseudo_n=t["train_pseudo"], labels_n=t["train_labels"]
+    )
     fit, val = validation_split(300, 0.2, seed=0)
-    db = dict(
-        sae=t["sae"],
-        clf=t["clf"],
-        x_db=t["train_x"][fit],
-        emb_db=t["train_emb"][fit],
-        pseudo_db=t["train_pseudo"][fit],
-        labels_db=t["train_labels"][fit],
-    )
-    tuned = tune_all(
-        **db,
-        x_q=t["train_x"][val],
-        emb_q=t["train_emb"][val],
-        pseudo_q=t["train_pseudo"][val],
-        labels_q=t["train_labels"][val],
-        cfg=cfg,
-        split="val",
-    )
+    tuned = tune_all(t["sae"], t["clf"], train.take(fit), train.take(val), settings, split="val")
     keys = {f"{m}_{mode}" for m in ("vs2pp", "clip_steer", "rag") for mode in ("oracle", "pseudo")}
     assert set(tuned) == keys
     json.dumps(tuned)
     assert tuned["vs2pp_oracle"]["labels"] == "oracle" and tuned["rag_pseudo"]["param"] == "alpha"
-    rows = evaluate_all(
-        tuned=tuned,
-        sae=t["sae"],
-        clf=t["clf"],
-        x_db=t["train_x"],
-        emb_db=t["train_emb"],
-        pseudo_db=t["train_pseudo"],
-        labels_db=t["train_labels"],
-        x_q=t["test_x"],
-        emb_q=t["test_emb"],
-        pseudo_q=t["test_pseudo"],
-        cfg=cfg,
+    assert tuned["clip_steer_pseudo"]["retriever"] == "tiny" and tuned["vs2pp_pseudo"]["neighbours"] == 12
+    # the VS2++ row is tune_vs2pp on the same sets
+    val_sets = neighbour_sets(
+        knn(t["train_emb"][val], t["train_emb"][fit], 12),
+        t["train_pseudo"][val],
+        t["train_pseudo"][fit],
+        labels="oracle",
+        db_labels_n=t["train_labels"][fit],
     )
+    u_fit = sae_direction(t["sae"], t["train_x"][fit])
+    grid = tune_vs2pp(
+        t["clf"], t["sae"], t["train_x"][val], t["train_labels"][val], val_sets, u_fit, (0.0, 2.0), (1.0, 1.5)
+    )
+    assert tuned["vs2pp_oracle"]["accuracy"] == grid.accuracy
+    queries = RetrievalRows(cls_nd=t["test_x"], embeds_ne=t["test_emb"], pseudo_n=t["test_pseudo"])
+    rows = evaluate_all(tuned, t["sae"], t["clf"], train, queries, settings)
     assert set(rows) == keys
     sets = neighbour_sets(
         knn(t["test_emb"], t["train_emb"], 12),
@@ -466,3 +452,38 @@ def test_pipeline_rows_tune_all_and_evaluate_all(tiny):
     )
     assert rows["vs2pp_oracle"]["pred"].tolist() == direct.tolist()
     json.dumps({k: r["settings"] for k, r in rows.items()})
+    # one label mode only; test labels are never an input; tuning needs the validation labels
+    pseudo_only = RetrievalSuiteSettings(neighbours=12, labels=("pseudo",), lams=(0.0,), gammas=(1.0,))
+    assert set(tune_all(t["sae"], t["clf"], train.take(fit), train.take(val), pseudo_only, split="v")) == {
+        "vs2pp_pseudo",
+        "clip_steer_pseudo",
+        "rag_pseudo",
+    }
+    with pytest.raises(SparsesteerError, match="never reads the test queries' labels"):
+        evaluate_all(tuned, t["sae"], t["clf"], train, queries._replace(labels_n=t["test_labels"]), settings)
+    with pytest.raises(SparsesteerError, match="true labels"):
+        tune_all(t["sae"], t["clf"], train.take(fit), queries, settings, split="v")
+
+
+def test_suite_settings_are_validated():
+    assert RetrievalSuiteSettings().neighbours == 50
+    with pytest.raises(SparsesteerError, match="neighbours must be an integer >= 1"):
+        RetrievalSuiteSettings(neighbours=0)
+    with pytest.raises(SparsesteerError, match="did you mean 'mode'"):
+        RetrievalSuiteSettings(positive_rule="modes")
+    with pytest.raises(SparsesteerError, match="did you mean 'oracle'"):
+        RetrievalSuiteSettings(labels=("pseudo", "oracel"))
+    with pytest.raises(SparsesteerError, match="no label mode"):
+        RetrievalSuiteSettings(labels=())
+    with pytest.raises(SparsesteerError, match="alphas must be finite"):
+        RetrievalSuiteSettings(alphas=(1.0, float("nan")))
+    with pytest.raises(SparsesteerError, match="clip_lams grid is empty"):
+        RetrievalSuiteSettings(clip_lams=())
+
+
+def test_neighbour_sets_subset_keeps_rows():
+    sets = table_sets("oracle", "mode")
+    sub = sets.subset(torch.tensor([4, 1]))
+    for name in ("indices_qn", "similarity_qn", "labels_qn", "target_q", "positive_qn"):
+        assert torch.equal(getattr(sub, name), getattr(sets, name)[[4, 1]]), name
+    assert (sub.n_database, sub.labels, sub.rule) == (20, "oracle", "mode")

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from ..steering.tuning import DEFAULT_ALPHAS, DEFAULT_CLIP_LAMS, DEFAULT_GAMMAS, DEFAULT_LAMS
+from ..steering.tuning import DEFAULT_ALPHAS, DEFAULT_CLIP_LAMS, DEFAULT_GAMMAS, DEFAULT_LAMS, N_NEIGHBOURS
 from ..utils.errors import SparsesteerError
 
 
@@ -26,7 +26,7 @@ class VS2Config:
     """Where built-in datasets live (downloaded there when missing); None = SPARSESTEER_DATA or ~/.cache."""
     retriever: str = "facebook/dinov2-base"
     """VS2++ retrieval embeddings: a DINOv2 hub id/directory, or 'clip' for CLIP image embeddings."""
-    neighbours: int = 50
+    neighbours: int = N_NEIGHBOURS
     """VS2++: neighbours retrieved per query."""
     positive_rule: Literal["query", "mode"] = "query"
     """VS2++ positives: neighbours sharing the query's pseudo-label, or carrying the most frequent label."""

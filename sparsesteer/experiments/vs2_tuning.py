@@ -12,10 +12,12 @@ import numpy as np
 import torch
 
 from ..steering import vs2 as V
-from ..steering.tuning import GridSearch, grid_search
+from ..steering.tuning import GridSearch
 from ..utils import io
 
 if TYPE_CHECKING:
+    from ..steering.retrieval_suite import RetrievalSuiteSettings
+    from .vs2_config import VS2Config
     from .vs2_table import VS2Experiment
 
 
@@ -37,14 +39,7 @@ def tune(exp: VS2Experiment) -> None:
             continue
         sae = exp.load_sae(name)
         V.check_sae_for_cls(sae, exp.backbone.d_model, exp.backbone.n_blocks)
-        u = V.sae_direction(sae, x_val)
-        grid = grid_search(
-            lambda lam, g, sae=sae, u=u: clf.accuracy(V.vs2(sae, x_val, lam, g, u_bd=u), y_val),
-            c.lams,
-            c.gammas,
-            split=split,
-            n=len(val),
-        )
+        grid = V.tune_vs2(clf, sae, x_val, y_val, c.lams, c.gammas, split=split)
         grid.heatmap(exp.path("plots", f"tuning_{key}.png"), title=f"{key}: {exp.backbone.model_id} on {c.dataset}")
         out[key] = grid.to_json()
     retrieval = _tune_retrieval(exp, x_train, y_train, fit, val, clf, split)
@@ -120,45 +115,52 @@ def evaluate_test(exp: VS2Experiment) -> None:
 
 
 # ---------------------------------------------------------------------- VS2++ and its baselines
+def _suite(c: VS2Config) -> RetrievalSuiteSettings:
+    """The retrieval suite's settings from the run's config."""
+    from ..steering.retrieval_suite import RetrievalSuiteSettings
+
+    return RetrievalSuiteSettings(
+        neighbours=c.neighbours,
+        positive_rule=c.positive_rule,
+        lams=c.lams,
+        gammas=c.gammas,
+        clip_lams=c.clip_lams,
+        alphas=c.alphas,
+        retriever=c.retriever,
+    )
+
+
 def _tune_retrieval(exp, x_train, y_train, fit, val, clf, split) -> dict[str, Any]:
     """VS2++ (oracle, pseudo), CLIP steering and weighted RAG tuned on validation queries that
     retrieve from the fit part of train."""
-    from ..steering import vs2pp
+    from ..steering.retrieval_suite import RetrievalRows, tune_all
 
-    return vs2pp.tune_all(
-        sae=exp.load_sae("final"),
-        clf=clf,
-        x_db=x_train[fit],
-        emb_db=torch.from_numpy(exp.load_array(f"retrieval_{exp.cfg.train_split}"))[fit],
-        pseudo_db=torch.from_numpy(exp.load_array("pseudo_train"))[fit],
-        labels_db=torch.from_numpy(y_train[fit]),
-        x_q=x_train[val],
-        emb_q=torch.from_numpy(exp.load_array(f"retrieval_{exp.cfg.train_split}"))[val],
-        pseudo_q=torch.from_numpy(exp.load_array("pseudo_train"))[val],
-        labels_q=torch.from_numpy(y_train[val]),
-        cfg=exp.cfg,
-        split=split,
+    train = RetrievalRows(
+        cls_nd=x_train,
+        embeds_ne=torch.from_numpy(exp.load_array(f"retrieval_{exp.cfg.train_split}")),
+        pseudo_n=torch.from_numpy(exp.load_array("pseudo_train")),
+        labels_n=torch.from_numpy(y_train),
     )
+    return tune_all(exp.load_sae("final"), clf, train.take(fit), train.take(val), _suite(exp.cfg), split=split)
 
 
 def _evaluate_retrieval(exp, tuned, x_test, y_test, x_train, clf) -> dict[str, dict[str, Any]]:
     """Test rows of VS2++ and its baselines; test queries retrieve from the whole train split."""
-    from ..steering import vs2pp
+    from ..steering.retrieval_suite import RetrievalRows, evaluate_all
 
     c = exp.cfg
-    rows = vs2pp.evaluate_all(
-        tuned=tuned,
-        sae=exp.load_sae("final"),
-        clf=clf,
-        x_db=x_train,
-        emb_db=torch.from_numpy(exp.load_array(f"retrieval_{c.train_split}")),
-        pseudo_db=torch.from_numpy(exp.load_array("pseudo_train")),
-        labels_db=torch.from_numpy(exp.load_array("train_labels")),
-        x_q=x_test,
-        emb_q=torch.from_numpy(exp.load_array(f"retrieval_{c.test_split}")),
-        pseudo_q=torch.from_numpy(exp.load_array("pseudo_test")),
-        cfg=c,
+    database = RetrievalRows(
+        cls_nd=x_train,
+        embeds_ne=torch.from_numpy(exp.load_array(f"retrieval_{c.train_split}")),
+        pseudo_n=torch.from_numpy(exp.load_array("pseudo_train")),
+        labels_n=torch.from_numpy(exp.load_array("train_labels")),
     )
+    queries = RetrievalRows(
+        cls_nd=x_test,
+        embeds_ne=torch.from_numpy(exp.load_array(f"retrieval_{c.test_split}")),
+        pseudo_n=torch.from_numpy(exp.load_array("pseudo_test")),
+    )
+    rows = evaluate_all(tuned, exp.load_sae("final"), clf, database, queries, _suite(c))
     out = {}
     for key, r in rows.items():
         exp.save_array(f"pred_{key}", r["pred"])

@@ -4,11 +4,19 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from ..utils.errors import SparsesteerError
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+    from ..activations.cache import ActivationCache
+    from ..models.backbone import Backbone
+    from ..sae.base import SparseAutoencoder
+    from .classify import CLSClassifier
 
 EXAMPLES = """examples:
   sparsesteer steer vs2 --model openai/clip-vit-base-patch32 --sae runs/sae --activations runs/c100-test --lam 2.1 --gamma 1.5
@@ -27,6 +35,7 @@ EXAMPLES_PP = """example (DINOv2 retrieval, as in the paper):
 
 def register(sub: argparse._SubParsersAction) -> None:
     from ..utils.cli import HelpFormatter
+    from .tuning import N_NEIGHBOURS
 
     p = sub.add_parser(
         "steer",
@@ -100,7 +109,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="retriever `head` cache of the scored split (e.g. DINOv2); default: CLIP image embeddings",
     )
     pp.add_argument("--retrieval-database", metavar="DIR", help="retriever `head` cache of the database split")
-    pp.add_argument("--neighbours", type=int, default=50, help="neighbours per query")
+    pp.add_argument("--neighbours", type=int, default=N_NEIGHBOURS, help="neighbours per query")
     pp.add_argument(
         "--positive-rule",
         choices=["query", "mode"],
@@ -157,14 +166,16 @@ def _classes(cache, dataset: str | None, data_root: str | None) -> list[str]:
 class _Scored(NamedTuple):
     """What both steering commands start from: model, SAE, the scored split and its classifier."""
 
-    backbone: Any
-    sae: Any
-    cache: Any
-    x: Any
+    backbone: Backbone
+    sae: SparseAutoencoder
+    cache: ActivationCache
+    """The cache of the scored split."""
+    x: Tensor
     """[N, d] final-layer CLS vectors of the scored split."""
     labels: np.ndarray
-    classifier: Any
-    """CLSClassifier with the single-prompt or ensemble zero-shot weights."""
+    """[N] true labels of the scored split (for scoring only)."""
+    classifier: CLSClassifier
+    """The single-prompt or ensemble zero-shot weights on the CLIP head."""
 
 
 def _load_scored(args: argparse.Namespace, templates: str = "single") -> _Scored:
@@ -187,7 +198,7 @@ def _load_scored(args: argparse.Namespace, templates: str = "single") -> _Scored
     if labels.max() >= len(classes):
         raise SparsesteerError(f"labels go up to {labels.max()} but there are only {len(classes)} class names")
     clf = CLSClassifier(bb, ZeroShotClassifier.build(bb, classes, get_templates(templates)))
-    return _Scored(bb, sae, cache, x, labels, clf)
+    return _Scored(backbone=bb, sae=sae, cache=cache, x=x, labels=labels, classifier=clf)
 
 
 def run_vs2(args: argparse.Namespace) -> int:
@@ -195,8 +206,13 @@ def run_vs2(args: argparse.Namespace) -> int:
 
     from ..utils import io
     from . import vs2 as V
-    from .tuning import grid_search, validation_split
+    from .tuning import validation_split
 
+    if args.tune_on and (args.lam is not None or args.gamma is not None):
+        raise SparsesteerError(
+            "--lam/--gamma and --tune-on exclude each other: give --lam and --gamma to steer with them, "
+            "or --tune-on TRAIN_CACHE to tune both on validation"
+        )
     if (args.lam is None) != (args.gamma is None):
         raise SparsesteerError("give both --lam and --gamma, or neither and --tune-on")
     if args.lam is None and not args.tune_on:
@@ -224,18 +240,18 @@ def run_vs2(args: argparse.Namespace) -> int:
         if y_train is None or (y_train < 0).all():
             raise SparsesteerError(f"{args.tune_on} has no labels: tuning on its validation part needs them")
         fit, val = validation_split(len(y_train), args.val_fraction, args.seed)
-        xv, yv = x_train[val], torch.from_numpy(y_train[val])
-        u = V.sae_direction(sae, xv)
-        if lam is None:
-            grid = grid_search(
-                lambda l, g: clf.accuracy(V.vs2(sae, xv, l, g, u_bd=u, rescale=rescale), yv),
-                split=f"validation part ({args.val_fraction:g}) of {args.tune_on}",
-                n=len(val),
-            )
-            lam, gamma = grid.best_lam, grid.best_gamma
-            report["tuning"] = grid.to_json()
-            if args.out:
-                grid.heatmap(Path(args.out) / "tuning_vs2.png", title=f"VS2 tuning: {bb.model_id}")
+        grid = V.tune_vs2(
+            clf,
+            sae,
+            x_train[val],
+            torch.from_numpy(y_train[val]),
+            rescale=rescale,
+            split=f"validation part ({args.val_fraction:g}) of {args.tune_on}",
+        )
+        lam, gamma = grid.best_lam, grid.best_gamma
+        report["tuning"] = grid.to_json()
+        if args.out:
+            grid.heatmap(Path(args.out) / "tuning_vs2.png", title=f"VS2 tuning: {bb.model_id}")
         if args.gate_quantile is not None:
             gate = V.FVUGate.fit(sae, x_train[fit], args.gate_quantile)
             mask = gate.mask(sae, x)
@@ -281,13 +297,11 @@ def _head_rows(path: str, n: int, what: str):
 
 
 def run_vs2pp(args: argparse.Namespace) -> int:
-    from types import SimpleNamespace
-
     import torch
 
     from ..utils import io
-    from . import vs2pp
-    from .tuning import DEFAULT_ALPHAS, DEFAULT_CLIP_LAMS, DEFAULT_GAMMAS, DEFAULT_LAMS, validation_split
+    from .retrieval_suite import RetrievalRows, RetrievalSuiteSettings, evaluate_all, tune_all
+    from .tuning import validation_split
 
     if (args.retrieval_activations is None) != (args.retrieval_database is None):
         raise SparsesteerError(
@@ -307,47 +321,21 @@ def run_vs2pp(args: argparse.Namespace) -> int:
     else:
         emb_q, emb_db, retriever = clf.embed(x_q), clf.embed(x_db), "clip"
     pseudo_q, pseudo_db = clf.predict(x_q), clf.predict(x_db)
-    labels_db = torch.from_numpy(y_db)
-    cfg = SimpleNamespace(
-        neighbours=args.neighbours,
-        positive_rule=args.positive_rule,
-        lams=DEFAULT_LAMS,
-        gammas=DEFAULT_GAMMAS,
-        clip_lams=DEFAULT_CLIP_LAMS,
-        alphas=DEFAULT_ALPHAS,
-        retriever=retriever,
+    settings = RetrievalSuiteSettings(
+        neighbours=args.neighbours, positive_rule=args.positive_rule, labels=modes, retriever=retriever
     )
+    database = RetrievalRows(cls_nd=x_db, embeds_ne=emb_db, pseudo_n=pseudo_db, labels_n=torch.from_numpy(y_db))
     fit, val = validation_split(len(x_db), args.val_fraction, args.seed)
-    fit_t, val_t = torch.from_numpy(fit), torch.from_numpy(val)
-    tuned = vs2pp.tune_all(
-        sae=sae,
-        clf=clf,
-        x_db=x_db[fit_t],
-        emb_db=emb_db[fit_t],
-        pseudo_db=pseudo_db[fit_t],
-        labels_db=labels_db[fit_t],
-        x_q=x_db[val_t],
-        emb_q=emb_db[val_t],
-        pseudo_q=pseudo_db[val_t],
-        labels_q=labels_db[val_t],
-        cfg=cfg,
+    tuned = tune_all(
+        sae,
+        clf,
+        database.take(torch.from_numpy(fit)),
+        database.take(torch.from_numpy(val)),
+        settings,
         split=f"validation part ({args.val_fraction:g}) of {args.database}",
-        modes=modes,
     )
-    rows = vs2pp.evaluate_all(
-        tuned=tuned,
-        sae=sae,
-        clf=clf,
-        x_db=x_db,
-        emb_db=emb_db,
-        pseudo_db=pseudo_db,
-        labels_db=labels_db,
-        x_q=x_q,
-        emb_q=emb_q,
-        pseudo_q=pseudo_q,
-        cfg=cfg,
-        modes=modes,
-    )
+    queries = RetrievalRows(cls_nd=x_q, embeds_ne=emb_q, pseudo_n=pseudo_q)  # no labels: scored below
+    rows = evaluate_all(tuned, sae, clf, database, queries, settings)
     zs = 100 * float((pseudo_q.numpy() == y_q).mean())
     report = {
         "model": bb.model_id,

@@ -3,6 +3,7 @@
 SAE_REC^A replaces the CLS token of every block's output by its SAE reconstruction; multi-layer
 VS2 steers the CLS of the last n blocks, each with the SAE of its block. Both change what later
 blocks see, so they need model forwards (unlike final-layer VS2, which runs on cached vectors).
+Both are SAE edits (`steering/edits.py`).
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from torch import Tensor
 from ..models.hook_names import hook_name
 from ..models.hooks import Intervention
 from ..sae.base import SparseAutoencoder
-from . import vs2 as V
+from ..utils.errors import SparsesteerError
+from . import edits
+from .edits import check_finite
 
 if TYPE_CHECKING:
     from ..data.datasets import ImageDataset
@@ -24,31 +27,16 @@ if TYPE_CHECKING:
     from ..models.zeroshot import ZeroShotClassifier
 
 
-def cls_hook(block: int) -> str:
-    return hook_name(block)
-
-
-def _flat(fn):
-    """Wrap a [N, d] -> [N, d] function as an intervention function on [B, T, d]."""
-
-    def apply(acts_btd: Tensor, positions_t: Tensor) -> Tensor:
-        shape = acts_btd.shape
-        return fn(acts_btd.reshape(-1, shape[-1])).reshape(shape).to(acts_btd.dtype)
-
-    return apply
-
-
 def reconstruct_cls(block: int, sae: SparseAutoencoder) -> Intervention:
-    """Replace block `block`'s output CLS by its SAE reconstruction."""
-    return Intervention(cls_hook(block), _flat(lambda x: sae.reconstruct(x.to(sae.dtype))), tokens="cls")
+    """Replace block `block`'s output CLS by its SAE reconstruction (the error term dropped)."""
+    return edits.reconstruct(hook_name(block), sae, tokens="cls")
 
 
 def vs2_cls(block: int, sae: SparseAutoencoder, lam: float, gamma: float, *, rescale: bool = True) -> Intervention:
-    """VS2 on block `block`'s output CLS."""
-    V.check_finite(lam=lam, gamma=gamma)
-    return Intervention(
-        cls_hook(block), _flat(lambda x: V.vs2(sae, x.to(sae.dtype), lam, gamma, rescale=rescale)), tokens="cls"
-    )
+    """VS2 on block `block`'s output CLS: every code scaled by 1 + lam (gamma - 1), i.e.
+    x + lam (gamma - 1) W_dec^T f, then rescaled to ||x||."""
+    check_finite(lam=lam, gamma=gamma)
+    return edits.scale_latents(hook_name(block), sae, None, 1.0 + lam * (gamma - 1.0), tokens="cls", rescale=rescale)
 
 
 def sae_rec_all(saes: Mapping[int, SparseAutoencoder]) -> list[Intervention]:
@@ -63,8 +51,6 @@ def vs2_last_blocks(
     blocks = list(range(n_blocks - last, n_blocks))
     missing = [b for b in blocks if b not in saes]
     if missing:
-        from ..utils.errors import SparsesteerError
-
         raise SparsesteerError(f"multi-layer steering over the last {last} blocks needs SAEs for blocks {missing}")
     return [vs2_cls(b, saes[b], lam, gamma, rescale=rescale) for b in blocks]
 

@@ -1,4 +1,7 @@
-"""Hyper-parameter selection on a validation split carved from TRAIN, never on the test split."""
+"""Hyper-parameter selection on a validation split carved from TRAIN, never on the test split: the
+default grids, the validation split, grid searches over (lam, gamma) and line searches over one value.
+
+Torch-free, so that command-line settings can take their defaults from here without slowing `--help`."""
 
 from __future__ import annotations
 
@@ -19,6 +22,9 @@ DEFAULT_GAMMAS = tuple(round(1.0 + 0.1 * i, 2) for i in range(20))  # 1.0 .. 2.9
 DEFAULT_CLIP_LAMS = (0.0, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.0, 2.5, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0)
 # Weighted RAG (E = alpha q + (1 - alpha) sum w r): from 1 (plain zero-shot) down, so ties keep zero-shot.
 DEFAULT_ALPHAS = tuple(round(1.0 - 0.05 * i, 2) for i in range(21))
+
+N_NEIGHBOURS = 50
+"""VS2++ and its baselines: neighbours retrieved per query (the paper's N; ablation: 10/25/50/100)."""
 
 
 def validation_split(n: int, fraction: float = 0.1, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -113,12 +119,51 @@ def grid_search(
     flat = np.asarray(acc)
     i, j = np.unravel_index(int(np.argmax(flat)), flat.shape)
     return GridSearch(
-        [float(v) for v in lams],
-        [float(v) for v in gammas],
-        acc,
-        float(lams[i]),
-        float(gammas[j]),
-        float(flat[i, j]),
-        split,
-        n,
+        lams=[float(v) for v in lams],
+        gammas=[float(v) for v in gammas],
+        accuracy=acc,
+        best_lam=float(lams[i]),
+        best_gamma=float(gammas[j]),
+        best_accuracy=float(flat[i, j]),
+        split=split,
+        n=n,
+    )
+
+
+@dataclass
+class LineSearch:
+    """Accuracy over one hyper-parameter and the chosen value (ties: the first, i.e. the weakest)."""
+
+    param: str
+    """Name of the hyper-parameter (e.g. 'lam', 'alpha')."""
+    values: list[float]
+    accuracy: list[float]
+    """accuracy[i] for values[i] (fraction in [0, 1])."""
+    best_value: float
+    best_accuracy: float
+    split: str
+    """Where it was evaluated (a validation split of train)."""
+    n: int
+    """Number of samples it was evaluated on."""
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def line_search(
+    score: Callable[[float], float], values: Sequence[float], *, param: str, split: str, n: int
+) -> LineSearch:
+    """Evaluate `score(value)` for each value; the first best wins."""
+    if not values:
+        raise SparsesteerError(f"the {param} grid is empty")
+    acc = [float(score(float(v))) for v in values]
+    i = int(np.argmax(acc))
+    return LineSearch(
+        param=param,
+        values=[float(v) for v in values],
+        accuracy=acc,
+        best_value=float(values[i]),
+        best_accuracy=acc[i],
+        split=split,
+        n=n,
     )

@@ -18,8 +18,9 @@ FVU(x) = ||x - x_tilde||^2 / ||x - mu||^2 <= tau, tau a quantile of FVU on unlab
 
 from __future__ import annotations
 
-import math
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
@@ -27,15 +28,13 @@ from torch import Tensor
 from ..models.hook_names import final_resid, hook_name
 from ..sae.base import SparseAutoencoder, SparseCodes
 from ..utils.errors import SparsesteerError
+from .edits import check_finite
+from .tuning import DEFAULT_GAMMAS, DEFAULT_LAMS, GridSearch, grid_search
+
+if TYPE_CHECKING:
+    from .classify import CLSClassifier
 
 _CHUNK = 8192
-
-
-def check_finite(**values: float) -> None:
-    """Steering strengths must be finite numbers (NaN/inf would silently poison every prediction)."""
-    for name, v in values.items():
-        if not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise SparsesteerError(f"{name} must be a finite number, got {v!r}")
 
 
 def check_sae_for_cls(
@@ -105,6 +104,32 @@ def vs2(
     if mask_b is not None:
         out = torch.where(mask_b[:, None], out, x_bd)
     return out
+
+
+def tune_vs2(
+    classifier: CLSClassifier,
+    sae: SparseAutoencoder,
+    x_val_bd: Tensor,
+    labels_val_b: Tensor,
+    lams: Sequence[float] = DEFAULT_LAMS,
+    gammas: Sequence[float] = DEFAULT_GAMMAS,
+    *,
+    rescale: bool = True,
+    split: str = "validation split of train",
+) -> GridSearch:
+    """Validation accuracy of VS2 over a (lam, gamma) grid. The SAE direction is computed once; each
+    grid point is one steer + head pass over the validation vectors. `labels_val_b` (true labels of
+    the validation items, train labels) are used only to score."""
+    if x_val_bd.ndim != 2 or x_val_bd.shape[0] != len(labels_val_b):
+        raise SparsesteerError(
+            f"validation CLS vectors have shape {tuple(x_val_bd.shape)} but there are {len(labels_val_b)} labels"
+        )
+    u_bd = sae_direction(sae, x_val_bd)
+
+    def score(lam: float, gamma: float) -> float:
+        return classifier.accuracy(vs2(sae, x_val_bd, lam, gamma, u_bd=u_bd, rescale=rescale), labels_val_b)
+
+    return grid_search(score, lams, gammas, split=split, n=len(labels_val_b))
 
 
 def sae_rec(sae: SparseAutoencoder, x_bd: Tensor, gamma: float = 1.0) -> Tensor:
