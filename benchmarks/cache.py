@@ -80,11 +80,22 @@ def naive(bb, spec: str, split: str, hook: str, n: int, batch_size: int) -> floa
 
 def produce(bb, spec: str, split: str, hook: str, n: int, batch_size: int, workers: int, out: Path) -> float:
     """Images/s of `cache_activations` into a fresh directory (backbone loaded beforehand, as for naive)."""
-    from sparsesteer.activations.produce import cache_activations
+    from sparsesteer.activations.produce import CacheConfig, cache_activations
 
     shutil.rmtree(out, ignore_errors=True)
     t0 = time.perf_counter()
-    cache = cache_activations(bb, spec, split, [hook], TOKENS, out, batch_size=batch_size, limit=n, workers=workers)
+    cfg = CacheConfig(
+        model=bb.model_id,
+        dataset=spec,
+        split=split,
+        hooks=(hook,),
+        tokens=TOKENS,
+        out=str(out),
+        batch_size=batch_size,
+        limit=n,
+        workers=workers,
+    )
+    cache = cache_activations(cfg, backbone=bb)
     dt = time.perf_counter() - t0
     assert cache.completed and cache.n_rows == n * 50
     return n / dt

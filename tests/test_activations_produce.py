@@ -18,15 +18,25 @@ import torch
 from test_data_batches import make_folder_dataset
 
 from sparsesteer.activations.cache import ActivationCache
-from sparsesteer.activations.produce import cache_activations, plan_hooks, shard_images_for
+from sparsesteer.activations.produce import CacheConfig, cache_activations, plan_hooks, shard_images_for
 from sparsesteer.cli import main
 from sparsesteer.data import open_dataset
 from sparsesteer.data.subset import stratified_sample
-from sparsesteer.models import load_backbone
+from sparsesteer.models import Backbone, load_backbone
 from sparsesteer.models.tiny import make_tiny_clip
 from sparsesteer.utils.errors import SparsesteerError
 
 TESTS = Path(__file__).parent
+
+
+def run_cache(model, dataset, split, hooks, tokens, out, **options):
+    """`cache_activations` from the positional form these tests read best in; `model` may be a Backbone."""
+    backbone = model if isinstance(model, Backbone) else None
+    model_id = backbone.model_id if backbone is not None else str(model)
+    cfg = CacheConfig(
+        model=model_id, dataset=dataset, split=split, hooks=tuple(hooks), tokens=tokens, out=str(out), **options
+    )
+    return cache_activations(cfg, backbone=backbone)
 
 
 def tiny_clip(tmp_path_factory) -> Path:
@@ -86,7 +96,7 @@ def npy_hashes(path: Path) -> dict[str, str]:
     ],
 )
 def test_cached_rows_equal_an_independent_forward(clip, data, bb, tmp_path, tokens, hooks, positions):
-    c = cache_activations(
+    c = run_cache(
         clip, f"folder:{data}", "train", hooks, tokens, tmp_path / "c", batch_size=2, shard_images=3, workers=0
     )
     assert c.completed and c.n_images == 7 and c.n_shards == 3  # shards of 3, 3, 1 images
@@ -223,12 +233,12 @@ def test_unreadable_images_skip_or_error(clip, bb, tmp_path, capsys):
 def test_half_dtypes_round_to_nearest_even(clip, data, bb, tmp_path):
     kw = dict(batch_size=4, workers=0)
     hook = "blocks.2.resid_post"
-    ref = read_all(cache_activations(clip, f"folder:{data}", "train", [hook], "all", tmp_path / "f32", **kw), hook)
+    ref = read_all(run_cache(clip, f"folder:{data}", "train", [hook], "all", tmp_path / "f32", **kw), hook)
     # A loaded Backbone works as well as a model id (same settings, so the same model identity).
-    f16 = cache_activations(bb, f"folder:{data}", "train", [hook], "all", tmp_path / "f16", dtype="float16", **kw)
+    f16 = run_cache(bb, f"folder:{data}", "train", [hook], "all", tmp_path / "f16", dtype="float16", **kw)
     assert f16.settings.model == {"id": str(clip), "revision": bb.revision, "arch": "clip"}
     np.testing.assert_array_equal(f16.shard(hook, 0), ref.astype(np.float16))
-    bf16 = cache_activations(clip, f"folder:{data}", "train", [hook], "all", tmp_path / "bf16", dtype="bfloat16", **kw)
+    bf16 = run_cache(clip, f"folder:{data}", "train", [hook], "all", tmp_path / "bf16", dtype="bfloat16", **kw)
     bits = ref.view(np.uint32).astype(np.uint64)
     expected = ((bits + 0x7FFF + ((bits >> 16) & 1)) >> 16).astype(np.uint16)  # round to nearest even, by hand
     np.testing.assert_array_equal(np.asarray(bf16.shard(hook, 0)), expected)
@@ -248,11 +258,19 @@ def test_float16_overflow_is_an_error_naming_the_row(clip, data, tmp_path):
         match=r"hook 'blocks.0.resid_pre' at image 0, token 0 overflow torch.float16.*"
         r"--dtype float32 or bfloat16",
     ):
-        cache_activations(
+        run_cache(
             model, f"folder:{data}", "train", ["blocks.0.resid_pre"], "cls", tmp_path / "c", dtype="float16", workers=0
         )
-    with pytest.raises(SparsesteerError, match="pass device and revision to load_backbone"):
-        cache_activations(model, f"folder:{data}", "train", ["blocks.0.resid_pre"], "cls", tmp_path / "d", device="cpu")
+    other = CacheConfig(
+        model="another/model",
+        dataset=f"folder:{data}",
+        split="train",
+        hooks=("blocks.0.resid_pre",),
+        tokens="cls",
+        out=str(tmp_path / "d"),
+    )
+    with pytest.raises(SparsesteerError, match="the backbone is .* but cfg.model is 'another/model'"):
+        cache_activations(other, backbone=model)
 
 
 def test_shard_size_from_target_megabytes(bb):
@@ -381,7 +399,7 @@ def test_dinov2_with_registers_head_and_patches(data, tmp_path):
 
     path = make_tiny_dinov2(tmp_path / "dino", layers=2, registers=2)
     dino = load_backbone(path)
-    c = cache_activations(
+    c = run_cache(
         dino, f"folder:{data}", "train", ["head", "blocks.1.resid_post"], "cls", tmp_path / "h", workers=0, batch_size=3
     )
     assert c.settings.d == {"head": 32, "blocks.1.resid_post": 32} and c.settings.model["arch"] == "dinov2"
@@ -389,7 +407,7 @@ def test_dinov2_with_registers_head_and_patches(data, tmp_path):
         np.testing.assert_allclose(
             read_all(c, hook), reference_rows(dino, data, "train", hook, "cls", range(7)), rtol=1e-5, atol=1e-5
         )
-    p = cache_activations(dino, f"folder:{data}", "train", ["blocks.0.mlp_out"], "patch", tmp_path / "p", workers=0)
+    p = run_cache(dino, f"folder:{data}", "train", ["blocks.0.mlp_out"], "patch", tmp_path / "p", workers=0)
     assert p.settings.token_positions == tuple(range(3, 19))  # CLS 0, registers 1-2, then 16 patches
     np.testing.assert_allclose(
         read_all(p, "blocks.0.mlp_out"),
@@ -423,21 +441,21 @@ def test_interrupted_run_resumes_with_its_own_shard_size(clip, data, tmp_path, m
 
     monkeypatch.setattr(produce._ShardBuffer, "flush", flush_then_die)
     with pytest.raises(KeyboardInterrupt):
-        cache_activations(*args, tmp_path / "c", shard_images=2, batch_size=3, workers=0)
+        run_cache(*args, tmp_path / "c", shard_images=2, batch_size=3, workers=0)
     monkeypatch.setattr(produce._ShardBuffer, "flush", real_flush)
     assert ActivationCache.open(tmp_path / "c").n_shards == 1
     with pytest.raises(SparsesteerError, match="was started with 2 images per shard"):
-        cache_activations(*args, tmp_path / "c", shard_images=3, batch_size=3, workers=0)
+        run_cache(*args, tmp_path / "c", shard_images=3, batch_size=3, workers=0)
     real_finish = produce.CacheWriter.finish
     monkeypatch.setattr(produce.CacheWriter, "finish", lambda self, labels: (_ for _ in ()).throw(KeyboardInterrupt))
     with pytest.raises(KeyboardInterrupt):  # every shard committed, but not finished
-        cache_activations(*args, tmp_path / "c", batch_size=3, workers=0)  # keeps 2 images per shard
+        run_cache(*args, tmp_path / "c", batch_size=3, workers=0)  # keeps 2 images per shard
     monkeypatch.setattr(produce.CacheWriter, "finish", real_finish)
     c = ActivationCache.open(tmp_path / "c")
     assert [s["n_images"] for s in c.manifest["shards"]] == [2, 2, 2, 1] and not c.completed
-    c = cache_activations(*args, tmp_path / "c", workers=0)  # nothing left to run: only finishes
+    c = run_cache(*args, tmp_path / "c", workers=0)  # nothing left to run: only finishes
     assert c.completed
-    cache_activations(*args, tmp_path / "ref", shard_images=2, batch_size=3, workers=0)
+    run_cache(*args, tmp_path / "ref", shard_images=2, batch_size=3, workers=0)
     assert npy_hashes(tmp_path / "c") == npy_hashes(tmp_path / "ref")
 
 

@@ -16,9 +16,14 @@ from sparsesteer.cli import main
 from sparsesteer.data import open_dataset
 from sparsesteer.data.subset import stratified_sample
 from sparsesteer.models import ZeroShotClassifier, get_templates, load_backbone
-from sparsesteer.models.commands import default_out, zeroshot
 from sparsesteer.models.tiny import make_tiny_dinov2
+from sparsesteer.models.zeroshot_run import ZeroShotConfig, default_out
+from sparsesteer.models.zeroshot_run import zeroshot as run_zeroshot
 from sparsesteer.utils.errors import SparsesteerError
+
+
+def zeroshot_of(model, dataset, split, **options):
+    return run_zeroshot(ZeroShotConfig(model=str(model), dataset=dataset, split=split, **options))
 
 
 @pytest.fixture(scope="module")
@@ -130,11 +135,11 @@ def test_zeroshot_errors(clip, data, tmp_path):
     kw = dict(out=tmp_path / "o", text_cache=None, workers=0)
     dino = make_tiny_dinov2(tmp_path / "dino", layers=1)
     with pytest.raises(SparsesteerError, match="has no text tower"):
-        zeroshot(dino, f"folder:{data}", "test", **kw)
+        zeroshot_of(dino, f"folder:{data}", "test", **kw)
     with pytest.raises(SparsesteerError, match="unknown split 'val'"):
-        zeroshot(clip, f"folder:{data}", "val", **kw)
+        zeroshot_of(clip, f"folder:{data}", "val", **kw)
     with pytest.raises(SparsesteerError, match="unknown template set 'ensembel'.*did you mean 'ensemble'"):
-        zeroshot(clip, f"folder:{data}", "test", templates="ensembel", **kw)
+        zeroshot_of(clip, f"folder:{data}", "test", templates="ensembel", **kw)
 
 
 def test_dataset_without_class_names_is_refused(clip, tmp_path):
@@ -147,7 +152,7 @@ def test_dataset_without_class_names_is_refused(clip, tmp_path):
     )
     datasets.DatasetDict({"test": unlabeled}).save_to_disk(str(tmp_path / "hf"))
     with pytest.raises(SparsesteerError, match=r"has no class names \(only no labels\)"):
-        zeroshot(clip, f"hf:{tmp_path / 'hf'}", "test", out=tmp_path / "o", text_cache=None, workers=0)
+        zeroshot_of(clip, f"hf:{tmp_path / 'hf'}", "test", out=tmp_path / "o", text_cache=None, workers=0)
 
 
 def test_default_out_dir():

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from sparsesteer.activations.produce import cache_activations
+from sparsesteer.activations.produce import CacheConfig, cache_activations
 from sparsesteer.cli import main
-from sparsesteer.models.commands import zeroshot
 from sparsesteer.models.tiny import make_tiny_clip
+from sparsesteer.models.zeroshot_run import ZeroShotConfig, zeroshot
 from sparsesteer.sae import SAEConfig
 from sparsesteer.sae.train import TrainConfig, train
 
@@ -28,7 +28,17 @@ def setup(tmp_path_factory):
     ds = f"folder:{tmp / 'data'}"
     hook = "blocks.2.resid_post"
     for split in ("train", "test"):
-        cache_activations(str(clip), ds, split, [hook], "cls", tmp / f"cache-{split}", workers=0)
+        cache_activations(
+            CacheConfig(
+                model=str(clip),
+                dataset=ds,
+                split=split,
+                hooks=(hook,),
+                tokens="cls",
+                out=str(tmp / f"cache-{split}"),
+                workers=0,
+            )
+        )
     x = cache_rows(tmp / "cache-train", hook)
     train(
         x,
@@ -74,7 +84,9 @@ def test_steer_vs2_zero_shot_matches_the_full_model_and_lambda_zero_is_identity(
     rep = json.loads((tmp_path / "a" / "steer_vs2.json").read_text())
     assert rep["vs2_top1"] == rep["zeroshot_top1"] and rep["n"] == 18
     # independent path: the zeroshot command runs the whole model on the images
-    full = zeroshot(str(clip), ds, "test", out=tmp_path / "zs", workers=0, text_cache=None)
+    full = zeroshot(
+        ZeroShotConfig(model=str(clip), dataset=ds, split="test", out=str(tmp_path / "zs"), workers=0, text_cache=None)
+    )
     assert rep["zeroshot_top1"] == pytest.approx(100 * full.result.top1)
     assert (tmp_path / "a" / "steer_vs2.md").read_text().count("|") > 6
 

@@ -20,12 +20,9 @@ are kept). See docs/caching.md for hooks, token selections and disk use.
 
 
 def register(subparsers: Any) -> None:
-    from ..data.batches import default_workers
-    from ..data.datasets import default_data_root
-    from ..models.hook_names import TOKEN_SELECTIONS
+    from ..utils import config as config_utils
     from ..utils.cli import HelpFormatter
-    from .cache import DTYPES
-    from .produce import DEFAULT_SHARD_MB
+    from .produce import CacheConfig
 
     c = subparsers.add_parser(
         "cache",
@@ -37,65 +34,7 @@ def register(subparsers: Any) -> None:
         epilog=CACHE_EXAMPLES,
         formatter_class=HelpFormatter,
     )
-    c.add_argument(
-        "--model", required=True, help="Hugging Face hub id or save_pretrained directory (CLIP, SigLIP, DINOv2)"
-    )
-    c.add_argument("--dataset", required=True, help="built-in name (cifar100, ...), folder:PATH or hf:REPO_ID")
-    c.add_argument("--split", required=True, help="dataset split, e.g. train or test")
-    c.add_argument(
-        "--hook",
-        required=True,
-        action="append",
-        dest="hooks",
-        metavar="HOOK",
-        help="hook point, repeatable: blocks.{i}.resid_post|resid_pre|mlp_out|attn_out (0-based) or head",
-    )
-    c.add_argument(
-        "--tokens",
-        required=True,
-        choices=TOKEN_SELECTIONS,
-        help="rows kept per image: cls (1), patch (the patch tokens) or all (CLS, registers, patches); head needs cls",
-    )
-    c.add_argument(
-        "--out", required=True, metavar="DIR", help="cache directory (created; resumed when it holds this cache)"
-    )
-    c.add_argument("--dtype", default="float32", choices=DTYPES, help="storage dtype (the model runs in float32)")
-    c.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
-    c.add_argument(
-        "--limit",
-        type=int,
-        default=None,
-        metavar="N",
-        help="cache a class-stratified sample of N images, drawn with --limit-seed (default: all)",
-    )
-    c.add_argument("--limit-seed", type=int, default=0, help="seed of the --limit sample")
-    c.add_argument(
-        "--workers",
-        type=int,
-        default=None,
-        help="image-decoding processes, 0 = decode in the main process "
-        f"(default: half the CPUs, at most 8; here {default_workers()})",
-    )
-    c.add_argument(
-        "--on-bad-image",
-        default="error",
-        choices=("error", "skip"),
-        help="unreadable image: stop with an error, or skip it and list it in the manifest",
-    )
-    c.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA when available)")
-    c.add_argument(
-        "--data-root",
-        default=None,
-        help=f"where built-in datasets live (default: $SPARSESTEER_DATA or {default_data_root()})",
-    )
-    c.add_argument("--revision", default=None, help="hub revision (branch, tag or commit) of --model (default: main)")
-    c.add_argument(
-        "--shard-images",
-        type=int,
-        default=None,
-        metavar="N",
-        help=f"images per shard (default: about {DEFAULT_SHARD_MB} MiB per shard; a resumed cache keeps its own)",
-    )
+    config_utils.add_arguments(c, CacheConfig, flags={"hooks": "--hook"}, metavars={"out": "DIR", "limit": "N"})
     c.set_defaults(func=run_cache)
 
     p = subparsers.add_parser(
@@ -112,14 +51,10 @@ def register(subparsers: Any) -> None:
 
 
 def run_cache(args: argparse.Namespace) -> int:
-    from .produce import cache_activations
+    from ..utils import config as config_utils
+    from .produce import CacheConfig, cache_activations
 
-    cache = cache_activations(
-        args.model, args.dataset, args.split, args.hooks, args.tokens, args.out,
-        dtype=args.dtype, batch_size=args.batch_size, limit=args.limit, limit_seed=args.limit_seed, workers=args.workers,
-        on_bad_image=args.on_bad_image, device=args.device, data_root=args.data_root,
-        revision=args.revision, shard_images=args.shard_images,
-    )  # fmt: skip
+    cache = cache_activations(config_utils.from_args(CacheConfig, args, where="cache settings"))
     size = sum(f["bytes"] for s in cache.manifest["shards"] for f in s["files"].values())
     skipped = f", {len(cache.skipped)} unreadable images skipped (listed in manifest.json)" if cache.skipped else ""
     print(

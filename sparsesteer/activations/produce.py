@@ -13,15 +13,15 @@ shard plus the batches in flight, whatever the dataset size.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..models.hook_names import TOKEN_SELECTIONS
+from ..models.hook_names import TOKEN_SELECTIONS, TokenSelection
 from ..utils.errors import SparsesteerError, unknown
-from .cache import DTYPES, ActivationCache, CacheSettings, CacheWriter
+from ..utils.options import DataOptions, ModelOptions, RunOptions, positive_int
+from .cache import DTYPES, ActivationCache, CacheSettings, CacheWriter, DType
 
 if TYPE_CHECKING:
     import torch
@@ -91,95 +91,94 @@ def shard_images_for(plan: HookPlan, dtype: str, shard_mb: float = DEFAULT_SHARD
     return max(1, int(shard_mb * 2**20 // (plan.values_per_image * itemsize)))
 
 
-def cache_activations(
-    model: str | os.PathLike | Backbone,
-    dataset: str,
-    split: str,
-    hooks: list[str] | tuple[str, ...] | str,
-    tokens: str,
-    out: str | os.PathLike,
-    *,
-    dtype: str = "float32",
-    batch_size: int = 64,
-    limit: int | None = None,
-    limit_seed: int = 0,
-    workers: int | None = None,
-    on_bad_image: str = "error",
-    device: str = "auto",
-    data_root: str | os.PathLike | None = None,
-    revision: str | None = None,
-    shard_images: int | None = None,
-) -> ActivationCache:
-    """Cache the activations of `hooks` of `model` on `dataset`/`split` into `out`, resuming a run
-    that stopped; return the finished cache.
+@dataclass(frozen=True, kw_only=True)
+class CacheConfig(RunOptions, DataOptions, ModelOptions):  # flags in --help: model, data, run, own
+    """Settings of `sparsesteer cache` (and of `cache_activations`)."""
 
-    model: hub id or save_pretrained directory, or an already loaded `Backbone` (then `device` and
-    `revision` stay at their defaults: the backbone has both).
-    tokens: 'cls', 'patch' or 'all'. dtype: storage dtype (the model itself runs in float32).
-    limit: a class-stratified sample of N images of the split, drawn with `limit_seed`
-    (`data.subset`; recorded in the manifest's dataset description). shard_images: images per shard (default: about
-    `DEFAULT_SHARD_MB` MiB per shard, or whatever the shards already in `out` use).
-    workers: decoding processes (None: `data.batches.default_workers()`).
+    hooks: tuple[str, ...]
+    """Hook points, repeatable: blocks.{i}.resid_post|resid_pre|mlp_out|attn_out (0-based) or head."""
+    tokens: TokenSelection
+    """Rows kept per image: cls (1), patch (the patch tokens) or all (CLS, registers, patches); head needs cls."""
+    out: str
+    """Cache directory (created; resumed when it holds this cache)."""
+    dtype: DType = "float32"
+    """Storage dtype (the model runs in float32)."""
+    shard_images: int | None = None
+    """Images per shard; None = about DEFAULT_SHARD_MB (64) MiB per shard, or what a resumed cache uses."""
+
+    def __post_init__(self) -> None:
+        hooks = (self.hooks,) if isinstance(self.hooks, str) else tuple(self.hooks)
+        object.__setattr__(self, "hooks", hooks)
+        if not hooks:
+            raise SparsesteerError("no hook point given: pass at least one --hook (e.g. blocks.11.resid_post)")
+        if self.tokens not in TOKEN_SELECTIONS:
+            raise unknown("token selection (--tokens)", str(self.tokens), TOKEN_SELECTIONS)
+        if self.dtype not in DTYPES:
+            raise unknown("cache dtype (--dtype)", str(self.dtype), DTYPES)
+        if self.shard_images is not None:
+            positive_int(self.shard_images, "--shard-images")
+        super().__post_init__()
+
+
+def cache_activations(cfg: CacheConfig, *, backbone: Backbone | None = None) -> ActivationCache:
+    """Cache the activations of `cfg.hooks` on `cfg.dataset`/`cfg.split` into `cfg.out`, resuming a
+    run that stopped; return the finished cache.
+
+    `backbone`: an already loaded model to use instead of loading `cfg.model` (its id must match).
+    `cfg.limit` takes a class-stratified sample (`data.subset`), recorded in the manifest's dataset
+    description.
     """
     from ..data import limit_dataset, open_dataset
-    from ..data.batches import ON_BAD_IMAGE
-    from ..models import Backbone, load_backbone
+    from ..models import load_backbone
     from ..utils.device import resolve_device
 
-    if dtype not in DTYPES:
-        raise unknown("cache dtype (--dtype)", str(dtype), DTYPES)
-    if on_bad_image not in ON_BAD_IMAGE:
-        raise unknown("--on-bad-image value", str(on_bad_image), ON_BAD_IMAGE)
-    _positive(batch_size, "--batch-size")
-    if limit is not None:
-        _positive(limit, "--limit")
-    if shard_images is not None:
-        _positive(shard_images, "--shard-images")
-    if isinstance(model, Backbone) and (device != "auto" or revision is not None):
+    if backbone is not None and backbone.model_id != str(cfg.model):
         raise SparsesteerError(
-            "cache_activations: pass device and revision to load_backbone, not with a loaded Backbone"
+            f"cache_activations: the backbone is {backbone.model_id!r} but cfg.model is {cfg.model!r}"
         )
-    target = None if isinstance(model, Backbone) else resolve_device(device)
-
-    ds = limit_dataset(open_dataset(dataset, split, data_root=data_root), limit, limit_seed)
-    bb = model if isinstance(model, Backbone) else load_backbone(model, device=target, revision=revision)
-    plan = plan_hooks(bb, hooks, tokens)
+    ds = limit_dataset(open_dataset(cfg.dataset, cfg.split, data_root=cfg.data_root), cfg.limit, cfg.limit_seed)
+    bb = backbone or load_backbone(cfg.model, device=resolve_device(cfg.device), revision=cfg.revision)
+    plan = plan_hooks(bb, cfg.hooks, cfg.tokens)
     pre = bb.preprocessor
     if pre.output_size != (bb.image_size, bb.image_size):
         raise SparsesteerError(
             f"{bb.model_id!r}: its preprocessing produces {pre.output_size or 'variable-size'} images but the "
             f"model runs at {bb.image_size}x{bb.image_size}; fix preprocessor_config.json (crop_size)"
         )
-    n_images = len(ds)
     settings = CacheSettings(
         hooks=plan.hooks,
         d=plan.d,
         tokens=plan.tokens,
         token_positions=plan.token_positions,
         cls_position=plan.cls_position,
-        n_images=n_images,
-        dtype=dtype,
+        n_images=len(ds),
+        dtype=cfg.dtype,
         model={"id": bb.model_id, "revision": bb.revision, "arch": bb.arch},
         dataset=ds.describe(),
-        split=split,
+        split=cfg.split,
         preprocessing=pre.to_dict(),
         classes=tuple(ds.classes) if ds.classes else None,
     )
-    with CacheWriter.open(out, settings) as writer:
+    with CacheWriter.open(cfg.out, settings) as writer:
         if writer.completed:
-            log.info("%s already holds this activation cache, completed; nothing to do", out)
+            log.info("%s already holds this activation cache, completed; nothing to do", cfg.out)
         else:
-            per_shard = _resume_shard_images(writer, shard_images) or shard_images or shard_images_for(plan, dtype)
+            per_shard = (
+                _resume_shard_images(writer, cfg.shard_images) or cfg.shard_images or shard_images_for(plan, cfg.dtype)
+            )
             _produce(
-                writer, bb, ds, pre, plan, per_shard, batch_size=batch_size, workers=workers, on_bad_image=on_bad_image
+                writer,
+                bb,
+                ds,
+                pre,
+                plan,
+                per_shard,
+                batch_size=cfg.batch_size,
+                workers=cfg.workers,
+                on_bad_image=cfg.on_bad_image,
             )
             writer.finish(ds.labels())
-    return ActivationCache.open(out)
-
-
-def _positive(value: Any, flag: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise SparsesteerError(f"{flag} must be a positive integer, got {value!r}")
+    return ActivationCache.open(cfg.out)
 
 
 def _resume_shard_images(writer: CacheWriter, asked: int | None) -> int | None:

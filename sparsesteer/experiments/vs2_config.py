@@ -8,10 +8,11 @@ from typing import Literal
 
 from ..steering.tuning import DEFAULT_ALPHAS, DEFAULT_CLIP_LAMS, DEFAULT_GAMMAS, DEFAULT_LAMS, N_NEIGHBOURS
 from ..utils.errors import SparsesteerError
+from ..utils.options import RunOptions
 
 
 @dataclass(frozen=True)
-class VS2Config:
+class VS2Config(RunOptions):
     """Settings of one `reproduce vs2` run. None means: the paper's value for this backbone."""
 
     model: str = "openai/clip-vit-base-patch32"
@@ -70,14 +71,9 @@ class VS2Config:
     """Use a class-stratified sample of N test images, drawn with `seed` (quick runs; see limit_train)."""
     cache_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
     """Storage dtype of cached activations."""
-    batch_size: int = 64
-    """Images per model forward."""
-    workers: int | None = None
-    """Image decoding processes (None: automatic)."""
-    device: str = "auto"
-    """cpu, cuda, ... or auto."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()  # batch size, workers, device, on_bad_image
         if self.neighbours < 1:
             raise SparsesteerError(f"neighbours must be >= 1, got {self.neighbours}")
         for name in ("pass_weight", "gamma_rec", "sae_lr"):

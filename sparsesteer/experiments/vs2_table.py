@@ -182,7 +182,7 @@ class VS2Experiment:
 
     # ------------------------------------------------------------------ stages
     def stage_cache(self) -> None:
-        from ..activations.produce import cache_activations
+        from ..activations.produce import CacheConfig, cache_activations
 
         c = self.cfg
         final = hook_name(self.final_block)
@@ -190,19 +190,22 @@ class VS2Experiment:
         for split, hooks, limit in ((c.train_split, train_hooks, c.limit_train), (c.test_split, [final], c.limit_test)):
             self.dataset(split)  # download / validate first, with clear errors
             cache_activations(
-                c.model,
-                c.dataset,
-                split,
-                hooks,
-                "cls",
-                self.path("cache", split),
-                dtype=c.cache_dtype,
-                batch_size=c.batch_size,
-                limit=limit,
-                limit_seed=c.seed,
-                workers=c.workers,
-                device=c.device,
-                data_root=c.data_root,
+                CacheConfig(
+                    model=c.model,
+                    dataset=c.dataset,
+                    split=split,
+                    hooks=tuple(hooks),
+                    tokens="cls",
+                    out=str(self.path("cache", split)),
+                    dtype=c.cache_dtype,
+                    batch_size=c.batch_size,
+                    limit=limit,
+                    limit_seed=c.seed,
+                    workers=c.workers,
+                    device=c.device,
+                    data_root=c.data_root,
+                    on_bad_image=c.on_bad_image,
+                )
             )
         _, labels = self.cls_rows(c.train_split)
         self.save_array("train_labels", labels)
@@ -217,23 +220,26 @@ class VS2Experiment:
                 emb = self.cls_classifier().embed(x)
             else:
                 from ..activations.cache import ActivationCache
-                from ..activations.produce import cache_activations
+                from ..activations.produce import CacheConfig, cache_activations
 
                 limit = c.limit_train if split == c.train_split else c.limit_test
                 out = self.path("cache", f"retriever-{split}")
                 cache_activations(
-                    c.retriever,
-                    c.dataset,
-                    split,
-                    ["head"],
-                    "cls",
-                    out,
-                    batch_size=c.batch_size,
-                    limit=limit,
-                    limit_seed=c.seed,
-                    workers=c.workers,
-                    device=c.device,
-                    data_root=c.data_root,
+                    CacheConfig(
+                        model=c.retriever,
+                        dataset=c.dataset,
+                        split=split,
+                        hooks=("head",),
+                        tokens="cls",
+                        out=str(out),
+                        batch_size=c.batch_size,
+                        limit=limit,
+                        limit_seed=c.seed,
+                        workers=c.workers,
+                        device=c.device,
+                        data_root=c.data_root,
+                        on_bad_image=c.on_bad_image,
+                    )
                 )
                 view = ActivationCache.open(out, verify="none").rows("head")
                 emb = view.read(0, view.n_rows).float()

@@ -18,6 +18,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal, get_args
 
 from ..utils.errors import SparsesteerError, did_you_mean
 
@@ -25,8 +26,9 @@ BLOCK_KINDS = ("resid_pre", "attn_out", "mlp_out", "resid_post")
 """Per-block hook kinds, in the order they occur inside a block."""
 HEAD = "head"
 
-TOKEN_SELECTIONS = ("cls", "patch", "all")
+TokenSelection = Literal["cls", "patch", "all"]
 """Named token selections: 'cls' (index 0), 'patch' (after CLS and any registers), 'all'."""
+TOKEN_SELECTIONS: tuple[str, ...] = get_args(TokenSelection)
 
 Tokens = str | Sequence[int]
 """Token selection: one of TOKEN_SELECTIONS, or explicit token indices."""

@@ -8,6 +8,8 @@ order) from the OpenAI CLIP repository, notebooks/Prompt_Engineering_for_ImageNe
 
 from __future__ import annotations
 
+from typing import Literal
+
 from ..utils.errors import unknown
 
 SINGLE: tuple[str, ...] = ("a photo of a {}.",)
@@ -105,6 +107,9 @@ IMAGENET_SELECTED_7: tuple[str, ...] = (
     "a photo of the small {}.",
 )
 
+TemplateSet = Literal["single", "ensemble", "ensemble7"]
+"""Names of the prompt sets (config fields use this type; TEMPLATE_SETS holds the prompts)."""
+
 TEMPLATE_SETS: dict[str, tuple[str, ...]] = {
     "single": SINGLE,
     "ensemble": IMAGENET_ENSEMBLE,
@@ -117,3 +122,6 @@ def get_templates(name: str) -> tuple[str, ...]:
     if name not in TEMPLATE_SETS:
         raise unknown("template set", name, TEMPLATE_SETS)
     return TEMPLATE_SETS[name]
+
+
+assert tuple(TEMPLATE_SETS) == TemplateSet.__args__  # one list of names

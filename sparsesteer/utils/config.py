@@ -57,8 +57,8 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def _resolve_hints(cls: type) -> dict[str, Any]:
-    module = inspect.getmodule(cls)
-    return typing.get_type_hints(cls, globalns=vars(module) if module else None)
+    """Field types, each resolved in the module of the class that declares it (option groups)."""
+    return typing.get_type_hints(cls)
 
 
 def _coerce(value: Any, tp: Any, where: str) -> Any:
@@ -200,46 +200,70 @@ def help_for(cls: type, name: str) -> str:
     return f"{doc} (default: {default})".replace("%", "%%")
 
 
+class _Extend(argparse.Action):
+    """A list option given as repeated flags and/or comma lists: --hook a --hook b,c -> [a, b, c]."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        items = list(getattr(namespace, self.dest, None) or [])
+        items += [v.strip() for v in str(values).split(",") if v.strip()]
+        setattr(namespace, self.dest, items)
+
+
 def add_arguments(
     parser: argparse.ArgumentParser | argparse._ArgumentGroup,
     cls: type,
     names: list[str] | None = None,
     *,
     flags: dict[str, str] | None = None,
+    exclude: tuple[str, ...] = (),
+    required: bool = True,
+    metavars: dict[str, str] | None = None,
 ) -> None:
-    """Add `--field-name` options for the chosen fields of `cls`; their argparse default is None so
-    that only flags actually given override a config file."""
+    """Add `--field-name` options for the chosen fields of `cls` (all but `exclude` when `names` is
+    None); their argparse default is None so that only flags actually given override a config file.
+    Fields without a default are required flags unless `required=False` (a config file may give them).
+    List fields take repeated flags or comma lists."""
     flags = flags or {}
+    metavars = metavars or {}
     hints = _resolve_hints(cls)
     for f in dataclasses.fields(cls):  # type: ignore[arg-type]
-        if names is not None and f.name not in names:
+        if (names is not None and f.name not in names) or f.name in exclude or not f.init:
             continue
         tp = hints[f.name]
         flag = flags.get(f.name, "--" + f.name.replace("_", "-"))
         kwargs: dict[str, Any] = dict(dest=f.name, default=None, help=help_for(cls, f.name))
+        no_default = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING  # type: ignore[misc]
+        if required and no_default:
+            kwargs["required"] = True
         origin = typing.get_origin(tp)
+        inner = (
+            [a for a in typing.get_args(tp) if a is not type(None)] if origin in (typing.Union, types.UnionType) else []
+        )
+        if inner and len(inner) == 1:
+            tp, origin = inner[0], typing.get_origin(inner[0])
         if tp is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
         elif origin is typing.Literal:
             kwargs["choices"] = list(typing.get_args(tp))
+        elif origin in (tuple, list) and typing.get_args(tp)[:1] == (str,):
+            kwargs["action"] = _Extend
+            kwargs["metavar"] = metavars.get(f.name, f.name.upper().removesuffix("S"))
         else:
-            kwargs["metavar"] = f.name.upper()
+            kwargs["metavar"] = metavars.get(f.name, f.name.upper())
         parser.add_argument(flag, **kwargs)
+
+
+def from_args(
+    cls: type[C], args: argparse.Namespace, *, file: str | Path | None = None, where: str | None = None, **given: Any
+) -> C:
+    """A command's config: an optional TOML/JSON file, then the flags given, then `given` on top."""
+    data: dict[str, Any] = load_file(file) if file else {}
+    data.update(overrides(args, cls))
+    data.update({k: v for k, v in given.items() if v is not None})
+    return from_dict(cls, data, where=where)
 
 
 def overrides(args: argparse.Namespace, cls: type) -> dict[str, Any]:
     """The fields of `cls` that were given on the command line (not None)."""
     names = {f.name for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
     return {k: v for k, v in vars(args).items() if k in names and v is not None}
-
-
-def build(cls: type[C], *, file: str | Path | None = None, section: str | None = None, **given: Any) -> C:
-    """Config from (optional) file section, then explicit values on top."""
-    data: dict[str, Any] = {}
-    if file is not None:
-        loaded = load_file(file)
-        if section is not None:
-            loaded = loaded.get(section, {})
-        data.update(loaded)
-    data.update({k: v for k, v in given.items() if v is not None})
-    return from_dict(cls, data)
