@@ -45,6 +45,9 @@ def test_mismatch_names_both_sides_unknown_is_not_checked():
         "the SAE and the activations disagree (model revision: 'aaa' vs 'bbb'; hook: "
         "'blocks.11.resid_post' vs 'blocks.10.resid_post')"
     ]
+    renamed = sae.replace(model_id="/models/clip")  # the same revision under another name: the same model
+    assert check_agree("a", sae, "b", renamed) == []
+    assert mismatches(sae.replace(model_revision=None), renamed) == ["model: 'openai/clip' vs '/models/clip'"]
     unknown = Provenance(hook="blocks.11.resid_post")  # an array without a manifest: nothing else known
     assert check_agree("a", sae, "b", unknown) == []
     assert check_agree("a", sae, "b", sae.replace(split="test"), fields=("split",)) == []

@@ -141,9 +141,13 @@ class Provenance:
 
 
 def mismatches(a: Provenance, b: Provenance, fields: Iterable[str] = CHECKED) -> list[str]:
-    """The fields (by label) where both sides are known and differ."""
+    """The fields (by label) where both sides are known and differ. The same known revision is the
+    same model, whatever it is called (a hub id and the directory it was saved to)."""
     out = []
+    same_revision = a.model_revision is not None and a.model_revision == b.model_revision
     for f in fields:
+        if f == "model_id" and same_revision:
+            continue
         x = a.classes_sha256 if f == "classes_sha256" else getattr(a, f)
         y = b.classes_sha256 if f == "classes_sha256" else getattr(b, f)
         if x is not None and y is not None and x != y:

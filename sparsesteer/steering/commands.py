@@ -13,10 +13,12 @@ from ..utils.errors import SparsesteerError
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from ..activations.cache import ActivationCache
+    from ..activations.cache import ActivationCache, Rows
     from ..models.backbone import Backbone
     from ..sae.base import SparseAutoencoder
+    from ..sae.provenance import Provenance
     from .classify import CLSClassifier
+    from .settings import ScoredSplit
 
 EXAMPLES = """examples:
   sparsesteer steer vs2 --model openai/clip-vit-base-patch32 --sae runs/sae --activations runs/c100-test --lam 2.1 --gamma 1.5
@@ -34,8 +36,9 @@ EXAMPLES_PP = """example (DINOv2 retrieval, as in the paper):
 
 
 def register(sub: argparse._SubParsersAction) -> None:
+    from ..utils import config as config_utils
     from ..utils.cli import HelpFormatter
-    from .tuning import N_NEIGHBOURS
+    from .settings import SteerVS2Config, SteerVS2ppConfig
 
     p = sub.add_parser(
         "steer",
@@ -44,40 +47,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     methods = p.add_subparsers(dest="method", metavar="METHOD", required=True)
+    dirs = {k: "DIR" for k in ("sae", "activations", "tune_on", "gate_on", "out", "database", "retrieval_activations",
+                               "retrieval_database")}  # fmt: skip
     v = methods.add_parser(
         "vs2",
         help="VS2 zero-shot accuracy on a cached split",
         epilog=EXAMPLES,
         formatter_class=HelpFormatter,
         description="Zero-shot top-1 of a labelled cached split with and without VS2 "
-        "(x_hat = x + lam * (gamma - 1) W_dec^T encode(x), rescaled to ||x||).",
+        "(x_hat = x + lam * (gamma - 1) W_dec^T encode(x), rescaled to ||x||). The SAE, the caches and the "
+        "model must agree (model and revision, hook, tokens, width, class names); --allow-mismatch overrides "
+        "that and the outputs say so.",
     )
-    v.add_argument("--model", required=True, help="CLIP hub id or directory (the one the caches were made with)")
-    v.add_argument("--sae", required=True, metavar="DIR", help="SAE trained on the final block's CLS")
-    v.add_argument(
-        "--activations",
-        required=True,
-        metavar="DIR",
-        help="activation cache of the split to score (final-block CLS, labelled)",
-    )
-    v.add_argument("--dataset", help="dataset whose class names to use (default: the one recorded in the cache)")
-    v.add_argument("--data-root", help="data root of a built-in dataset")
-    v.add_argument("--lam", type=float, help="steering strength lambda (or tune with --tune-on)")
-    v.add_argument("--gamma", type=float, help="feature scale gamma (or tune with --tune-on)")
-    v.add_argument(
-        "--tune-on", metavar="DIR", help="TRAIN activation cache: tune (lam, gamma) on a validation part of it"
-    )
-    v.add_argument("--val-fraction", type=float, default=0.1, help="validation fraction of --tune-on")
-    v.add_argument("--seed", type=int, default=0, help="seed of the validation split")
-    v.add_argument(
-        "--gate-quantile",
-        type=float,
-        help="steer only samples with per-sample FVU <= this quantile of train FVU (needs --tune-on)",
-    )
-    v.add_argument("--no-rescale", action="store_true", help="do not rescale steered vectors to the original norm")
-    v.add_argument("--templates", choices=["single", "ensemble"], default="single", help="zero-shot prompts")
-    v.add_argument("--device", default="auto", help="cpu, cuda, ... or auto")
-    v.add_argument("--out", metavar="DIR", help="write steer_vs2.json / .md (and the tuning heatmap) here")
+    config_utils.add_arguments(v, SteerVS2Config, metavars=dirs)
     v.set_defaults(func=run_vs2)
 
     pp = methods.add_parser(
@@ -87,79 +69,89 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES_PP,
         description="VS2++, CLIP steering and weighted RAG (pseudo and/or oracle labels). Each is tuned on validation "
         "queries carved from the database (TRAIN) cache, retrieving from the rest of it; test queries then retrieve "
-        "from the whole database. The test labels are used for scoring only.",
+        "from the whole database. The test labels are used for scoring only. The database must not be the "
+        "scored split.",
     )
-    pp.add_argument("--model", required=True, help="CLIP hub id or directory (the one the caches were made with)")
-    pp.add_argument("--sae", required=True, metavar="DIR", help="SAE trained on the final block's CLS")
-    pp.add_argument(
-        "--activations",
-        required=True,
-        metavar="DIR",
-        help="activation cache of the split to score (final-block CLS, labelled)",
-    )
-    pp.add_argument(
-        "--database",
-        required=True,
-        metavar="DIR",
-        help="TRAIN activation cache (final-block CLS): the retrieval database",
-    )
-    pp.add_argument(
-        "--retrieval-activations",
-        metavar="DIR",
-        help="retriever `head` cache of the scored split (e.g. DINOv2); default: CLIP image embeddings",
-    )
-    pp.add_argument("--retrieval-database", metavar="DIR", help="retriever `head` cache of the database split")
-    pp.add_argument("--neighbours", type=int, default=N_NEIGHBOURS, help="neighbours per query")
-    pp.add_argument(
-        "--positive-rule",
-        choices=["query", "mode"],
-        default="query",
-        help="positives: share the query's pseudo-label, or carry the most frequent label",
-    )
-    pp.add_argument(
-        "--labels",
-        choices=["both", "pseudo", "oracle"],
-        default="both",
-        help="neighbour labels: CLIP pseudo-labels and/or the true train labels",
-    )
-    pp.add_argument("--val-fraction", type=float, default=0.1, help="validation fraction of --database")
-    pp.add_argument("--seed", type=int, default=0, help="seed of the validation split")
-    pp.add_argument("--dataset", help="dataset whose class names to use (default: the one recorded in the cache)")
-    pp.add_argument("--data-root", help="data root of a built-in dataset")
-    pp.add_argument("--device", default="auto", help="cpu, cuda, ... or auto")
-    pp.add_argument("--out", metavar="DIR", help="write steer_vs2pp.json / .md here")
+    config_utils.add_arguments(pp, SteerVS2ppConfig, metavars=dirs)
     pp.set_defaults(func=run_vs2pp)
 
 
-def _cls_view(path: str, n_blocks: int):
+def _model_provenance(bb: Backbone) -> Provenance:
+    from ..models.hook_names import final_resid
+    from ..sae.provenance import Provenance
+
+    return Provenance(
+        model_id=bb.model_id, model_revision=bb.revision, hook=final_resid(bb.n_blocks), tokens="cls", d=bb.d_model
+    )
+
+
+def _cls_rows(path: str, bb: Backbone, what: str, cfg: ScoredSplit, notes: list[str]) -> tuple[ActivationCache, Rows]:
+    """The final-block CLS rows of a cache made with this model (checked)."""
     from ..activations.cache import ActivationCache
     from ..models.hook_names import final_resid
+    from ..sae.provenance import Provenance, check_agree
 
     cache = ActivationCache.open(path)
-    hook = final_resid(n_blocks)
+    hook = final_resid(bb.n_blocks)
     if hook not in cache.hooks:
         raise SparsesteerError(
             f"{path} does not hold {hook} (the final block's output); it holds {', '.join(cache.hooks)}"
         )
     view = cache.rows(hook, "cls")
-    x = view.read(0, view.n_rows).float()
-    labels = view.labels(0, view.n_rows)
-    return cache, x, labels
+    notes += check_agree(
+        f"{what} ({path})",
+        Provenance.from_rows(view.describe()),
+        f"the model ({bb.model_id})",
+        _model_provenance(bb),
+        fields=("model_id", "model_revision", "d"),
+        allow=cfg.allow_mismatch,
+    )
+    return cache, view.read_all()
 
 
-def _classes(cache, dataset: str | None, data_root: str | None) -> list[str]:
+def _not_the_same_split(left: str, a: ActivationCache, right: str, b: ActivationCache, cfg: ScoredSplit) -> list[str]:
+    """Tuning or retrieving from the split being scored would report numbers tuned on the test set."""
+    da, db = (a.settings.dataset or {}).get("name"), (b.settings.dataset or {}).get("name")
+    if da is None or a.settings.split is None or (da, a.settings.split) != (db, b.settings.split):
+        return []
+    note = (
+        f"{left} ({a.path}) and {right} ({b.path}) are both {da} [{a.settings.split}]: tuning or retrieving on the "
+        "split being scored reports numbers fitted to it; use a TRAIN cache"
+    )
+    if cfg.allow_mismatch:
+        return [note]
+    raise SparsesteerError(note + " (or --allow-mismatch to run anyway; the outputs then say so)")
+
+
+def _classes(cache: ActivationCache, cfg: ScoredSplit, notes: list[str]) -> list[str]:
+    """Class names: stored in the cache (format 2), or from --dataset (checked against the stored ones),
+    or, for a version-1 cache, from the dataset it records (needs it on disk)."""
     from ..data import open_dataset
+    from ..sae.provenance import Provenance, check_agree
 
+    stored = cache.classes
+    if cfg.dataset is None and stored:
+        return stored
     spec = cache.settings.dataset or {}
-    name = dataset or spec.get("name")
+    name = cfg.dataset or spec.get("name")
     if not name:
-        raise SparsesteerError("the cache records no dataset: pass --dataset to name the class list")
+        raise SparsesteerError("the cache records no dataset and no class names: pass --dataset to name the classes")
     try:
-        ds = open_dataset(name, cache.settings.split or "test", data_root=data_root)
+        ds = open_dataset(name, cache.settings.split or "test", data_root=cfg.data_root)
     except SparsesteerError as e:
         raise SparsesteerError(f"cannot open {name!r} for its class names ({e}); pass --dataset/--data-root") from None
-    if spec.get("classes_sha256") and dataset is None and ds.describe().get("classes_sha256") != spec["classes_sha256"]:
-        raise SparsesteerError(f"the class names of {name!r} differ from those recorded in the cache")
+    if stored:
+        notes += check_agree(
+            f"the class names of --dataset {name}",
+            Provenance(classes=tuple(ds.classes)),
+            f"those stored in {cache.path}",
+            Provenance(classes=tuple(stored)),
+            fields=("classes_sha256",),
+            allow=cfg.allow_mismatch,
+        )
+    elif spec.get("classes_sha256") and cfg.dataset is None:
+        if ds.describe().get("classes_sha256") != spec["classes_sha256"]:
+            raise SparsesteerError(f"the class names of {name!r} differ from those recorded in the cache")
     return ds.classes
 
 
@@ -176,100 +168,123 @@ class _Scored(NamedTuple):
     """[N] true labels of the scored split (for scoring only)."""
     classifier: CLSClassifier
     """The single-prompt or ensemble zero-shot weights on the CLIP head."""
+    classes: list[str]
+    """Class names of the labels."""
+    notes: list[str]
+    """Provenance disagreements run anyway under --allow-mismatch (written into the outputs)."""
 
 
-def _load_scored(args: argparse.Namespace, templates: str = "single") -> _Scored:
+def _load_scored(cfg: ScoredSplit, templates: str = "single") -> _Scored:
     from ..models import load_backbone
     from ..models.templates import get_templates
     from ..models.zeroshot import ZeroShotClassifier
     from ..sae import SparseAutoencoder
+    from ..sae.provenance import Provenance, check_agree
     from ..utils.device import resolve_device
     from . import vs2 as V
     from .classify import CLSClassifier
 
-    device = resolve_device(args.device)
-    bb = load_backbone(args.model, device=device)
-    sae = SparseAutoencoder.load(args.sae, device=device)
+    device = resolve_device(cfg.device)
+    bb = load_backbone(cfg.model, device=device, revision=cfg.revision)
+    sae = SparseAutoencoder.load(cfg.sae, device=device)
     V.check_sae_for_cls(sae, bb.d_model, bb.n_blocks)
-    cache, x, labels = _cls_view(args.activations, bb.n_blocks)
+    notes = check_agree(
+        f"the SAE ({cfg.sae})",
+        Provenance.from_metadata(sae.metadata, d=sae.d_in),
+        f"the model ({bb.model_id})",
+        _model_provenance(bb),
+        allow=cfg.allow_mismatch,
+    )
+    cache, (x, labels) = _cls_rows(cfg.activations, bb, "the activations", cfg, notes)
     if labels is None or (labels < 0).all():
-        raise SparsesteerError(f"{args.activations} has no labels: scoring zero-shot accuracy needs a labelled split")
-    classes = _classes(cache, args.dataset, args.data_root)
+        raise SparsesteerError(f"{cfg.activations} has no labels: scoring zero-shot accuracy needs a labelled split")
+    classes = _classes(cache, cfg, notes)
     if labels.max() >= len(classes):
         raise SparsesteerError(f"labels go up to {labels.max()} but there are only {len(classes)} class names")
     clf = CLSClassifier(bb, ZeroShotClassifier.build(bb, classes, get_templates(templates)))
-    return _Scored(backbone=bb, sae=sae, cache=cache, x=x, labels=labels, classifier=clf)
+    return _Scored(backbone=bb, sae=sae, cache=cache, x=x, labels=labels, classifier=clf, classes=classes, notes=notes)
+
+
+def _overridden(notes: list[str]) -> list[str]:
+    """Markdown lines that say a provenance check was overridden (empty when none was)."""
+    if not notes:
+        return []
+    return ["**Provenance checks overridden (--allow-mismatch):**", *[f"- {n}" for n in notes], ""]
 
 
 def run_vs2(args: argparse.Namespace) -> int:
     import torch
 
+    from ..utils import config as config_utils
     from ..utils import io
     from . import vs2 as V
+    from .settings import SteerVS2Config
     from .tuning import validation_split
 
-    if args.tune_on and (args.lam is not None or args.gamma is not None):
-        raise SparsesteerError(
-            "--lam/--gamma and --tune-on exclude each other: give --lam and --gamma to steer with them, "
-            "or --tune-on TRAIN_CACHE to tune both on validation"
-        )
-    if (args.lam is None) != (args.gamma is None):
-        raise SparsesteerError("give both --lam and --gamma, or neither and --tune-on")
-    if args.lam is None and not args.tune_on:
-        raise SparsesteerError("give --lam and --gamma, or --tune-on TRAIN_CACHE to tune them on validation")
-    if args.gate_quantile is not None and not args.tune_on:
-        raise SparsesteerError(
-            "--gate-quantile learns its threshold on unlabeled train data: give --tune-on TRAIN_CACHE"
-        )
-    bb, sae, cache, x, labels, clf = _load_scored(args, args.templates)
-    y = torch.from_numpy(labels)
-    rescale = not args.no_rescale
+    cfg = config_utils.from_args(SteerVS2Config, args, where="steer vs2 settings")
+    scored = _load_scored(cfg, cfg.templates)
+    bb, sae, cache, x, clf, notes = scored.backbone, scored.sae, scored.cache, scored.x, scored.classifier, scored.notes
+    y = torch.from_numpy(scored.labels)
     report: dict[str, Any] = {
         "model": bb.model_id,
         "revision": bb.revision,
-        "sae": str(Path(args.sae).resolve()),
-        "activations": str(Path(args.activations).resolve()),
+        "sae": str(Path(cfg.sae).resolve()),
+        "activations": str(Path(cfg.activations).resolve()),
+        "dataset": (cache.settings.dataset or {}).get("name"),
         "split": cache.settings.split,
         "n": int(len(y)),
-        "templates": args.templates,
-        "rescale": rescale,
+        "templates": cfg.templates,
+        "rescale": cfg.rescale,
     }
-    lam, gamma, mask = args.lam, args.gamma, None
-    if args.tune_on:
-        _, x_train, y_train = _cls_view(args.tune_on, bb.n_blocks)
-        if y_train is None or (y_train < 0).all():
-            raise SparsesteerError(f"{args.tune_on} has no labels: tuning on its validation part needs them")
-        fit, val = validation_split(len(y_train), args.val_fraction, args.seed)
-        grid = V.tune_vs2(
-            clf,
-            sae,
-            x_train[val],
-            torch.from_numpy(y_train[val]),
-            rescale=rescale,
-            split=f"validation part ({args.val_fraction:g}) of {args.tune_on}",
-        )
-        lam, gamma = grid.best_lam, grid.best_gamma
-        report["tuning"] = grid.to_json()
-        if args.out:
-            grid.heatmap(Path(args.out) / "tuning_vs2.png", title=f"VS2 tuning: {bb.model_id}")
-        if args.gate_quantile is not None:
-            gate = V.FVUGate.fit(sae, x_train[fit], args.gate_quantile)
+    lam, gamma, mask = cfg.lam, cfg.gamma, None
+    train_cache = cfg.tune_on or cfg.gate_on
+    if train_cache:
+        what = "the --tune-on cache" if cfg.tune_on else "the --gate-on cache"
+        tcache, (x_train, y_train) = _cls_rows(train_cache, bb, what, cfg, notes)
+        notes += _not_the_same_split(what, tcache, "the scored split", cache, cfg)
+        fit = None
+        if cfg.tune_on:
+            if y_train is None or (y_train < 0).all():
+                raise SparsesteerError(f"{cfg.tune_on} has no labels: tuning on its validation part needs them")
+            fit, val = validation_split(len(y_train), cfg.val_fraction, cfg.seed)
+            grid = V.tune_vs2(
+                clf,
+                sae,
+                x_train[val],
+                torch.from_numpy(y_train[val]),
+                rescale=cfg.rescale,
+                split=f"validation part ({cfg.val_fraction:g}) of {cfg.tune_on}",
+            )
+            lam, gamma = grid.best_lam, grid.best_gamma
+            report["tuning"] = grid.to_json()
+            if cfg.out:
+                grid.heatmap(Path(cfg.out) / "tuning_vs2.png", title=f"VS2 tuning: {bb.model_id}")
+        if cfg.gate_quantile is not None:
+            gate = V.FVUGate.fit(sae, x_train if fit is None else x_train[fit], cfg.gate_quantile)
             mask = gate.mask(sae, x)
-            report["gate"] = {"quantile": gate.quantile, "tau": gate.tau, "coverage": float(mask.double().mean())}
+            report["gate"] = {
+                "quantile": gate.quantile,
+                "tau": gate.tau,
+                "coverage": float(mask.double().mean()),
+                "fit_on": f"{train_cache}" + ("" if fit is None else " (fit part)"),
+            }
     V.check_finite(lam=lam, gamma=gamma)
     zs = clf.accuracy(x, y)
-    steered = clf.accuracy(V.vs2(sae, x, lam, gamma, rescale=rescale, mask_b=mask), y)
+    steered = clf.accuracy(V.vs2(sae, x, lam, gamma, rescale=cfg.rescale, mask_b=mask), y)
     report.update({"lam": lam, "gamma": gamma, "zeroshot_top1": 100 * zs, "vs2_top1": 100 * steered})
+    if notes:
+        report["provenance_overridden"] = notes
+    gate_text = (
+        f", FVU gate q = {cfg.gate_quantile:g} (coverage {100 * report['gate']['coverage']:.1f}%)"
+        if mask is not None
+        else ""
+    )
     md = "\n".join(
         [
-            f"## VS2 on {cache.settings.split}: {bb.model_id}, SAE {args.sae}",
+            f"## VS2 on {report['dataset']} [{cache.settings.split}]: {bb.model_id}, SAE {cfg.sae}",
             "",
-            f"n = {len(y)}, prompts: {args.templates}, lam = {lam:g}, gamma = {gamma:g}"
-            + (
-                f", FVU gate q = {args.gate_quantile:g} (coverage {100 * report['gate']['coverage']:.1f}%)"
-                if mask is not None
-                else ""
-            ),
+            *_overridden(notes),
+            f"n = {len(y)}, prompts: {cfg.templates}, lam = {lam:g}, gamma = {gamma:g}{gate_text}",
             "",
             "| method | top-1 % |",
             "|---|---:|",
@@ -279,82 +294,124 @@ def run_vs2(args: argparse.Namespace) -> int:
         ]
     )
     print(md)
-    if args.out:
-        io.write_json(Path(args.out) / "steer_vs2.json", report)
-        io.write_text(Path(args.out) / "steer_vs2.md", md)
+    if cfg.out:
+        io.write_json(Path(cfg.out) / "steer_vs2.json", report)
+        io.write_text(Path(cfg.out) / "steer_vs2.md", md)
     return 0
 
 
-def _head_rows(path: str, n: int, what: str):
+def _head_rows(
+    path: str, clip_cache: ActivationCache, what: str, cfg: ScoredSplit, notes: list[str]
+) -> tuple[Tensor, Provenance]:
+    """A retriever's `head` embeddings of the same images as a CLIP cache (same dataset, split, count),
+    and the retriever's provenance."""
     from ..activations.cache import ActivationCache
+    from ..sae.provenance import Provenance, check_agree
 
     view = ActivationCache.open(path).rows("head")
-    if view.n_rows != n:
+    images = Provenance.from_rows(view.describe())
+    clip = Provenance.from_rows(clip_cache.rows(clip_cache.hooks[0]).describe())
+    notes += check_agree(
+        f"{what} ({path})", images, f"its CLIP cache ({clip_cache.path})", clip, fields=("dataset", "split"),
+        allow=cfg.allow_mismatch,
+    )  # fmt: skip
+    if view.n_rows != clip_cache.n_images:
         raise SparsesteerError(
-            f"{what} {path} has {view.n_rows} rows but the CLIP cache has {n}: cache the same split and images"
+            f"{what} {path} has {view.n_rows} rows but the CLIP cache has {clip_cache.n_images}: cache the same "
+            "split and images"
         )
-    return view.read(0, n).float()
+    return view.read_all().x, images
 
 
 def run_vs2pp(args: argparse.Namespace) -> int:
     import torch
 
+    from ..sae.provenance import Provenance, check_agree
+    from ..utils import config as config_utils
     from ..utils import io
     from .retrieval_suite import RetrievalRows, RetrievalSuiteSettings, evaluate_all, tune_all
+    from .settings import SteerVS2ppConfig
     from .tuning import validation_split
 
-    if (args.retrieval_activations is None) != (args.retrieval_database is None):
-        raise SparsesteerError(
-            "give both --retrieval-activations and --retrieval-database, or neither (CLIP embeddings)"
-        )
-    bb, sae, cache, x_q, y_q, clf = _load_scored(args)
-    _, x_db, y_db = _cls_view(args.database, bb.n_blocks)
-    modes = ("pseudo", "oracle") if args.labels == "both" else (args.labels,)
+    cfg = config_utils.from_args(SteerVS2ppConfig, args, where="steer vs2pp settings")
+    scored = _load_scored(cfg)
+    bb, sae, cache, x_q, y_q, clf = (
+        scored.backbone,
+        scored.sae,
+        scored.cache,
+        scored.x,
+        scored.labels,
+        scored.classifier,
+    )
+    notes = scored.notes
+    db_cache, (x_db, y_db) = _cls_rows(cfg.database, bb, "the database", cfg, notes)
+    notes += _not_the_same_split("the database", db_cache, "the scored split", cache, cfg)
+    notes += check_agree(
+        f"the database ({cfg.database})",
+        Provenance(classes=tuple(db_cache.classes)) if db_cache.classes else Provenance(),
+        f"the scored split ({cfg.activations})",
+        Provenance(classes=tuple(scored.classes)),
+        fields=("classes_sha256",),
+        allow=cfg.allow_mismatch,
+    )
+    modes = ("pseudo", "oracle") if cfg.labels == "both" else (cfg.labels,)
     if y_db is None or (y_db < 0).any():
         raise SparsesteerError(
-            f"{args.database} is not fully labelled: tuning scores validation queries drawn from it (and oracle mode uses its labels)"
+            f"{cfg.database} is not fully labelled: tuning scores validation queries drawn from it (and oracle mode uses its labels)"
         )
-    if args.retrieval_activations:
-        emb_q = _head_rows(args.retrieval_activations, len(x_q), "--retrieval-activations")
-        emb_db = _head_rows(args.retrieval_database, len(x_db), "--retrieval-database")
-        retriever = "head caches"
+    if cfg.retrieval_activations:
+        emb_q, retr_q = _head_rows(cfg.retrieval_activations, cache, "--retrieval-activations", cfg, notes)
+        emb_db, retr_db = _head_rows(cfg.retrieval_database, db_cache, "--retrieval-database", cfg, notes)
+        notes += check_agree(
+            f"--retrieval-activations ({cfg.retrieval_activations})", retr_q,
+            f"--retrieval-database ({cfg.retrieval_database})", retr_db,
+            fields=("model_id", "model_revision", "d"), allow=cfg.allow_mismatch,
+        )  # fmt: skip
+        retriever = retr_q.model_id or "head caches"
     else:
         emb_q, emb_db, retriever = clf.embed(x_q), clf.embed(x_db), "clip"
     pseudo_q, pseudo_db = clf.predict(x_q), clf.predict(x_db)
     settings = RetrievalSuiteSettings(
-        neighbours=args.neighbours, positive_rule=args.positive_rule, labels=modes, retriever=retriever
+        neighbours=cfg.neighbours, positive_rule=cfg.positive_rule, labels=modes, retriever=retriever
     )
     database = RetrievalRows(cls_nd=x_db, embeds_ne=emb_db, pseudo_n=pseudo_db, labels_n=torch.from_numpy(y_db))
-    fit, val = validation_split(len(x_db), args.val_fraction, args.seed)
+    fit, val = validation_split(len(x_db), cfg.val_fraction, cfg.seed)
     tuned = tune_all(
         sae,
         clf,
         database.take(torch.from_numpy(fit)),
         database.take(torch.from_numpy(val)),
         settings,
-        split=f"validation part ({args.val_fraction:g}) of {args.database}",
+        split=f"validation part ({cfg.val_fraction:g}) of {cfg.database}",
     )
     queries = RetrievalRows(cls_nd=x_q, embeds_ne=emb_q, pseudo_n=pseudo_q)  # no labels: scored below
     rows = evaluate_all(tuned, sae, clf, database, queries, settings)
     zs = 100 * float((pseudo_q.numpy() == y_q).mean())
-    report = {
+    report: dict[str, Any] = {
         "model": bb.model_id,
         "revision": bb.revision,
-        "sae": str(Path(args.sae).resolve()),
+        "sae": str(Path(cfg.sae).resolve()),
+        "dataset": (cache.settings.dataset or {}).get("name"),
         "split": cache.settings.split,
+        "database": str(Path(cfg.database).resolve()),
+        "database_split": db_cache.settings.split,
         "n": int(len(y_q)),
         "zeroshot_top1": zs,
         "retriever": retriever,
-        "neighbours": args.neighbours,
-        "positive_rule": args.positive_rule,
+        "neighbours": cfg.neighbours,
+        "positive_rule": cfg.positive_rule,
         "rows": {},
         "tuning": tuned,
     }
+    if notes:
+        report["provenance_overridden"] = notes
     lines = [
-        f"## VS2++ on {cache.settings.split}: {bb.model_id}, SAE {args.sae}",
+        f"## VS2++ on {report['dataset']} [{cache.settings.split}]: {bb.model_id}, SAE {cfg.sae}",
         "",
-        f"n = {len(y_q)}, retrieval: {retriever}, {args.neighbours} neighbours from {args.database}, positive rule "
-        f"{args.positive_rule}; every method tuned on a validation part of the database",
+        *_overridden(notes),
+        f"n = {len(y_q)}, retrieval: {retriever}, {cfg.neighbours} neighbours from {cfg.database} "
+        f"[{db_cache.settings.split}], positive rule {cfg.positive_rule}; every method tuned on a validation part "
+        "of the database",
         "",
         "| method | top-1 % | settings |",
         "|---|---:|---|",
@@ -367,7 +424,7 @@ def run_vs2pp(args: argparse.Namespace) -> int:
         lines.append(f"| {key} | {top1:.2f} | {', '.join(f'{k}={v}' for k, v in shown.items())} |")
     md = "\n".join(lines) + "\n"
     print(md)
-    if args.out:
-        io.write_json(Path(args.out) / "steer_vs2pp.json", report)
-        io.write_text(Path(args.out) / "steer_vs2pp.md", md)
+    if cfg.out:
+        io.write_json(Path(cfg.out) / "steer_vs2pp.json", report)
+        io.write_text(Path(cfg.out) / "steer_vs2pp.md", md)
     return 0

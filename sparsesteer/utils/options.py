@@ -61,13 +61,24 @@ class DataOptions:
 
 
 @dataclass(frozen=True, kw_only=True)
-class RunOptions:
+class DeviceOptions:
+    device: str = "auto"
+    """cpu, cuda, cuda:N, or auto (CUDA when available)."""
+
+    def __post_init__(self) -> None:
+        if not str(self.device).strip():
+            raise SparsesteerError("--device is empty: use auto, cpu, cuda or cuda:N")
+        _chain(self, DeviceOptions)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions(DeviceOptions):
+    """Running a model over images: batches, decoding workers, the device, unreadable images."""
+
     batch_size: int = 64
     """Images per model forward pass."""
     workers: int | None = None
     """Image-decoding processes, 0 = decode in the main process; None = half the CPUs, at most 8."""
-    device: str = "auto"
-    """cpu, cuda, cuda:N, or auto (CUDA when available)."""
     on_bad_image: OnBadImage = "error"
     """An unreadable image: stop with an error naming it, or skip it and list it in the outputs."""
 
