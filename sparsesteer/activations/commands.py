@@ -22,7 +22,7 @@ are kept). See docs/caching.md for hooks, token selections and disk use.
 def register(subparsers: Any) -> None:
     from ..utils import config as config_utils
     from ..utils.cli import HelpFormatter
-    from .produce import CacheConfig
+    from .produce import CacheConfig, VerifyConfig
 
     c = subparsers.add_parser(
         "cache",
@@ -46,7 +46,7 @@ def register(subparsers: Any) -> None:
         formatter_class=HelpFormatter,
     )
     p.add_argument("dir", metavar="DIR", help="activation cache directory (holds manifest.json)")
-    p.add_argument("--json", action="store_true", help="print the report as JSON instead of a sentence")
+    config_utils.add_arguments(p, VerifyConfig, exclude=("dir",))
     p.set_defaults(func=run_verify)
 
 
@@ -65,11 +65,14 @@ def run_cache(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
+    from ..utils import config as config_utils
     from .cache import ActivationCache
+    from .produce import VerifyConfig
 
-    cache = ActivationCache.open(args.dir, verify="none")
+    cfg = config_utils.from_args(VerifyConfig, args, where="verify settings")
+    cache = ActivationCache.open(cfg.dir, verify="none")
     report = cache.verify()
-    if args.json:
+    if cfg.json:
         print(json.dumps({"path": str(cache.path), **dataclasses.asdict(report)}))
         return 0
     state = "complete" if report.completed else f"INCOMPLETE ({report.images_done} of {report.n_images} images)"

@@ -120,6 +120,16 @@ class CacheConfig(RunOptions, DataOptions, ModelOptions):  # flags in --help: mo
         super().__post_init__()
 
 
+@dataclass(frozen=True, kw_only=True)
+class VerifyConfig:
+    """Settings of `sparsesteer verify`."""
+
+    dir: str
+    """Activation cache directory (holds manifest.json)."""
+    json: bool = False
+    """Print the report as JSON instead of a sentence."""
+
+
 def cache_activations(cfg: CacheConfig, *, backbone: Backbone | None = None) -> ActivationCache:
     """Cache the activations of `cfg.hooks` on `cfg.dataset`/`cfg.split` into `cfg.out`, resuming a
     run that stopped; return the finished cache.

@@ -7,10 +7,24 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import dataclass
+from pathlib import Path
 
+from ..utils import config as config_utils
 from ..utils.cli import HelpFormatter
-from .datasets import default_data_root
 from .download import REGISTRY
+
+
+@dataclass(frozen=True, kw_only=True)
+class DownloadConfig:
+    """Settings of `sparsesteer download`."""
+
+    name: str
+    """Built-in dataset to fetch."""
+    data_root: str | None = None
+    """Directory that holds the datasets; None = $SPARSESTEER_DATA or ~/.cache/sparsesteer/data."""
+    force: bool = False
+    """Download and extract again even if already verified."""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,22 +39,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         ),
         formatter_class=HelpFormatter,
     )
+    config_utils.add_arguments(parser, DownloadConfig, exclude=("name",), metavars={"data_root": "DIR"})
     parser.add_argument("name", choices=list(REGISTRY), metavar="NAME", help="dataset: " + ", ".join(REGISTRY))
-    parser.add_argument(
-        "--data-root",
-        default=str(default_data_root()),
-        help="directory that holds the datasets ($SPARSESTEER_DATA or ~/.cache/sparsesteer/data)",
-    )
-    parser.add_argument("--force", action="store_true", help="download and extract again even if already verified")
     parser.set_defaults(func=run_download, output_args=("data_root",))
 
 
 def run_download(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
+    from .datasets import default_data_root
     from .download import download, marker_path
 
-    folder = download(args.name, args.data_root, force=args.force)
-    marker = marker_path(args.name, Path(args.data_root).expanduser())
+    cfg = config_utils.from_args(DownloadConfig, args, where="download settings")
+    root = Path(cfg.data_root).expanduser() if cfg.data_root else default_data_root()
+    folder = download(cfg.name, root, force=cfg.force)
+    marker = marker_path(cfg.name, root)
     print(json.dumps({"dataset": args.name, "path": str(folder), "marker": str(marker)}))
     return 0
