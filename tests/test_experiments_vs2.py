@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from sparsesteer.cli import main
-from sparsesteer.experiments import vs2_paper
+from sparsesteer.experiments.vs2 import paper as vs2_paper
 from sparsesteer.models.tiny import make_tiny_clip, make_tiny_dinov2
 
 CLASSES = ["cat", "dog", "bird", "fish"]
@@ -259,3 +259,46 @@ def test_reproduce_on_real_cifar10_jpegs(cifar10_jpeg, tmp_path):
     assert "sae_rec_a" not in {r["key"] for r in res["rows"]}  # --no-in-forward
     classes = {e["class"] for e in json.loads((out / "per_class.json").read_text())["vs2"]}
     assert classes <= {"airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"}
+
+
+def test_sae_metadata_is_a_provenance_record(run):
+    from sparsesteer.sae.provenance import Provenance
+
+    tmp, out = run
+    for name, hook in (
+        ("final", "blocks.2.resid_post"),
+        ("pass", "blocks.2.resid_post"),
+        ("block00", "blocks.0.resid_post"),
+    ):
+        cfg = json.loads((out / "sae" / name / "cfg.json").read_text())
+        prov = Provenance.from_metadata(cfg)
+        assert (prov.hook, prov.tokens, prov.split) == (hook, "cls", "train (minus validation)")
+        assert prov.model_id == str(tmp / "clip") and prov.model_revision and prov.dataset == f"folder:{tmp / 'data'}"
+
+
+def test_registry_stages_and_help_stay_torch_free():
+    """`reproduce` dispatches through the registry; building --help imports no torch and no stage."""
+    import subprocess
+    import sys
+
+    from sparsesteer.experiments import registry
+
+    vs2 = registry.get("vs2")
+    assert [s.name for s in vs2.stages] == [
+        "cache",
+        "retrieval",
+        "sae",
+        "zeroshot",
+        "tune",
+        "evaluate",
+        "inforward",
+        "report",
+    ]
+    with pytest.raises(Exception, match="did you mean 'vs2'"):
+        registry.get("vs3")
+    code = (
+        "import sys, sparsesteer.cli as c; c.build_parser(); "
+        "print(sorted(m for m in sys.modules if m == 'torch' or m.endswith(('vs2.tuning', 'vs2.report'))))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

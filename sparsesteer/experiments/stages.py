@@ -1,6 +1,8 @@
-"""Resumable experiment stages: each stage records a hash of the settings it used (its own fields
-plus its inputs' hashes), so that rerunning an experiment skips stages whose results are current and
-redoes those whose settings changed, and any stage can be run alone."""
+"""Resumable experiment stages, shared by every paper's pipeline: each stage records a hash of the
+settings it used (its own fields plus its inputs' hashes), so that rerunning an experiment skips
+stages whose results are current and redoes those whose settings changed, and any stage can be run
+alone. A stage is a function of the paper's run context (`vs2.run.VS2Run`, ...): the context holds
+what every stage reads, the stage table holds the order."""
 
 from __future__ import annotations
 
@@ -11,15 +13,18 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from ..utils import io
 from ..utils.config import to_dict
 from ..utils.errors import SparsesteerError, unknown
 
+Ctx = TypeVar("Ctx")
+"""The run context a paper's stages read and write through."""
+
 
 @dataclass(frozen=True)
-class Stage:
+class Stage(Generic[Ctx]):
     """One step of an experiment."""
 
     name: str
@@ -27,14 +32,16 @@ class Stage:
     """Config fields whose values change this stage's results."""
     needs: tuple[str, ...]
     """Stages whose results this one reads."""
-    run: Callable[[], None]
+    run: Callable[[Ctx], None]
+    """Does the work, through the run context."""
     help: str
+    """One line, logged when the stage starts."""
 
 
-class Pipeline:
+class Pipeline(Generic[Ctx]):
     """Run stages in order, skipping those whose recorded settings hash is current."""
 
-    def __init__(self, out: Path, config: Any, stages: Sequence[Stage]):
+    def __init__(self, out: Path, config: Any, stages: Sequence[Stage[Ctx]]):
         self.out = out
         self.config = to_dict(config)
         self.stages = list(stages)
@@ -56,7 +63,8 @@ class Pipeline:
         marker = self._marker(name)
         return marker.is_file() and io.read_json(marker).get("settings_sha256") == self.digest(name)
 
-    def run(self, only: str | None = None, *, log: Callable[[str], None] = print) -> None:
+    def run(self, context: Ctx, only: str | None = None, *, log: Callable[[str], None] = print) -> None:
+        """Run every stage that is not current (or `only` that one, once its inputs are current)."""
         if only is not None and only not in self.by_name:
             raise unknown("stage", only, self.by_name)
         for stage in self.stages:
@@ -74,7 +82,7 @@ class Pipeline:
                 continue
             log(f"[{stage.name}] {stage.help}")
             t0 = time.time()
-            stage.run()
+            stage.run(context)
             io.write_json(
                 self._marker(stage.name),
                 {

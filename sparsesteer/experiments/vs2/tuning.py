@@ -11,14 +11,14 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..steering import vs2 as V
-from ..steering.tuning import GridSearch
-from ..utils import io
+from ...steering import vs2 as V
+from ...steering.tuning import GridSearch
+from ...utils import io
 
 if TYPE_CHECKING:
-    from ..steering.retrieval_suite import RetrievalSuiteSettings
-    from .vs2_config import VS2Config
-    from .vs2_table import VS2Experiment
+    from ...steering.retrieval_suite import RetrievalSuiteSettings
+    from .config import VS2Config
+    from .run import VS2Run
 
 
 def _acc(pred: torch.Tensor | np.ndarray, labels: np.ndarray) -> float:
@@ -26,54 +26,54 @@ def _acc(pred: torch.Tensor | np.ndarray, labels: np.ndarray) -> float:
     return float((pred == labels).mean()) if len(labels) else float("nan")
 
 
-def tune(exp: VS2Experiment) -> None:
-    c = exp.cfg
-    fit, val = exp.split_indices()
-    x_train, y_train = exp.cls_rows(c.train_split)
+def tune(run: VS2Run) -> None:
+    c = run.cfg
+    fit, val = run.split_indices()
+    x_train, y_train = run.cls_rows(c.train_split)
     x_val, y_val = x_train[val], torch.from_numpy(y_train[val])
-    clf = exp.cls_classifier("single")
+    clf = run.cls_classifier("single")
     split = f"validation part ({c.val_fraction:g}, seed {c.seed}) of {c.dataset} {c.train_split}"
     out: dict[str, Any] = {"validation": {"split": split, "n": int(len(val)), "n_fit": int(len(fit))}}
     for key, name in (("vs2", "final"), ("vs2_pass", "pass")):
         if name == "pass" and not c.pass_weight:
             continue
-        sae = exp.load_sae(name)
-        V.check_sae_for_cls(sae, exp.backbone.d_model, exp.backbone.n_blocks)
+        sae = run.load_sae(name)
+        V.check_sae_for_cls(sae, run.backbone.d_model, run.backbone.n_blocks)
         grid = V.tune_vs2(clf, sae, x_val, y_val, c.lams, c.gammas, split=split)
-        grid.heatmap(exp.path("plots", f"tuning_{key}.png"), title=f"{key}: {exp.backbone.model_id} on {c.dataset}")
+        grid.heatmap(run.path("plots", f"tuning_{key}.png"), title=f"{key}: {run.backbone.model_id} on {c.dataset}")
         out[key] = grid.to_json()
-    retrieval = _tune_retrieval(exp, x_train, y_train, fit, val, clf, split)
+    retrieval = _tune_retrieval(run, x_train, y_train, fit, val, clf, split)
     for key, result in retrieval.items():
         if "gammas" in result:  # a (lam, gamma) grid: VS2++
             grid = GridSearch(**{f.name: result[f.name] for f in dataclasses.fields(GridSearch)})
-            grid.heatmap(exp.path("plots", f"tuning_{key}.png"), title=f"{key}: {exp.backbone.model_id} on {c.dataset}")
+            grid.heatmap(run.path("plots", f"tuning_{key}.png"), title=f"{key}: {run.backbone.model_id} on {c.dataset}")
     out.update(retrieval)
-    io.write_json(exp.path("tuning.json"), out)
+    io.write_json(run.path("tuning.json"), out)
 
 
-def evaluate_test(exp: VS2Experiment) -> None:
-    from ..activations.loader import TensorSource
-    from ..sae.metrics import evaluate as sae_metrics
+def evaluate_test(run: VS2Run) -> None:
+    from ...activations.loader import TensorSource
+    from ...sae.metrics import evaluate as sae_metrics
 
-    c = exp.cfg
-    tuned = io.read_json(exp.path("tuning.json"))
-    fit, _ = exp.split_indices()
-    x_test, y_test = exp.cls_rows(c.test_split)
-    x_train, _ = exp.cls_rows(c.train_split)
-    clf = exp.cls_classifier("single")
+    c = run.cfg
+    tuned = io.read_json(run.path("tuning.json"))
+    fit, _ = run.split_indices()
+    x_test, y_test = run.cls_rows(c.test_split)
+    x_train, _ = run.cls_rows(c.train_split)
+    clf = run.cls_classifier("single")
     rows: dict[str, dict[str, Any]] = {}
 
     def record(key: str, pred: torch.Tensor | np.ndarray, **settings: Any) -> None:
-        exp.save_array(f"pred_{key}", np.asarray(pred))
+        run.save_array(f"pred_{key}", np.asarray(pred))
         rows[key] = {"top1": 100 * _acc(pred, y_test), "settings": settings}
 
-    record("zeroshot", exp.load_array("logits_zeroshot").argmax(-1), templates="a photo of a {}.")
+    record("zeroshot", run.load_array("logits_zeroshot").argmax(-1), templates="a photo of a {}.")
     record(
         "zeroshot_ensemble",
-        exp.load_array("logits_zeroshot_ensemble").argmax(-1),
+        run.load_array("logits_zeroshot_ensemble").argmax(-1),
         templates="80 CLIP ImageNet templates",
     )
-    sae = exp.load_sae("final")
+    sae = run.load_sae("final")
     record("sae_rec_f", clf.predict(V.sae_rec(sae, x_test)))
     record("sae_rec_f_gamma", clf.predict(V.sae_rec(sae, x_test, c.gamma_rec)), gamma=c.gamma_rec)
     best = tuned["vs2"]
@@ -89,7 +89,7 @@ def evaluate_test(exp: VS2Experiment) -> None:
         p = tuned["vs2_pass"]
         record(
             "vs2_pass",
-            clf.predict(V.vs2(exp.load_sae("pass"), x_test, p["best_lam"], p["best_gamma"])),
+            clf.predict(V.vs2(run.load_sae("pass"), x_test, p["best_lam"], p["best_gamma"])),
             lam=p["best_lam"],
             gamma=p["best_gamma"],
             pass_weight=c.pass_weight,
@@ -103,13 +103,13 @@ def evaluate_test(exp: VS2Experiment) -> None:
         gate_rows.append(
             {"quantile": q, "tau": gate.tau, "top1": 100 * _acc(pred, y_test), "coverage": float(mask.double().mean())}
         )
-    rows.update(_evaluate_retrieval(exp, tuned, x_test, y_test, x_train, clf))
+    rows.update(_evaluate_retrieval(run, tuned, x_test, y_test, x_train, clf))
     sae_fvu = {
         "test": sae_metrics(sae, TensorSource(x_test)).fvu,
         "train_fit": sae_metrics(sae, TensorSource(x_train[fit])).fvu,
     }
     io.write_json(
-        exp.path("evaluation.json"),
+        run.path("evaluation.json"),
         {"rows": rows, "fvu_gate": gate_rows, "sae_fvu": sae_fvu, "n_test": int(len(y_test))},
     )
 
@@ -117,7 +117,7 @@ def evaluate_test(exp: VS2Experiment) -> None:
 # ---------------------------------------------------------------------- VS2++ and its baselines
 def _suite(c: VS2Config) -> RetrievalSuiteSettings:
     """The retrieval suite's settings from the run's config."""
-    from ..steering.retrieval_suite import RetrievalSuiteSettings
+    from ...steering.retrieval_suite import RetrievalSuiteSettings
 
     return RetrievalSuiteSettings(
         neighbours=c.neighbours,
@@ -130,39 +130,39 @@ def _suite(c: VS2Config) -> RetrievalSuiteSettings:
     )
 
 
-def _tune_retrieval(exp, x_train, y_train, fit, val, clf, split) -> dict[str, Any]:
+def _tune_retrieval(run: VS2Run, x_train, y_train, fit, val, clf, split) -> dict[str, Any]:
     """VS2++ (oracle, pseudo), CLIP steering and weighted RAG tuned on validation queries that
     retrieve from the fit part of train."""
-    from ..steering.retrieval_suite import RetrievalRows, tune_all
+    from ...steering.retrieval_suite import RetrievalRows, tune_all
 
     train = RetrievalRows(
         cls_nd=x_train,
-        embeds_ne=torch.from_numpy(exp.load_array(f"retrieval_{exp.cfg.train_split}")),
-        pseudo_n=torch.from_numpy(exp.load_array("pseudo_train")),
+        embeds_ne=torch.from_numpy(run.load_array(f"retrieval_{run.cfg.train_split}")),
+        pseudo_n=torch.from_numpy(run.load_array("pseudo_train")),
         labels_n=torch.from_numpy(y_train),
     )
-    return tune_all(exp.load_sae("final"), clf, train.take(fit), train.take(val), _suite(exp.cfg), split=split)
+    return tune_all(run.load_sae("final"), clf, train.take(fit), train.take(val), _suite(run.cfg), split=split)
 
 
-def _evaluate_retrieval(exp, tuned, x_test, y_test, x_train, clf) -> dict[str, dict[str, Any]]:
+def _evaluate_retrieval(run: VS2Run, tuned, x_test, y_test, x_train, clf) -> dict[str, dict[str, Any]]:
     """Test rows of VS2++ and its baselines; test queries retrieve from the whole train split."""
-    from ..steering.retrieval_suite import RetrievalRows, evaluate_all
+    from ...steering.retrieval_suite import RetrievalRows, evaluate_all
 
-    c = exp.cfg
+    c = run.cfg
     database = RetrievalRows(
         cls_nd=x_train,
-        embeds_ne=torch.from_numpy(exp.load_array(f"retrieval_{c.train_split}")),
-        pseudo_n=torch.from_numpy(exp.load_array("pseudo_train")),
-        labels_n=torch.from_numpy(exp.load_array("train_labels")),
+        embeds_ne=torch.from_numpy(run.load_array(f"retrieval_{c.train_split}")),
+        pseudo_n=torch.from_numpy(run.load_array("pseudo_train")),
+        labels_n=torch.from_numpy(run.load_array("train_labels")),
     )
     queries = RetrievalRows(
         cls_nd=x_test,
-        embeds_ne=torch.from_numpy(exp.load_array(f"retrieval_{c.test_split}")),
-        pseudo_n=torch.from_numpy(exp.load_array("pseudo_test")),
+        embeds_ne=torch.from_numpy(run.load_array(f"retrieval_{c.test_split}")),
+        pseudo_n=torch.from_numpy(run.load_array("pseudo_test")),
     )
-    rows = evaluate_all(tuned, exp.load_sae("final"), clf, database, queries, _suite(c))
+    rows = evaluate_all(tuned, run.load_sae("final"), clf, database, queries, _suite(c))
     out = {}
     for key, r in rows.items():
-        exp.save_array(f"pred_{key}", r["pred"])
+        run.save_array(f"pred_{key}", r["pred"])
         out[key] = {"top1": 100 * _acc(r["pred"], y_test), "settings": r["settings"]}
     return out

@@ -6,9 +6,9 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-from ..steering.tuning import DEFAULT_ALPHAS, DEFAULT_CLIP_LAMS, DEFAULT_GAMMAS, DEFAULT_LAMS, N_NEIGHBOURS
-from ..utils.errors import SparsesteerError
-from ..utils.options import RunOptions
+from ...steering.tuning import DEFAULT_ALPHAS, DEFAULT_CLIP_LAMS, DEFAULT_GAMMAS, DEFAULT_LAMS, N_NEIGHBOURS
+from ...utils.errors import SparsesteerError
+from ...utils.options import RunOptions
 
 
 @dataclass(frozen=True)

@@ -8,11 +8,12 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..utils import io
-from . import vs2_paper
+from ...models.hook_names import hook_name
+from ...utils import io
+from . import paper
 
 if TYPE_CHECKING:
-    from .vs2_table import VS2Experiment
+    from .run import VS2Run
 
 
 def _fmt(v: float | None, digits: int = 2, sign: bool = False) -> str:
@@ -32,24 +33,24 @@ def _settings_text(s: dict[str, Any]) -> str:
     return ", ".join(parts) or "—"
 
 
-def collect(exp: VS2Experiment) -> dict[str, Any]:
-    c = exp.cfg
-    ev = io.read_json(exp.path("evaluation.json"))
+def collect(run: VS2Run) -> dict[str, Any]:
+    c = run.cfg
+    ev = io.read_json(run.path("evaluation.json"))
     rows = dict(ev["rows"])
-    inforward = io.read_json(exp.path("inforward.json")) if exp.path("inforward.json").exists() else {}
-    y_test = exp.load_array("test_labels")
+    inforward = io.read_json(run.path("inforward.json")) if run.path("inforward.json").exists() else {}
+    y_test = run.load_array("test_labels")
     for key, settings in inforward.items():
-        pred = exp.load_array(f"logits_{key}").argmax(-1)
-        exp.save_array(f"pred_{key}", pred)
+        pred = run.load_array(f"logits_{key}").argmax(-1)
+        run.save_array(f"pred_{key}", pred)
         rows[key] = {"top1": 100 * float((pred == y_test).mean()), "settings": settings}
-    paper = vs2_paper.numbers(c.dataset, c.model)
-    zs, zs_paper = rows["zeroshot"]["top1"], paper.get("zeroshot")
+    published = paper.numbers(c.dataset, c.model)
+    zs, zs_paper = rows["zeroshot"]["top1"], published.get("zeroshot")
     table = []
-    for key, label in vs2_paper.ROWS:
+    for key, label in paper.ROWS:
         if key not in rows:
             continue
         ours = rows[key]["top1"]
-        theirs = paper.get(key)
+        theirs = published.get(key)
         table.append(
             {
                 "key": key,
@@ -62,23 +63,23 @@ def collect(exp: VS2Experiment) -> dict[str, Any]:
                 "settings": rows[key]["settings"],
             }
         )
-    tuning = io.read_json(exp.path("tuning.json"))
-    bb = exp.backbone
-    expansion, k = exp.sae_shape()
+    tuning = io.read_json(run.path("tuning.json"))
+    bb = run.backbone
+    expansion, k = run.sae_shape()
     return {
         "experiment": "vs2",
-        "model": {"id": bb.model_id, "revision": bb.revision, "paper_backbone": vs2_paper.backbone_key(c.model)},
+        "model": {"id": bb.model_id, "revision": bb.revision, "paper_backbone": paper.backbone_key(c.model)},
         "dataset": c.dataset,
         "train_split": c.train_split,
         "test_split": c.test_split,
         "n_test": ev["n_test"],
         "validation": tuning["validation"],
         "sae": {
-            "block": exp.final_block,
+            "block": run.final_block,
             "expansion": expansion,
             "k": k,
             "fvu": ev["sae_fvu"],
-            "paper_fvu_train": vs2_paper.fvu(c.dataset, c.model),
+            "paper_fvu_train": paper.fvu(c.dataset, c.model),
         },
         "rows": table,
         "fvu_gate": ev["fvu_gate"],
@@ -87,16 +88,16 @@ def collect(exp: VS2Experiment) -> dict[str, Any]:
     }
 
 
-def per_class(exp: VS2Experiment, method: str, top: int = 10) -> dict[str, Any] | None:
+def per_class(run: VS2Run, method: str, top: int = 10) -> dict[str, Any] | None:
     """Per-class accuracy of `method` vs zero-shot on test: largest gains and losses, each with the
     class's most common zero-shot confusion."""
-    path = exp.path("arrays", f"pred_{method}.npy")
+    path = run.path("arrays", f"pred_{method}.npy")
     if not path.exists():
         return None
-    classes = exp.dataset(exp.cfg.test_split).classes
-    y = exp.load_array("test_labels")
-    z = exp.load_array("pred_zeroshot")
-    m = exp.load_array(f"pred_{method}")
+    classes = run.dataset(run.cfg.test_split).classes
+    y = run.load_array("test_labels")
+    z = run.load_array("pred_zeroshot")
+    m = run.load_array(f"pred_{method}")
     C = len(classes)
     counts = np.bincount(y, minlength=C)
     acc_z = np.bincount(y, weights=(z == y), minlength=C) / np.maximum(counts, 1)
@@ -143,7 +144,7 @@ def markdown(res: dict[str, Any], classes: list[dict[str, Any]]) -> str:
         f"- Model: `{res['model']['id']}` (revision {res['model']['revision']}); paper backbone: {res['model']['paper_backbone'] or 'not in the paper'}",
         f"- Data: `{res['dataset']}`; rows evaluated on the **{res['test_split']}** split ({res['n_test']} images); "
         f"SAEs and tuning use `{res['train_split']}`: tuned on its {v['split']} ({v['n']} images), SAEs trained on the other {v['n_fit']}",
-        f"- SAE: TopK on blocks.{res['sae']['block']}.resid_post CLS, expansion {res['sae']['expansion']}, k={res['sae']['k']}, "
+        f"- SAE: TopK on {hook_name(res['sae']['block'])} CLS, expansion {res['sae']['expansion']}, k={res['sae']['k']}, "
         f"lr {s['sae_lr']}, batch {s['sae_batch_size']}, {s['sae_epochs']:g} epochs; FVU test {res['sae']['fvu']['test']:.4f}, "
         f"train {res['sae']['fvu']['train_fit']:.4f} (paper, train: {_fmt(res['sae']['paper_fvu_train'], 4)})",
         f'- Zero-shot prompt: "a photo of a {{}}." (ensemble row: CLIP\'s 80 ImageNet templates); VS2++: retriever '
@@ -191,7 +192,7 @@ def markdown(res: dict[str, Any], classes: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plots(exp: VS2Experiment, res: dict[str, Any], classes: list[dict[str, Any]]) -> None:
+def plots(run: VS2Run, res: dict[str, Any], classes: list[dict[str, Any]]) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -212,7 +213,7 @@ def plots(exp: VS2Experiment, res: dict[str, Any], classes: list[dict[str, Any]]
             f"{pc['method']} per class: {res['model']['id']} on {res['dataset']} {res['test_split']}", fontsize=9
         )
         fig.tight_layout()
-        fig.savefig(exp.path("plots", f"per_class_{pc['method']}.png"), dpi=120)
+        fig.savefig(run.path("plots", f"per_class_{pc['method']}.png"), dpi=120)
         plt.close(fig)
     gate = res["fvu_gate"]
     if gate:
@@ -224,16 +225,16 @@ def plots(exp: VS2Experiment, res: dict[str, Any], classes: list[dict[str, Any]]
         ax.set_ylabel("top-1 %")
         ax.set_title("VS2 with the FVU gate", fontsize=9)
         fig.tight_layout()
-        fig.savefig(exp.path("plots", "fvu_gate.png"), dpi=120)
+        fig.savefig(run.path("plots", "fvu_gate.png"), dpi=120)
         plt.close(fig)
 
 
-def write(exp: VS2Experiment) -> None:
-    res = collect(exp)
-    classes = [pc for pc in (per_class(exp, m) for m in ("vs2", "vs2pp_pseudo")) if pc is not None]
+def write(run: VS2Run) -> None:
+    res = collect(run)
+    classes = [pc for pc in (per_class(run, m) for m in ("vs2", "vs2pp_pseudo")) if pc is not None]
     res["per_class"] = [{k: v for k, v in pc.items() if k != "all"} for pc in classes]
-    exp.path("plots").mkdir(parents=True, exist_ok=True)
-    plots(exp, res, classes)
-    io.write_json(exp.path("results.json"), res)
-    io.write_text(exp.path("results.md"), markdown(res, classes))
-    io.write_json(exp.path("per_class.json"), {pc["method"]: pc["all"] for pc in classes})
+    run.path("plots").mkdir(parents=True, exist_ok=True)
+    plots(run, res, classes)
+    io.write_json(run.path("results.json"), res)
+    io.write_text(run.path("results.md"), markdown(res, classes))
+    io.write_json(run.path("per_class.json"), {pc["method"]: pc["all"] for pc in classes})

@@ -1,0 +1,132 @@
+"""The run context of `reproduce vs2`: what every stage reads.
+
+One run directory, OUT/{cache, retriever caches, sae, arrays, text, plots, stages}, with the
+settings, the lazily loaded CLIP backbone, the datasets, the cached CLS rows, the saved arrays, the
+SAEs and the zero-shot classifiers. The stages (`pipeline.py`, `tuning.py`, `report.py`) take a
+`VS2Run`; none of them imports another. Heavy imports happen on first use, so importing this module
+does not import torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from ...models.hook_names import hook_name
+from ...utils import io
+from ...utils.errors import SparsesteerError
+from . import paper
+from .config import VS2Config
+
+if TYPE_CHECKING:
+    import torch
+
+    from ...activations.cache.reader import Rows
+    from ...data.datasets import ImageDataset
+    from ...models.backbone import Backbone
+    from ...models.zeroshot import ZeroShotClassifier
+    from ...sae import SparseAutoencoder
+    from ...steering.classify import CLSClassifier
+
+
+class VS2Run:
+    """One `reproduce vs2` run: settings, run directory and the resources the stages share."""
+
+    def __init__(self, cfg: VS2Config, out: str | Path):
+        self.cfg = cfg
+        self.out = Path(out)
+        self._bb: Backbone | None = None
+        self._ds: dict[str, ImageDataset] = {}
+
+    # ------------------------------------------------------------------ paths and arrays
+    def path(self, *parts: str) -> Path:
+        return self.out.joinpath(*parts)
+
+    def save_array(self, name: str, array: np.ndarray | torch.Tensor) -> None:
+        if hasattr(array, "cpu"):  # a tensor
+            array = array.cpu()
+        io.write_npy(self.path("arrays", f"{name}.npy"), np.asarray(array))
+
+    def load_array(self, name: str) -> np.ndarray:
+        return np.load(self.path("arrays", f"{name}.npy"), allow_pickle=False)
+
+    def split_indices(self) -> tuple[np.ndarray, np.ndarray]:
+        """(fit, validation) indices of the train split (fixed by val_fraction and seed)."""
+        from ...steering.tuning import validation_split
+
+        n = int(self.load_array("train_labels").shape[0])
+        return validation_split(n, self.cfg.val_fraction, self.cfg.seed)
+
+    # ------------------------------------------------------------------ model and data
+    @property
+    def backbone(self) -> Backbone:
+        if self._bb is None:
+            from ...models import load_backbone
+            from ...utils.device import resolve_device
+
+            self._bb = load_backbone(self.cfg.model, device=resolve_device(self.cfg.device))
+            if self._bb.arch != "clip":
+                raise SparsesteerError(
+                    f"VS2 needs a CLIP backbone (zero-shot through the CLS head); {self.cfg.model!r} is {self._bb.arch}"
+                )
+        return self._bb
+
+    def dataset(self, split: str) -> ImageDataset:
+        """The split, downloading a built-in dataset first when it is not under the data root."""
+        if split not in self._ds:
+            from ...data import ensure_dataset, limit_dataset
+
+            name, c = self.cfg.dataset, self.cfg
+            limit = c.limit_train if split == c.train_split else c.limit_test
+            ds = limit_dataset(ensure_dataset(name, split, data_root=c.data_root), limit, c.seed)
+            if not ds.classes:
+                raise SparsesteerError(f"dataset {name!r} has no class names: zero-shot classification needs them")
+            self._ds[split] = ds
+        return self._ds[split]
+
+    @property
+    def final_block(self) -> int:
+        """The block whose output CLS the paper's SAE reads (the last one; 23 for L/14)."""
+        block, _, _ = paper.sae_config(self.cfg.model, self.backbone.n_blocks)
+        return block
+
+    def sae_shape(self) -> tuple[int, int]:
+        """(expansion, k) of the SAEs: the settings', else the paper's for this backbone."""
+        _, expansion, k = paper.sae_config(self.cfg.model, self.backbone.n_blocks)
+        return self.cfg.sae_expansion or expansion, self.cfg.sae_k or k
+
+    def cls_rows(self, split: str, block: int | None = None) -> Rows:
+        """(CLS vectors [N, d] float32, labels [N]) of a cached split at `block` (default: final)."""
+        from ...activations.cache import ActivationCache
+
+        cache = ActivationCache.open(self.path("cache", split), verify="none")
+        return cache.rows(hook_name(self.final_block if block is None else block), "cls").read_all()
+
+    # ------------------------------------------------------------------ SAEs and classifiers
+    def load_sae(self, name: str) -> SparseAutoencoder:
+        from ...sae import SparseAutoencoder
+
+        return SparseAutoencoder.load(self.path("sae", name), device=self.backbone.device)
+
+    def block_saes(self) -> dict[int, SparseAutoencoder]:
+        """One SAE per block (the final block's is `sae/final`)."""
+        final = self.final_block
+        return {b: self.load_sae("final" if b == final else f"block{b:02d}") for b in range(self.backbone.n_blocks)}
+
+    def classifier(self, templates: str = "single") -> ZeroShotClassifier:
+        from ...models.templates import get_templates
+        from ...models.zeroshot import ZeroShotClassifier
+
+        return ZeroShotClassifier.build(
+            self.backbone,
+            self.dataset(self.cfg.test_split).classes,
+            get_templates(templates),
+            cache_dir=self.path("text"),
+        )
+
+    def cls_classifier(self, templates: str = "single") -> CLSClassifier:
+        from ...steering.classify import CLSClassifier
+
+        return CLSClassifier(self.backbone, self.classifier(templates))
