@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .classify import CLSClassifier
 
 ROW_KEYS = {"vs2pp": "vs2pp_{}", "clip_steer": "clip_steer_{}", "rag": "rag_{}"}
-"""Row keys of the paper's Table 1 (experiments/vs2_paper.py) produced here, per label mode."""
+"""Row keys of the paper's Table 1 (experiments/vs2/paper.py) produced here, per label mode."""
 
 
 @dataclass(frozen=True)
