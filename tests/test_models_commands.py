@@ -8,8 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_activations_produce import help_defaults, tiny_clip
-from test_data_batches import make_folder_dataset
+from helpers import help_defaults, make_folder_dataset
 
 from sparsesteer.cli import main
 from sparsesteer.data import open_dataset
@@ -20,8 +19,8 @@ from sparsesteer.utils.errors import SparsesteerError
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory) -> Path:
-    return tiny_clip(tmp_path_factory)
+def clip(tiny_clip_dir) -> Path:
+    return tiny_clip_dir
 
 
 @pytest.fixture(scope="module")
