@@ -4,8 +4,6 @@ redoes those whose settings changed, and any stage can be run alone."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -16,6 +14,7 @@ from typing import Any
 from ..utils import io
 from ..utils.config import to_dict
 from ..utils.errors import SparsesteerError, unknown
+from ..utils.settings_hash import settings_sha256
 
 
 @dataclass(frozen=True)
@@ -47,7 +46,7 @@ class Pipeline:
             "fields": {f: self.config[f] for f in stage.fields},
             "needs": {n: self.digest(n) for n in stage.needs},
         }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        return settings_sha256(payload)
 
     def _marker(self, name: str) -> Path:
         return self.out / "stages" / f"{name}.json"
