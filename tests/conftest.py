@@ -17,3 +17,12 @@ def cifar10_jpeg() -> Path:
     if not (CIFAR10_JPEG / "test").is_dir():
         pytest.skip(f"real CIFAR-10 JPEGs not found at {CIFAR10_JPEG}")
     return CIFAR10_JPEG
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_dir(tmp_path_factory) -> Path:
+    """One tiny random CLIP per test session (`make_tiny_clip` defaults: 3 blocks, d 32, 32 px,
+    patch 8: 17 tokens; head d 16), written once and shared. Tests must not modify it."""
+    from sparsesteer.models.tiny import make_tiny_clip
+
+    return make_tiny_clip(tmp_path_factory.mktemp("tiny-clip") / "clip")

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_data_batches import make_folder_dataset
+from helpers import help_defaults, make_folder_dataset
 
 from sparsesteer.activations.cache import ActivationCache
 from sparsesteer.activations.produce import CacheConfig, cache_activations, plan_hooks, shard_images_for
@@ -23,7 +23,6 @@ from sparsesteer.cli import main
 from sparsesteer.data import open_dataset
 from sparsesteer.data.subset import stratified_sample
 from sparsesteer.models import Backbone, load_backbone
-from sparsesteer.models.tiny import make_tiny_clip
 from sparsesteer.utils.errors import SparsesteerError
 
 TESTS = Path(__file__).parent
@@ -39,18 +38,9 @@ def run_cache(model, dataset, split, hooks, tokens, out, **options):
     return cache_activations(cfg, backbone=backbone)
 
 
-def tiny_clip(tmp_path_factory) -> Path:
-    """One tiny CLIP per test session (3 blocks, d 32, 32 px, patch 8: 17 tokens; head d 16),
-    shared by the test modules that need it."""
-    path = tmp_path_factory.getbasetemp() / "shared-tiny-clip"
-    if not (path / "config.json").is_file():
-        make_tiny_clip(path)
-    return path
-
-
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory) -> Path:
-    return tiny_clip(tmp_path_factory)
+def clip(tiny_clip_dir) -> Path:
+    return tiny_clip_dir
 
 
 @pytest.fixture(scope="module")
@@ -279,19 +269,6 @@ def test_shard_size_from_target_megabytes(bb):
     assert shard_images_for(plan, "float32", shard_mb=1) == 2**20 // (17 * 64 * 4)
     assert shard_images_for(plan, "bfloat16", shard_mb=1) == 2**20 // (17 * 64 * 2)
     assert shard_images_for(plan, "float32", shard_mb=1e-6) == 1
-
-
-def help_defaults(command: str) -> dict[str, str]:
-    """Option -> its help text as --help prints it, for every option of `command`."""
-    from sparsesteer.cli import HelpFormatter, build_parser
-
-    sub = next(a for a in build_parser()._actions if a.dest == "command").choices[command]
-    fmt = HelpFormatter(command)
-    return {
-        a.option_strings[-1]: fmt._get_help_string(a) % {"default": a.default}
-        for a in sub._actions
-        if a.option_strings and a.dest != "help"
-    }
 
 
 def test_help_states_every_default():

@@ -45,7 +45,10 @@ COMMANDS = {
 def test_a_file_where_a_directory_is_expected(command, tmp_path, capsys):
     afile = tmp_path / "results.txt"
     afile.write_text("keep me")
-    for out, why in ((afile, "is a file; expected a directory"), (afile / "sub", "is a file, so the directory")):
+    for out, why in (
+        (afile, f"{afile} is a file, not a directory"),
+        (afile / "sub", f"{afile / 'sub'}: {afile} is a file"),
+    ):
         argv = [a.format(out=out) for a in COMMANDS[command]]
         assert main(argv) == 2
         err = capsys.readouterr().err
@@ -73,4 +76,4 @@ def test_read_only_directory(tmp_path, capsys, monkeypatch):
     finally:
         os.chmod(base, 0o755)
     err = capsys.readouterr().err
-    assert f"--out {out}: cannot write in {base} (Permission denied)" in err and not out.exists()
+    assert f"--out {out}: {base} is not writable (permission denied)" in err and not out.exists()

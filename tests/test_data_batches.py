@@ -3,40 +3,17 @@
 from __future__ import annotations
 
 import pickle
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from helpers import make_folder_dataset
 
 from sparsesteer.data import Preprocessor, open_dataset
 from sparsesteer.data.batches import ImageBatch, SkippedImage, default_workers, image_batches
 from sparsesteer.utils.errors import SparsesteerError
 
 PRE = Preprocessor(size={"shortest_edge": 16}, crop_size={"height": 16, "width": 16})
-
-
-def make_folder_dataset(root: Path, n_per_class=(3, 2, 2), *, split="train", size=24, corrupt=(), seed=0) -> Path:
-    """root/split/class_k/img_i.{png,jpg} with random pixels of varied sizes and modes; the images
-    listed in `corrupt` (as (class, i)) are written as truncated JPEG bytes."""
-    rng = np.random.default_rng(seed)
-    for c, n in enumerate(n_per_class):
-        folder = root / split / f"class_{c}"
-        folder.mkdir(parents=True, exist_ok=True)
-        for i in range(n):
-            h, w = size + int(rng.integers(0, 9)), size + int(rng.integers(0, 9))
-            pixels = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
-            if (c, i) in corrupt:
-                buf = Path(folder / f"img_{i}.jpg")
-                Image.fromarray(pixels).save(buf, quality=90)
-                buf.write_bytes(buf.read_bytes()[:40])  # header only: decoding fails
-                continue
-            im = Image.fromarray(pixels)
-            if i % 3 == 1:
-                im = im.convert("L")  # grayscale: the preprocessor converts to RGB
-            im.save(folder / f"img_{i}.{'png' if i % 2 else 'jpg'}")
-    return root
 
 
 def reference(ds, indices) -> np.ndarray:

@@ -15,10 +15,10 @@ from sparsesteer.utils.errors import SparsesteerError
 
 
 @pytest.fixture(scope="module")
-def dirs(tmp_path_factory):
+def dirs(tmp_path_factory, tiny_clip_dir):
     root = tmp_path_factory.mktemp("backbone")
     return {
-        "clip": make_tiny_clip(root / "clip", layers=3),
+        "clip": tiny_clip_dir,  # 3 blocks
         "siglip": make_tiny_siglip(root / "siglip", layers=2),
         "siglip_vision": make_tiny_siglip(root / "siglip_vision", text=False),
         "dinov2": make_tiny_dinov2(root / "dinov2", layers=4),

@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from test_activations_produce import help_defaults, tiny_clip
-from test_data_batches import make_folder_dataset
+from helpers import help_defaults, make_folder_dataset
 
 from sparsesteer.cli import main
 from sparsesteer.data import open_dataset
@@ -27,8 +26,8 @@ def zeroshot_of(model, dataset, split, **options):
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory) -> Path:
-    return tiny_clip(tmp_path_factory)
+def clip(tiny_clip_dir) -> Path:
+    return tiny_clip_dir
 
 
 @pytest.fixture(scope="module")

@@ -22,7 +22,7 @@ from sparsesteer.models.backbone import load_backbone
 from sparsesteer.models.head import clip_head
 from sparsesteer.models.hooks import Intervention
 from sparsesteer.models.templates import IMAGENET_ENSEMBLE, IMAGENET_SELECTED_7, SINGLE, get_templates
-from sparsesteer.models.tiny import make_tiny_clip, make_tiny_dinov2, make_tiny_siglip
+from sparsesteer.models.tiny import make_tiny_dinov2, make_tiny_siglip
 from sparsesteer.models.zeroshot import ZeroShotClassifier, class_weights, classify, encode_text
 from sparsesteer.utils.errors import SparsesteerError
 
@@ -31,10 +31,10 @@ TEMPLATES = ("a photo of a {}.", "a drawing of the {}.", "itap of my {}.")
 
 
 @pytest.fixture(scope="module")
-def bbs(tmp_path_factory):
+def bbs(tmp_path_factory, tiny_clip_dir):
     root = tmp_path_factory.mktemp("zs")
     return {
-        "clip": load_backbone(make_tiny_clip(root / "clip")),
+        "clip": load_backbone(tiny_clip_dir),
         "siglip": load_backbone(make_tiny_siglip(root / "siglip")),
         "dinov2": load_backbone(make_tiny_dinov2(root / "dinov2", registers=1)),
     }

@@ -7,15 +7,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sparsesteer.models.tiny import make_tiny_clip
 from sparsesteer.sae import SAEConfig, build
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def test_python_tour_runs(tmp_path, monkeypatch):
+def test_python_tour_runs(tmp_path, monkeypatch, tiny_clip_dir):
     code = re.search(r"```python\n(.*?)```", README.read_text(), re.S).group(1)
-    clip = make_tiny_clip(tmp_path / "clip")
+    clip = tiny_clip_dir
     code = code.replace('"openai/clip-vit-base-patch32"', repr(str(clip))).replace(
         '"blocks.11.resid_post"', '"blocks.2.resid_post"'
     )

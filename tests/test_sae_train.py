@@ -6,14 +6,13 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from helpers import make_activation_cache
 from safetensors.torch import load_file
 
-from sparsesteer.activations.cache import CacheSettings, CacheWriter
 from sparsesteer.activations.loader import TensorSource
 from sparsesteer.cli import main
 from sparsesteer.sae import SAEConfig, SparseAutoencoder
@@ -220,7 +219,7 @@ def test_pass_prototypes_are_the_ema_of_class_mean_codes(tmp_path):
             expected[c] = mean if not seen[c] else 0.5 * expected[c] + 0.5 * mean
             seen[c] = True
         train_step(m, xb, lb, 1e-3, TrainConfig(), torch.device("cpu"))
-        torch.testing.assert_close(m.prototypes, expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(m.objectives[0].prototypes, expected, rtol=1e-5, atol=1e-6)
     assert m.sums["pass_loss"] > 0
 
 
@@ -243,31 +242,8 @@ def test_batchtopk_learns_an_inference_threshold(tmp_path):
     assert res.metrics[0]["l0"] == pytest.approx(4.0, abs=0.5)
 
 
-def write_cache(path: Path, n_images=300, positions=(0, 1, 2, 3), d=16, hooks=("blocks.2.resid_post",), labels=True):
-    rng = np.random.default_rng(0)
-    s = CacheSettings(
-        hooks=hooks,
-        d={h: d for h in hooks},
-        tokens="all",
-        token_positions=positions,
-        cls_position=0,
-        n_images=n_images,
-        dtype="float32",
-        model={"id": "tiny-clip", "revision": "abc", "arch": "clip"},
-        dataset={"name": "unit"},
-        split="train",
-    )
-    with CacheWriter.open(path, s) as w:
-        for first in range(0, n_images, 100):
-            img = np.repeat(np.arange(first, first + 100), len(positions))
-            tok = np.tile(positions, 100)
-            w.write_shard({h: rng.normal(size=(len(img), d)).astype(np.float32) for h in hooks}, img, tok)
-        w.finish(rng.integers(0, 5, n_images) if labels else None)
-    return path
-
-
 def test_cli_train_and_evaluate_on_a_cache_with_token_filter(tmp_path, capsys):
-    cache = write_cache(tmp_path / "cache")
+    cache = make_activation_cache(tmp_path / "cache")
     assert (
         main(
             [
@@ -301,7 +277,7 @@ def test_cli_train_and_evaluate_on_a_cache_with_token_filter(tmp_path, capsys):
 
 
 def test_cli_bad_input_errors(tmp_path, capsys):
-    cache = write_cache(tmp_path / "cache")
+    cache = make_activation_cache(tmp_path / "cache")
     out = str(tmp_path / "o")
     assert main(["train", "--activations", str(cache), "--arch", "topkk", "--out", out]) == 2
     assert "did you mean 'topk'" in capsys.readouterr().err
@@ -323,7 +299,7 @@ def test_cli_bad_input_errors(tmp_path, capsys):
     assert not (tmp_path / "o" / "cfg.json").exists()
     # an SAE evaluated on activations of another width
     np.save(tmp_path / "w.npy", np.zeros((10, 8), np.float32))
-    write_cache(tmp_path / "cache2")
+    make_activation_cache(tmp_path / "cache2")
     assert (
         main(
             [

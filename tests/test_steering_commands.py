@@ -8,16 +8,15 @@ from PIL import Image
 
 from sparsesteer.activations.produce import CacheConfig, cache_activations
 from sparsesteer.cli import main
-from sparsesteer.models.tiny import make_tiny_clip
 from sparsesteer.models.zeroshot_run import ZeroShotConfig, zeroshot
 from sparsesteer.sae import SAEConfig
 from sparsesteer.sae.train import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
+def setup(tmp_path_factory, tiny_clip_dir):
     tmp = tmp_path_factory.mktemp("steer")
-    clip = make_tiny_clip(tmp / "clip")
+    clip = tiny_clip_dir
     rng = np.random.default_rng(1)
     for split, n in (("train", 20), ("test", 6)):
         for ci, name in enumerate(["cat", "dog", "bird"]):

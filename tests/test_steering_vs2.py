@@ -6,7 +6,6 @@ import torch
 
 from sparsesteer.models.backbone import load_backbone
 from sparsesteer.models.hook_names import final_resid
-from sparsesteer.models.tiny import make_tiny_clip
 from sparsesteer.models.zeroshot import ZeroShotClassifier
 from sparsesteer.sae import SAEConfig, build
 from sparsesteer.steering import vs2 as V
@@ -105,8 +104,8 @@ def test_sae_must_match_the_final_cls(sae):
 
 
 @pytest.fixture(scope="module")
-def clip(tmp_path_factory):
-    path = make_tiny_clip(tmp_path_factory.mktemp("clip"))
+def clip(tiny_clip_dir):
+    path = tiny_clip_dir
     bb = load_backbone(str(path))
     clf = ZeroShotClassifier.build(bb, ["cat", "dog", "bird", "fish"], ["a photo of a {}."])
     return bb, clf

@@ -9,7 +9,6 @@ import torch
 import torch.nn.functional as F
 
 from sparsesteer.models.backbone import load_backbone
-from sparsesteer.models.tiny import make_tiny_clip
 from sparsesteer.models.zeroshot import ZeroShotClassifier
 from sparsesteer.sae import SAEConfig, build
 from sparsesteer.steering.baselines import clip_steering, tune_clip_steering, tune_weighted_rag, weighted_rag
@@ -255,9 +254,9 @@ def test_weighted_rag_nonpositive_similarities_use_uniform_weights():
 
 # ------------------------------------------------------------------ a tiny CLIP end to end
 @pytest.fixture(scope="module")
-def tiny(tmp_path_factory):
+def tiny(tiny_clip_dir):
     """Tiny CLIP + zero-shot classifier over 6 classes, an SAE on its 32-d CLS, random CLS vectors."""
-    bb = load_backbone(make_tiny_clip(tmp_path_factory.mktemp("clip") / "clip"))
+    bb = load_backbone(tiny_clip_dir)
     clf = CLSClassifier(bb, ZeroShotClassifier.build(bb, [f"class {i}" for i in range(6)], ["a photo of a {}."]))
     sae = small_sae(d=bb.d_model, n=128, k=8, seed=3)
     g = torch.Generator().manual_seed(7)

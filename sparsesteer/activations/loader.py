@@ -277,3 +277,15 @@ def sample_rows(source: RowSource, n: int, *, seed: int = 0, chunk_rows: int = 4
     take = np.sort(np.random.default_rng([seed, 7]).choice(n_chunks, size=math.ceil(n / chunk_rows), replace=False))
     parts = [source.read(int(c) * chunk_rows, min(source.n_rows, (int(c) + 1) * chunk_rows)) for c in take]
     return torch.cat(parts)[:n].to(torch.float32)
+
+
+def describe_row(source: RowSource, row: int) -> str:
+    """Where row `row` of a source comes from, for error messages: 'source row R', plus the image
+    and token it belongs to for a cache view, and the file or cache it is read from."""
+    text = f"source row {row}"
+    row_index = getattr(source, "row_index", None)
+    if row_index is not None:
+        image, token = (int(v) for v in row_index(row, row + 1)[0])
+        text += f": image {image}, token {token}"
+    path = source.describe().get("path")
+    return text + (f" of {path}" if path else "")

@@ -6,8 +6,6 @@ what every stage reads, the stage table holds the order."""
 
 from __future__ import annotations
 
-import hashlib
-import json
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -18,6 +16,7 @@ from typing import Any, Generic, TypeVar
 from ..utils import io
 from ..utils.config import to_dict
 from ..utils.errors import SparsesteerError, unknown
+from ..utils.settings_hash import settings_sha256
 
 Ctx = TypeVar("Ctx")
 """The run context a paper's stages read and write through."""
@@ -54,7 +53,7 @@ class Pipeline(Generic[Ctx]):
             "fields": {f: self.config[f] for f in stage.fields},
             "needs": {n: self.digest(n) for n in stage.needs},
         }
-        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+        return settings_sha256(payload)
 
     def _marker(self, name: str) -> Path:
         return self.out / "stages" / f"{name}.json"

@@ -17,8 +17,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..utils import report
 from ..utils.errors import SparsesteerError
-from ..utils.io import write_json, write_text
+from ..utils.report import md_table
 
 
 def _check(labels: Tensor, n: int, what: str) -> None:
@@ -102,14 +103,26 @@ class ClassificationResult:
         lines = []
         if self.meta:
             lines += [f"- {k}: {v}" for k, v in self.meta.items()] + [""]
-        head = " | ".join(f"top-{k}" for k in self.topk)
-        lines += [f"| images | {head} |", "|---:|" + "---:|" * len(self.topk)]
-        lines += [f"| {self.n_images} | " + " | ".join(f"{100 * v:.2f}" for v in self.topk.values()) + " |", ""]
-        lines += ["| class | n | top-1 % | most confused with | n |", "|---|---:|---:|---|---:|"]
-        for r in self.per_class:
-            acc = "-" if math.isnan(r.accuracy) else f"{100 * r.accuracy:.2f}"
-            lines.append(f"| {r.name} | {r.n} | {acc} | {r.most_confused_with or '-'} | {r.n_confused} |")
-        return "\n".join(lines) + "\n"
+        top = md_table(
+            ["images", *(f"top-{k}" for k in self.topk)],
+            [[self.n_images, *(f"{100 * v:.2f}" for v in self.topk.values())]],
+            align="r",
+        )
+        per_class = md_table(
+            ["class", "n", "top-1 %", "most confused with", "n"],
+            [
+                [
+                    r.name,
+                    r.n,
+                    "-" if math.isnan(r.accuracy) else f"{100 * r.accuracy:.2f}",
+                    r.most_confused_with or "-",
+                    r.n_confused,
+                ]
+                for r in self.per_class
+            ],
+            align="lrrlr",
+        )
+        return "\n".join([*lines, top, "", per_class]) + "\n"
 
 
 def evaluate(
@@ -147,8 +160,4 @@ def evaluate(
 
 def write_result(result: ClassificationResult, out_dir: str | os.PathLike, stem: str = "zeroshot") -> tuple[Path, Path]:
     """Write `<stem>.json` and `<stem>.md` into `out_dir` atomically; return both paths."""
-    out = Path(out_dir)
-    json_path, md_path = out / f"{stem}.json", out / f"{stem}.md"
-    write_json(json_path, result.to_dict())
-    write_text(md_path, result.to_markdown())
-    return json_path, md_path
+    return report.write_result(out_dir, stem, result.to_dict(), result.to_markdown())

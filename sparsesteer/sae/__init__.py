@@ -34,14 +34,15 @@ _LAZY = {
 }
 
 
-def variants() -> dict[str, type]:
-    """Architecture name -> SAE class."""
-    from .batchtopk import BatchTopKSAE
-    from .jumprelu import JumpReLUSAE
-    from .relu import ReLUSAE
-    from .topk import TopKSAE
+def variants() -> dict[str, type[SparseAutoencoder]]:
+    """Architecture name -> SAE class, in the order of `ARCHITECTURES` (arch X lives in `sae/X.py`)."""
+    import importlib
 
-    return {"topk": TopKSAE, "batchtopk": BatchTopKSAE, "relu": ReLUSAE, "jumprelu": JumpReLUSAE}
+    from .base import _VARIANTS
+
+    for arch in ARCHITECTURES:
+        importlib.import_module(f"{__name__}.{arch}")
+    return {arch: _VARIANTS[arch] for arch in ARCHITECTURES}
 
 
 def build(cfg: SAEConfig, **kwargs: Any) -> SparseAutoencoder:

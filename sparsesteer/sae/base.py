@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
 from ..utils.errors import SparsesteerError
 from . import kernels
-from .config import SAEConfig
+from .config import ARCHITECTURES, SAEConfig
 
 
 class SparseCodes(NamedTuple):
@@ -60,14 +60,33 @@ class ForwardOutput(NamedTuple):
     matryoshka_fvu: Tensor
     """Mean FVU over the Matryoshka prefixes (0 when none)."""
     loss: Tensor
-    """The total objective: fvu (or the Matryoshka mean) + aux_coeff * aux_loss + sparsity_loss."""
+    """The architecture's own objective: fvu (or the Matryoshka mean) + aux_coeff * aux_loss +
+    sparsity_loss. The trainer adds the weighted extra objectives of `sae/objectives.py` (PASS) to
+    it; the total is logged as `loss`."""
+
+
+_VARIANTS: dict[str, type[SparseAutoencoder]] = {}
 
 
 class SparseAutoencoder(nn.Module):
     """Base class of every SAE variant. Build one with `build(cfg)` or `SparseAutoencoder.load(dir)`.
 
     Inputs may have leading dimensions ([..., d_in]); they are kept in the outputs.
+    A variant declares its architecture name: `class TopKSAE(SparseAutoencoder, arch="topk")`.
     """
+
+    arch: ClassVar[str]
+    """The architecture name (one of `ARCHITECTURES`) this class implements."""
+    trainable: ClassVar[bool] = True
+    """False for inference-only variants (their `forward` raises)."""
+
+    def __init_subclass__(cls, *, arch: str | None = None, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if arch is not None:
+            if arch not in ARCHITECTURES:
+                raise TypeError(f"{cls.__name__}: arch {arch!r} is not in ARCHITECTURES (sae/config.py::Arch)")
+            cls.arch = arch
+            _VARIANTS[arch] = cls
 
     metadata: dict[str, Any]
     """Free-form provenance saved in cfg.json: hook point, model, token selection, input

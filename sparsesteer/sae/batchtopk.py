@@ -18,7 +18,7 @@ from .topk import TopKSAE
 _CANDIDATE_FACTOR = 4
 
 
-class BatchTopKSAE(TopKSAE):
+class BatchTopKSAE(TopKSAE, arch="batchtopk"):
     def __init__(self, cfg, **kwargs):
         super().__init__(cfg, **kwargs)
         self.register_buffer("threshold", torch.tensor(-1.0, device=self.W_dec.device, dtype=self.W_dec.dtype))

@@ -82,6 +82,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="TOML", help="TOML/JSON file with [sae] and [train] tables; flags override it")
     p.add_argument("--out", required=True, metavar="DIR", help="run directory")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace what --out holds (by default a run starts only in a new or empty directory)",
+    )
     p.set_defaults(func=run_train)
 
     e = sub.add_parser(
@@ -96,11 +101,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--activations", required=True, metavar="PATH", help="activation cache directory or .npy file")
     e.add_argument("--hook", help="hook point in a multi-hook cache (default: the SAE's hook)")
     e.add_argument("--tokens", help="cls, patch or all rows of the cache (default: all cached rows)")
-    e.add_argument("--batch-size", type=int, default=4096, help="rows per batch")
+    e.add_argument("--batch-size", type=int, default=4096, help="rows per batch (does not change the metrics)")
     e.add_argument("--max-rows", type=int, default=None, help="evaluate only the first N rows")
     e.add_argument("--device", default="auto", help="cpu, cuda, ... or auto")
     e.add_argument("--out", metavar="PATH", help="metrics JSON file or directory (default: SAE_DIR/eval.json)")
-    e.set_defaults(func=run_evaluate)
+    e.set_defaults(func=run_evaluate, output_args=())  # --out may name a file: checked in run_evaluate
 
 
 def _split(value: Any, name: str) -> list[str]:
@@ -127,7 +132,31 @@ def sweep_configs(args: argparse.Namespace, base: dict[str, Any]) -> list[Any]:
     for combo in itertools.product(*(lists[k] for k in keys)):
         data = {**base, **single, **dict(zip(keys, combo))}
         cfgs.append(config_utils.from_dict(SAEConfig, data, where="SAE config"))
+    _check_grid(cfgs, {k: v for k, v in lists.items() if len(v) > 1})
     return cfgs
+
+
+def _check_grid(cfgs: list[Any], swept: dict[str, list[str]]) -> None:
+    """Refuse a grid whose points would train identical SAEs: an axis that the architecture does
+    not read (k on relu, l1-coeff on topk), or a value given twice."""
+    from ..utils.config import to_dict
+    from .config import APPLIES_TO
+
+    for axis, values in swept.items():
+        flag = "--" + axis.replace("_", "-")
+        for cfg in cfgs:
+            if not cfg.applies(axis):
+                raise SparsesteerError(
+                    f"{flag} sweeps {','.join(values)} but arch {cfg.arch} does not use {axis} (only "
+                    f"{', '.join(APPLIES_TO[axis])} do): the grid would train identical {cfg.arch} SAEs; "
+                    f"sweep {axis} over those architectures only, and train {cfg.arch} separately"
+                )
+    seen: dict[str, str] = {}
+    for cfg in cfgs:
+        key = repr(sorted((k, v) for k, v in to_dict(cfg).items() if cfg.applies(k)))
+        if key in seen:
+            raise SparsesteerError(f"the sweep lists the same SAE twice ({cfg.name}): remove the repeated value")
+        seen[key] = cfg.name
 
 
 def source_metadata(path: str | Path, hook: str | None, tokens: str | None) -> dict[str, Any]:
@@ -151,7 +180,7 @@ def source_metadata(path: str | Path, hook: str | None, tokens: str | None) -> d
 
 def run_train(args: argparse.Namespace) -> int:
     from ..activations.loader import open_source
-    from .train import TrainConfig, Trainer
+    from .train import TrainConfig, Trainer, check_run_dir
 
     file_data = config_utils.load_file(args.config) if args.config else {}
     unknown_tables = set(file_data) - {"sae", "train"}
@@ -161,6 +190,7 @@ def run_train(args: argparse.Namespace) -> int:
     train_cfg = config_utils.from_dict(
         TrainConfig, {**file_data.get("train", {}), **config_utils.overrides(args, TrainConfig)}, where="train config"
     )
+    check_run_dir(args.out, resume=args.resume, overwrite=args.overwrite)  # before any data is read
     source = open_source(
         args.activations,
         hook=args.hook,
@@ -171,7 +201,7 @@ def run_train(args: argparse.Namespace) -> int:
     )
     meta = source_metadata(args.activations, args.hook, args.tokens)
     trainer = Trainer(source, sae_cfgs, train_cfg, args.out, metadata=meta)
-    result = trainer.fit(resume=args.resume)
+    result = trainer.fit(resume=args.resume, overwrite=args.overwrite)
     for path, metrics in zip(result.paths, result.metrics):
         summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in ("fvu", "l0", "dead_frac"))
         print(f"{path}: {summary}")
@@ -182,10 +212,17 @@ def run_evaluate(args: argparse.Namespace) -> int:
     import torch
 
     from ..activations.loader import open_source
+    from ..utils import io
     from ..utils.device import resolve_device
     from .base import SparseAutoencoder
-    from .metrics import evaluate, save_eval
+    from .metrics import eval_paths, evaluate, save_eval
 
+    if args.batch_size < 1:
+        raise SparsesteerError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.max_rows is not None and args.max_rows < 1:
+        raise SparsesteerError(f"--max-rows must be >= 1, got {args.max_rows}")
+    out = eval_paths(args.out or Path(args.sae) / "eval.json")[0]
+    io.check_writable_dir(out.parent, what="--out", given=out)
     device = resolve_device(args.device)
     sae = SparseAutoencoder.load(args.sae, device=device)
     meta = source_metadata(args.activations, args.hook or sae.metadata.get("hook"), args.tokens)
@@ -215,7 +252,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         "n_latents": sae.n_latents,
         "k": sae.cfg.k if sae.cfg.uses_k else None,
     }
-    json_path, md_path = save_eval(result, args.out or Path(args.sae) / "eval.json", context=context)
+    json_path, md_path = save_eval(result, out, context=context)
     print(result.to_markdown())
     print(f"wrote {json_path} and {md_path}")
     return 0

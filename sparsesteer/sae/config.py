@@ -6,13 +6,41 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import typing
 from dataclasses import dataclass
 from typing import Literal
 
 from ..utils.errors import SparsesteerError, unknown
 
-ARCHITECTURES = ("topk", "batchtopk", "relu", "jumprelu")
 Arch = Literal["topk", "batchtopk", "relu", "jumprelu"]
+"""The architectures: the one list. Each is implemented in `sae/<arch>.py` (see `sae.variants()`)."""
+ARCHITECTURES: tuple[str, ...] = typing.get_args(Arch)
+
+APPLIES_TO: dict[str, tuple[str, ...]] = {
+    "k": ("topk", "batchtopk"),
+    "select": ("topk",),
+    "l1_coeff": ("relu",),
+    "l1_weight_by_decoder_norm": ("relu",),
+    "aux_k": ("topk", "batchtopk"),
+    "aux_coeff": ("topk", "batchtopk"),
+    "matryoshka": ("topk", "batchtopk"),
+    "threshold_ema": ("batchtopk",),
+    "pass_weight": ("topk", "batchtopk"),
+    "pass_ema": ("topk", "batchtopk"),
+}
+"""SAEConfig fields that only some architectures read (every other field applies to all)."""
+
+FEW_STEPS = 300
+"""A training run with fewer optimiser steps than this logs a warning: its SAE is barely trained."""
+
+
+def _require(ok: bool, name: str, rule: str, value: object) -> None:
+    if not ok:
+        raise SparsesteerError(f"{name} must be {rule}, got {value!r}")
+
+
+def _finite(x: float) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
 
 
 @dataclass(frozen=True)
@@ -67,10 +95,10 @@ class SAEConfig:
             raise unknown("SAE architecture", self.arch, ARCHITECTURES)
         if self.select not in ("relu", "abs"):
             raise unknown("selection rule", self.select, ("relu", "abs"))
-        if self.expansion < 1 and self.n_latents == 0:
-            raise SparsesteerError(f"expansion must be >= 1, got {self.expansion}")
-        if self.n_latents < 0 or self.d_in < 0:
-            raise SparsesteerError("d_in and n_latents must be non-negative")
+        _require(self.d_in >= 0, "d_in", "non-negative (0 = from the activations)", self.d_in)
+        _require(self.n_latents >= 0, "n_latents", "non-negative (0 = expansion * d_in)", self.n_latents)
+        if self.n_latents == 0:
+            _require(self.expansion >= 1, "expansion", ">= 1", self.expansion)
         if self.uses_k and self.k < 1:
             raise SparsesteerError(f"k must be >= 1, got {self.k}")
         if self.n_latents and self.uses_k and self.k >= self.n_latents:
@@ -85,12 +113,26 @@ class SAEConfig:
         for name in ("threshold_ema", "pass_ema"):
             if not 0.0 <= getattr(self, name) < 1.0:
                 raise SparsesteerError(f"{name} must be in [0, 1), got {getattr(self, name)}")
-        if self.pass_weight < 0 or self.aux_coeff < 0 or self.l1_coeff < 0:
-            raise SparsesteerError("loss coefficients must be non-negative")
+        for name in ("pass_weight", "aux_coeff", "l1_coeff"):
+            value = getattr(self, name)
+            _require(_finite(value) and value >= 0, name, "a non-negative number (loss coefficients)", value)
+        _require(self.aux_k >= 0, "aux_k", "non-negative (0 = d_in // 2)", self.aux_k)
+        _require(self.dead_after >= 1, "dead_after", ">= 1 (training samples)", self.dead_after)
+        _require(
+            0 < self.dense_threshold <= 1, "dense_threshold", "in (0, 1] (a firing frequency)", self.dense_threshold
+        )
+        if self.pass_weight and not self.applies("pass_weight"):
+            raise SparsesteerError(
+                f"pass_weight (PASS) needs sparse codes: arch {', '.join(APPLIES_TO['pass_weight'])}, got {self.arch}"
+            )
+
+    def applies(self, name: str) -> bool:
+        """Whether this config's architecture reads field `name` (see APPLIES_TO)."""
+        return self.arch in APPLIES_TO.get(name, ARCHITECTURES)
 
     @property
     def uses_k(self) -> bool:
-        return self.arch in ("topk", "batchtopk")
+        return self.applies("k")
 
     def resolved(self, d_in: int) -> SAEConfig:
         """This config with d_in and n_latents filled in (checked against the data width)."""
@@ -119,7 +161,7 @@ class SAEConfig:
 class TrainConfig:
     """The shared training loop."""
 
-    batch_size: int = 4096
+    batch_size: int = 1024
     """Samples (activation rows) per step."""
     lr: float = 5e-4
     """Peak learning rate (Adam)."""
@@ -129,10 +171,15 @@ class TrainConfig:
     """Learning-rate decay after warm-up, down to min_lr_ratio * lr at the last step."""
     min_lr_ratio: float = 0.0
     """Final learning rate as a fraction of lr."""
-    epochs: float = 1.0
-    """Passes over the activations (ignored when steps is set)."""
+    epochs: float | None = None
+    """Passes over the activations (ignored when steps is set); None = as many as min_steps needs, at
+    least one."""
     steps: int | None = None
-    """Training steps; None = epochs * rows / batch_size."""
+    """Training steps; None = epochs * rows / batch_size, or (epochs unset) the larger of min_steps
+    and one pass."""
+    min_steps: int = 5000
+    """With neither steps nor epochs set: train at least this many steps, passing over a small cache
+    several times (5000 steps of 1024 rows is about 100 passes over 50,000 CLS rows)."""
     grad_clip: float = 1.0
     """Clip each SAE's gradient norm to this value; 0 = off."""
     adam_betas: tuple[float, float] = (0.9, 0.999)
@@ -164,20 +211,48 @@ class TrainConfig:
     """Weights & Biases project (with log_to=wandb)."""
 
     def __post_init__(self) -> None:
-        if self.batch_size < 1:
-            raise SparsesteerError(f"batch_size must be >= 1, got {self.batch_size}")
+        _require(self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise SparsesteerError(f"lr must be a positive number, got {self.lr}")
         if self.steps is not None and self.steps < 1:
             raise SparsesteerError(f"steps must be >= 1, got {self.steps}")
-        if self.epochs <= 0:
+        if self.epochs is not None and not (self.epochs > 0 and math.isfinite(self.epochs)):
             raise SparsesteerError(f"epochs must be positive, got {self.epochs}")
+        _require(self.min_steps >= 1, "min_steps", ">= 1", self.min_steps)
+        if self.warmup_steps is not None:
+            _require(
+                self.warmup_steps >= 0, "warmup_steps", "non-negative (or unset for 5% of the run)", self.warmup_steps
+            )
+        if self.decay not in ("cosine", "linear", "constant"):
+            raise unknown("learning-rate decay", self.decay, ("cosine", "linear", "constant"))
+        _require(
+            _finite(self.min_lr_ratio) and 0 <= self.min_lr_ratio <= 1, "min_lr_ratio", "in [0, 1]", self.min_lr_ratio
+        )
+        _require(_finite(self.grad_clip) and self.grad_clip >= 0, "grad_clip", "non-negative (0 = off)", self.grad_clip)
+        betas = tuple(self.adam_betas)
+        if len(betas) != 2 or not all(_finite(b) and 0 <= b < 1 for b in betas):
+            raise SparsesteerError(f"adam_betas must be two numbers in [0, 1), got {self.adam_betas!r}")
+        _require(self.seed >= 0, "seed", "non-negative", self.seed)
+        if self.b_dec_init not in ("geometric_median", "mean", "zeros"):
+            raise unknown("b_dec initialisation", self.b_dec_init, ("geometric_median", "mean", "zeros"))
+        _require(self.init_samples >= 1, "init_samples", ">= 1", self.init_samples)
+        _require(
+            self.checkpoint_every >= 0, "checkpoint_every", "non-negative (0 = only at the end)", self.checkpoint_every
+        )
+        _require(self.log_every >= 1, "log_every", ">= 1", self.log_every)
+        _require(self.buffer_mb >= 1, "buffer_mb", ">= 1", self.buffer_mb)
         for sink in self.log_to:
             if sink not in ("wandb", "tensorboard"):
                 raise SparsesteerError(f"unknown log sink {sink!r}; valid: wandb, tensorboard")
 
     def total_steps(self, n_rows: int) -> int:
-        return self.steps or max(1, math.ceil(self.epochs * n_rows / self.batch_size))
+        """Steps of a run over `n_rows` rows: steps, else epochs * n_rows / batch_size, else the larger
+        of min_steps and one pass."""
+        if self.steps:
+            return self.steps
+        if self.epochs is not None:
+            return max(1, math.ceil(self.epochs * n_rows / self.batch_size))
+        return max(self.min_steps, math.ceil(n_rows / self.batch_size))
 
     def lr_at(self, step: int, total: int) -> float:
         """Learning rate for step `step` (0-based) of `total`: linear warm-up, then decay."""

@@ -13,7 +13,9 @@ from . import kernels
 from .base import SparseAutoencoder, SparseCodes
 
 
-class JumpReLUSAE(SparseAutoencoder):
+class JumpReLUSAE(SparseAutoencoder, arch="jumprelu"):
+    trainable = False
+
     def __init__(self, cfg, **kwargs):
         super().__init__(cfg, **kwargs)
         self.register_buffer("threshold", torch.zeros(cfg.n_latents, device=self.W_dec.device, dtype=self.W_dec.dtype))

@@ -1,4 +1,5 @@
-"""Loss terms as plain functions of tensors (the SAE variants combine them)."""
+"""Loss terms as plain functions of tensors (the SAE variants combine them; stateful terms such as
+PASS are objects in `objectives.py`)."""
 
 from __future__ import annotations
 
@@ -29,15 +30,3 @@ def l1(codes_bn: Tensor, decoder_norms_n: Tensor | None = None) -> Tensor:
     if decoder_norms_n is not None:
         a = a * decoder_norms_n
     return a.sum(-1).mean()
-
-
-def prototype_alignment(values_bk: Tensor, indices_bk: Tensor, prototypes_cn: Tensor, labels_b: Tensor) -> Tensor:
-    """PASS: mean_i ||z_i - zbar_{class(i)}||^2 for sparse codes z and detached dense prototypes.
-
-    Expanded as ||z||^2 - 2 z . zbar + ||zbar||^2 so that only the k active entries of z are
-    touched: O(B * k), no dense [B, n] codes.
-    """
-    z_sq = values_bk.pow(2).sum(-1)
-    cross = (values_bk * prototypes_cn[labels_b[:, None], indices_bk]).sum(-1)
-    p_sq = prototypes_cn.pow(2).sum(-1)[labels_b]
-    return (z_sq - 2 * cross + p_sq).mean()

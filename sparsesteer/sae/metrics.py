@@ -9,9 +9,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..activations.loader import RowSource
+from ..activations.loader import RowSource, describe_row
 from ..utils import io
+from ..utils.errors import SparsesteerError
 from ..utils.progress import progress
+from ..utils.report import md_table, write_result
 from .base import SparseAutoencoder
 
 L0_QUANTILES = (0.0, 0.01, 0.1, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
@@ -68,9 +70,7 @@ class EvalResult:
             ("dead latents", f"{100 * self.dead_frac:.2f}%"),
             (f"dense latents (> {self.dense_threshold:g})", f"{100 * self.dense_frac:.2f}%"),
         ]
-        lines = [f"## {title}", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in rows]
-        return "\n".join(lines) + "\n"
+        return f"## {title}\n\n" + md_table(["metric", "value"], rows) + "\n"
 
 
 @torch.no_grad()
@@ -83,7 +83,14 @@ def evaluate(
     dense_threshold: float | None = None,
     device: torch.device | str | None = None,
 ) -> EvalResult:
-    """Stream the source in order through the SAE and accumulate metrics in float64."""
+    """Stream the source in order through the SAE and accumulate metrics in float64.
+
+    A NaN or Inf in the activations or in the SAE's output, or a metric that is not a number (no
+    variance to explain), is an error naming the source row at fault."""
+    if batch_size < 1:
+        raise SparsesteerError(f"batch_size must be >= 1, got {batch_size}")
+    if max_rows is not None and max_rows < 1:
+        raise SparsesteerError(f"max_rows must be >= 1, got {max_rows}")
     device = torch.device(device) if device is not None else sae.device
     sae = sae.to(device).eval()
     n = source.n_rows if max_rows is None else min(max_rows, source.n_rows)
@@ -96,8 +103,16 @@ def evaluate(
     l0s: list[torch.Tensor] = []
     for s in progress(range(0, n, batch_size), desc="evaluate", unit="batch"):
         x = source.read(s, min(n, s + batch_size)).to(device=device, dtype=torch.float32)
+        _check_rows(x, s, source, "NaN or Inf in the activations at {row}: clean the activations")
         codes = sae.encode(x)
         x_hat = sae.decode(codes)
+        _check_rows(
+            x_hat,
+            s,
+            source,
+            "the SAE's reconstruction of {row} is NaN or Inf although the input is finite: the SAE's weights are "
+            "broken, or the activations are too large for it (float32 overflow)",
+        )
         active = codes.values != 0
         fire += torch.bincount(codes.indices[active], minlength=sae.n_latents)
         l0s.append(active.sum(-1).cpu())
@@ -107,7 +122,12 @@ def evaluate(
         sum_err += e64.pow(2).sum()
         sum_cos += torch.nn.functional.cosine_similarity(x.double(), x_hat.double(), dim=-1).sum()
     total_var = float(sum_x2 - sum_x.pow(2).sum() / n)
-    fvu = float(sum_err) / total_var if total_var > 0 else float("nan")
+    if not total_var > 0:
+        raise SparsesteerError(
+            f"the FVU of these activations is undefined: their {n} rows have no variance (all equal); "
+            "evaluate on more, or on varied, rows"
+        )
+    fvu = float(sum_err) / total_var
     l0 = torch.cat(l0s).double().numpy()
     freq = (fire.double() / n).cpu().numpy()
     thr = dense_threshold if dense_threshold is not None else sae.cfg.dense_threshold
@@ -129,13 +149,30 @@ def evaluate(
     )
 
 
+def eval_paths(out: str | Path) -> tuple[Path, Path]:
+    """(JSON path, Markdown path) of an evaluation written to `out`: a .json file, or a directory
+    (an existing directory always counts as one) that gets eval.json."""
+    out = Path(out)
+    json_path = out if out.suffix == ".json" and not out.is_dir() else out / "eval.json"
+    return json_path, json_path.with_suffix(".md")
+
+
 def save_eval(result: EvalResult, out: str | Path, *, context: dict[str, Any]) -> tuple[Path, Path]:
     """Write metrics JSON (with the context: SAE, activations, settings) and a Markdown table."""
-    out = Path(out)
-    json_path = out if out.suffix == ".json" else out / "eval.json"
-    md_path = json_path.with_suffix(".md")
-    io.write_json(json_path, {**context, "metrics": result.to_json()})
+    json_path, _ = eval_paths(out)
     header = "\n".join(f"- {k}: {v}" for k, v in context.items() if not isinstance(v, dict))
-    io.write_text(md_path, result.to_markdown() + "\n" + header + "\n")
+    paths = write_result(
+        json_path.parent,
+        json_path.stem,
+        {**context, "metrics": result.to_json()},
+        result.to_markdown() + "\n" + header + "\n",
+    )
     io.write_npy(json_path.with_name(json_path.stem + "_firing_frequency.npy"), result.firing_frequency)
-    return json_path, md_path
+    return paths
+
+
+def _check_rows(x_bd: torch.Tensor, start: int, source: RowSource, message: str) -> None:
+    bad = ~torch.isfinite(x_bd).all(-1)
+    if bool(bad.any()):
+        row = start + int(bad.nonzero()[0, 0])
+        raise SparsesteerError(message.format(row=describe_row(source, row)))

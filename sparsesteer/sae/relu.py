@@ -13,7 +13,7 @@ from . import kernels, losses
 from .base import ForwardOutput, SparseAutoencoder, SparseCodes
 
 
-class ReLUSAE(SparseAutoencoder):
+class ReLUSAE(SparseAutoencoder, arch="relu"):
     def _dense_codes(self, x_bd: Tensor) -> Tensor:
         return torch.relu(torch.addmm(self.b_enc, x_bd - self.b_dec, self.W_enc.t()))
 
@@ -35,4 +35,14 @@ class ReLUSAE(SparseAutoencoder):
             fire_counts = active.sum(0)
             l0 = active.sum(1).float().mean()
         zero = fvu.new_zeros(())
-        return ForwardOutput(recon, None, fire_counts, l0, fvu, zero, sparsity, zero, fvu + sparsity)
+        return ForwardOutput(
+            recon=recon,
+            codes=None,
+            fire_counts=fire_counts,
+            l0=l0,
+            fvu=fvu,
+            aux_loss=zero,
+            sparsity_loss=sparsity,
+            matryoshka_fvu=zero,
+            loss=fvu + sparsity,
+        )

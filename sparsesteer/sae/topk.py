@@ -13,7 +13,7 @@ from . import kernels, losses
 from .base import ForwardOutput, SparseAutoencoder, SparseCodes
 
 
-class TopKSAE(SparseAutoencoder):
+class TopKSAE(SparseAutoencoder, arch="topk"):
     @property
     def k_aux(self) -> int:
         return min(self.cfg.aux_k or self.d_in // 2, self.n_latents)
@@ -86,4 +86,14 @@ class TopKSAE(SparseAutoencoder):
             fire_counts = torch.bincount(codes.indices[active], minlength=self.n_latents)
             l0 = active.sum(1).float().mean()
         loss = main + self.cfg.aux_coeff * aux_loss
-        return ForwardOutput(recon, codes, fire_counts, l0, fvu, aux_loss, zero, mat, loss)
+        return ForwardOutput(
+            recon=recon,
+            codes=codes,
+            fire_counts=fire_counts,
+            l0=l0,
+            fvu=fvu,
+            aux_loss=aux_loss,
+            sparsity_loss=zero,
+            matryoshka_fvu=mat,
+            loss=loss,
+        )

@@ -1,7 +1,8 @@
 """Training: one pass over the data trains a sweep of SAEs on the same batches.
 
-Each SAE has its own Adam optimiser, dead-latent counters and (for PASS) class prototypes; the
-batches, the learning-rate schedule and the input normalisation are shared. The run directory:
+Each SAE has its own Adam optimiser, dead-latent counters and extra objectives (`objectives.py`:
+PASS and its class prototypes); the batches, the learning-rate schedule and the input
+normalisation are shared. The run directory:
 
     OUT/cfg.json + sae.safetensors      the trained SAE (one config), or OUT/<name>/... (a sweep)
     OUT/metrics.jsonl                   one JSON line per logged step
@@ -9,13 +10,19 @@ batches, the learning-rate schedule and the input normalisation are shared. The 
     OUT/state/<step>/                   the latest checkpoint (safetensors + JSON), see `_save_state`
 
 A checkpoint holds weights, optimiser moments, the step, the stream position, dead/dense
-counters, prototypes and RNG states, so `resume=True` continues exactly: on CPU a run killed with
-SIGKILL and resumed ends with bit-identical weights to an uninterrupted one (tested).
+counters, the objectives' state (PASS prototypes) and RNG states, so `resume=True` continues
+exactly: on CPU a run killed with SIGKILL and resumed ends with bit-identical weights to an
+uninterrupted one (tested).
+
+A run starts only in an empty (or new) directory, or replaces one's contents with
+`overwrite=True`; `resume=True` needs a checkpoint. Every logged number is checked: a NaN or Inf
+stops the run with the step and, when an input row caused it, that row of the source.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import random
 import shutil
@@ -28,16 +35,21 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..activations.loader import RowSource, ShuffledBatches, open_source, sample_rows
+from ..activations.loader import RowSource, ShuffledBatches, describe_row, open_source, sample_rows
 from ..utils import io
 from ..utils.config import to_dict
 from ..utils.device import resolve_device
 from ..utils.errors import SparsesteerError
 from ..utils.progress import progress
-from . import build
+from ..utils.settings_hash import first_difference
+from . import build, variants
 from .base import SparseAutoencoder
-from .config import SAEConfig, TrainConfig
+from .config import FEW_STEPS, SAEConfig, TrainConfig
 from .init import geometric_median
+from .losses import total_variance
+from .objectives import build_objectives, count_classes, needs_labels
+
+log = logging.getLogger(__name__)
 
 
 class TrainResult(NamedTuple):
@@ -54,7 +66,7 @@ class TrainResult(NamedTuple):
 
 
 class Member:
-    """One SAE of the sweep with its optimiser and counters."""
+    """One SAE of the sweep with its optimiser, counters and extra objectives."""
 
     def __init__(self, cfg: SAEConfig, device: torch.device, train: TrainConfig, n_classes: int):
         self.cfg = cfg
@@ -64,8 +76,8 @@ class Member:
         self.since_fired = torch.zeros(n, dtype=torch.long, device=device)
         self.fire_count = torch.zeros(n, dtype=torch.long, device=device)
         self.window_samples = 0
-        self.prototypes = torch.zeros(n_classes, n, device=device) if cfg.pass_weight else None
-        self.proto_seen = torch.zeros(n_classes, dtype=torch.bool, device=device) if cfg.pass_weight else None
+        # extra loss terms (objectives.py: PASS), added to the SAE's own loss with their weights
+        self.objectives = torch.nn.ModuleList(build_objectives(cfg, n_classes=n_classes, device=device))
         self.sums: dict[str, float] = {}
         self.sum_steps = 0
 
@@ -77,20 +89,22 @@ class Member:
                 out[f"{prefix}.opt.{pname}.{key}"] = value
         out[f"{prefix}.since_fired"] = self.since_fired
         out[f"{prefix}.fire_count"] = self.fire_count
-        if self.prototypes is not None:
-            out[f"{prefix}.prototypes"] = self.prototypes
-            out[f"{prefix}.proto_seen"] = self.proto_seen
+        out.update({f"{prefix}.objectives.{k}": v for k, v in self.objectives.state_dict().items()})
         return out
 
     def load_tensors(self, prefix: str, tensors: dict[str, torch.Tensor]) -> None:
         def get(key: str) -> torch.Tensor:
             if key not in tensors:
-                raise SparsesteerError(f"checkpoint is missing {key}")
+                raise SparsesteerError(
+                    f"checkpoint is missing {key} (written by an older sparsesteer?): start the run again with --overwrite"
+                )
             return tensors[key]
 
         with torch.no_grad():
             for k, v in self.sae.state_dict().items():
                 v.copy_(get(f"{prefix}.sae.{k}"))
+            for k, v in self.objectives.state_dict().items():
+                v.copy_(get(f"{prefix}.objectives.{k}"))
         for pname, p in self.sae.named_parameters():
             state = {}
             for key in ("step", "exp_avg", "exp_avg_sq"):
@@ -101,9 +115,6 @@ class Member:
                 self.opt.state[p] = state
         self.since_fired.copy_(get(f"{prefix}.since_fired"))
         self.fire_count.copy_(get(f"{prefix}.fire_count"))
-        if self.prototypes is not None:
-            self.prototypes.copy_(get(f"{prefix}.prototypes"))
-            self.proto_seen.copy_(get(f"{prefix}.proto_seen"))
 
 
 def _adam_impl(device: torch.device) -> dict[str, Any]:
@@ -140,27 +151,24 @@ class Trainer:
             raise SparsesteerError("nothing to train: no SAE configuration given")
         self.cfg = cfg
         self.sae_cfgs = [c.resolved(self.source.d) for c in cfgs]
+        classes = variants()
+        for c in self.sae_cfgs:
+            if not classes[c.arch].trainable:
+                trainable = ", ".join(a for a, k in classes.items() if k.trainable)
+                raise SparsesteerError(f"{c.arch} SAEs are inference-only here; train {trainable} instead")
         self.names = _unique_names(self.sae_cfgs)
         self.out = Path(out)
         self.metadata = dict(metadata or {})
         self.device = resolve_device(cfg.device)
         self.total = cfg.total_steps(self.source.n_rows)
         self.n_classes = 0
-        if any(c.pass_weight for c in self.sae_cfgs):
-            self.n_classes = self._count_classes()
+        if any(needs_labels(c) for c in self.sae_cfgs):
+            self.n_classes = count_classes(self.source.labels(0, self.source.n_rows))
 
     # ------------------------------------------------------------------ setup
-    def _count_classes(self) -> int:
-        labels = self.source.labels(0, self.source.n_rows)
-        if labels is None:
-            raise SparsesteerError(
-                "PASS (--pass-weight) needs class labels, but these activations have none: cache a labelled "
-                "dataset split (labels.npy in the cache) or pass labels with the array"
-            )
-        known = labels[labels >= 0]
-        if known.size == 0:
-            raise SparsesteerError("PASS (--pass-weight) needs class labels, but every row is unlabeled (-1)")
-        return int(known.max()) + 1
+    def paths(self) -> list[Path]:
+        """Where each SAE of the run is saved: --out itself for one SAE, --out/<name> for a sweep."""
+        return [self.out] if len(self.names) == 1 else [self.out / name for name in self.names]
 
     def _settings(self) -> dict[str, Any]:
         return {
@@ -174,7 +182,8 @@ class Trainer:
     def _init_stats(self) -> tuple[float, torch.Tensor]:
         """(input scale, initial b_dec) from a sample of the data."""
         sample = sample_rows(self.source, self.cfg.init_samples, seed=self.cfg.seed)
-        _check_finite(sample, "initialisation sample", None)
+        if not bool(torch.isfinite(sample).all()):
+            _check_finite(sample, "initialisation sample", None, self.source, _first_bad_row(self.source))
         scale = 1.0
         if self.cfg.normalize_input:
             mean_norm = float(sample.norm(dim=1).mean())
@@ -192,24 +201,24 @@ class Trainer:
 
     # ------------------------------------------------------------------ run
     def fit(
-        self, *, resume: bool = False, on_log: Callable[[int, list[SparseAutoencoder]], None] | None = None
+        self,
+        *,
+        resume: bool = False,
+        overwrite: bool = False,
+        on_log: Callable[[int, list[SparseAutoencoder]], None] | None = None,
     ) -> TrainResult:
-        """Run (or, with `resume`, continue) training. `on_log(step, saes)` is called at every
-        logged step with the SAEs in their training state (inputs scaled by `self.scale`)."""
+        """Run (or, with `resume`, continue) training; `overwrite` replaces what --out holds.
+        `on_log(step, saes)` is called at every logged step with the SAEs in their training state
+        (inputs scaled by `self.scale`)."""
         cfg = self.cfg
+        latest = check_run_dir(self.out, resume=resume, overwrite=overwrite)
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
             torch.backends.cudnn.allow_tf32 = cfg.tf32
         state_dir = self.out / "state"
         settings = self._settings()
-        latest = _latest_state(state_dir)
-        if latest is not None and not resume:
-            raise SparsesteerError(
-                f"{self.out} already holds a training run (checkpoint at step {latest[0]}): pass --resume to continue it, "
-                "or choose another --out"
-            )
-        if resume and latest is None and (self.out / "metrics.jsonl").exists():
-            raise SparsesteerError(f"{self.out}: --resume given but no checkpoint was found under {state_dir}")
+        if overwrite:
+            _clear_dir(self.out)
         self.out.mkdir(parents=True, exist_ok=True)
 
         torch.manual_seed(cfg.seed)
@@ -218,6 +227,8 @@ class Trainer:
         step, position = 0, 0
         if resume and latest is not None:
             step, position, scale = self._load_state(latest[1], members, settings)
+            if step >= self.total and all((p / "cfg.json").is_file() for p in self.paths()):
+                return self._finished(step)  # nothing left to do: keep the run's outputs as they are
         else:
             scale, b_dec = self._init_stats()
             for m in members:
@@ -227,24 +238,34 @@ class Trainer:
             (self.out / "metrics.jsonl").unlink(missing_ok=True)
         self.scale = scale
         _truncate_log(self.out / "metrics.jsonl", step)
+        if self.total < FEW_STEPS and step < self.total:
+            passes = self.total * cfg.batch_size / self.source.n_rows
+            log.warning(
+                f"{self.out}: only {self.total} optimiser steps (batch size {cfg.batch_size}, {passes:.3g} x "
+                f"{self.source.n_rows:,} rows); an SAE needs a few hundred steps or more to be usable: raise --steps "
+                f"or --epochs, or lower --batch-size (runs under {FEW_STEPS} steps get this warning)"
+            )
         sinks = _open_sinks(cfg, self.out, settings) if step < self.total else []
 
         stream = ShuffledBatches(self.source, cfg.batch_size, seed=cfg.seed, buffer_bytes=cfg.buffer_mb << 20)
         batches = stream.iter_from(position)
         bar = progress(total=self.total, initial=step, desc="train", unit="step")
-        last: list[dict[str, float]] = [{} for _ in members]
+        last = self._logged_metrics(step)
         t0 = time.time()
         try:
             while step < self.total:
                 batch = next(batches)
                 x = batch.x.to(self.device, non_blocking=True)
-                _check_finite(x, f"batch {step}", batch.rows)
+                _check_finite(x, f"batch {step}", batch.rows, self.source)
                 if scale != 1.0:
                     x = x * scale
                 labels = batch.labels.to(self.device) if batch.labels is not None else None
                 lr = cfg.lr_at(step, self.total)
-                for m in members:
-                    train_step(m, x, labels, lr, cfg, self.device)
+                for name, m in zip(self.names, members):
+                    try:
+                        train_step(m, x, labels, lr, cfg, self.device)
+                    except NonFiniteLoss as e:
+                        raise SparsesteerError(self._non_finite(e, name, step + 1, x, batch.rows)) from None
                 step += 1
                 position += cfg.batch_size
                 if step % cfg.log_every == 0 or step == self.total:
@@ -260,6 +281,39 @@ class Trainer:
             for s in sinks:
                 s.close()
         return self._finish(members, last, step, time.time() - t0)
+
+    def _non_finite(self, e: NonFiniteLoss, name: str, step: int, x: torch.Tensor, rows: np.ndarray) -> str:
+        """The message for a NaN/Inf training metric: the step, the SAE, and what caused it."""
+        who = f" of SAE {name}" if len(self.names) > 1 else ""
+        head = f"training stopped at step {step}: {e.metric}{who} is {e.value}"
+        with torch.no_grad():
+            overflow = ~torch.isfinite(x.float().pow(2).sum(1))
+            if bool(overflow.any()):
+                r = int(overflow.nonzero()[0, 0])
+                return (
+                    f"{head}: input row {r} of the batch ({describe_row(self.source, int(rows[r]))}) is too large for "
+                    "float32 arithmetic (its squared norm overflows); clean or rescale the activations"
+                )
+            if float(total_variance(x.float())) == 0:
+                return f"{head}: every row of this batch is the same (zero variance), so the FVU is undefined"
+        return f"{head} although its inputs are finite: the SAE diverged; lower --lr, or keep --grad-clip on"
+
+    def _logged_metrics(self, step: int) -> list[dict[str, float]]:
+        """Each SAE's metrics logged at `step` in metrics.jsonl (empty when none were)."""
+        path = self.out / "metrics.jsonl"
+        if step and path.is_file():
+            for line in reversed(path.read_text().splitlines()):
+                record = json.loads(line) if line.strip() else {}
+                if record.get("step") == step:
+                    return [dict(record.get(name, {})) for name in self.names]
+        return [{} for _ in self.names]
+
+    def _finished(self, step: int) -> TrainResult:
+        """The result of a run that had already finished, read back from its outputs."""
+        paths = self.paths()
+        saes = [SparseAutoencoder.load(p) for p in paths]
+        metrics = [dict(sae.metadata.get("training", {}).get("final_metrics", {})) for sae in saes]
+        return TrainResult(paths, saes, metrics, step)
 
     # ------------------------------------------------------------------ logging
     def _log(
@@ -320,11 +374,11 @@ class Trainer:
         meta = io.read_json(path / "state.json")
         saved = meta["settings"]
         for key in ("train", "saes", "source"):
-            if json.dumps(saved[key], sort_keys=True) != json.dumps(settings[key], sort_keys=True):
-                diff = _first_difference(saved[key], settings[key])
+            diff = first_difference(saved[key], settings[key])
+            if diff is not None:
                 raise SparsesteerError(
                     f"cannot resume {self.out}: its {key} settings differ from this run's ({diff}); "
-                    "rerun with the original settings or choose another --out"
+                    "rerun with the original settings, choose another --out, or pass --overwrite to start over"
                 )
         file = path / "state.safetensors"
         if io.sha256_file(file) != meta["state_sha256"]:
@@ -341,8 +395,7 @@ class Trainer:
     # ------------------------------------------------------------------ output
     def _finish(self, members: list[Member], last: list[dict[str, float]], step: int, elapsed: float) -> TrainResult:
         paths, saes = [], []
-        single = len(members) == 1
-        for name, m, metrics in zip(self.names, members, last):
+        for path, m, metrics in zip(self.paths(), members, last):
             sae = build(m.cfg, device="cpu")
             sae.load_state_dict({k: v.detach().cpu() for k, v in m.sae.state_dict().items()})
             if self.scale != 1.0:
@@ -366,7 +419,6 @@ class Trainer:
                     "seconds": round(elapsed, 1),
                 },
             }
-            path = self.out if single else self.out / name
             sae.save(path)
             sae.eval()
             paths.append(path)
@@ -383,10 +435,11 @@ def train_step(
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
         out = sae(x, dead_mask=dead)
     loss = out.loss
-    pass_loss = None
-    if c.pass_weight:
-        pass_loss = _pass_loss(m, out, labels, x)
-        loss = loss + c.pass_weight * pass_loss
+    terms: list[tuple[str, torch.Tensor]] = []
+    for objective in m.objectives:
+        term = objective.loss(out, labels, x)
+        loss = loss + objective.weight * term
+        terms.append((objective.name, term))
     loss.backward()
     if c.normalize_decoder:
         sae.remove_gradient_parallel_to_decoder_directions()
@@ -413,45 +466,24 @@ def train_step(
         }
         if c.matryoshka:
             stats["matryoshka_fvu"] = out.matryoshka_fvu
-        if pass_loss is not None:
-            stats["pass_loss"] = pass_loss
-        for k, v in stats.items():
-            m.sums[k] = m.sums.get(k, 0.0) + float(v)
+        stats.update(terms)
+        values = {k: float(v) for k, v in stats.items()}
+        for k, v in values.items():
+            if not math.isfinite(v):
+                raise NonFiniteLoss(k, v)
+        for k, v in values.items():
+            m.sums[k] = m.sums.get(k, 0.0) + v
         m.sum_steps += 1
 
 
-def _pass_loss(m: Member, out, labels: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
-    """PASS prototype alignment; prototypes are a detached per-class EMA of the codes, updated
-    with this batch before the loss is taken.
+class NonFiniteLoss(Exception):
+    """A training metric of one step is NaN or Inf (`Trainer.fit` turns it into a SparsesteerError
+    naming the step and the cause)."""
 
-    The paper's objective is ||x - x_hat||^2 + w ||z - zbar||^2; our reconstruction term is the
-    FVU, i.e. the squared error divided by the batch's per-sample variance, so the alignment term
-    is divided by the same number to keep the paper's ratio between the two.
-    """
-    from .losses import prototype_alignment, total_variance
-
-    if labels is None:
-        raise SparsesteerError("PASS (--pass-weight) needs labels in every batch")
-    if out.codes is None:
-        raise SparsesteerError("PASS needs a topk or batchtopk SAE")
-    known = labels >= 0
-    if not bool(known.any()):
-        return out.fvu.new_zeros(())
-    values, indices, lab = out.codes.values[known], out.codes.indices[known], labels[known]
-    with torch.no_grad():
-        C, n = m.prototypes.shape
-        sums = torch.zeros(C, n, device=values.device, dtype=values.dtype)
-        sums.index_put_((lab[:, None].expand_as(indices), indices), values.detach(), accumulate=True)
-        counts = torch.bincount(lab, minlength=C).to(values.dtype)
-        present = counts > 0
-        means = sums[present] / counts[present, None]
-        ema = m.cfg.pass_ema
-        fresh = ~m.proto_seen[present]
-        updated = torch.where(fresh[:, None], means, ema * m.prototypes[present] + (1 - ema) * means)
-        m.prototypes[present] = updated
-        m.proto_seen |= present
-    per_sample_var = total_variance(x) / x.shape[0]
-    return prototype_alignment(values, indices, m.prototypes, lab) / per_sample_var.clamp_min(1e-12)
+    def __init__(self, metric: str, value: float):
+        super().__init__(f"{metric} is {value}")
+        self.metric = metric
+        self.value = value
 
 
 def train(
@@ -461,19 +493,94 @@ def train(
     out: str | Path = "runs/sae",
     *,
     resume: bool = False,
+    overwrite: bool = False,
     metadata: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train SAE(s) on activations (tensor, .npy file or cache directory); see `Trainer`."""
-    return Trainer(activations, saes, cfg, out, metadata=metadata).fit(resume=resume)
+    return Trainer(activations, saes, cfg, out, metadata=metadata).fit(resume=resume, overwrite=overwrite)
 
 
 # ---------------------------------------------------------------------- helpers
-def _check_finite(x: torch.Tensor, what: str, rows: np.ndarray | None) -> None:
+def check_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = False) -> tuple[int, Path] | None:
+    """Refuse a run directory that would lose work or cannot be written, before any work starts;
+    return its latest checkpoint (step, path), if any.
+
+    A new run needs `out` to be new or empty, or `overwrite` (which replaces its contents); a
+    directory with a checkpoint is continued with `resume`, which needs one.
+    """
+    out = Path(out)
+    if resume and overwrite:
+        raise SparsesteerError("--resume continues the run in --out and --overwrite replaces it: give only one")
+    io.check_writable_dir(out)
+    latest = _latest_state(out / "state")
+    if resume:
+        if latest is None:
+            raise SparsesteerError(
+                f"--resume: {out} holds no training run to resume (no checkpoint under {out / 'state'}); "
+                "check --out, or leave out --resume to start a run"
+            )
+        return latest
+    if overwrite:
+        _check_overwritable(out)
+        return None
+    if latest is not None:
+        raise SparsesteerError(
+            f"{out} already holds a training run (checkpoint at step {latest[0]}): pass --resume to continue it, "
+            "choose another --out, or pass --overwrite to replace it"
+        )
+    if out.is_dir():
+        present = sorted(p.name for p in out.iterdir())
+        if present:
+            shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
+            raise SparsesteerError(
+                f"{out} is not empty (it holds {shown}) and has no training run to resume: choose another --out, "
+                "or pass --overwrite to replace its contents"
+            )
+    return None
+
+
+def _check_overwritable(out: Path) -> None:
+    res = out.resolve()
+    if res == Path(res.anchor) or res == Path.home().resolve() or Path.cwd().resolve().is_relative_to(res):
+        raise SparsesteerError(
+            f"--overwrite would delete everything in {out}, which is the file system root, your home or holds the "
+            "current directory: choose a directory of its own for --out"
+        )
+
+
+def _clear_dir(path: Path) -> None:
+    """Delete the contents of `path` (kept itself), for --overwrite."""
+    if not path.is_dir():
+        return
+    for child in path.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
+
+
+def _check_finite(
+    x: torch.Tensor, what: str, rows: np.ndarray | None, source: RowSource | None = None, row: int | None = None
+) -> None:
     bad = ~torch.isfinite(x)
     if bool(bad.any()):
         r = int(bad.any(1).nonzero()[0, 0])
-        src = f" (source row {int(rows[r])})" if rows is not None else ""
+        if rows is not None:
+            row = int(rows[r])
+        src = ""
+        if row is not None:
+            src = f" ({describe_row(source, row)})" if source is not None else f" (source row {row})"
         raise SparsesteerError(f"NaN or Inf in {what}, row {r}{src}: clean the activations before training")
+
+
+def _first_bad_row(source: RowSource, chunk: int = 65536) -> int | None:
+    """The first source row holding a NaN or Inf (a scan that stops there), or None."""
+    for start in range(0, source.n_rows, chunk):
+        x = source.read(start, min(source.n_rows, start + chunk)).to(torch.float32)
+        bad = ~torch.isfinite(x).all(1)
+        if bool(bad.any()):
+            return start + int(bad.nonzero()[0, 0])
+    return None
 
 
 def _postfix(metrics: dict[str, float]) -> dict[str, str]:
@@ -497,18 +604,6 @@ def _truncate_log(path: Path, step: int) -> None:
         return
     keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
     io.write_text(path, "".join(line + "\n" for line in keep))
-
-
-def _first_difference(a: Any, b: Any, where: str = "") -> str:
-    if isinstance(a, dict) and isinstance(b, dict):
-        for k in sorted(set(a) | set(b)):
-            if k not in a or k not in b or json.dumps(a[k], sort_keys=True) != json.dumps(b[k], sort_keys=True):
-                return _first_difference(a.get(k), b.get(k), f"{where}.{k}" if where else k)
-    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
-        for i, (x, y) in enumerate(zip(a, b)):
-            if json.dumps(x, sort_keys=True) != json.dumps(y, sort_keys=True):
-                return _first_difference(x, y, f"{where}[{i}]")
-    return f"{where}: {a!r} vs {b!r}"
 
 
 def _py_random_state() -> list:
@@ -567,4 +662,4 @@ def _open_sinks(cfg: TrainConfig, out: Path, settings: dict[str, Any]) -> list[_
     return sinks
 
 
-__all__ = ["TrainConfig", "TrainResult", "Trainer", "train"]
+__all__ = ["Member", "NonFiniteLoss", "TrainConfig", "TrainResult", "Trainer", "check_run_dir", "train"]

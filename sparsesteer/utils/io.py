@@ -95,17 +95,49 @@ def write_npy(path: str | os.PathLike, array: np.ndarray) -> str:
     return digest
 
 
-def sha256_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def file_digest(path: str | os.PathLike, algo: str = "sha256") -> str:
+    """Hex digest of a file's bytes in `algo` (any name hashlib knows: sha256, md5, ...), read in chunks."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.file_digest(f, algo).hexdigest()
+    except ValueError:
+        raise SparsesteerError(f"unknown hash algorithm {algo!r}") from None
 
 
-def md5_file(path: str | os.PathLike, chunk: int = 1 << 22) -> str:
-    h = hashlib.md5()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def sha256_file(path: str | os.PathLike) -> str:
+    """file_digest(path, "sha256")."""
+    return file_digest(path, "sha256")
+
+
+def md5_file(path: str | os.PathLike) -> str:
+    """file_digest(path, "md5")."""
+    return file_digest(path, "md5")
+
+
+def check_writable_dir(path: str | os.PathLike, *, what: str = "--out", given: str | os.PathLike | None = None) -> Path:
+    """Make sure `path` is (or can be created as) a writable directory, before any work starts.
+
+    Raises a one-line SparsesteerError naming `what` and its value `given` (default: `path`) when
+    `path` or one of its parents is a file, or when the nearest existing directory refuses a new
+    file. Besides the permission bits, it really creates and removes a probe file there, because
+    root passes `os.access` on a read-only file system. Leaves nothing behind.
+    """
+    path = Path(path).expanduser()
+    given = Path(given) if given is not None else path
+    probe = path
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        where = f"{given}" if probe == given else f"{given}: {probe}"
+        raise SparsesteerError(f"{what} {where} is a file, not a directory; choose another {what}")
+    why = None if os.access(probe, os.W_OK | os.X_OK) else "permission denied"
+    if why is None:
+        try:
+            fd, tmp = tempfile.mkstemp(prefix=".sparsesteer-write-check-", dir=probe)
+            os.close(fd)
+            os.unlink(tmp)
+        except OSError as e:
+            why = (e.strerror or str(e)).lower()
+    if why is not None:
+        raise SparsesteerError(f"{what} {given}: {probe} is not writable ({why}); choose another {what}")
+    return path

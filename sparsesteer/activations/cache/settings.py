@@ -8,7 +8,6 @@ refuses any manifest that is malformed, of another format version, or out of seq
 
 from __future__ import annotations
 
-import hashlib
 import json
 import re
 from collections.abc import Mapping
@@ -22,6 +21,7 @@ from ...models.hook_names import TOKEN_SELECTIONS
 from ...utils import config as cfg
 from ...utils.errors import SparsesteerError, unknown
 from ...utils.io import sha256_file
+from ...utils.settings_hash import canonical_json, difference, settings_sha256
 
 FORMAT = "sparsesteer-activations"
 FORMAT_VERSION = 2
@@ -203,24 +203,13 @@ class CacheSettings:
     @property
     def sha256(self) -> str:
         """sha256 of the canonical JSON of `to_json()`: equal settings <=> equal hash."""
-        return hashlib.sha256(canonical_json(self.to_json())).hexdigest()
+        return settings_sha256(self.to_json())
 
 
-def canonical_json(obj: Any) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
-
-
-def first_difference(old: Any, new: Any, path: str = "") -> tuple[str, Any, Any] | None:
-    """The first (dotted field, old value, new value) where two JSON values differ."""
-    if isinstance(old, dict) and isinstance(new, dict):
-        for key in list(old) + [k for k in new if k not in old]:
-            if key not in old or key not in new:
-                return f"{path}{key}", old.get(key, "<absent>"), new.get(key, "<absent>")
-            diff = first_difference(old[key], new[key], f"{path}{key}.")
-            if diff:
-                return diff
-        return None
-    return None if old == new else (path.rstrip("."), old, new)
+def first_difference(old: Any, new: Any) -> tuple[str, Any, Any] | None:
+    """The first (field path, old value, new value) where two JSON values differ (see
+    `utils.settings_hash.difference`)."""
+    return difference(old, new)
 
 
 # --------------------------------------------------------------------------------------------------
