@@ -55,3 +55,83 @@ def test_mismatch_names_both_sides_unknown_is_not_checked():
         check_agree("a", sae.replace(split="train"), "b", sae.replace(split="test"), fields=("split",))
     with pytest.raises(SparsesteerError, match="class names differ"):
         check_agree("a", sae.replace(classes=("x",)), "b", sae.replace(classes=("y",)), fields=("classes_sha256",))
+
+
+def _train_cli(cache, out, *extra):
+    from sparsesteer.cli import main
+
+    return main(
+        [
+            "-q",
+            "train",
+            "--activations",
+            str(cache),
+            "--k",
+            "2",
+            "--n-latents",
+            "16",
+            "--steps",
+            "3",
+            "--batch-size",
+            "16",
+            "--out",
+            str(out),
+            *extra,
+        ]
+    )
+
+
+def test_train_records_the_cache_provenance_and_evaluate_checks_it(tmp_path, capsys):
+    import json
+
+    from sparsesteer.cli import main
+    from sparsesteer.sae import SparseAutoencoder
+
+    data = make_data()
+    write_cache(tmp_path / "c", settings(classes=tuple("abcdefghij")), data)
+    assert _train_cli(tmp_path / "c", tmp_path / "sae", "--hook", "blocks.0.resid_post", "--tokens", "cls") == 0
+    cfg = json.loads((tmp_path / "sae" / "cfg.json").read_text())
+    assert cfg["hook"] == "blocks.0.resid_post" and cfg["tokens"] == "cls" and cfg["split"] == "test"
+    assert cfg["model"] == {"id": "tiny", "revision": None} and cfg["dataset"] == "unit"
+    assert cfg["classes"] == list("abcdefghij") and cfg["activations"] == str(tmp_path / "c")
+    prov = SparseAutoencoder.load(tmp_path / "sae").provenance
+    assert (prov.hook, prov.tokens, prov.d, prov.classes) == ("blocks.0.resid_post", "cls", 8, tuple("abcdefghij"))
+
+    # evaluate finds the SAE's hook and CLS rows in the two-hook, all-token cache by itself
+    assert main(["-q", "evaluate", "--sae", str(tmp_path / "sae"), "--activations", str(tmp_path / "c")]) == 0
+    ev = json.loads((tmp_path / "sae" / "eval.json").read_text())
+    assert ev["hook"] == "blocks.0.resid_post" and ev["tokens"] == "cls"
+    assert ev["metrics"]["n_rows"] == 7  # one CLS row per image
+
+    # the same rows from another model's cache: refused, naming both sides; allowed, and said
+    other = settings(classes=tuple("abcdefghij"), model={"id": "tiny", "revision": "r2", "arch": "clip"})
+    write_cache(tmp_path / "c2", other, data)
+    sae_r1 = tmp_path / "sae-r1"
+    first = settings(classes=tuple("abcdefghij"), model={"id": "tiny", "revision": "r1", "arch": "clip"})
+    write_cache(tmp_path / "c1", first, data)
+    assert _train_cli(tmp_path / "c1", sae_r1, "--hook", "blocks.0.resid_post", "--tokens", "cls") == 0
+    capsys.readouterr()
+    argv = ["-q", "evaluate", "--sae", str(sae_r1), "--activations", str(tmp_path / "c2")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "model revision: 'r1' vs 'r2'" in err and f"the SAE ({sae_r1})" in err and "c2" in err
+    assert main([*argv, "--allow-mismatch", "--out", str(tmp_path / "ev.json")]) == 0
+    ev = json.loads((tmp_path / "ev.json").read_text())
+    assert "model revision: 'r1' vs 'r2'" in ev["provenance_overridden"][0]
+    # an explicit --hook that is not the SAE's: here another width, which no flag overrides
+    assert (
+        main(
+            [
+                "-q",
+                "evaluate",
+                "--sae",
+                str(sae_r1),
+                "--activations",
+                str(tmp_path / "c1"),
+                "--hook",
+                "blocks.2.mlp_out",
+            ]
+        )
+        == 2
+    )
+    assert "activation width 5 does not match the SAE's d_in=8" in capsys.readouterr().err

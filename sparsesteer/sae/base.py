@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -17,6 +17,9 @@ from torch import Tensor, nn
 from ..utils.errors import SparsesteerError
 from . import kernels
 from .config import ARCHITECTURES, SAEConfig
+
+if TYPE_CHECKING:
+    from .provenance import Provenance
 
 
 class SparseCodes(NamedTuple):
@@ -89,8 +92,14 @@ class SparseAutoencoder(nn.Module):
             _VARIANTS[arch] = cls
 
     metadata: dict[str, Any]
-    """Free-form provenance saved in cfg.json: hook point, model, token selection, input
-    normalisation, training summary."""
+    """Saved in cfg.json: the provenance record (`provenance`), input normalisation, training summary."""
+
+    @property
+    def provenance(self) -> Provenance:
+        """Model and revision, hook, tokens, width, dataset, split and classes of the training data."""
+        from .provenance import Provenance
+
+        return Provenance.from_metadata(self.metadata, d=self.d_in)
 
     def __init__(self, cfg: SAEConfig, *, device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
         super().__init__()

@@ -23,7 +23,7 @@ EXAMPLES = """examples:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from ..utils.cli import HelpFormatter
-    from .config import SAEConfig, TrainConfig
+    from .config import EvaluateConfig, SAEConfig, TrainConfig, TrainData
 
     p = sub.add_parser(
         "train",
@@ -34,15 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         epilog=EXAMPLES,
         formatter_class=HelpFormatter,
     )
-    data = p.add_argument_group("data")
-    data.add_argument(
-        "--activations", required=True, metavar="PATH", help="activation cache directory, or a .npy file [N, d]"
-    )
-    data.add_argument("--hook", help="hook point to train on when the cache holds several (default: its only hook)")
-    data.add_argument("--tokens", help="train on these rows of the cache: cls, patch or all (default: all cached rows)")
-    data.add_argument("--labels", metavar="NPY", help="labels .npy [N] for a .npy activations file (PASS needs labels)")
-    data.add_argument("--no-verify", action="store_true", help="skip checksum verification of cache shards")
-    data.add_argument("--allow-incomplete", action="store_true", help="train on a cache whose writing has not finished")
+    data = p.add_argument_group("data and run directory")
+    config_utils.add_arguments(data, TrainData, metavars={"activations": "PATH", "labels": "NPY", "out": "DIR"})
     arch = p.add_argument_group("SAE (comma-separated values of the first five make a sweep)")
     for name in SWEEP_FIELDS:
         arch.add_argument(
@@ -80,13 +73,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     loop = p.add_argument_group("training loop")
     config_utils.add_arguments(loop, TrainConfig)
     p.add_argument("--config", metavar="TOML", help="TOML/JSON file with [sae] and [train] tables; flags override it")
-    p.add_argument("--out", required=True, metavar="DIR", help="run directory")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
-    p.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="replace what --out holds (by default a run starts only in a new or empty directory)",
-    )
     p.set_defaults(func=run_train)
 
     e = sub.add_parser(
@@ -95,16 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description="Reconstruction and sparsity metrics of an SAE over activations; writes JSON and Markdown.",
         formatter_class=HelpFormatter,
     )
-    e.add_argument(
-        "--sae", required=True, metavar="DIR", help="SAE directory (sparsesteer, sparsify or SAELens layout)"
-    )
-    e.add_argument("--activations", required=True, metavar="PATH", help="activation cache directory or .npy file")
-    e.add_argument("--hook", help="hook point in a multi-hook cache (default: the SAE's hook)")
-    e.add_argument("--tokens", help="cls, patch or all rows of the cache (default: all cached rows)")
-    e.add_argument("--batch-size", type=int, default=4096, help="rows per batch (does not change the metrics)")
-    e.add_argument("--max-rows", type=int, default=None, help="evaluate only the first N rows")
-    e.add_argument("--device", default="auto", help="cpu, cuda, ... or auto")
-    e.add_argument("--out", metavar="PATH", help="metrics JSON file or directory (default: SAE_DIR/eval.json)")
+    config_utils.add_arguments(e, EvaluateConfig, metavars={"sae": "DIR", "activations": "PATH", "out": "PATH"})
     e.set_defaults(func=run_evaluate, output_args=())  # --out may name a file: checked in run_evaluate
 
 
@@ -159,49 +136,31 @@ def _check_grid(cfgs: list[Any], swept: dict[str, list[str]]) -> None:
         seen[key] = cfg.name
 
 
-def source_metadata(path: str | Path, hook: str | None, tokens: str | None) -> dict[str, Any]:
-    """Hook, model, token selection and dataset of a cache directory, for the SAE's cfg.json."""
-    path = Path(path)
-    hooks = _cache_hooks(path)
-    if hooks is None:
-        return {"hook": hook, "model": None, "tokens": tokens, "activations": str(path)}
-    from ..activations.cache import ActivationCache
-
-    settings = ActivationCache.open(path, verify="none").settings
-    return {
-        "hook": hook or (hooks[0] if len(hooks) == 1 else None),
-        "model": settings.model,
-        "tokens": tokens or settings.tokens,
-        "activations": str(path.resolve()),
-        "dataset": settings.dataset,
-        "split": settings.split,
-    }
-
-
 def run_train(args: argparse.Namespace) -> int:
     from ..activations.loader import open_source
+    from .config import TrainData
     from .train import TrainConfig, Trainer, check_run_dir
 
     file_data = config_utils.load_file(args.config) if args.config else {}
     unknown_tables = set(file_data) - {"sae", "train"}
     if unknown_tables:
         raise SparsesteerError(f"{args.config}: unknown table(s) {sorted(unknown_tables)}; use [sae] and [train]")
+    run = config_utils.from_args(TrainData, args, where="train")
     sae_cfgs = sweep_configs(args, dict(file_data.get("sae", {})))
     train_cfg = config_utils.from_dict(
         TrainConfig, {**file_data.get("train", {}), **config_utils.overrides(args, TrainConfig)}, where="train config"
     )
-    check_run_dir(args.out, resume=args.resume, overwrite=args.overwrite)  # before any data is read
+    check_run_dir(run.out, resume=run.resume, overwrite=run.overwrite)  # before any data is read
     source = open_source(
-        args.activations,
-        hook=args.hook,
-        tokens=args.tokens,
-        labels=args.labels,
-        verify="none" if args.no_verify else "lazy",
-        require_complete=not args.allow_incomplete,
+        run.activations,
+        hook=run.hook,
+        tokens=run.tokens,
+        labels=run.labels,
+        verify="lazy" if run.verify else "none",
+        require_complete=not run.allow_incomplete,
     )
-    meta = source_metadata(args.activations, args.hook, args.tokens)
-    trainer = Trainer(source, sae_cfgs, train_cfg, args.out, metadata=meta)
-    result = trainer.fit(resume=args.resume, overwrite=args.overwrite)
+    trainer = Trainer(source, sae_cfgs, train_cfg, run.out)  # provenance comes from the source
+    result = trainer.fit(resume=run.resume, overwrite=run.overwrite)
     for path, metrics in zip(result.paths, result.metrics):
         summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in ("fvu", "l0", "dead_frac"))
         print(f"{path}: {summary}")
@@ -215,53 +174,47 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from ..utils import io
     from ..utils.device import resolve_device
     from .base import SparseAutoencoder
+    from .config import EvaluateConfig
     from .metrics import eval_paths, evaluate, save_eval
+    from .provenance import Provenance, check_agree, rows_for
 
-    if args.batch_size < 1:
-        raise SparsesteerError(f"--batch-size must be >= 1, got {args.batch_size}")
-    if args.max_rows is not None and args.max_rows < 1:
-        raise SparsesteerError(f"--max-rows must be >= 1, got {args.max_rows}")
-    out = eval_paths(args.out or Path(args.sae) / "eval.json")[0]
+    cfg = config_utils.from_args(EvaluateConfig, args, where="evaluate")
+    out = eval_paths(cfg.out or Path(cfg.sae) / "eval.json")[0]
     io.check_writable_dir(out.parent, what="--out", given=out)
-    device = resolve_device(args.device)
-    sae = SparseAutoencoder.load(args.sae, device=device)
-    meta = source_metadata(args.activations, args.hook or sae.metadata.get("hook"), args.tokens)
-    cache_hooks = _cache_hooks(args.activations)
-    hook = args.hook
-    if hook is None and cache_hooks and len(cache_hooks) > 1:
-        hook = sae.metadata.get("hook")
-    sae_hook = sae.metadata.get("hook")
-    if sae_hook and meta.get("hook") and sae_hook != meta["hook"]:
-        raise SparsesteerError(
-            f"the SAE was trained on {sae_hook} but the activations are from {meta['hook']}; pass matching activations"
-        )
-    source = open_source(args.activations, hook=hook, tokens=args.tokens)
-    if source.d != sae.d_in:
-        raise SparsesteerError(f"activation width {source.d} does not match the SAE's d_in={sae.d_in} ({args.sae})")
+    device = resolve_device(cfg.device)
+    sae = SparseAutoencoder.load(cfg.sae, device=device)
+    path = Path(cfg.activations)
+    if path.is_dir() and (path / "manifest.json").is_file():
+        from ..activations.cache import ActivationCache
+
+        source = rows_for(ActivationCache.open(path), sae.provenance, hook=cfg.hook, tokens=cfg.tokens)
+    else:
+        source = open_source(cfg.activations, hook=cfg.hook, tokens=cfg.tokens)
+    if source.d != sae.d_in:  # what --allow-mismatch cannot override
+        raise SparsesteerError(f"activation width {source.d} does not match the SAE's d_in={sae.d_in} ({cfg.sae})")
+    data = Provenance.from_rows(source.describe())
+    notes = check_agree(
+        f"the SAE ({cfg.sae})", sae.provenance, f"the activations ({cfg.activations})", data, allow=cfg.allow_mismatch
+    )
     with torch.no_grad():
-        result = evaluate(sae, source, batch_size=args.batch_size, max_rows=args.max_rows, device=device)
+        result = evaluate(sae, source, batch_size=cfg.batch_size, max_rows=cfg.max_rows, device=device)
     context = {
-        "sae": str(Path(args.sae).resolve()),
-        "activations": str(Path(args.activations).resolve()),
-        "hook": meta.get("hook"),
-        "tokens": meta.get("tokens"),
-        "model": meta.get("model"),
-        "dataset": meta.get("dataset"),
-        "split": meta.get("split"),
+        "sae": str(Path(cfg.sae).resolve()),
+        "activations": str(path.resolve()),
+        "hook": data.hook,
+        "tokens": list(data.tokens) if isinstance(data.tokens, tuple) else data.tokens,
+        "model": {"id": data.model_id, "revision": data.model_revision},
+        "dataset": data.dataset,
+        "split": data.split,
         "arch": sae.cfg.arch,
         "n_latents": sae.n_latents,
         "k": sae.cfg.k if sae.cfg.uses_k else None,
     }
+    if notes:
+        context["provenance_overridden"] = notes
     json_path, md_path = save_eval(result, out, context=context)
     print(result.to_markdown())
+    for note in notes:
+        print(f"provenance check overridden (--allow-mismatch): {note}")
     print(f"wrote {json_path} and {md_path}")
     return 0
-
-
-def _cache_hooks(path: str | Path) -> list[str] | None:
-    """The hooks of a cache directory, or None when `path` is not one."""
-    if not (Path(path) / "manifest.json").is_file():
-        return None
-    from ..activations.cache import ActivationCache
-
-    return list(ActivationCache.open(path, verify="none").hooks)

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from ..utils.errors import SparsesteerError, unknown
+from ..utils.options import DeviceOptions
 
 Arch = Literal["topk", "batchtopk", "relu", "jumprelu"]
 """The architectures: the one list. Each is implemented in `sae/<arch>.py` (see `sae.variants()`)."""
@@ -158,7 +159,7 @@ class SAEConfig:
 
 
 @dataclass(frozen=True)
-class TrainConfig:
+class TrainConfig(DeviceOptions):
     """The shared training loop."""
 
     batch_size: int = 1024
@@ -193,8 +194,6 @@ class TrainConfig:
     saved weights, so a saved SAE takes raw activations."""
     init_samples: int = 65536
     """Rows sampled for the initialisation statistics (b_dec, input scale)."""
-    device: str = "auto"
-    """cpu, cuda, cuda:1, ... or auto (cuda when available)."""
     bf16: bool = False
     """bfloat16 autocast for the forward pass (CUDA only)."""
     tf32: bool = True
@@ -211,6 +210,7 @@ class TrainConfig:
     """Weights & Biases project (with log_to=wandb)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _require(self.batch_size >= 1, "batch_size", ">= 1", self.batch_size)
         if not (self.lr > 0 and math.isfinite(self.lr)):
             raise SparsesteerError(f"lr must be a positive number, got {self.lr}")
@@ -266,3 +266,57 @@ class TrainConfig:
         if self.decay == "linear":
             return self.lr * (1 - (1 - lo) * frac)
         return self.lr * (lo + (1 - lo) * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainData:
+    """What `sparsesteer train` reads and where it writes (the SAE and loop settings are SAEConfig
+    and TrainConfig)."""
+
+    activations: str
+    """Activation cache directory, or a .npy file [N, d]."""
+    hook: str | None = None
+    """Hook point to train on when the cache holds several; None = its only hook."""
+    tokens: str | None = None
+    """Train on these rows of the cache: cls, patch or all; None = every cached row."""
+    labels: str | None = None
+    """Labels .npy [N] for a .npy activations file (PASS needs labels); None = none."""
+    verify: bool = True
+    """Check the cache shards' checksums as they are read (--no-verify skips it)."""
+    allow_incomplete: bool = False
+    """Train on a cache whose writing has not finished."""
+    out: str
+    """Run directory: cfg.json + sae.safetensors (or one folder per sweep member), metrics, checkpoints."""
+    resume: bool = False
+    """Continue the run in --out from its last checkpoint."""
+    overwrite: bool = False
+    """Replace what --out holds (by default a run starts only in a new or empty directory)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvaluateConfig(DeviceOptions):
+    """Settings of `sparsesteer evaluate`."""
+
+    sae: str
+    """SAE directory (sparsesteer, sparsify or SAELens layout)."""
+    activations: str
+    """Activation cache directory or .npy file."""
+    hook: str | None = None
+    """Hook point of a multi-hook cache; None = the SAE's hook."""
+    tokens: str | None = None
+    """cls, patch or all rows of the cache; None = the SAE's token selection (or every cached row)."""
+    batch_size: int = 4096
+    """Rows per batch (does not change the metrics)."""
+    max_rows: int | None = None
+    """Evaluate only the first N rows; None = all."""
+    out: str | None = None
+    """Metrics JSON file or directory; None = SAE_DIR/eval.json."""
+    allow_mismatch: bool = False
+    """Evaluate even when the SAE and the activations disagree on model, revision, hook, tokens or width;
+    the report then lists the disagreements."""
+
+    def __post_init__(self) -> None:
+        _require(self.batch_size >= 1, "--batch-size", ">= 1", self.batch_size)
+        if self.max_rows is not None:
+            _require(self.max_rows >= 1, "--max-rows", ">= 1", self.max_rows)
+        super().__post_init__()

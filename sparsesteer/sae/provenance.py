@@ -18,9 +18,12 @@ import dataclasses
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..utils.errors import SparsesteerError
+
+if TYPE_CHECKING:
+    from ..activations.cache import ActivationCache, RowView
 
 CHECKED = ("model_id", "model_revision", "hook", "tokens", "d")
 """Fields that must agree for an SAE and the activations it reads."""
@@ -112,8 +115,9 @@ class Provenance:
             activations=meta.get("activations"),
         )
 
-    def to_metadata(self) -> dict[str, Any]:
-        """The cfg.json keys (the width is the SAE's own d_in, so it is not repeated)."""
+    def to_metadata(self, *, known_only: bool = False) -> dict[str, Any]:
+        """The cfg.json keys (the width is the SAE's own d_in, so it is not repeated). `known_only`
+        leaves out what is unknown (an SAE trained on a bare array records no hook or model)."""
         out: dict[str, Any] = {
             "hook": self.hook,
             "tokens": list(self.tokens) if isinstance(self.tokens, tuple) else self.tokens,
@@ -125,6 +129,10 @@ class Provenance:
             value = getattr(self, key)
             if value is not None:
                 out[key] = list(value) if isinstance(value, tuple) else value
+        if known_only:
+            out = {k: v for k, v in out.items() if v is not None}
+            if self.model_id is None:
+                out.pop("model")
         return out
 
     def replace(self, **changes: Any) -> Provenance:
@@ -138,6 +146,25 @@ class Provenance:
             if value is not None:
                 parts.append(f"{_LABELS.get(f, f)} {value if f != 'classes_sha256' else value[:12]}")
         return ", ".join(parts) or "unknown provenance"
+
+
+def rows_for(
+    cache: ActivationCache, prov: Provenance, *, hook: str | None = None, tokens: str | None = None
+) -> RowView:
+    """The view of `cache` that an SAE with provenance `prov` reads: its hook (or the cache's only
+    one) and its token selection (a filter when the cache holds more rows). `hook`/`tokens` given
+    by the user win; whether the result agrees with the SAE is for `check_agree` to say."""
+    if hook is None:
+        if prov.hook in cache.hooks:
+            hook = prov.hook
+        elif len(cache.hooks) != 1:
+            raise SparsesteerError(
+                f"{cache.path} holds hooks {', '.join(cache.hooks)} and the SAE records "
+                f"{prov.hook or 'no hook'}: pass --hook"
+            )
+    if tokens is None and isinstance(prov.tokens, str) and prov.tokens != cache.settings.tokens:
+        tokens = prov.tokens  # e.g. a CLS SAE on an all-token cache: read its CLS rows
+    return cache.rows(hook, tokens)
 
 
 def mismatches(a: Provenance, b: Provenance, fields: Iterable[str] = CHECKED) -> list[str]:

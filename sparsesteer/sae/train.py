@@ -48,6 +48,7 @@ from .config import FEW_STEPS, SAEConfig, TrainConfig
 from .init import geometric_median
 from .losses import total_variance
 from .objectives import build_objectives, count_classes, needs_labels
+from .provenance import Provenance
 
 log = logging.getLogger(__name__)
 
@@ -158,7 +159,10 @@ class Trainer:
                 raise SparsesteerError(f"{c.arch} SAEs are inference-only here; train {trainable} instead")
         self.names = _unique_names(self.sae_cfgs)
         self.out = Path(out)
-        self.metadata = dict(metadata or {})
+        # provenance from the source (a cache view names model, hook, tokens, dataset, split, classes);
+        # explicit metadata wins
+        described = Provenance.from_rows(self.source.describe()).to_metadata(known_only=True)
+        self.metadata = {**described, **(metadata or {})}
         self.device = resolve_device(cfg.device)
         self.total = cfg.total_steps(self.source.n_rows)
         self.n_classes = 0

@@ -302,6 +302,10 @@ class ActivationCache:
         )
 
 
+def _as_json(tokens: str | tuple[int, ...]) -> str | list[int]:
+    return tokens if isinstance(tokens, str) else list(tokens)
+
+
 def _describe_positions(positions: tuple[int, ...]) -> str:
     p = list(positions)
     if len(p) > 2 and p == list(range(p[0], p[0] + len(p))):
@@ -455,7 +459,7 @@ class RowView:
         return {
             "path": str(self.cache.path),
             "hook": self.hook,
-            "tokens": self.tokens if self.tokens is not None else "all",
+            "tokens": self.tokens if self.tokens is not None else _as_json(s.tokens),  # the cache's own rows
             "n_rows": self.n_rows,
             "d": self.d,
             "dtype": self.cache.dtype,
