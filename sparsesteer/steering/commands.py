@@ -216,7 +216,7 @@ def run_vs2(args: argparse.Namespace) -> int:
     import torch
 
     from ..utils import config as config_utils
-    from ..utils import io
+    from ..utils.report import md_table, write_result
     from . import vs2 as V
     from .settings import SteerVS2Config
     from .tuning import validation_split
@@ -286,17 +286,15 @@ def run_vs2(args: argparse.Namespace) -> int:
             *_overridden(notes),
             f"n = {len(y)}, prompts: {cfg.templates}, lam = {lam:g}, gamma = {gamma:g}{gate_text}",
             "",
-            "| method | top-1 % |",
-            "|---|---:|",
-            f"| CLIP zero-shot | {100 * zs:.2f} |",
-            f"| VS2 | {100 * steered:.2f} |",
+            md_table(
+                ["method", "top-1 %"], [("CLIP zero-shot", f"{100 * zs:.2f}"), ("VS2", f"{100 * steered:.2f}")], "lr"
+            ),
             "",
         ]
     )
     print(md)
     if cfg.out:
-        io.write_json(Path(cfg.out) / "steer_vs2.json", report)
-        io.write_text(Path(cfg.out) / "steer_vs2.md", md)
+        write_result(cfg.out, "steer_vs2", report, md)
     return 0
 
 
@@ -328,7 +326,7 @@ def run_vs2pp(args: argparse.Namespace) -> int:
 
     from ..sae.provenance import Provenance, check_agree
     from ..utils import config as config_utils
-    from ..utils import io
+    from ..utils.report import md_table, write_result
     from .retrieval_suite import RetrievalRows, RetrievalSuiteSettings, evaluate_all, tune_all
     from .settings import SteerVS2ppConfig
     from .tuning import validation_split
@@ -413,18 +411,15 @@ def run_vs2pp(args: argparse.Namespace) -> int:
         f"[{db_cache.settings.split}], positive rule {cfg.positive_rule}; every method tuned on a validation part "
         "of the database",
         "",
-        "| method | top-1 % | settings |",
-        "|---|---:|---|",
-        f"| CLIP zero-shot | {zs:.2f} | a photo of a {{}}. |",
     ]
+    table = [("CLIP zero-shot", f"{zs:.2f}", "a photo of a {}.")]
     for key, r in rows.items():
         top1 = 100 * float((np.asarray(r["pred"]) == y_q).mean())
         report["rows"][key] = {"top1": top1, "settings": r["settings"]}
         shown = {k: v for k, v in r["settings"].items() if k in ("lam", "gamma", "alpha", "labels")}
-        lines.append(f"| {key} | {top1:.2f} | {', '.join(f'{k}={v}' for k, v in shown.items())} |")
-    md = "\n".join(lines) + "\n"
+        table.append((key, f"{top1:.2f}", ", ".join(f"{k}={v}" for k, v in shown.items())))
+    md = "\n".join([*lines, md_table(["method", "top-1 %", "settings"], table, "lrl")]) + "\n"
     print(md)
     if cfg.out:
-        io.write_json(Path(cfg.out) / "steer_vs2pp.json", report)
-        io.write_text(Path(cfg.out) / "steer_vs2pp.md", md)
+        write_result(cfg.out, "steer_vs2pp", report, md)
     return 0

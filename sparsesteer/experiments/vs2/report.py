@@ -10,6 +10,7 @@ import numpy as np
 
 from ...models.hook_names import hook_name
 from ...utils import io
+from ...utils.report import md_table
 from . import paper
 
 if TYPE_CHECKING:
@@ -150,23 +151,42 @@ def markdown(res: dict[str, Any], classes: list[dict[str, Any]]) -> str:
         f'- Zero-shot prompt: "a photo of a {{}}." (ensemble row: CLIP\'s 80 ImageNet templates); VS2++: retriever '
         f"`{s['retriever']}`, {s['neighbours']} neighbours, positive rule `{s['positive_rule']}`; seed {s['seed']}",
         "",
-        "| Method | top-1 % (ours) | paper | ours − paper | Δ vs zero-shot (ours) | Δ vs zero-shot (paper) | settings (tuned on validation) |",
-        "|---|---:|---:|---:|---:|---:|---|",
-    ]
-    for r in res["rows"]:
-        lines.append(
-            f"| {r['method']} | {_fmt(r['top1'])} | {_fmt(r['paper_top1'])} | {_fmt(r['diff_vs_paper'], sign=True)} | "
-            f"{_fmt(r['delta_vs_zeroshot'], sign=True)} | {_fmt(r['paper_delta_vs_zeroshot'], sign=True)} | {_settings_text(r['settings'])} |"
-        )
-    lines += [
+        md_table(
+            [
+                "Method",
+                "top-1 % (ours)",
+                "paper",
+                "ours − paper",
+                "Δ vs zero-shot (ours)",
+                "Δ vs zero-shot (paper)",
+                "settings (tuned on validation)",
+            ],
+            [
+                (
+                    r["method"],
+                    _fmt(r["top1"]),
+                    _fmt(r["paper_top1"]),
+                    _fmt(r["diff_vs_paper"], sign=True),
+                    _fmt(r["delta_vs_zeroshot"], sign=True),
+                    _fmt(r["paper_delta_vs_zeroshot"], sign=True),
+                    _settings_text(r["settings"]),
+                )
+                for r in res["rows"]
+            ],
+            "lrrrrrl",
+        ),  # fmt: skip
         "",
         "## FVU gate (VS2 applied only where per-sample FVU <= tau; tau from unlabeled train)",
         "",
-        "| quantile q | tau | top-1 % | coverage (fraction steered) |",
-        "|---:|---:|---:|---:|",
+        md_table(
+            ["quantile q", "tau", "top-1 %", "coverage (fraction steered)"],
+            [
+                (f"{g['quantile']:g}", f"{g['tau']:.4f}", _fmt(g["top1"]), f"{100 * g['coverage']:.1f}%")
+                for g in res["fvu_gate"]
+            ],
+            "rrrr",
+        ),  # fmt: skip
     ]
-    for g in res["fvu_gate"]:
-        lines.append(f"| {g['quantile']:g} | {g['tau']:.4f} | {_fmt(g['top1'])} | {100 * g['coverage']:.1f}% |")
     for pc in classes:
         lines += [
             "",
@@ -180,13 +200,21 @@ def markdown(res: dict[str, Any], classes: list[dict[str, Any]]) -> str:
                 "",
                 f"{title}:",
                 "",
-                "| class | n | zero-shot % | method % | Δ | zero-shot most often confused with (count) |",
-                "|---|---:|---:|---:|---:|---|",
-            ]
-            lines += [
-                f"| {e['class']} | {e['n']} | {e['zeroshot']:.1f} | {e['method']:.1f} | {e['delta']:+.1f} | "
-                f"{e['zeroshot_confused_with'] or '—'} ({e['confusions']}) |"
-                for e in group
+                md_table(
+                    ["class", "n", "zero-shot %", "method %", "Δ", "zero-shot most often confused with (count)"],
+                    [
+                        (
+                            e["class"],
+                            e["n"],
+                            f"{e['zeroshot']:.1f}",
+                            f"{e['method']:.1f}",
+                            f"{e['delta']:+.1f}",
+                            f"{e['zeroshot_confused_with'] or '—'} ({e['confusions']})",
+                        )
+                        for e in group
+                    ],
+                    "lrrrrl",
+                ),  # fmt: skip
             ]
     lines += ["", "Plots: `plots/` (tuning heatmaps, per-class deltas, FVU gate). Numbers: `results.json`."]
     return "\n".join(lines) + "\n"
