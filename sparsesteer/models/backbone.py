@@ -285,6 +285,29 @@ class Backbone:
         """
         return hooks.run(self, pixel_values, capture, tokens=tokens, interventions=interventions, grad=grad)
 
+    def run_from(
+        self,
+        block: int,
+        hidden_btd: Tensor,
+        capture: Sequence[str] | str,
+        *,
+        tokens: Tokens = "all",
+        interventions: Sequence[Intervention] = (),
+        grad: bool = False,
+    ) -> dict[str, Tensor]:
+        """`run` resumed at `block` from its input `hidden_btd` (= the `resid_pre` of `block`, all
+        tokens, as `run` captures it): the embeddings and earlier blocks are not rerun. Steering
+        many latents or strengths at block L computes the blocks before L once per image batch."""
+        return hooks.run(
+            self, None, capture, tokens=tokens, interventions=interventions, grad=grad, start=(block, hidden_btd)
+        )
+
+    def embed_from(
+        self, block: int, hidden_btd: Tensor, *, interventions: Sequence[Intervention] = (), grad: bool = False
+    ) -> Tensor:
+        """The `head` output [B, d_embed] of a forward resumed at `block` (see `run_from`)."""
+        return self.run_from(block, hidden_btd, ["head"], interventions=interventions, grad=grad)["head"]
+
     def intervene(self, *interventions: Intervention) -> contextlib.AbstractContextManager[None]:
         """Context manager: `interventions` modify every forward pass of the model inside the block."""
         return hooks.intervene(self, *interventions)
@@ -344,6 +367,22 @@ class Backbone:
                 f"images (use backbone.preprocessor)"
             )
         return pixel_values.to(device=self.device, dtype=self.dtype)
+
+    def _forward_from(self, block: int, hidden_btd: Tensor, *, head: bool) -> None:
+        """Blocks `block`.. on `hidden_btd`, then what follows the last block (as `_forward` does):
+        CLIP post-layernorm(CLS) + projection, DINOv2's layernorm, SigLIP's post-layernorm + head."""
+        h = hidden_btd
+        for layer in self.blocks[block:]:
+            out = layer(h) if self.arch == "dinov2" else layer(h, None)
+            h = out[0] if isinstance(out, tuple) else out
+        if not head:
+            return
+        if self.arch == "clip":
+            self.model.visual_projection(self.vision.post_layernorm(h[:, 0]))
+        elif self.arch == "dinov2":
+            self.vision.layernorm(h)
+        else:
+            self._head_module()(self.vision.post_layernorm(h))
 
     def _forward(self, pixel_values: Tensor, *, head: bool) -> None:
         """One forward pass of the vision tower (+ CLIP's projection when `head` is needed)."""

@@ -230,17 +230,27 @@ def run(
     tokens: Tokens = "all",
     interventions: Sequence[Intervention] = (),
     grad: bool = False,
+    start: tuple[int, Tensor] | None = None,
 ) -> dict[str, Tensor]:
-    """Forward `pixel_values`, returning the activations at `capture` (see `Backbone.run`)."""
+    """Forward `pixel_values`, returning the activations at `capture` (see `Backbone.run`).
+
+    `start=(block, hidden_btd)`: skip the embeddings and blocks before `block`; `hidden_btd` is the
+    input of `block` (its `resid_pre`, as `run` captured it). `pixel_values` is then unused.
+    """
     if isinstance(capture, str):
         capture = [capture]
     hps = list(dict.fromkeys(HookPoint.parse(c, backbone.n_blocks) for c in capture))
     if not hps:
         raise SparsesteerError("nothing to capture: pass at least one hook point")
-    pixel_values = backbone._check_pixels(pixel_values)
-    n_tokens = backbone.tokens_for(pixel_values)
-    positions = backbone._positions(tokens, n_tokens)
     ivs = _group(backbone, interventions)
+    if start is None:
+        pixel_values = backbone._check_pixels(pixel_values)
+        n_tokens = backbone.tokens_for(pixel_values)
+    else:
+        first, hidden = start
+        hidden = _check_start(backbone, first, hidden, [*hps, *ivs])
+        n_tokens = hidden.shape[1]
+    positions = backbone._positions(tokens, n_tokens)
     deepest = max(hps, key=lambda h: h.depth)
     out: dict[str, Tensor] = {}
 
@@ -265,7 +275,10 @@ def run(
             handles.append(_HookSite(backbone, hp).register(capture_callback(hp, ivs.get(hp, []))))
         with grad_ctx:
             try:
-                backbone._forward(pixel_values, head=deepest.kind == "head")
+                if start is None:
+                    backbone._forward(pixel_values, head=deepest.kind == "head")
+                else:
+                    backbone._forward_from(first, hidden, head=deepest.kind == "head")
             except _Stop:
                 pass
     finally:
@@ -275,6 +288,22 @@ def run(
     if missing:  # would mean a hook did not fire: a model layout we do not understand
         raise RuntimeError(f"hook points {missing} were not reached during the forward pass")
     return {str(h): out[str(h)] for h in hps}
+
+
+def _check_start(backbone: Backbone, block: int, hidden: Tensor, hooks: Sequence[HookPoint]) -> Tensor:
+    """Validate a resumed forward: the block exists, the hidden state has the model's width, and no
+    capture or intervention sits before the block (it would never fire)."""
+    if isinstance(block, bool) or not isinstance(block, int) or not 0 <= block < backbone.n_blocks:
+        raise SparsesteerError(f"start block {block!r} out of range 0..{backbone.n_blocks - 1}")
+    if not isinstance(hidden, Tensor) or hidden.dim() != 3 or hidden.shape[-1] != backbone.d_model:
+        shape = tuple(hidden.shape) if isinstance(hidden, Tensor) else type(hidden).__name__
+        raise SparsesteerError(
+            f"the hidden state to resume from must be [B, T, {backbone.d_model}] (resid_pre of block {block}), got {shape}"
+        )
+    early = [str(h) for h in hooks if h.block is not None and h.block < block]
+    if early:
+        raise SparsesteerError(f"hooks {early} come before block {block}, where this forward pass starts")
+    return hidden.to(device=backbone.device, dtype=backbone.dtype)
 
 
 def _select(acts: Tensor, hp: HookPoint, positions: Tensor | None, tokens: Tokens) -> Tensor:
