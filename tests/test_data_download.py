@@ -175,7 +175,16 @@ def test_tar_links_and_zip_traversal_are_refused(tmp_path):
 
 
 def test_registry_entries_are_well_formed():
-    assert set(REGISTRY) == {"cifar10", "cifar100", "tiny-imagenet", "cub200", "celeba", "waterbirds"}
+    assert set(REGISTRY) == {
+        "cifar10",
+        "cifar100",
+        "tiny-imagenet",
+        "cub200",
+        "celeba",
+        "waterbirds",
+        "rta100",
+        "paint-typo",
+    }
     assert REGISTRY["cifar10"].resources[0].checksum == "md5:c58f30108f718f92721af3b95e74349a"
     assert REGISTRY["cifar100"].resources[0].checksum == "md5:eb9058c3a382ffc7106e4002c42a8d85"
     for source in REGISTRY.values():
@@ -184,8 +193,12 @@ def test_registry_entries_are_well_formed():
             assert res.url.startswith(("http://", "https://"))
             if res.checksum is not None:
                 algo, digest = res.checksum.split(":")
-                assert (algo, len(digest)) in {("md5", 32), ("sha256", 64)}
+                assert (algo, len(digest)) in {("md5", 32), ("sha256", 64), ("git-sha1", 40)}
     assert REGISTRY["waterbirds"].check is not None  # no published checksum: structural check instead
+    for name in ("rta100", "paint-typo"):  # pinned to a commit, verified by the git blob id, checked structurally
+        (res,) = REGISTRY[name].resources
+        assert res.url.startswith("https://raw.githubusercontent.com/") and res.checksum.startswith("git-sha1:")
+        assert REGISTRY[name].check is not None
     with pytest.raises(SparsesteerError, match=r"unknown dataset 'cifar'.*valid: cifar10"):
         download("cifar", "/nonexistent")
 

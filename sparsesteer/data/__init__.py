@@ -1,11 +1,12 @@
 """Images -> pixels: datasets behind one interface, model preprocessing, downloads, class names.
 
     from sparsesteer.data import open_dataset, Preprocessor
-    ds = open_dataset("cifar100", "test")                  # or "folder:/path", "hf:owner/repo"
+    ds = open_dataset("cifar100", "test")                  # or "folder:/path", "hf:owner/repo", "typo:cifar100"
     pre = Preprocessor.from_pretrained("openai/clip-vit-base-patch32")
     pixels = pre.batch([ds[i].image for i in range(8)])    # float32 [8, 3, 224, 224]
 
 Modules: `datasets` (the interface), `registry` (spec strings: `open_dataset`), `subset` (`--limit`), `builtin`/`cifar`/`hf` (the datasets),
+`typographic` (`typo:`: words rendered onto any labelled set), `typo_sets` (rta100, disentangling, paint-typo),
 `preprocess` (`Preprocessor`), `names` (shipped class names), `download` (+ `commands`: the CLI).
 Attributes are imported lazily so that `sparsesteer --help` stays fast.
 """
@@ -29,6 +30,8 @@ _EXPORTS = {
     "DEFAULT_DATA_ROOT": "datasets",
     "Preprocessor": "preprocess",
     "classnames": "names",
+    "TypographicDataset": "typographic",
+    "TypoOptions": "typographic",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..utils import config as config_utils
 from ..utils.cli import HelpFormatter
-from .download import REGISTRY
+from .download import MANUAL, REGISTRY
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -28,7 +28,10 @@ class DownloadConfig:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    lines = "\n".join(f"  {name:<14} {src.provenance}" for name, src in REGISTRY.items())
+    lines = "\n".join(
+        [f"  {name:<14} {src.provenance}" for name, src in REGISTRY.items()]
+        + [f"  {name:<14} not scriptable: fetch it by hand (the command says where)" for name in MANUAL]
+    )
     parser = subparsers.add_parser(
         "download",
         help="fetch a built-in dataset from its canonical source and verify its checksum",
@@ -40,7 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     config_utils.add_arguments(parser, DownloadConfig, exclude=("name",), metavars={"data_root": "DIR"})
-    parser.add_argument("name", choices=list(REGISTRY), metavar="NAME", help="dataset: " + ", ".join(REGISTRY))
+    names = [*REGISTRY, *MANUAL]
+    parser.add_argument("name", choices=names, metavar="NAME", help="dataset: " + ", ".join(names))
     parser.set_defaults(func=run_download, output_args=("data_root",))
 
 

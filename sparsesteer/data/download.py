@@ -21,12 +21,18 @@ Sources (URL and checksum provenance is recorded per entry in `REGISTRY`):
 - waterbirds: the group DRO release on nlp.stanford.edu. No checksum is published for it, so it is
   checked structurally (metadata.csv with 11,788 rows, all images present) and the sha256 of the
   downloaded tarball is recorded in the marker.
+- rta100, paint-typo: zip files committed to the authors' GitHub repositories (azuma164/Defense-Prefix,
+  mlfoundations/patching), fetched from raw.githubusercontent.com at a pinned commit. The authors
+  publish no checksum; the file is verified by its git blob id at that commit (`git-sha1:`, the sha1
+  of "blob SIZE", a NUL byte and the bytes, what `git hash-object` prints) and checked structurally.
+- disentangling: published only as a Google Drive folder; `MANUAL` says where to get it.
 """
 
 from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import logging
 import os
 import shutil
@@ -59,7 +65,8 @@ class Resource:
     filename: str
     """Name to save it under."""
     checksum: str | None
-    """'md5:HEX' or 'sha256:HEX' as published; None when the source publishes none."""
+    """'md5:HEX' or 'sha256:HEX' as published, 'git-sha1:HEX' (git blob id) for a file pinned in a git
+    repository; None when the source publishes none."""
     dest: str = "."
     """Directory under the data root it is extracted into (archives) or moved to (plain files)."""
     extract: bool = True
@@ -101,6 +108,16 @@ def _check_waterbirds(folder: Path) -> None:
         raise SparsesteerError(
             f"{folder}: {len(lacking)} image(s) listed in metadata.csv are missing, e.g. {lacking[0]}"
         )
+
+
+def _check_label_text(folder: Path) -> None:
+    from .typo_sets import check_label_text_folder
+
+    check_label_text_folder(folder)
+
+
+def _github_raw(repo: str, commit: str, path: str) -> str:
+    return f"https://raw.githubusercontent.com/{repo}/{commit}/{path}"
 
 
 REGISTRY: dict[str, Source] = {
@@ -213,7 +230,52 @@ REGISTRY: dict[str, Source] = {
         provenance="github.com/kohpangwei/group_DRO (no checksum published; checked structurally)",
         check=_check_waterbirds,
     ),
+    "rta100": Source(
+        name="rta100",
+        folder="rta100",
+        resources=(
+            Resource(
+                _github_raw("azuma164/Defense-Prefix", "f0e74629268e39aa9707e2589058374dca1832ca", "rta100.zip"),
+                "rta100.zip",
+                "git-sha1:8f690a36cb308e4ae6def6d0ece41cfc8000697c",
+                dest="rta100",
+            ),
+        ),
+        expected=("rta100",),
+        provenance="github.com/azuma164/Defense-Prefix rta100.zip at commit f0e7462 (no checksum published; "
+        "verified by its git blob id and checked structurally)",
+        check=_check_label_text,
+    ),
+    "paint-typo": Source(
+        name="paint-typo",
+        folder="paint-typo",
+        resources=(
+            Resource(
+                _github_raw(
+                    "mlfoundations/patching", "3ca86220b926849ea5539531722ba7143f67a30e", "typographic_attack_data.zip"
+                ),
+                "typographic_attack_data.zip",
+                "git-sha1:9c77e8ba8df9fede0cb8ab6fff1fc0f25f29e2a5",
+                dest="paint-typo",
+            ),
+        ),
+        expected=("paint-typo",),
+        provenance="github.com/mlfoundations/patching typographic_attack_data.zip at commit 3ca8622 (no checksum "
+        "published; verified by its git blob id and checked structurally)",
+        check=_check_label_text,
+    ),
 }
+
+MANUAL: dict[str, str] = {
+    "disentangling": (
+        "the Disentangling typographic-attack set (Materzynska et al. 2022) is published only as a Google Drive "
+        "folder, which cannot be fetched by script: download "
+        "https://drive.google.com/drive/folders/17v74pmQs2zHrs9sJ_8D0bfrz5ykB5ZW2 (linked from "
+        "github.com/joaanna/disentangling_spelling_in_clip) and put its annotations.json and images under "
+        "DATA_ROOT/disentangling/"
+    ),
+}
+"""Built-in datasets without a scriptable source: what to do instead."""
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -224,7 +286,18 @@ def file_checksum(path: Path, checksum: str) -> str:
         return io.md5_file(path)
     if algo == "sha256":
         return io.sha256_file(path)
+    if algo == "git-sha1":
+        return git_blob_sha1(path)
     raise SparsesteerError(f"unknown checksum algorithm {algo!r} in {checksum!r}")
+
+
+def git_blob_sha1(path: Path) -> str:
+    """The git blob id of a file: sha1 of b'blob <size>\\0' followed by its bytes."""
+    h = hashlib.sha1(f"blob {path.stat().st_size}\0".encode())
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def verify(path: Path, checksum: str | None) -> bool:
@@ -329,6 +402,8 @@ def is_installed(name: str, data_root: str | Path | None = None) -> bool:
 
 
 def _source(name: str) -> Source:
+    if name in MANUAL:
+        raise SparsesteerError(f"{name}: {MANUAL[name]}")
     if name not in REGISTRY:
         raise unknown("dataset", name, REGISTRY)
     return REGISTRY[name]

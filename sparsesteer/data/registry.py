@@ -3,6 +3,7 @@
     cifar100              a built-in name, read from its canonical layout under the data root
     folder:PATH           PATH/SPLIT/CLASS/*.jpg|png
     hf:REPO_ID            a Hugging Face `datasets` repository
+    typo:[OPTIONS:]SPEC   SPEC with a misleading class word rendered on every image (`typographic.py`)
 
 `open_dataset` opens a split; `ensure_dataset` also downloads a missing built-in first;
 `available_splits` lists a spec's splits. All of them go through `parse_spec`.
@@ -21,35 +22,42 @@ from .datasets import ImageDataset, default_data_root
 
 log = logging.getLogger(__name__)
 
-PREFIXES = ("folder:", "hf:")
+PREFIXES = ("folder:", "hf:", "typo:")
 
 
 class Spec(NamedTuple):
     """A parsed dataset spec."""
 
     kind: str
-    """'builtin', 'folder' or 'hf'."""
+    """'builtin', 'folder', 'hf' or 'typo'."""
     arg: str
-    """The built-in name, the folder path or the hub repository id."""
+    """The built-in name, the folder path, the hub repository id, or (typo) `[OPTIONS:]SPEC`."""
 
 
 def _builtins() -> dict[str, type[ImageDataset]]:
     from .builtin import BUILTINS
+    from .typo_sets import TYPO_SETS
 
-    return BUILTINS
+    return {**BUILTINS, **TYPO_SETS}
 
 
 def dataset_names() -> list[str]:
-    """Built-in dataset names plus the two prefix forms."""
-    return [*_builtins(), "folder:PATH", "hf:REPO_ID"]
+    """Built-in dataset names plus the prefix forms."""
+    return [*_builtins(), "folder:PATH", "hf:REPO_ID", "typo:SPEC"]
 
 
 def parse_spec(spec: str) -> Spec:
-    """'folder:/x' -> Spec('folder', '/x'); an unknown built-in name is an error with a suggestion."""
+    """'folder:/x' -> Spec('folder', '/x'); an unknown built-in name is an error with a suggestion.
+    For 'typo:[OPTIONS:]SPEC' the options and the inner SPEC are checked too."""
     spec = spec.strip()
     for prefix in PREFIXES:
         if spec.startswith(prefix):
-            return Spec(prefix[:-1], spec[len(prefix) :])
+            arg = spec[len(prefix) :]
+            if prefix == "typo:":
+                from .typographic import split_spec
+
+                parse_spec(split_spec(arg)[1])
+            return Spec(prefix[:-1], arg)
     if spec not in _builtins():
         raise unknown("dataset", spec, dataset_names())
     return Spec("builtin", spec)
@@ -83,11 +91,17 @@ def _construct(cls: Callable[..., ImageDataset], spec: str, args: tuple, options
 def open_dataset(spec: str, split: str, *, data_root: str | Path | None = None, **options: Any) -> ImageDataset:
     """Open split `split` of the dataset named by `spec`.
 
-    spec: a built-in name (cifar10, cifar100, tiny-imagenet, cub200, celeba, waterbirds) read from
-    its canonical layout under `data_root` (default `default_data_root()`), `folder:PATH`, or
-    `hf:REPO_ID` (options: image_column, label_column, and anything `datasets.load_dataset` takes).
+    spec: a built-in name (cifar10, cifar100, tiny-imagenet, cub200, celeba, waterbirds, rta100,
+    disentangling, paint-typo) read from its canonical layout under `data_root` (default
+    `default_data_root()`), `folder:PATH`, `hf:REPO_ID` (options: image_column, label_column, and
+    anything `datasets.load_dataset` takes), or `typo:[OPTIONS:]SPEC` (options seed, size, box,
+    font; any other option goes to SPEC's dataset).
     """
     kind, arg = parse_spec(spec)
+    if kind == "typo":
+        from .typographic import open_typographic
+
+        return open_typographic(arg, split, lambda s, sp, **o: open_dataset(s, sp, data_root=data_root, **o), **options)
     cls = _dataset_class(kind, arg)
     if kind == "builtin":
         root = Path(data_root).expanduser() if data_root is not None else default_data_root()
@@ -99,6 +113,12 @@ def ensure_dataset(spec: str, split: str, *, data_root: str | Path | None = None
     """`open_dataset`, downloading a built-in dataset first when it is not under the data root."""
     from . import download as dl
 
+    if parse_spec(spec).kind == "typo":
+        from .typographic import open_typographic
+
+        return open_typographic(
+            parse_spec(spec).arg, split, lambda s, sp, **o: ensure_dataset(s, sp, data_root=data_root, **o), **options
+        )
     try:
         return open_dataset(spec, split, data_root=data_root, **options)
     except SparsesteerError:
@@ -114,6 +134,10 @@ def ensure_dataset(spec: str, split: str, *, data_root: str | Path | None = None
 def available_splits(spec: str, data_root: str | Path | None = None) -> list[str]:
     """Splits `open_dataset(spec, split)` accepts."""
     kind, arg = parse_spec(spec)
+    if kind == "typo":
+        from .typographic import split_spec
+
+        return available_splits(split_spec(arg)[1], data_root)
     cls = _dataset_class(kind, arg)
     if kind == "builtin":
         return list(cls.SPLITS)  # type: ignore[attr-defined]
