@@ -38,7 +38,11 @@ COMMANDS = {
     "train": ["train", "--activations", "/nonexistent", "--out", "{out}"],
     "reproduce": ["reproduce", "vs2", "--model", "nope/nope", "--dataset", "folder:/nonexistent", "--out", "{out}"],
     "download": ["download", "cifar10", "--data-root", "{out}"],
-}
+    "steer features": ["steer", "features", "--model", "nope/nope", "--sae", "/nonexistent", "--latent", "0",
+                       "--strength", "1", "--dataset", "folder:/nonexistent", "--out", "{out}"],
+    "reproduce steerability": ["reproduce", "steerability", "--model", "nope/nope", "--sae", "/nonexistent",
+                               "--dataset", "folder:/nonexistent", "--out", "{out}"],
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))

@@ -2,7 +2,8 @@
 
 One name per line in label order; lines starting with `#` are comments (each file cites its
 source there). `tiny-imagenet.txt` has two tab-separated columns, `wnid<TAB>name`, sorted by wnid,
-which is the label order sparsesteer uses for Tiny-ImageNet.
+which is the label order sparsesteer uses for Tiny-ImageNet. `imagenet1k.txt` (OpenAI's cleaned CLIP names,
+in ILSVRC-2012 label order) has no dataset here; it serves as a concept vocabulary (`data/vocab.py`).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from importlib import resources
 
 from ..utils.errors import SparsesteerError, unknown
 
-SHIPPED = ("cifar10", "cifar100", "tiny-imagenet", "cub200", "waterbirds")
+SHIPPED = ("cifar10", "cifar100", "tiny-imagenet", "cub200", "waterbirds", "imagenet1k")
 
 
 @functools.cache

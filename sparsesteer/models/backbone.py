@@ -173,19 +173,48 @@ def load_backbone(
     return Backbone(net, model_id=model, requested_revision=revision, arch=ARCHS[model_type])
 
 
+def random_init_copy(backbone: Backbone, seed: int = 0) -> Backbone:
+    """A randomly initialised model of the same architecture (built from `backbone`'s config with
+    transformers' own initialisation, under `seed`), for chance-level controls.
+
+    Same config, dtype, device, preprocessing and tokenizer; different weights (a pure function of the
+    config and `seed`; the caller's RNG state is untouched). Its `revision` reads
+    'random-init-seed{seed}-of-{revision}', so caches keyed by model and revision (zero-shot text
+    weights) never mix it up with the trained model; `random_init_seed` holds the seed."""
+    from transformers import AutoModel
+
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise SparsesteerError(f"random-init seed must be an integer, got {seed!r}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        net = AutoModel.from_config(backbone.model.config)
+    net = net.to(device=backbone.device, dtype=backbone.dtype).eval().requires_grad_(False)
+    copy = Backbone(
+        net, model_id=backbone.model_id, requested_revision=backbone.requested_revision, arch=backbone._arch
+    )
+    copy.__dict__["revision"] = f"random-init-seed{seed}-of-{backbone.revision}"  # fills the cached_property
+    copy.random_init_seed = seed
+    for name in ("preprocessor", "tokenizer"):  # share what the trained model has already loaded
+        if name in backbone.__dict__:
+            copy.__dict__[name] = backbone.__dict__[name]
+    return copy
+
+
 class Backbone:
     """A loaded vision transformer plus its geometry and hook points.
 
     Attributes: `model_id`, `revision`, `arch` ('clip'|'siglip'|'dinov2'), `n_blocks`, `d_model`,
     `has_cls`, `n_prefix` (tokens before the patches: CLS + registers), `n_tokens` (per image, at
     `image_size`), `image_size`, `patch_size`, `d_embed` (width of `head`), `device`, `dtype`,
-    `model` (the whole transformers model), `vision` (its vision tower), `blocks`, `has_text`.
+    `model` (the whole transformers model), `vision` (its vision tower), `blocks`, `has_text`,
+    `random_init_seed` (None, or the seed of a `random_init_copy`).
     """
 
     def __init__(self, model: nn.Module, *, model_id: str, requested_revision: str | None, arch: _Arch):
         self.model = model
         self.model_id = model_id
         self.requested_revision = requested_revision
+        self.random_init_seed: int | None = None
         self._arch = arch
         self.arch = arch.name
         self.vision: nn.Module = getattr(model, "vision_model", model)
@@ -223,8 +252,9 @@ class Backbone:
         return size
 
     def __repr__(self) -> str:
+        random = "" if self.random_init_seed is None else f", random_init_seed={self.random_init_seed}"
         return (
-            f"Backbone({self.model_id!r}, arch={self.arch}, n_blocks={self.n_blocks}, d_model={self.d_model}, "
+            f"Backbone({self.model_id!r}{random}, arch={self.arch}, n_blocks={self.n_blocks}, d_model={self.d_model}, "
             f"n_tokens={self.n_tokens}, image_size={self.image_size}, device={self.device}, dtype={self.dtype})"
         )
 

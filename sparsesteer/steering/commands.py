@@ -1,4 +1,5 @@
-"""`sparsesteer steer vs2|vs2pp`: VS2 and VS2++ on cached final-layer CLS vectors of a labelled split."""
+"""`sparsesteer steer vs2|vs2pp|features|neurons`: VS2 and VS2++ on cached final-layer CLS vectors of a
+labelled split; SAE-feature and neuron steering during the forward pass (`steer_run.py`)."""
 
 from __future__ import annotations
 
@@ -35,15 +36,32 @@ EXAMPLES_PP = """example (DINOv2 retrieval, as in the paper):
 """
 
 
+EXAMPLES_FEATURES = """examples:
+  sparsesteer steer features --model openai/clip-vit-base-patch32 --sae runs/sae-b5 --latent 123 --strength 150 \\
+      --mode set --dataset cifar100 --limit 64 --out runs/steer-123
+  sparsesteer steer features --model M --sae runs/sae-b5 --latent 7 --latent 9 --mode zero --tokens patch:0,1,7 \\
+      --dataset folder:/data/pets --vocab imagenet1k
+  sparsesteer steer features --model M --sae runs/sae-b5 --latent 7 --strength=-5 --mode add --tokens mask:centre.npy ...
+(--hook defaults to the SAE's; --tokens patch:I,J are patch indices, row-major over the patch grid)
+"""
+
+EXAMPLES_NEURONS = """example:
+  sparsesteer steer neurons --model openai/clip-vit-base-patch32 --hook blocks.5.resid_post --neuron 42 \\
+      --strength 20 --mode set --dataset cifar100 --limit 64 --vocab imagenet1k --out runs/neuron-42
+"""
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     from ..utils import config as config_utils
     from ..utils.cli import HelpFormatter
-    from .settings import SteerVS2Config, SteerVS2ppConfig
+    from .settings import SteerFeaturesConfig, SteerNeuronsConfig, SteerVS2Config, SteerVS2ppConfig
 
     p = sub.add_parser(
         "steer",
-        help="steer a model with SAE features (VS2 on cached CLS vectors)",
-        description="Steering methods. vs2: VS2 on cached final-layer CLS vectors, scored by CLIP zero-shot.",
+        help="steer a model with SAE features (VS2 on cached CLS vectors, feature / neuron edits in the forward pass)",
+        description="Steering methods. vs2 / vs2pp: VS2 and VS2++ on cached final-layer CLS vectors, scored by "
+        "CLIP zero-shot. features / neurons: edit SAE latents or residual dimensions during the forward pass and "
+        "compare the predictions of the same images before and after.",
         formatter_class=HelpFormatter,
     )
     methods = p.add_subparsers(dest="method", metavar="METHOD", required=True)
@@ -74,6 +92,48 @@ def register(sub: argparse._SubParsersAction) -> None:
     )
     config_utils.add_arguments(pp, SteerVS2ppConfig, metavars=dirs)
     pp.set_defaults(func=run_vs2pp)
+
+    f = methods.add_parser(
+        "features",
+        help="edit SAE latents in the forward pass: predictions before and after",
+        epilog=EXAMPLES_FEATURES,
+        formatter_class=HelpFormatter,
+        description="Set / add / scale / zero SAE latents at the SAE's hook on a token selection (the SAE error "
+        "term kept unless --no-keep-error), and print for the same images the zero-shot prediction (or the top "
+        "concepts of --vocab) before and after, with the mean probability change per class or concept. The SAE "
+        "must match the model, hook, width and tokens; --allow-mismatch overrides all but the width.",
+    )
+    config_utils.add_arguments(f, SteerFeaturesConfig, metavars={**dirs, "latent": "J", "neuron": "J"})
+    f.set_defaults(func=run_features)
+
+    n = methods.add_parser(
+        "neurons",
+        help="edit residual-stream dimensions in the forward pass: predictions before and after",
+        epilog=EXAMPLES_NEURONS,
+        formatter_class=HelpFormatter,
+        description="Set / add / scale / zero residual dimensions at a hook on a token selection (the neuron "
+        "baseline of feature steering), and print the predictions of the same images before and after.",
+    )
+    config_utils.add_arguments(n, SteerNeuronsConfig, metavars={**dirs, "neuron": "J"})
+    n.set_defaults(func=run_neurons)
+
+
+def run_features(args: argparse.Namespace) -> int:
+    from ..utils import config as config_utils
+    from .settings import SteerFeaturesConfig
+    from .steer_run import run_features as run
+
+    run(config_utils.from_args(SteerFeaturesConfig, args, where="steer features settings"))
+    return 0
+
+
+def run_neurons(args: argparse.Namespace) -> int:
+    from ..utils import config as config_utils
+    from .settings import SteerNeuronsConfig
+    from .steer_run import run_neurons as run
+
+    run(config_utils.from_args(SteerNeuronsConfig, args, where="steer neurons settings"))
+    return 0
 
 
 def _model_provenance(bb: Backbone) -> Provenance:

@@ -129,16 +129,18 @@ def sae_edit(
     tokens: Tokens = "all",
     keep_error: bool = True,
     rescale: bool = False,
+    check_hook: bool = True,
 ) -> Intervention:
     """An intervention at `hook` that replaces the selected tokens' activations x by `apply_edit`:
     x + W_dec^T (edit_fn(f) - f) (error term kept), or decode(edit_fn(f)) (`keep_error=False`).
 
-    The SAE must read `hook` (checked against the hook recorded in its metadata, when there is one)."""
+    The SAE must read `hook` (checked against the hook recorded in its metadata, when there is one);
+    `check_hook=False` skips that check (for callers that ran their own check under --allow-mismatch)."""
     if not isinstance(sae, SparseAutoencoder):
         raise SparsesteerError(f"sae_edit(hook, sae, edit_fn): expected an SAE, got {type(sae).__name__}")
     name = str(HookPoint.parse(hook))
     trained_on = sae.metadata.get("hook")
-    if trained_on is not None and trained_on != name:
+    if check_hook and trained_on is not None and trained_on != name:
         raise SparsesteerError(f"the SAE was trained on {trained_on}, but the edit is at {name}")
 
     def fn(acts_btd: Tensor, positions_t: Tensor) -> Tensor:

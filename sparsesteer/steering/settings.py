@@ -1,15 +1,222 @@
-"""Settings of the `sparsesteer steer` commands (torch-free: `--help` is built from them)."""
+"""Settings of the `sparsesteer steer` commands and of the steerability measurement (torch-free:
+`--help` is built from them)."""
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal, get_args
+
+import numpy as np
 
 from ..models.templates import TemplateSet
+from ..models.zeroshot_run import DEFAULT_TEXT_CACHE
 from ..utils.errors import SparsesteerError
-from ..utils.options import DeviceOptions, ModelOptions
+from ..utils.options import DataOptions, DeviceOptions, ModelOptions, RunOptions, _chain, positive_int
 from .tuning import N_NEIGHBOURS
+
+SteerMode = Literal["set", "add", "scale", "zero"]
+"""How an edit changes a latent or neuron: set it to s, add s (s times the decoder direction), scale
+it by s, or zero it (suppression; no strength)."""
+STEER_MODES: tuple[str, ...] = get_args(SteerMode)
+SteerabilityMode = Literal["set", "add", "scale"]
+"""The modes a steerability curve runs over strengths with (zero has no strength)."""
+
+DEFAULT_STRENGTHS = (-20.0, -5.0, 0.0, 5.0, 10.0, 20.0, 50.0, 150.0)
+"""The paper's steering-curve strengths."""
+
+
+def parse_tokens(text: Any) -> str | tuple[int, ...] | np.ndarray:
+    """The --tokens grammar: 'cls' | 'patch' | 'all', 'patch:I,J,...' (patch indices, 0-based, row-major
+    over the patch grid) or 'mask:FILE' (a boolean / 0-1 grid shaped like the patch grid: .npy, or a
+    text file with one grid row per line). Patch indices and masks are checked against the model
+    later (`features.steer_positions`)."""
+    if not isinstance(text, str):
+        raise SparsesteerError(f"--tokens must be a string, got {text!r}")
+    t = text.strip()
+    if t in ("cls", "patch", "all"):
+        return t
+    if t.startswith("patch:"):
+        parts = [p.strip() for p in t[len("patch:") :].split(",") if p.strip()]
+        try:
+            idx = tuple(int(p) for p in parts)
+        except ValueError:
+            raise SparsesteerError(f"--tokens {text!r}: patch indices must be integers, e.g. patch:0,1,7") from None
+        if not idx:
+            raise SparsesteerError(f"--tokens {text!r}: give at least one patch index, e.g. patch:0,1,7")
+        return idx
+    if t.startswith("mask:"):
+        return _read_mask(Path(t[len("mask:") :]).expanduser())
+    raise SparsesteerError(
+        f"--tokens {text!r}: expected cls, patch, all, patch:I,J,... (patch indices) or mask:FILE (a patch-grid mask)"
+    )
+
+
+def _read_mask(path: Path) -> np.ndarray:
+    if not path.is_file():
+        raise SparsesteerError(f"--tokens mask: no such file {path}")
+    try:
+        arr = np.load(path, allow_pickle=False) if path.suffix == ".npy" else np.loadtxt(path, ndmin=2)
+    except ValueError as e:
+        raise SparsesteerError(f"--tokens mask: cannot read {path} as a grid of 0/1 ({e})") from None
+    arr = np.asarray(arr)
+    if arr.ndim != 2 or not np.isin(arr, (0, 1)).all():
+        raise SparsesteerError(
+            f"--tokens mask: {path} must hold a 2-D grid of 0/1 (or booleans), got shape {arr.shape}"
+        )
+    return arr.astype(bool)
+
+
+def _finite(name: str, value: Any) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SparsesteerError(f"--{name.replace('_', '-')} must be a finite number, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SteerabilitySettings:
+    """How a steerability measurement steers and scores one latent or neuron over an image set."""
+
+    strengths: tuple[float, ...] = DEFAULT_STRENGTHS
+    """Strengths s of the steering curves (give negative values as --strengths=-20,-5,0,...)."""
+    at_strength: float = 150.0
+    """Strength at which S decides 'steerable' (measured even when not in --strengths)."""
+    threshold: float = 0.10
+    """A unit is steerable when S = sum over concepts of (mean probability change)^2 exceeds this."""
+    temperature: float = 100.0
+    """T in p = softmax(T * cos(image embedding, concept)) (CLIP's logit scale)."""
+    mode: SteerabilityMode = "set"
+    """set the latent / neuron to s (the paper), add s (s times the decoder direction), or scale it by s."""
+    tokens: str = "all"
+    """Tokens steered: cls, patch, all, patch:I,J,... or mask:FILE."""
+    keep_error: bool = True
+    """Keep the SAE error term x - decode(encode(x)) (only the latent's change enters)."""
+    unit_direction: bool = False
+    """Steer along the unit decoder direction W_dec[j]/|W_dec[j]| (value f_j |W_dec[j]|) instead of W_dec[j]."""
+    steer_batch: int = 8
+    """(unit, strength) pairs steered in one forward pass, each over one image batch."""
+    top: int = 5
+    """Concepts recorded per unit and strength (largest mean probability increase)."""
+
+    def __post_init__(self) -> None:
+        if not self.strengths:
+            raise SparsesteerError("--strengths: give at least one strength")
+        for s in self.strengths:
+            _finite("strengths", s)
+        for name in ("at_strength", "threshold", "temperature"):
+            _finite(name, getattr(self, name))
+        if self.temperature <= 0:
+            raise SparsesteerError(f"--temperature must be > 0, got {self.temperature}")
+        if self.threshold < 0:
+            raise SparsesteerError(f"--threshold must be >= 0, got {self.threshold}")
+        if self.mode not in get_args(SteerabilityMode):
+            raise SparsesteerError(f"--mode must be one of {', '.join(get_args(SteerabilityMode))}, got {self.mode!r}")
+        positive_int(self.steer_batch, "--steer-batch")
+        positive_int(self.top, "--top")
+        parse_tokens(self.tokens)
+        _chain(self, SteerabilitySettings)
+
+    @property
+    def all_strengths(self) -> tuple[float, ...]:
+        """The strengths measured: --strengths plus --at-strength, sorted, without repeats."""
+        return tuple(sorted({float(s) for s in (*self.strengths, self.at_strength)}))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SteerImages(RunOptions, DataOptions, ModelOptions):
+    """What `steer features` and `steer neurons` share: the images, the edit's place and rule, the readout."""
+
+    split: str = "test"
+    """Dataset split of the images."""
+    hook: str | None = None
+    """Hook point to steer at (blocks.{i}.resid_pre|attn_out|mlp_out|resid_post); features: None = the SAE's
+    hook; neurons: required."""
+    tokens: str = "all"
+    """Tokens steered: cls, patch, all, patch:I,J,... (patch indices, 0-based, row-major over the patch
+    grid) or mask:FILE (.npy or text 0/1 grid shaped like the patch grid)."""
+    mode: SteerMode = "set"
+    """set to s (the paper's rule), add s (s times the decoder direction), scale by s, or zero (no strength)."""
+    strength: float | None = None
+    """Steering strength s (not with --mode zero)."""
+    vocab: str | None = None
+    """Read out against a concept vocabulary (a text file, one concept per line, or imagenet1k / cifar100)
+    instead of the dataset's classes; None = zero-shot over the classes."""
+    vocab_limit: int | None = None
+    """Keep the first N concept lines of --vocab (e.g. 5000 for CLIP-Dissect's 20k.txt)."""
+    vocab_template: str = "{}"
+    """Text embedded for each concept ('{}' = the bare word)."""
+    temperature: float = 100.0
+    """Vocabulary readout: p = softmax(T * cos(image, concept)). Zero-shot uses the model's own logit rule."""
+    templates: TemplateSet = "single"
+    """Zero-shot prompts: single ('a photo of a {}.'), ensemble (CLIP's 80) or ensemble7."""
+    top: int = 5
+    """Classes / concepts listed with the largest mean probability increase and decrease."""
+    show: int = 20
+    """Images listed one by one in the printout and results.md (the JSON lists every image)."""
+    text_cache: str | None = DEFAULT_TEXT_CACHE
+    """Directory caching text embeddings per (model, names, templates); 'none' or None disables it."""
+    out: str | None = None
+    """Output directory (steer_features.json/.md); None = print only."""
+
+    def __post_init__(self) -> None:
+        if self.mode not in STEER_MODES:
+            raise SparsesteerError(f"--mode must be one of {', '.join(STEER_MODES)}, got {self.mode!r}")
+        if self.mode == "zero":
+            if self.strength is not None:
+                raise SparsesteerError("--mode zero takes no --strength (it sets the latents to 0)")
+        elif self.strength is None:
+            raise SparsesteerError(f"--mode {self.mode} needs --strength S")
+        else:
+            _finite("strength", self.strength)
+        _finite("temperature", self.temperature)
+        if self.temperature <= 0:
+            raise SparsesteerError(f"--temperature must be > 0, got {self.temperature}")
+        if self.vocab_limit is not None:
+            positive_int(self.vocab_limit, "--vocab-limit")
+        if self.vocab_template.count("{}") != 1:
+            raise SparsesteerError(f"--vocab-template must contain one '{{}}', got {self.vocab_template!r}")
+        positive_int(self.top, "--top")
+        if isinstance(self.show, bool) or not isinstance(self.show, int) or self.show < 0:
+            raise SparsesteerError(f"--show must be >= 0, got {self.show!r}")
+        parse_tokens(self.tokens)
+        super().__post_init__()
+
+
+@dataclass(frozen=True, kw_only=True)
+class SteerFeaturesConfig(SteerImages):
+    """`sparsesteer steer features`: SAE latents edited during the forward pass, predictions before and after."""
+
+    sae: str
+    """SAE directory (its hook, tokens and model are checked against the model and the edit)."""
+    latent: tuple[int, ...]
+    """Latent index to steer; repeat the flag (or give a comma list) for several."""
+    keep_error: bool = True
+    """Keep the SAE error term x - decode(encode(x)) (only the edited latents change the activation)."""
+    unit_direction: bool = False
+    """Steer along the unit decoder direction W_dec[j]/|W_dec[j]| (value f_j |W_dec[j]|)."""
+    allow_mismatch: bool = False
+    """Run even when the SAE's model, revision, hook or tokens disagree with the model and the edit; the
+    outputs then list every disagreement (a width mismatch is always refused)."""
+
+    def __post_init__(self) -> None:
+        if not self.latent:
+            raise SparsesteerError("--latent: give at least one latent index")
+        super().__post_init__()
+
+
+@dataclass(frozen=True, kw_only=True)
+class SteerNeuronsConfig(SteerImages):
+    """`sparsesteer steer neurons`: residual-stream dimensions edited directly, predictions before and after."""
+
+    neuron: tuple[int, ...]
+    """Residual dimension to steer; repeat the flag (or give a comma list) for several."""
+
+    def __post_init__(self) -> None:
+        if self.hook is None:
+            raise SparsesteerError("steer neurons needs --hook (e.g. blocks.5.resid_post)")
+        if not self.neuron:
+            raise SparsesteerError("--neuron: give at least one residual dimension")
+        super().__post_init__()
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -222,7 +222,7 @@ def add_arguments(
     """Add `--field-name` options for the chosen fields of `cls` (all but `exclude` when `names` is
     None); their argparse default is None so that only flags actually given override a config file.
     Fields without a default are required flags unless `required=False` (a config file may give them).
-    List fields take repeated flags or comma lists."""
+    List fields (list[X], tuple[X, ...]) take repeated flags and/or comma lists."""
     flags = flags or {}
     metavars = metavars or {}
     hints = _resolve_hints(cls)
@@ -245,7 +245,7 @@ def add_arguments(
             kwargs["action"] = argparse.BooleanOptionalAction
         elif origin is typing.Literal:
             kwargs["choices"] = list(typing.get_args(tp))
-        elif origin in (tuple, list) and typing.get_args(tp)[:1] == (str,):
+        elif origin is list or (origin is tuple and (typing.get_args(tp)[1:] == (Ellipsis,))):
             kwargs["action"] = _Extend
             kwargs["metavar"] = metavars.get(f.name, f.name.upper().removesuffix("S"))
         else:
