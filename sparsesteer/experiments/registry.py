@@ -1,6 +1,6 @@
 """The experiments `sparsesteer reproduce` knows, by name: one subpackage per paper.
 
-A paper's subpackage (`experiments/vs2/`, `experiments/clipsteer/steerability/`, ...) exposes `EXPERIMENT`, an
+A paper's subpackage (`experiments/vs2/`, `experiments/clipsteer/sparsity/`, `experiments/clipsteer/steerability/`, ...) exposes `EXPERIMENT`, an
 `Experiment` that names its settings dataclass, its stage table and its entry point. Importing it
 must not import torch: the CLI builds `--help` from it. Add a paper by adding its subpackage here.
 """
@@ -18,6 +18,7 @@ from .stages import Stage
 
 PACKAGES = {
     "vs2": "sparsesteer.experiments.vs2",
+    "sparsity": "sparsesteer.experiments.clipsteer.sparsity",
     "steerability": "sparsesteer.experiments.clipsteer.steerability",
 }
 """Experiment name -> the subpackage that holds it (in `reproduce --help` order)."""

@@ -1,0 +1,135 @@
+"""Settings of `sparsesteer reproduce sparsity` (no torch import: the CLI builds --help from them).
+
+The SAE defaults are the paper's (spec clip-sae-steering.md): top-k with k 64 and expansion 64 on
+`resid_post`, batches of 4,096 tokens, b_dec at the geometric median, inputs rescaled to a fixed
+mean norm; `--arch relu` gives the vanilla ReLU + L1 SAEs of the released suite. Expansion 64 is
+meant for a GPU; the CPU quick configuration in docs/clipsteer.md uses expansion 4.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass
+from typing import Literal
+
+from ....models.hook_names import TOKEN_SELECTIONS, TokenSelection
+from ....models.templates import TemplateSet
+from ....utils.errors import SparsesteerError, unknown
+from ....utils.options import ModelOptions, RunOptions, positive_int
+
+_RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
+
+
+def parse_blocks(spec: str, n_blocks: int | None = None) -> tuple[int, ...]:
+    """'all' | '0-11' | '0,3,6-8' -> sorted block indices (0-based). With `n_blocks`, 'all' means
+    every block and an index past the model's last block is an error naming the valid range."""
+    text = str(spec).replace(" ", "")
+    if text == "all":
+        if n_blocks is None:
+            return ()
+        return tuple(range(n_blocks))
+    blocks: set[int] = set()
+    for part in text.split(","):
+        m = _RANGE.match(part)
+        if m is None:
+            raise SparsesteerError(
+                f"--blocks {spec!r}: expected 'all' or block indices and ranges such as 0-11 or 0,3,6-8 (0-based)"
+            )
+        lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
+        if hi < lo:
+            raise SparsesteerError(f"--blocks {spec!r}: the range {part} runs backwards")
+        blocks.update(range(lo, hi + 1))
+    if n_blocks is not None:
+        bad = sorted(b for b in blocks if b >= n_blocks)
+        if bad:
+            raise SparsesteerError(
+                f"--blocks {spec!r}: block {bad[0]} out of range; the model has {n_blocks} blocks, "
+                f"valid indices 0..{n_blocks - 1}"
+            )
+    return tuple(sorted(blocks))
+
+
+@dataclass(frozen=True, kw_only=True)
+class SparsityConfig(RunOptions, ModelOptions):  # flags in --help: model, run (batch, workers, device), own
+    """Settings of one `reproduce sparsity` run."""
+
+    dataset: str
+    """Dataset with class names (zero-shot CE needs them): built-in name, folder:PATH or hf:REPO_ID."""
+    train_split: str = "train"
+    """Split the SAEs are trained on (not cached or read with --sae-dir)."""
+    test_split: str = "test"
+    """Split every metric and the zero-shot CE are measured on."""
+    data_root: str | None = None
+    """Where built-in datasets live (downloaded there when missing); None = SPARSESTEER_DATA or ~/.cache."""
+    limit_train: int | None = None
+    """Use a class-stratified sample of N train images, drawn with `seed` (quick runs); None = all."""
+    limit_test: int | None = None
+    """Use a class-stratified sample of N test images, drawn with `seed` (quick runs); None = all."""
+    seed: int = 0
+    """Seed of the --limit samples and of SAE training."""
+    blocks: str = "all"
+    """Blocks to report, 0-based: all, or indices and ranges such as 0-11 or 0,3,6-8."""
+    tokens: tuple[TokenSelection, ...] = ("all", "cls", "patch")
+    """Token configurations: one SAE per block and configuration, trained on all tokens, CLS only or patches only."""
+    hook_kind: Literal["resid_post", "mlp_out"] = "resid_post"
+    """Where in each block the SAEs read (and the CE splices): the block output or the MLP's output."""
+    sae_dir: str | None = None
+    """Load the SAEs from DIR/blockNN-TOKENS (e.g. an earlier run's OUT/sae) instead of training them."""
+    arch: Literal["topk", "batchtopk", "relu"] = "topk"
+    """SAE architecture: topk (the paper's top-k variants), batchtopk, or relu (vanilla ReLU + L1, the released suite)."""
+    k: int = 64
+    """Active latents per token (topk, batchtopk)."""
+    expansion: int = 64
+    """Latents per input dimension (64: 49,152 latents at d 768, the paper's; use 4-8 on a CPU)."""
+    l1_coeff: float = 1e-3
+    """relu: L1 coefficient on top of the FVU loss (our loss normalisation, not the released suite's 1e-5)."""
+    sae_lr: float = 5e-4
+    """SAE learning rate (Adam; cosine decay after warm-up)."""
+    sae_batch_size: int = 4096
+    """Tokens per SAE training step (the paper's 4,096; capped at the rows of a small view)."""
+    sae_steps: int | None = None
+    """SAE training steps; None = sae_epochs passes, or (both None) at least 5,000 steps and one pass."""
+    sae_epochs: float | None = None
+    """Passes over the train rows of each SAE (ignored when sae_steps is set)."""
+    sae_warmup_steps: int | None = None
+    """Linear warm-up steps (the released suite: 200); None = 5% of the run."""
+    normalize_input: bool = True
+    """Rescale SAE inputs to a fixed mean norm (the paper normalises its inputs; folded into the saved weights)."""
+    templates: TemplateSet = "single"
+    """Zero-shot prompts for the CE: single ('a photo of a {}.'), ensemble (CLIP's 80) or ensemble7."""
+    cache_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
+    """Storage dtype of the cached activations (float16 halves the disk; the CE always runs the model in float32)."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()  # model, batch size, workers, device, on_bad_image
+        if not str(self.dataset).strip():
+            raise SparsesteerError("--dataset is empty: give a built-in name, folder:PATH or hf:REPO_ID")
+        parse_blocks(self.blocks)  # syntax; the range is checked against the model
+        tokens = (self.tokens,) if isinstance(self.tokens, str) else tuple(self.tokens)
+        object.__setattr__(self, "tokens", tokens)
+        if not tokens:
+            raise SparsesteerError("--tokens is empty: give one or more of all, cls, patch")
+        for t in tokens:
+            if t not in TOKEN_SELECTIONS:
+                raise unknown("token configuration (--tokens)", str(t), TOKEN_SELECTIONS)
+        if len(set(tokens)) != len(tokens):
+            raise SparsesteerError(f"--tokens {','.join(tokens)}: a configuration is given twice")
+        for name in ("k", "expansion", "sae_batch_size"):
+            positive_int(getattr(self, name), f"--{name.replace('_', '-')}")
+        for name in ("limit_train", "limit_test", "sae_steps"):
+            if getattr(self, name) is not None:
+                positive_int(getattr(self, name), f"--{name.replace('_', '-')}")
+        if self.sae_warmup_steps is not None and self.sae_warmup_steps < 0:
+            raise SparsesteerError(f"--sae-warmup-steps must be >= 0, got {self.sae_warmup_steps}")
+        for name in ("l1_coeff", "sae_lr"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise SparsesteerError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
+        if self.sae_epochs is not None and not (math.isfinite(self.sae_epochs) and self.sae_epochs > 0):
+            raise SparsesteerError(f"--sae-epochs must be a positive number, got {self.sae_epochs}")
+        if self.train_split == self.test_split and self.sae_dir is None:
+            raise SparsesteerError(
+                f"--train-split and --test-split are both {self.train_split!r}: the SAEs would be measured on "
+                "the images they were trained on; use two splits"
+            )

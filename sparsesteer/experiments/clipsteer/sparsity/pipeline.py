@@ -1,0 +1,262 @@
+"""`sparsesteer reproduce sparsity`: the per-layer, per-token-type sparsity report (claim 1 of the
+CLIP-steering paper) for one model and dataset.
+
+    dataset (downloaded if missing), checked: blocks in range, token types the model has, class names
+      -> cache: every chosen block's hook, all tokens (or the one configuration), of train and test
+      -> sae: one SAE per block x token configuration, trained on train (or loaded from --sae-dir,
+         each checked against the model, hook, tokens and width it would read)
+      -> metrics: on test, per SAE: % explained variance, cosine, L0 of CLS and of patch rows, L0 per
+         patch position, alive latents (all, CLS, patch)
+      -> ce: zero-shot CE of test with each hook clean, spliced (SAE output) and zero-ablated ->
+         % CE recovered and the spliced accuracy, sharing the clean forward below each hook
+      -> report: results.json, results.md (ours; the released suite's figures beside, labelled as
+         theirs), plots/
+
+Each stage records the settings it used (`experiments.stages.Pipeline`): rerunning skips current
+stages, `--stage NAME` runs one alone. Every stage is a function of the run context
+(`run.SparsityRun`); the report stage lives in `report.py`, the CE loop in `splice.py`. Importing
+this module does not import torch (`--help` lists the stages).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from pathlib import Path
+
+from ....utils import io
+from ....utils.config import to_dict
+from ....utils.settings_hash import settings_sha256
+from ...stages import Pipeline, Stage
+from .config import SparsityConfig
+from .run import SAEKey, SparsityRun, cache_tokens
+
+log = logging.getLogger(__name__)
+
+SAE_MEMORY_BUDGET = 8 << 30
+"""Bytes of SAE weights the CE stage holds at once; more SAEs than that share clean passes in groups."""
+
+
+# ---------------------------------------------------------------------- stages
+def cache(run: SparsityRun) -> None:
+    """Each chosen block's hook for the test split (and the train split when training), in one
+    forward per batch; a cache of other settings in the way is replaced, an interrupted one resumed."""
+    from ....activations.produce import CacheConfig, cache_activations
+
+    c = run.cfg
+    splits = [c.train_split, c.test_split] if run.trains else [c.test_split]
+    for split in splits:
+        cfg = CacheConfig(
+            model=c.model,
+            revision=c.revision,
+            dataset=c.dataset,
+            split=split,
+            hooks=tuple(run.hook(b) for b in run.blocks),
+            tokens=cache_tokens(c.tokens),
+            out=str(run.path("cache", split)),
+            dtype=c.cache_dtype,
+            batch_size=c.batch_size,
+            limit=c.limit_train if split == c.train_split else c.limit_test,
+            limit_seed=c.seed,
+            workers=c.workers,
+            device=c.device,
+            data_root=c.data_root,
+            on_bad_image=c.on_bad_image,
+        )
+        record = run.path("cache", f"{split}.settings.json")
+        settings = to_dict(dataclasses.replace(cfg, batch_size=1, workers=0, device="auto"))  # what changes rows
+        if record.exists() and io.read_json(record) != settings:
+            shutil.rmtree(run.path("cache", split), ignore_errors=True)
+        io.write_json(record, settings)
+        cache_activations(cfg, backbone=run.backbone)
+
+
+def _sae_config(run: SparsityRun):
+    from ....sae import SAEConfig
+
+    c = run.cfg
+    return SAEConfig(arch=c.arch, k=c.k, expansion=c.expansion, l1_coeff=c.l1_coeff)
+
+
+def _train_config(run: SparsityRun, n_rows: int):
+    from ....sae.train import TrainConfig
+
+    c = run.cfg
+    return TrainConfig(
+        batch_size=min(c.sae_batch_size, n_rows),
+        lr=c.sae_lr,
+        steps=c.sae_steps,
+        epochs=c.sae_epochs,
+        warmup_steps=c.sae_warmup_steps,
+        seed=c.seed,
+        normalize_input=c.normalize_input,
+        device=c.device,
+    )
+
+
+def _train(run: SparsityRun, key: SAEKey) -> None:
+    """Train one SAE into OUT/sae/NAME, unless it is there already with these settings (a stage
+    interrupted after some SAEs keeps them)."""
+    from ....sae.train import Trainer
+
+    view = run.rows(run.cfg.train_split, key)
+    sae_cfg, train_cfg = _sae_config(run), _train_config(run, view.n_rows)
+    digest = settings_sha256({"sae": to_dict(sae_cfg), "train": to_dict(train_cfg), "rows": view.describe()})
+    out = run.sae_path(key)
+    if (out / "cfg.json").is_file() and io.read_json(out / "cfg.json").get("run_settings_sha256") == digest:
+        log.info("%s: trained with these settings already, kept", out)
+        return
+    shutil.rmtree(out, ignore_errors=True)
+    Trainer(view, sae_cfg, train_cfg, out, metadata={"run_settings_sha256": digest}).fit()
+    shutil.rmtree(out / "state", ignore_errors=True)  # the optimiser state: as big as the SAE, not needed
+
+
+def sae(run: SparsityRun) -> None:
+    """Train one SAE per block x token configuration on the train split (or check the --sae-dir ones)."""
+    if run.trains:
+        for key in run.keys():
+            _train(run, key)
+    else:
+        run.check_sae_dir()
+    io.write_json(
+        run.path("saes.json"),
+        {
+            k.name: {"block": k.block, "tokens": k.tokens, "hook": run.hook(k.block), "path": str(run.sae_path(k))}
+            for k in run.keys()
+        },
+    )
+
+
+def metrics(run: SparsityRun) -> None:
+    """Per SAE on the test split: EV, cosine, L0 (CLS, patch, per position), alive latents."""
+    from ....sae.metrics import token_metrics
+
+    out = {}
+    for key in run.keys():
+        sae = run.load_sae(key)
+        out[key.name] = token_metrics(
+            sae,
+            run.rows(run.cfg.test_split, key),
+            cls_position=run.cls_position,
+            patch_positions=run.patch_positions,
+            device=run.backbone.device,
+        ).to_json()
+        out[key.name]["n_latents"] = sae.n_latents
+    io.write_json(run.path("metrics.json"), out)
+
+
+def _groups(run: SparsityRun, keys: list[SAEKey]) -> list[list[SAEKey]]:
+    """Keys in groups whose SAEs fit SAE_MEMORY_BUDGET together (one clean pass per group)."""
+    per_sae = 4 * 2 * run.backbone.d_model * run.backbone.d_model * run.cfg.expansion  # W_enc + W_dec, float32
+    size = max(1, SAE_MEMORY_BUDGET // max(per_sae, 1))
+    return [keys[i : i + size] for i in range(0, len(keys), size)]
+
+
+def ce(run: SparsityRun) -> None:
+    """Zero-shot CE of the test images, clean, with each SAE spliced in and with each hook ablated."""
+    from ....data.batches import image_batches
+    from .splice import Splice, spliced_ce
+
+    c = run.cfg
+    bb = run.backbone
+    ds = run.dataset(c.test_split)
+    clf = run.classifier()
+    rows: dict[str, dict] = {}
+    clean = None
+    for group in _groups(run, run.keys()):
+        splices = [Splice(k.name, run.hook(k.block), k.tokens, run.load_sae(k)) for k in group]
+        batches = image_batches(
+            ds,
+            bb.preprocessor,
+            batch_size=c.batch_size,
+            workers=c.workers,
+            on_bad_image=c.on_bad_image,
+            pin_memory=bb.device.type == "cuda",
+        )
+        pairs = ((b.pixels, b.labels) for b in batches if len(b.indices))
+        res = spliced_ce(bb, clf, pairs, splices, total=-(-len(ds) // c.batch_size))
+        clean = res.clean
+        for s in splices:
+            zero, spliced = res.zero[(s.hook, s.tokens)], res.spliced[s.name]
+            rows[s.name] = {
+                "ce_spliced": spliced.ce,
+                "ce_zero_ablation": zero.ce,
+                "ce_recovered": res.recovered(s),
+                "accuracy_spliced": spliced.accuracy,
+                "accuracy_zero_ablation": zero.accuracy,
+            }
+    assert clean is not None
+    io.write_json(
+        run.path("ce.json"),
+        {
+            "n_images": clean.n,
+            "templates": c.templates,
+            "ce_clean": clean.ce,
+            "accuracy_clean": clean.accuracy,
+            "saes": rows,
+        },
+    )
+
+
+def report(run: SparsityRun) -> None:
+    from . import report as write_report
+
+    write_report.write(run)
+
+
+CACHE_FIELDS = (
+    "model",
+    "revision",
+    "dataset",
+    "train_split",
+    "test_split",
+    "data_root",
+    "limit_train",
+    "limit_test",
+    "seed",
+    "blocks",
+    "tokens",
+    "hook_kind",
+    "cache_dtype",
+    "sae_dir",
+)
+SAE_FIELDS = (
+    "arch",
+    "k",
+    "expansion",
+    "l1_coeff",
+    "sae_lr",
+    "sae_batch_size",
+    "sae_steps",
+    "sae_epochs",
+    "sae_warmup_steps",
+    "normalize_input",
+)
+
+STAGES: tuple[Stage[SparsityRun], ...] = (
+    Stage(name="cache", fields=CACHE_FIELDS, needs=(), run=cache, help="caching every chosen block of train and test"),
+    Stage(name="sae", fields=SAE_FIELDS, needs=("cache",), run=sae, help="one SAE per block and token configuration"),
+    Stage(name="metrics", fields=(), needs=("sae",), run=metrics, help="EV, cosine, L0 and alive latents on test"),
+    Stage(
+        name="ce",
+        fields=("templates",),
+        needs=("sae",),
+        run=ce,
+        help="zero-shot CE clean, spliced and ablated (% CE recovered)",
+    ),
+    Stage(name="report", fields=(), needs=("metrics", "ce"), run=report, help="results.json, results.md, plots"),
+)
+"""The stages in run order: what each reads from the settings and from earlier stages."""
+
+
+# ---------------------------------------------------------------------- entry
+def reproduce(cfg: SparsityConfig, out: str | Path, stage: str | None = None) -> Path:
+    """Check the inputs, then run the experiment into `out` (every stage that is not current, or
+    `stage` alone); returns the path of results.md."""
+    run = SparsityRun(cfg, out)
+    run.check_inputs()
+    run.out.mkdir(parents=True, exist_ok=True)
+    io.write_json(run.path("config.json"), to_dict(cfg))
+    Pipeline(run.out, cfg, STAGES).run(run, stage, log=lambda m: log.info("%s", m))
+    return run.path("results.md")

@@ -1,0 +1,208 @@
+"""The run context of `reproduce sparsity`: what every stage reads.
+
+One run directory, OUT/{cache/{train,test}, sae/blockNN-TOKENS, text, plots, stages}, with the
+settings, the lazily loaded backbone, the (limited) datasets, the SAE keys (one per block x token
+configuration) and where each SAE lives (OUT/sae, or --sae-dir). `check_inputs` refuses what cannot
+work (blocks out of range, a token type the model lacks, a dataset without class names, an SAE in
+--sae-dir that does not match) before any stage starts. Heavy imports happen on first use, so
+importing this module does not import torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, NamedTuple
+
+from ....models.hook_names import hook_name
+from ....sae.provenance import Provenance, check_agree
+from ....utils.errors import SparsesteerError
+from .config import SparsityConfig, parse_blocks
+
+if TYPE_CHECKING:
+    from ....activations.cache import ActivationCache, RowView
+    from ....data.datasets import ImageDataset
+    from ....models.backbone import Backbone
+    from ....models.zeroshot import ZeroShotClassifier
+    from ....sae import SparseAutoencoder
+
+
+class SAEKey(NamedTuple):
+    """One SAE of the report: a block and a token configuration."""
+
+    block: int
+    tokens: str
+
+    @property
+    def name(self) -> str:
+        """Its directory name under OUT/sae (and --sae-dir): blockNN-TOKENS."""
+        return f"block{self.block:02d}-{self.tokens}"
+
+
+def cache_tokens(configs: tuple[str, ...]) -> str:
+    """The token selection a cache needs to serve every configuration: the one configuration when
+    there is one, else all tokens (the views filter CLS and patch rows out of it)."""
+    return configs[0] if len(configs) == 1 else "all"
+
+
+def has_class_names(classes: list[str] | None) -> bool:
+    """Whether a dataset names its classes (labels named '0', '1', ... do not count: no prompt)."""
+    return bool(classes) and classes != [str(i) for i in range(len(classes))]
+
+
+def sae_provenance(path: Path) -> Provenance:
+    """What an SAE directory records about its training data, from its cfg.json (foreign layouts:
+    by loading it), without reading or hashing the weights of our own format."""
+    from ....sae.checkpoint import FORMAT, load_sae
+    from ....utils import io
+
+    raw = io.read_json(path / "cfg.json")
+    if raw.get("format") == FORMAT and isinstance(raw.get("d_in"), int):
+        return Provenance.from_metadata(raw, d=raw["d_in"])
+    return load_sae(path).provenance
+
+
+class SparsityRun:
+    """One `reproduce sparsity` run: settings, run directory and the resources the stages share."""
+
+    def __init__(self, cfg: SparsityConfig, out: str | Path):
+        self.cfg = cfg
+        self.out = Path(out)
+        self._bb: Backbone | None = None
+        self._ds: dict[str, ImageDataset] = {}
+
+    def path(self, *parts: str) -> Path:
+        return self.out.joinpath(*parts)
+
+    # ------------------------------------------------------------------ model and data
+    @property
+    def backbone(self) -> Backbone:
+        if self._bb is None:
+            from ....models import load_backbone
+            from ....utils.device import resolve_device
+
+            self._bb = load_backbone(self.cfg.model, device=resolve_device(self.cfg.device), revision=self.cfg.revision)
+        return self._bb
+
+    def dataset(self, split: str) -> ImageDataset:
+        """The (limited) split, downloading a built-in dataset first when it is not under the data root."""
+        if split not in self._ds:
+            from ....data import ensure_dataset, limit_dataset
+
+            c = self.cfg
+            limit = c.limit_train if split == c.train_split else c.limit_test
+            ds = ensure_dataset(c.dataset, split, data_root=c.data_root)
+            self._ds[split] = limit_dataset(ds, limit, c.seed)
+        return self._ds[split]
+
+    @property
+    def blocks(self) -> tuple[int, ...]:
+        return parse_blocks(self.cfg.blocks, self.backbone.n_blocks)
+
+    def hook(self, block: int) -> str:
+        return hook_name(block, self.cfg.hook_kind)
+
+    def keys(self) -> list[SAEKey]:
+        """Every SAE of the report, block-major."""
+        return [SAEKey(b, t) for b in self.blocks for t in self.cfg.tokens]
+
+    @property
+    def cls_position(self) -> int | None:
+        return 0 if self.backbone.has_cls else None
+
+    @property
+    def patch_positions(self) -> list[int]:
+        """Token indices of the patches in raster order (after CLS and any registers)."""
+        bb = self.backbone
+        return list(range(bb.n_prefix, bb.n_tokens))
+
+    @property
+    def trains(self) -> bool:
+        """Whether this run trains its SAEs (else it loads them from --sae-dir)."""
+        return self.cfg.sae_dir is None
+
+    # ------------------------------------------------------------------ caches and SAEs
+    def cache(self, split: str) -> ActivationCache:
+        from ....activations.cache import ActivationCache
+
+        return ActivationCache.open(self.path("cache", split), verify="none")
+
+    def rows(self, split: str, key: SAEKey) -> RowView:
+        """The rows of `split` an SAE reads: its block's hook, its token configuration."""
+        return self.cache(split).rows(self.hook(key.block), key.tokens)
+
+    def sae_path(self, key: SAEKey) -> Path:
+        return Path(self.cfg.sae_dir) / key.name if self.cfg.sae_dir is not None else self.path("sae", key.name)
+
+    def load_sae(self, key: SAEKey) -> SparseAutoencoder:
+        from ....sae import SparseAutoencoder
+
+        return SparseAutoencoder.load(self.sae_path(key), device=self.backbone.device)
+
+    def expected(self, key: SAEKey) -> Provenance:
+        """What an SAE for `key` must have been trained on: this model, the block's hook, the token
+        configuration, the model's width."""
+        bb = self.backbone
+        return Provenance(
+            model_id=bb.model_id,
+            model_revision=bb.revision,
+            hook=self.hook(key.block),
+            tokens=key.tokens,
+            d=bb.d_model,
+        )
+
+    def classifier(self) -> ZeroShotClassifier:
+        from ....models.templates import get_templates
+        from ....models.zeroshot import ZeroShotClassifier
+
+        return ZeroShotClassifier.build(
+            self.backbone,
+            self.dataset(self.cfg.test_split).classes,
+            get_templates(self.cfg.templates),
+            cache_dir=self.path("text"),
+        )
+
+    # ------------------------------------------------------------------ checks before any stage
+    def check_inputs(self) -> None:
+        """Refuse, before any work, what this run cannot do, naming the setting at fault."""
+        c, bb = self.cfg, self.backbone
+        self.blocks  # noqa: B018 - range check against the model (an error names the valid indices)
+        if not bb.has_text:
+            raise SparsesteerError(
+                f"{c.model!r} ({bb.arch}) has no text tower: the % CE recovered needs zero-shot classification "
+                "(CLIP or SigLIP)"
+            )
+        if "cls" in c.tokens and not bb.has_cls:
+            raise SparsesteerError(f"--tokens cls: {c.model!r} ({bb.arch}) has no CLS token; use --tokens all,patch")
+        if "patch" in c.tokens and bb.n_tokens <= bb.n_prefix:
+            raise SparsesteerError(
+                f"--tokens patch: {c.model!r} has no patch tokens at {bb.image_size} px "
+                f"(patch size {bb.patch_size}); use --tokens all,cls"
+            )
+        ds = self.dataset(c.test_split)
+        if not has_class_names(ds.classes):
+            raise SparsesteerError(
+                f"dataset {c.dataset!r} [{c.test_split}] has no class names "
+                f"({'only integer labels' if ds.classes else 'no labels'}): the % CE recovered is a zero-shot "
+                "cross-entropy, which needs a name per class"
+            )
+        if self.trains:
+            self.dataset(c.train_split)  # exists (downloaded when missing)
+        else:
+            self.check_sae_dir()
+
+    def check_sae_dir(self) -> None:
+        """Every SAE of the report is in --sae-dir and was trained on what this run would feed it."""
+        missing = [k.name for k in self.keys() if not (self.sae_path(k) / "cfg.json").is_file()]
+        if missing:
+            raise SparsesteerError(
+                f"--sae-dir {self.cfg.sae_dir}: no SAE for {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''} "
+                "(expected one SAE directory per block and token configuration, named blockNN-TOKENS, as OUT/sae "
+                "of a training run)"
+            )
+        for key in self.keys():
+            check_agree(
+                f"the SAE {self.sae_path(key)}",
+                sae_provenance(self.sae_path(key)),
+                f"this run (block {key.block}, tokens {key.tokens})",
+                self.expected(key),
+            )
