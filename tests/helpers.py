@@ -76,3 +76,47 @@ def make_activation_cache(
             w.write_shard(acts, img, tok, check_finite=not nan_rows)
         w.finish(rng.integers(0, 5, n_images) if labels else None)
     return path
+
+
+def make_celeba(data_root: Path, per_split=(("0", 16), ("1", 16), ("2", 8)), *, header=None, seed=0) -> Path:
+    """A miniature aligned CelebA under data_root/celeba: random 32x40 JPEGs, list_attr_celeba.txt
+    (attributes Blond_Hair, Male, Young unless `header` says otherwise) and list_eval_partition.txt;
+    Male and Blond_Hair cycle so every (Male, Blond_Hair) group has images in every partition."""
+    header = header or ["Blond_Hair", "Male", "Young"]
+    rng = np.random.default_rng(seed)
+    base = data_root / "celeba"
+    (base / "img_align_celeba").mkdir(parents=True, exist_ok=True)
+    rows, parts = [], []
+    k = 0
+    for part, n in per_split:
+        for i in range(n):
+            k += 1
+            name = f"{k:06d}.jpg"
+            values = {"Blond_Hair": 1 if i % 2 else -1, "Male": 1 if (i // 2) % 2 else -1}
+            vals = [values.get(h, 1 if rng.random() < 0.5 else -1) for h in header]
+            rows.append(f"{name} " + " ".join(f"{v:2d}" for v in vals))
+            parts.append(f"{name} {part}")
+            pixels = rng.integers(0, 256, size=(40, 32, 3), dtype=np.uint8)
+            Image.fromarray(pixels).save(base / "img_align_celeba" / name, quality=90)
+    (base / "list_attr_celeba.txt").write_text("\n".join([str(len(rows)), " ".join(header), *rows]) + "\n")
+    (base / "list_eval_partition.txt").write_text("\n".join(parts) + "\n")
+    return data_root
+
+
+def make_waterbirds(data_root: Path, per_split=((0, 16), (1, 16), (2, 8)), *, seed=0) -> Path:
+    """A miniature Waterbirds under data_root/waterbird_complete95_forest2water2 with metadata.csv
+    (img_id, img_filename, y, split, place, place_filename); every (y, place) group in every split."""
+    rng = np.random.default_rng(seed)
+    base = data_root / "waterbird_complete95_forest2water2"
+    lines = ["img_id,img_filename,y,split,place,place_filename"]
+    k = 0
+    for split, n in per_split:
+        for i in range(n):
+            k += 1
+            y, place = i % 2, (i // 2) % 2
+            rel = f"{'001.Albatross' if y else '017.Cardinal'}/{k}.jpg"
+            (base / rel).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(rng.integers(0, 256, size=(32, 32, 3), dtype=np.uint8)).save(base / rel, quality=90)
+            lines.append(f"{k},{rel},{y},{split},{place},/x/{k}.jpg")
+    (base / "metadata.csv").write_text("\n".join(lines) + "\n")
+    return data_root

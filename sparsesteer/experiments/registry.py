@@ -20,6 +20,8 @@ PACKAGES = {
     "vs2": "sparsesteer.experiments.vs2",
     "sparsity": "sparsesteer.experiments.clipsteer.sparsity",
     "steerability": "sparsesteer.experiments.clipsteer.steerability",
+    "disentangle": "sparsesteer.experiments.clipsteer.disentangle",
+    "typographic": "sparsesteer.experiments.clipsteer.typographic",
 }
 """Experiment name -> the subpackage that holds it (in `reproduce --help` order)."""
 

@@ -8,7 +8,6 @@ meant for a GPU; the CPU quick configuration in docs/clipsteer.md uses expansion
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass
 from typing import Literal
@@ -17,6 +16,7 @@ from ....models.hook_names import TOKEN_SELECTIONS, TokenSelection
 from ....models.templates import TemplateSet
 from ....utils.errors import SparsesteerError, unknown
 from ....utils.options import ModelOptions, RunOptions, positive_int
+from ..saes import SAEOptions
 
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
 
@@ -51,7 +51,7 @@ def parse_blocks(spec: str, n_blocks: int | None = None) -> tuple[int, ...]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class SparsityConfig(RunOptions, ModelOptions):  # flags in --help: model, run (batch, workers, device), own
+class SparsityConfig(RunOptions, ModelOptions, SAEOptions):  # flags in --help: model, run (batch, workers, device), own
     """Settings of one `reproduce sparsity` run."""
 
     dataset: str
@@ -76,26 +76,6 @@ class SparsityConfig(RunOptions, ModelOptions):  # flags in --help: model, run (
     """Where in each block the SAEs read (and the CE splices): the block output or the MLP's output."""
     sae_dir: str | None = None
     """Load the SAEs from DIR/blockNN-TOKENS (e.g. an earlier run's OUT/sae) instead of training them."""
-    arch: Literal["topk", "batchtopk", "relu"] = "topk"
-    """SAE architecture: topk (the paper's top-k variants), batchtopk, or relu (vanilla ReLU + L1, the released suite)."""
-    k: int = 64
-    """Active latents per token (topk, batchtopk)."""
-    expansion: int = 64
-    """Latents per input dimension (64: 49,152 latents at d 768, the paper's; use 4-8 on a CPU)."""
-    l1_coeff: float = 1e-3
-    """relu: L1 coefficient on top of the FVU loss (our loss normalisation, not the released suite's 1e-5)."""
-    sae_lr: float = 5e-4
-    """SAE learning rate (Adam; cosine decay after warm-up)."""
-    sae_batch_size: int = 4096
-    """Tokens per SAE training step (the paper's 4,096; capped at the rows of a small view)."""
-    sae_steps: int | None = None
-    """SAE training steps; None = sae_epochs passes, or (both None) at least 5,000 steps and one pass."""
-    sae_epochs: float | None = None
-    """Passes over the train rows of each SAE (ignored when sae_steps is set)."""
-    sae_warmup_steps: int | None = None
-    """Linear warm-up steps (the released suite: 200); None = 5% of the run."""
-    normalize_input: bool = True
-    """Rescale SAE inputs to a fixed mean norm (the paper normalises its inputs; folded into the saved weights)."""
     templates: TemplateSet = "single"
     """Zero-shot prompts for the CE: single ('a photo of a {}.'), ensemble (CLIP's 80) or ensemble7."""
     cache_dtype: Literal["float32", "float16", "bfloat16"] = "float32"
@@ -115,19 +95,9 @@ class SparsityConfig(RunOptions, ModelOptions):  # flags in --help: model, run (
                 raise unknown("token configuration (--tokens)", str(t), TOKEN_SELECTIONS)
         if len(set(tokens)) != len(tokens):
             raise SparsesteerError(f"--tokens {','.join(tokens)}: a configuration is given twice")
-        for name in ("k", "expansion", "sae_batch_size"):
-            positive_int(getattr(self, name), f"--{name.replace('_', '-')}")
-        for name in ("limit_train", "limit_test", "sae_steps"):
+        for name in ("limit_train", "limit_test"):
             if getattr(self, name) is not None:
                 positive_int(getattr(self, name), f"--{name.replace('_', '-')}")
-        if self.sae_warmup_steps is not None and self.sae_warmup_steps < 0:
-            raise SparsesteerError(f"--sae-warmup-steps must be >= 0, got {self.sae_warmup_steps}")
-        for name in ("l1_coeff", "sae_lr"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise SparsesteerError(f"--{name.replace('_', '-')} must be a finite number >= 0, got {value}")
-        if self.sae_epochs is not None and not (math.isfinite(self.sae_epochs) and self.sae_epochs > 0):
-            raise SparsesteerError(f"--sae-epochs must be a positive number, got {self.sae_epochs}")
         if self.train_split == self.test_split and self.sae_dir is None:
             raise SparsesteerError(
                 f"--train-split and --test-split are both {self.train_split!r}: the SAEs would be measured on "

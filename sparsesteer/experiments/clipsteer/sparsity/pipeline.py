@@ -27,8 +27,8 @@ from pathlib import Path
 
 from ....utils import io
 from ....utils.config import to_dict
-from ....utils.settings_hash import settings_sha256
 from ...stages import Pipeline, Stage
+from ..saes import SAE_FIELDS, train_sae
 from .config import SparsityConfig
 from .run import SAEKey, SparsityRun, cache_tokens
 
@@ -72,44 +72,10 @@ def cache(run: SparsityRun) -> None:
         cache_activations(cfg, backbone=run.backbone)
 
 
-def _sae_config(run: SparsityRun):
-    from ....sae import SAEConfig
-
-    c = run.cfg
-    return SAEConfig(arch=c.arch, k=c.k, expansion=c.expansion, l1_coeff=c.l1_coeff)
-
-
-def _train_config(run: SparsityRun, n_rows: int):
-    from ....sae.train import TrainConfig
-
-    c = run.cfg
-    return TrainConfig(
-        batch_size=min(c.sae_batch_size, n_rows),
-        lr=c.sae_lr,
-        steps=c.sae_steps,
-        epochs=c.sae_epochs,
-        warmup_steps=c.sae_warmup_steps,
-        seed=c.seed,
-        normalize_input=c.normalize_input,
-        device=c.device,
-    )
-
-
 def _train(run: SparsityRun, key: SAEKey) -> None:
-    """Train one SAE into OUT/sae/NAME, unless it is there already with these settings (a stage
-    interrupted after some SAEs keeps them)."""
-    from ....sae.train import Trainer
-
-    view = run.rows(run.cfg.train_split, key)
-    sae_cfg, train_cfg = _sae_config(run), _train_config(run, view.n_rows)
-    digest = settings_sha256({"sae": to_dict(sae_cfg), "train": to_dict(train_cfg), "rows": view.describe()})
-    out = run.sae_path(key)
-    if (out / "cfg.json").is_file() and io.read_json(out / "cfg.json").get("run_settings_sha256") == digest:
-        log.info("%s: trained with these settings already, kept", out)
-        return
-    shutil.rmtree(out, ignore_errors=True)
-    Trainer(view, sae_cfg, train_cfg, out, metadata={"run_settings_sha256": digest}).fit()
-    shutil.rmtree(out / "state", ignore_errors=True)  # the optimiser state: as big as the SAE, not needed
+    """Train one SAE into OUT/sae/NAME (`clipsteer.saes.train_sae`: kept when current)."""
+    c = run.cfg
+    train_sae(run.rows(c.train_split, key), c, run.sae_path(key), seed=c.seed, device=c.device)
 
 
 def sae(run: SparsityRun) -> None:
@@ -221,19 +187,6 @@ CACHE_FIELDS = (
     "cache_dtype",
     "sae_dir",
 )
-SAE_FIELDS = (
-    "arch",
-    "k",
-    "expansion",
-    "l1_coeff",
-    "sae_lr",
-    "sae_batch_size",
-    "sae_steps",
-    "sae_epochs",
-    "sae_warmup_steps",
-    "normalize_input",
-)
-
 STAGES: tuple[Stage[SparsityRun], ...] = (
     Stage(name="cache", fields=CACHE_FIELDS, needs=(), run=cache, help="caching every chosen block of train and test"),
     Stage(name="sae", fields=SAE_FIELDS, needs=("cache",), run=sae, help="one SAE per block and token configuration"),

@@ -11,12 +11,15 @@ importing this module does not import torch.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING
 
 from ....models.hook_names import hook_name
 from ....sae.provenance import Provenance, check_agree
 from ....utils.errors import SparsesteerError
+from ..saes import SAEKey, sae_provenance
 from .config import SparsityConfig, parse_blocks
+
+__all__ = ["SAEKey", "SparsityRun", "cache_tokens", "has_class_names", "sae_provenance"]
 
 if TYPE_CHECKING:
     from ....activations.cache import ActivationCache, RowView
@@ -24,18 +27,6 @@ if TYPE_CHECKING:
     from ....models.backbone import Backbone
     from ....models.zeroshot import ZeroShotClassifier
     from ....sae import SparseAutoencoder
-
-
-class SAEKey(NamedTuple):
-    """One SAE of the report: a block and a token configuration."""
-
-    block: int
-    tokens: str
-
-    @property
-    def name(self) -> str:
-        """Its directory name under OUT/sae (and --sae-dir): blockNN-TOKENS."""
-        return f"block{self.block:02d}-{self.tokens}"
 
 
 def cache_tokens(configs: tuple[str, ...]) -> str:
@@ -47,18 +38,6 @@ def cache_tokens(configs: tuple[str, ...]) -> str:
 def has_class_names(classes: list[str] | None) -> bool:
     """Whether a dataset names its classes (labels named '0', '1', ... do not count: no prompt)."""
     return bool(classes) and classes != [str(i) for i in range(len(classes))]
-
-
-def sae_provenance(path: Path) -> Provenance:
-    """What an SAE directory records about its training data, from its cfg.json (foreign layouts:
-    by loading it), without reading or hashing the weights of our own format."""
-    from ....sae.checkpoint import FORMAT, load_sae
-    from ....utils import io
-
-    raw = io.read_json(path / "cfg.json")
-    if raw.get("format") == FORMAT and isinstance(raw.get("d_in"), int):
-        return Provenance.from_metadata(raw, d=raw["d_in"])
-    return load_sae(path).provenance
 
 
 class SparsityRun:
