@@ -21,7 +21,7 @@ import time
 import numpy as np
 import torch
 
-from sparsesteer.experiments.clipsteer.suppression.sweep import build_settings, predictions
+from sparsesteer.experiments.clipsteer.suppression.sweep import _resumed, build_settings, predictions
 from sparsesteer.models import load_backbone
 from sparsesteer.models.hook_names import hook_name
 from sparsesteer.models.tiny import make_random_clip
@@ -56,7 +56,7 @@ def main() -> None:
                 times[path].append(time.perf_counter() - t0)
         same = all(np.array_equal(outs["naive"][1][k], outs["shared"][1][k]) for k in outs["naive"][1])
         n = len(settings)
-        fwd_shared = 1 + sum((bb.n_blocks - s.block) / bb.n_blocks for s in settings)
+        fwd_shared = 1 + sum((bb.n_blocks - _resumed(bb, s)[0]) / bb.n_blocks for s in settings)
         print(f"{n} settings, blocks {blocks}, batch {a.batch}, same predictions: {same}")
         print("| path | full-forward equivalents | seconds / batch | settings / s | ratio |")
         print("|---|---:|---:|---:|---:|")

@@ -8,8 +8,8 @@ the same association score, so every method is ranked by one rule.
 
 `predictions`: per image batch, one clean forward captures the `resid_pre` of every swept block
 and the clean embedding; every setting (method x block x n) then resumes at its block
-(`Backbone.embed_from`, bit-identical to a full forward), so a block-b edit costs the blocks from b
-on. `naive=True` runs a full forward per setting instead (the benchmark's reference).
+(`Backbone.embed_from`, bit-identical to a full forward), so a block-b edit of `resid_post` costs
+the blocks after b (a head ablation: from b on). `naive=True` runs a full forward per setting instead (the benchmark's reference).
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from ....models.hooks import Intervention
 from ....models.zeroshot import ZeroShotClassifier
 from ....sae.base import SparseAutoencoder
 from ....steering.edits import zero_latents
-from ....steering.features import neuron_edit
+from ....steering.features import moved, neuron_edit, resume_point
 
 
 @dataclass(frozen=True)
@@ -85,8 +85,8 @@ def predictions(
     naive: bool = False,
 ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """(clean logits argmax [N], setting name -> edited argmax [N]) over pixel batches."""
-    blocks = sorted({s.block for s in settings})
-    starts = {b: str(HookPoint.resid_pre(b)) for b in blocks}
+    resumed = {s.name: _resumed(bb, s) for s in settings}
+    starts = {b: str(HookPoint.resid_pre(b)) for b, _ in resumed.values()}
     clean: list[Tensor] = []
     edited: dict[str, list[Tensor]] = {s.name: [] for s in settings}
     for pixels in batches:
@@ -97,10 +97,22 @@ def predictions(
                 if naive:
                     emb = bb.embed_images(pixels, interventions=s.interventions)
                 else:
-                    emb = bb.embed_from(s.block, acts[starts[s.block]], interventions=s.interventions)
+                    block, ivs = resumed[s.name]
+                    emb = bb.embed_from(block, acts[starts[block]], interventions=ivs)
             edited[s.name].append(clf.logits(emb).argmax(-1).cpu())
     cat = lambda xs: torch.cat(xs).numpy() if xs else np.zeros(0, np.int64)  # noqa: E731
     return cat(clean), {k: cat(v) for k, v in edited.items()}
+
+
+def _resumed(bb: Backbone, s: Setting) -> tuple[int, tuple[Intervention, ...]]:
+    """Where setting `s` resumes, and its edits there. An edit of `blocks.{b}.resid_post` is an edit
+    of `blocks.{b+1}.resid_pre` (the same tensor), so block b itself is not rerun
+    (`steering.features.resume_point`); a head ablation needs block b's attention, so it resumes at b."""
+    points = {resume_point(bb, iv.hook) for iv in s.interventions}
+    if s.heads is not None or len(points) != 1 or None in points:
+        return s.block, s.interventions
+    point = points.pop()
+    return point.block, tuple(moved(iv, point.hook) for iv in s.interventions)
 
 
 @dataclass
