@@ -5,6 +5,7 @@ trained on a cached split or loaded from --sae-dir (`reproduce sparsity`, `disen
     SAEKey         one SAE: a block and a token configuration; its directory name blockNN-TOKENS
     sae_provenance what an SAE directory records about its training data (for `check_agree`)
     train_sae      train one SAE on a `RowView` into a directory, unless it is there with these settings
+    BlockSAEs      the run-context methods for those SAEs: where each lives, loading, checking --sae-dir
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from ...utils.options import _chain, positive_int
 
 if TYPE_CHECKING:
     from ...activations.cache import RowView
+    from ...models.backbone import Backbone
+    from ...sae import SparseAutoencoder
     from ...sae.provenance import Provenance
 
 log = logging.getLogger(__name__)
@@ -134,3 +137,40 @@ def train_sae(view: RowView, opts: SAEOptions, out: Path, *, seed: int, device: 
     shutil.rmtree(out, ignore_errors=True)
     Trainer(view, sae_cfg, train_cfg, out, metadata={"run_settings_sha256": digest}).fit()
     shutil.rmtree(out / "state", ignore_errors=True)  # the optimiser state: as big as the SAE, not needed
+
+
+class BlockSAEs:
+    """Mixin for a run context whose stages use one SAE per `SAEKey`: `OUT/sae/<key>` when trained,
+    `--sae-dir/<key>` when loaded. The run provides `cfg.sae_dir`, `path()`, `backbone`, `keys()`
+    and `expected(key)` (the provenance an SAE for `key` must have)."""
+
+    def sae_path(self, key: SAEKey) -> Path:
+        sae_dir = self.cfg.sae_dir  # type: ignore[attr-defined]
+        return Path(sae_dir) / key.name if sae_dir is not None else self.path("sae", key.name)  # type: ignore[attr-defined]
+
+    def load_sae(self, key: SAEKey) -> SparseAutoencoder:
+        from ...sae import SparseAutoencoder
+
+        backbone: Backbone = self.backbone  # type: ignore[attr-defined]
+        return SparseAutoencoder.load(self.sae_path(key), device=backbone.device)
+
+    def check_sae_dir(self) -> None:
+        """Every SAE the run needs is in --sae-dir and was trained on what the run would feed it
+        (model and revision, the block's hook, tokens, width): a mismatch names both sides."""
+        from ...sae.provenance import check_agree
+
+        keys: list[SAEKey] = self.keys()  # type: ignore[attr-defined]
+        missing = [k.name for k in keys if not (self.sae_path(k) / "cfg.json").is_file()]
+        if missing:
+            raise SparsesteerError(
+                f"--sae-dir {self.cfg.sae_dir}: no SAE for {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''} "  # type: ignore[attr-defined]
+                "(expected one SAE directory per block and token configuration, named blockNN-TOKENS, as OUT/sae "
+                "of a training run)"
+            )
+        for key in keys:
+            check_agree(
+                f"the SAE {self.sae_path(key)}",
+                sae_provenance(self.sae_path(key)),
+                f"this run (block {key.block}, tokens {key.tokens})",
+                self.expected(key),  # type: ignore[attr-defined]
+            )

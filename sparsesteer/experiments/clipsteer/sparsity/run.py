@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ....models.hook_names import hook_name
-from ....sae.provenance import Provenance, check_agree
+from ....sae.provenance import Provenance
 from ....utils.errors import SparsesteerError
-from ..saes import SAEKey, sae_provenance
+from ..saes import BlockSAEs, SAEKey, sae_provenance
 from .config import SparsityConfig, parse_blocks
 
 __all__ = ["SAEKey", "SparsityRun", "cache_tokens", "has_class_names", "sae_provenance"]
@@ -26,7 +26,6 @@ if TYPE_CHECKING:
     from ....data.datasets import ImageDataset
     from ....models.backbone import Backbone
     from ....models.zeroshot import ZeroShotClassifier
-    from ....sae import SparseAutoencoder
 
 
 def cache_tokens(configs: tuple[str, ...]) -> str:
@@ -40,7 +39,7 @@ def has_class_names(classes: list[str] | None) -> bool:
     return bool(classes) and classes != [str(i) for i in range(len(classes))]
 
 
-class SparsityRun:
+class SparsityRun(BlockSAEs):
     """One `reproduce sparsity` run: settings, run directory and the resources the stages share."""
 
     def __init__(self, cfg: SparsityConfig, out: str | Path):
@@ -109,14 +108,6 @@ class SparsityRun:
         """The rows of `split` an SAE reads: its block's hook, its token configuration."""
         return self.cache(split).rows(self.hook(key.block), key.tokens)
 
-    def sae_path(self, key: SAEKey) -> Path:
-        return Path(self.cfg.sae_dir) / key.name if self.cfg.sae_dir is not None else self.path("sae", key.name)
-
-    def load_sae(self, key: SAEKey) -> SparseAutoencoder:
-        from ....sae import SparseAutoencoder
-
-        return SparseAutoencoder.load(self.sae_path(key), device=self.backbone.device)
-
     def expected(self, key: SAEKey) -> Provenance:
         """What an SAE for `key` must have been trained on: this model, the block's hook, the token
         configuration, the model's width."""
@@ -168,20 +159,3 @@ class SparsityRun:
             self.dataset(c.train_split)  # exists (downloaded when missing)
         else:
             self.check_sae_dir()
-
-    def check_sae_dir(self) -> None:
-        """Every SAE of the report is in --sae-dir and was trained on what this run would feed it."""
-        missing = [k.name for k in self.keys() if not (self.sae_path(k) / "cfg.json").is_file()]
-        if missing:
-            raise SparsesteerError(
-                f"--sae-dir {self.cfg.sae_dir}: no SAE for {', '.join(missing[:4])}{' ...' if len(missing) > 4 else ''} "
-                "(expected one SAE directory per block and token configuration, named blockNN-TOKENS, as OUT/sae "
-                "of a training run)"
-            )
-        for key in self.keys():
-            check_agree(
-                f"the SAE {self.sae_path(key)}",
-                sae_provenance(self.sae_path(key)),
-                f"this run (block {key.block}, tokens {key.tokens})",
-                self.expected(key),
-            )

@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ....models.hook_names import hook_name
-from ....sae.provenance import Provenance, check_agree
+from ....sae.provenance import Provenance
 from ....utils import io
 from ....utils.errors import SparsesteerError
-from ..saes import SAEKey, sae_provenance
+from ..saes import BlockSAEs, SAEKey
 from ..sparsity.config import parse_blocks
 from .config import TASKS, DisentangleConfig, SuppressionOptions, TypographicConfig, parse_ns, parse_prompts
 
@@ -27,7 +27,6 @@ if TYPE_CHECKING:
     from ....data.datasets import ImageDataset
     from ....models.backbone import Backbone
     from ....models.zeroshot import ZeroShotClassifier
-    from ....sae import SparseAutoencoder
 
 
 def balanced_sample(groups: np.ndarray, n: int | None, seed: int) -> np.ndarray:
@@ -71,7 +70,7 @@ class ImageSet:
         return {"split": self.split, "n": len(self.images), "dataset": d.get("name"), "subset": d.get("subset")}
 
 
-class SuppressionRun:
+class SuppressionRun(BlockSAEs):
     """One suppression run: settings, run directory and the resources the stages share."""
 
     def __init__(self, cfg: SuppressionOptions, out: str | Path):
@@ -111,14 +110,6 @@ class SuppressionRun:
     @property
     def trains(self) -> bool:
         return self.cfg.sae_dir is None
-
-    def sae_path(self, key: SAEKey) -> Path:
-        return Path(self.cfg.sae_dir) / key.name if self.cfg.sae_dir is not None else self.path("sae", key.name)
-
-    def load_sae(self, key: SAEKey) -> SparseAutoencoder:
-        from ....sae import SparseAutoencoder
-
-        return SparseAutoencoder.load(self.sae_path(key), device=self.backbone.device)
 
     def expected(self, key: SAEKey) -> Provenance:
         bb = self.backbone
@@ -252,21 +243,6 @@ class SuppressionRun:
                 self.check_ns(c.expansion * bb.d_model, key)
         else:
             self.check_sae_dir()
-
-    def check_sae_dir(self) -> None:
-        missing = [k.name for k in self.keys() if not (self.sae_path(k) / "cfg.json").is_file()]
-        if missing:
-            raise SparsesteerError(
-                f"--sae-dir {self.cfg.sae_dir}: no SAE for {', '.join(missing[:4])} (expected one SAE directory per "
-                "swept block, named blockNN-TOKENS, as OUT/sae of a training run)"
-            )
-        for key in self.keys():
-            check_agree(
-                f"the SAE {self.sae_path(key)}",
-                sae_provenance(self.sae_path(key)),
-                f"this run (block {key.block}, tokens {key.tokens})",
-                self.expected(key),
-            )
 
     def check_ns(self, n_latents: int, key: SAEKey) -> None:
         big = [n for n in self.ns if n > n_latents]
