@@ -160,7 +160,7 @@ def test_judge_localisation_reconstruction_and_probes_on_a_planted_grid(tmp_path
     assert res["morans_i"].settings["images_per_latent"] == 5 and res["morans_i"].higher_is_better
     # reconstruction: the same numbers as metrics.evaluate, plus per token type
     ref = evaluate(sae, view, batch_size=10)
-    assert res["fvu"].value == pytest.approx(ref.fvu, rel=1e-9)
+    assert res["fvu"].value == pytest.approx(ref.fvu, rel=1e-6)
     assert res["l0"].value == pytest.approx(ref.l0_mean)
     assert res["dead_frac"].value == pytest.approx(ref.dead_frac)
     assert res["cosine"].value == pytest.approx(ref.cosine, rel=1e-6)
@@ -184,7 +184,7 @@ def test_judge_streams_the_same_in_any_batch_size(tmp_path):
     a = judge(identity_sae(6), view, settings=JudgeSettings(batch_size=10, min_active_patches=2), **kw)
     b = judge(identity_sae(6), view, settings=JudgeSettings(batch_size=4096, min_active_patches=2), **kw)
     assert [r.name for r in a] == [r.name for r in b]
-    assert [r.value for r in a] == pytest.approx([r.value for r in b], rel=1e-9)
+    assert [r.value for r in a] == pytest.approx([r.value for r in b], rel=1e-6)  # float32 batch sums
 
 
 # ------------------------------------------------------------------ bad input

@@ -149,7 +149,7 @@ def fit_softmax_probe(
     z = (x - mu) / sd
     W = torch.zeros(z.shape[1], n_classes, dtype=torch.float64, requires_grad=True)
     b = torch.zeros(n_classes, dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([W, b], max_iter=steps, line_search_fn="strong_wolfe", tolerance_grad=1e-9)
+    opt = torch.optim.LBFGS([W, b], max_iter=steps, line_search_fn="strong_wolfe", tolerance_grad=1e-9, history_size=10)
 
     def closure():
         opt.zero_grad()
@@ -362,40 +362,33 @@ def judge(
     dev = sae.device
     sae = sae.eval()
     L, d = sae.n_latents, sae.d_in
-    groups = {"all": None}
+    groups: dict[str, list[int]] = {"all": list(range(m))}
     if cls_col is not None and patch_cols:
-        groups = {"all": None, "cls": [cls_col], "patch": patch_cols}
-    acc = {g: {"sx": torch.zeros(d, dtype=torch.float64), "sx2": 0.0, "err": 0.0, "n": 0, "l0": 0.0} for g in groups}
-    sum_cos, l0_sq = 0.0, 0.0
-    fire = torch.zeros(L, dtype=torch.long)
-    keep = {"x": [], "xh": [], "codes": [], "y": []}
+        groups = {"all": list(range(m)), "cls": [cls_col], "patch": patch_cols}
+    # running sums per token column (float64): sum x [m, d], sum ||x||^2, sum ||x - x_hat||^2, sum L0
+    tok_sx = torch.zeros(m, d, dtype=torch.float64, device=dev)
+    tok = {k: torch.zeros(m, dtype=torch.float64, device=dev) for k in ("sx2", "err", "l0", "l0sq", "cos")}
+    fire = torch.zeros(L, dtype=torch.long, device=dev)
+    keep: dict[str, list[Any]] = {"x": [], "xh": [], "codes": [], "y": []}
     kept = 0
     mor_sum = torch.zeros(L, dtype=torch.float64)
     mor_n = torch.zeros(L, dtype=torch.long)
     n_images = 0
+    pc = _as_slice(patch_cols)
     for ch in _chunks(source, n, m, tokens, st.batch_size):
         x = ch.x.to(dev)
         codes = sae.encode(x)
         xh = sae.decode(codes).float()
-        if not (torch.isfinite(x).all() and torch.isfinite(xh).all()):
+        x2, e2, xh2 = x.pow(2).sum(-1), (x - xh).pow(2).sum(-1), xh.pow(2).sum(-1)
+        if not (torch.isfinite(x2).all() and torch.isfinite(e2).all()):
             raise SparsesteerError(f"NaN or Inf in the activations or their reconstruction near image {n_images}")
         active = codes.values != 0
-        l0 = active.sum(-1).double().cpu()
-        fire += torch.bincount(codes.indices[active].cpu(), minlength=L)
-        x64, e64 = x.double().cpu(), (x - xh).double().cpu()
-        sum_cos += float(torch.nn.functional.cosine_similarity(x64, xh.double().cpu(), dim=-1).sum())
-        l0_sq += float(l0.pow(2).sum())
-        for g, cols in groups.items():
-            a = acc[g]
-            xs, es, ls = x64, e64, l0
-            if cols is not None:
-                sel = (torch.arange(x.shape[0]).reshape(-1, m)[:, cols]).reshape(-1)
-                xs, es, ls = x64[sel], e64[sel], l0[sel]
-            a["sx"] += xs.sum(0)
-            a["sx2"] += float(xs.pow(2).sum())
-            a["err"] += float(es.pow(2).sum())
-            a["n"] += xs.shape[0]
-            a["l0"] += float(ls.sum())
+        l0 = active.sum(-1).float()
+        fire += torch.bincount(codes.indices[active], minlength=L)
+        cos = (x * xh).sum(-1) / (x2 * xh2).sqrt().clamp_min(1e-12)
+        tok_sx += x.reshape(ch.images, m, d).sum(0).double()
+        for k, v in (("sx2", x2), ("err", e2), ("l0", l0), ("l0sq", l0 * l0), ("cos", cos)):
+            tok[k] += v.reshape(ch.images, m).double().sum(0)
         dense = None
         if "sparse_probing" in want or "localisation" in want:
             dense = codes.to_dense(L).float().reshape(ch.images, m, L)
@@ -410,13 +403,17 @@ def judge(
                 keep["codes"].append(dense[:take].amax(1).cpu())
             kept += take
         if "localisation" in want:
-            g = dense[:, patch_cols, :].permute(0, 2, 1).reshape(ch.images, L, side, side)
-            n_act = (g > 0).sum((-2, -1))
+            g = dense[:, pc, :]  # [images, patches, L] (a view when the patch tokens are contiguous)
+            on = active.reshape(ch.images, m, -1)[:, pc]  # active patches per image, counted from the sparse codes
+            lat_on = codes.indices.reshape(ch.images, m, -1)[:, pc]
+            img_on = torch.arange(ch.images, device=dev)[:, None, None].expand_as(lat_on)
+            key = (img_on * L + lat_on)[on]
+            n_act = torch.bincount(key, minlength=ch.images * L).reshape(ch.images, L)
             ok = (n_act >= st.min_active_patches) & (n_act <= st.max_active_frac * side * side)
             ok &= (ok.long().cumsum(0) + mor_n.to(dev)[None]) <= st.images_per_latent
             if bool(ok.any()):
                 img, lat = ok.nonzero(as_tuple=True)
-                vals = morans_i(g[img, lat]).cpu()
+                vals = morans_i(g[img, :, lat].reshape(-1, side, side)).cpu()
                 good = torch.isfinite(vals)
                 mor_sum.index_add_(0, lat.cpu()[good], vals[good])
                 mor_n += torch.bincount(lat.cpu()[good], minlength=L)
@@ -425,7 +422,7 @@ def judge(
     data = {"rows": n, "images": n_images, "rows_per_image": m, "source": source.describe()}
     out: list[MetricResult] = []
     if "reconstruction" in want:
-        out += _reconstruction(acc, fire, sum_cos, l0_sq, n, sae, st, data)
+        out += _reconstruction(groups, tok_sx.cpu(), {k: v.cpu() for k, v in tok.items()}, fire.cpu(), sae, st, data)
     if "preservation" in want:
         out.append(_preservation(keep, st, data))
     if "sparse_probing" in want:
@@ -435,25 +432,35 @@ def judge(
     return out
 
 
-def _reconstruction(acc, fire, sum_cos, l0_sq, n, sae, st, data) -> list[MetricResult]:
+def _reconstruction(groups, tok_sx, tok, fire, sae, st, data) -> list[MetricResult]:
     thr = st.dense_threshold if st.dense_threshold is not None else sae.cfg.dense_threshold
+    n = data["rows"]
     freq = fire.double() / n
+    per_col = data["rows"] // data["rows_per_image"]  # rows of each token column
     res = []
-    for g, a in acc.items():
-        total = a["sx2"] - float(a["sx"].pow(2).sum()) / a["n"]
-        fvu = a["err"] / total if total > 0 else float("nan")
+    for g, cols in groups.items():
+        rows = per_col * len(cols)
+        sx2, err = float(tok["sx2"][cols].sum()), float(tok["err"][cols].sum())
+        total = sx2 - float(tok_sx[cols].sum(0).pow(2).sum()) / rows
+        fvu = err / total if total > 0 else float("nan")
         tag = "" if g == "all" else f"_{g}"
-        dg = {**data, "rows": a["n"], "tokens": g}
-        res.append(MetricResult(f"fvu{tag}", fvu, False, {}, dg, {"mse": a["err"] / (a["n"] * sae.d_in)}))
-        res.append(MetricResult(f"l0{tag}", a["l0"] / a["n"], None, {}, dg))
-    mean_l0 = acc["all"]["l0"] / n
-    res[1].details["l0_std"] = math.sqrt(max(l0_sq / n - mean_l0**2, 0.0))
-    res.append(MetricResult("cosine", sum_cos / n, True, {}, data))
+        dg = {**data, "rows": rows, "tokens": g}
+        res.append(MetricResult(f"fvu{tag}", fvu, False, {}, dg, {"mse": err / (rows * sae.d_in)}))
+        l0 = float(tok["l0"][cols].sum()) / rows
+        l0_std = math.sqrt(max(float(tok["l0sq"][cols].sum()) / rows - l0**2, 0.0))
+        res.append(MetricResult(f"l0{tag}", l0, None, {}, dg, {"l0_std": l0_std}))
+    res.append(MetricResult("cosine", float(tok["cos"].sum()) / n, True, {}, data))
     res.append(MetricResult("dead_frac", float((freq == 0).double().mean()), False, {}, data))
     res.append(MetricResult("dense_frac", float((freq > thr).double().mean()), False, {"dense_threshold": thr}, data))
     for r in res:
         r.suite = "reconstruction"
     return res
+
+
+def _as_slice(cols: list[int]) -> slice | list[int]:
+    if cols and cols == list(range(cols[0], cols[-1] + 1)):
+        return slice(cols[0], cols[-1] + 1)
+    return cols
 
 
 def _probe_data(keep, key, data):
