@@ -179,10 +179,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from .provenance import Provenance, check_agree, rows_for
 
     cfg = config_utils.from_args(EvaluateConfig, args, where="evaluate")
-    out = eval_paths(cfg.out or Path(cfg.sae) / "eval.json")[0]
+    if cfg.suite is not None:
+        return run_judge(cfg)
+    if len(cfg.sae) > 1:
+        raise SparsesteerError("several --sae are compared by the suites: add --suite (e.g. --suite default)")
+    sae_dir = cfg.sae[0]
+    out = eval_paths(cfg.out or Path(sae_dir) / "eval.json")[0]
     io.check_writable_dir(out.parent, what="--out", given=out)
     device = resolve_device(cfg.device)
-    sae = SparseAutoencoder.load(cfg.sae, device=device)
+    sae = SparseAutoencoder.load(sae_dir, device=device)
     path = Path(cfg.activations)
     if path.is_dir() and (path / "manifest.json").is_file():
         from ..activations.cache import ActivationCache
@@ -191,15 +196,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
     else:
         source = open_source(cfg.activations, hook=cfg.hook, tokens=cfg.tokens)
     if source.d != sae.d_in:  # what --allow-mismatch cannot override
-        raise SparsesteerError(f"activation width {source.d} does not match the SAE's d_in={sae.d_in} ({cfg.sae})")
+        raise SparsesteerError(f"activation width {source.d} does not match the SAE's d_in={sae.d_in} ({sae_dir})")
     data = Provenance.from_rows(source.describe())
     notes = check_agree(
-        f"the SAE ({cfg.sae})", sae.provenance, f"the activations ({cfg.activations})", data, allow=cfg.allow_mismatch
+        f"the SAE ({sae_dir})", sae.provenance, f"the activations ({cfg.activations})", data, allow=cfg.allow_mismatch
     )
     with torch.no_grad():
         result = evaluate(sae, source, batch_size=cfg.batch_size, max_rows=cfg.max_rows, device=device)
     context = {
-        "sae": str(Path(cfg.sae).resolve()),
+        "sae": str(Path(sae_dir).resolve()),
         "activations": str(path.resolve()),
         "hook": data.hook,
         "tokens": list(data.tokens) if isinstance(data.tokens, tuple) else data.tokens,
@@ -216,5 +221,95 @@ def run_evaluate(args: argparse.Namespace) -> int:
     print(result.to_markdown())
     for note in notes:
         print(f"provenance check overridden (--allow-mismatch): {note}")
+    print(f"wrote {json_path} and {md_path}")
+    return 0
+
+
+def _open_for(sae: Any, cfg: Any) -> tuple[Any, int | None, list[int]]:
+    """(rows of --activations that the SAE reads, CLS token index, patch token indices)."""
+    from ..activations.loader import open_source
+    from .provenance import rows_for
+
+    path = Path(cfg.activations)
+    if path.is_dir() and (path / "manifest.json").is_file():
+        from ..activations.cache import ActivationCache
+
+        cache = ActivationCache.open(path)
+        cls = cache.settings.cls_position
+        patches = [p for p in cache.settings.token_positions if p != cls]
+        return rows_for(cache, sae.provenance, hook=cfg.hook, tokens=cfg.tokens), cls, patches
+    return open_source(cfg.activations, hook=cfg.hook, tokens=cfg.tokens), None, []
+
+
+def run_judge(cfg: Any) -> int:
+    """`evaluate --suite`: every --sae judged by the suites, one JSON + one Markdown comparison table."""
+    from ..utils import io
+    from ..utils.device import resolve_device
+    from ..utils.report import write_result
+    from .base import SparseAutoencoder
+    from .judge import SUITES, JudgeSettings, comparison_markdown, judge
+    from .metrics import eval_paths
+    from .provenance import Provenance, check_agree
+
+    names = _split(cfg.suite, "--suite")
+    default = "default" in names
+    if cfg.out is None and len(cfg.sae) > 1:
+        raise SparsesteerError("several --sae: give --out (a directory or .json file for the comparison)")
+    out = eval_paths(cfg.out or Path(cfg.sae[0]))[0]
+    out = out.with_name("judge.json") if out.name == "eval.json" else out
+    io.check_writable_dir(out.parent, what="--out", given=out)
+    device = resolve_device(cfg.device)
+    st = JudgeSettings(
+        batch_size=cfg.batch_size,
+        max_rows=cfg.max_rows,
+        max_images=cfg.max_images,
+        seed=cfg.seed,
+        min_active_patches=cfg.min_active_patches,
+        max_active_frac=cfg.max_active_frac,
+        images_per_latent=cfg.images_per_latent,
+    )
+    saes = [SparseAutoencoder.load(d, device=device) for d in cfg.sae]  # all load before any work
+    results, entries = {}, []
+    for sae_dir, sae in zip(cfg.sae, saes):
+        source, cls, patches = _open_for(sae, cfg)
+        if source.d != sae.d_in:
+            raise SparsesteerError(f"activation width {source.d} does not match the SAE's d_in={sae.d_in} ({sae_dir})")
+        notes = check_agree(
+            f"the SAE ({sae_dir})",
+            sae.provenance,
+            f"the activations ({cfg.activations})",
+            Provenance.from_rows(source.describe()),
+            allow=cfg.allow_mismatch,
+        )
+        suites = [n for n in names if n != "default"]
+        if default:
+            has_labels = source.labels(0, min(1, source.n_rows)) is not None
+            tokens = set(source.row_index(0, min(source.n_rows, 4096))[:, 1]) if hasattr(source, "row_index") else set()
+            for s in SUITES:
+                if s in suites or (s in ("preservation", "sparse_probing") and not has_labels):
+                    continue
+                if s == "localisation" and not (patches and set(patches) <= tokens):
+                    continue
+                suites.append(s)
+        metrics = judge(sae, source, suites=suites, settings=st, cls_position=cls, patch_positions=patches)
+        label = Path(sae_dir).name or sae_dir
+        while label in results:
+            label += "'"
+        results[label] = metrics
+        entries.append(
+            {
+                "sae": sae_dir,
+                "arch": sae.cfg.arch,
+                "n_latents": sae.n_latents,
+                "suites": suites,
+                "metrics": [m.to_json() for m in metrics],
+                **({"provenance_overridden": notes} if notes else {}),
+            }
+        )
+    md = comparison_markdown(results)
+    md += "\n" + "\n".join(f"- {k}: {e['sae']}" for k, e in zip(results, entries)) + "\n"
+    doc = {"activations": str(Path(cfg.activations).resolve()), "saes": entries}
+    json_path, md_path = write_result(out.parent, out.stem, doc, md)
+    print(md)
     print(f"wrote {json_path} and {md_path}")
     return 0

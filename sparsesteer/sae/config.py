@@ -297,10 +297,14 @@ class TrainData:
 class EvaluateConfig(DeviceOptions):
     """Settings of `sparsesteer evaluate`."""
 
-    sae: str
-    """SAE directory (sparsesteer, sparsify or SAELens layout)."""
+    sae: list[str]
+    """SAE directory (sparsesteer, sparsify or SAELens layout); repeat (--sae A --sae B) to compare
+    several side by side (needs --suite)."""
     activations: str
     """Activation cache directory or .npy file."""
+    suite: str | None = None
+    """Judge with these suites (comma list): reconstruction, preservation, sparse_probing, localisation,
+    or default (those the data allows); writes judge.json/.md. None = the reconstruction report (eval.json)."""
     hook: str | None = None
     """Hook point of a multi-hook cache; None = the SAE's hook."""
     tokens: str | None = None
@@ -314,8 +318,21 @@ class EvaluateConfig(DeviceOptions):
     allow_mismatch: bool = False
     """Evaluate even when the SAE and the activations disagree on model, revision, hook, tokens or width;
     the report then lists the disagreements."""
+    max_images: int = 10_000
+    """--suite: the probe suites keep at most this many images (their memory bound)."""
+    seed: int = 0
+    """--suite: seed of the probes' train/test split."""
+    min_active_patches: int = 3
+    """--suite localisation: an image counts for a latent if it fires on at least this many patches ..."""
+    max_active_frac: float = 0.5
+    """--suite localisation: ... and on at most this fraction of them."""
+    images_per_latent: int = 32
+    """--suite localisation: qualifying images per latent (the first ones)."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.sae, str):
+            self.sae = [self.sae]
+        _require(len(self.sae) >= 1, "--sae", "given", self.sae)
         _require(self.batch_size >= 1, "--batch-size", ">= 1", self.batch_size)
         if self.max_rows is not None:
             _require(self.max_rows >= 1, "--max-rows", ">= 1", self.max_rows)
