@@ -97,3 +97,15 @@ def test_one_training_step_gives_a_finite_loss_and_moves_every_parameter(arch):
 def test_inference_only_variants_refuse_to_train(arch):
     with pytest.raises(SparsesteerError, match="inference-only"):
         make(arch)(inputs(4))
+
+
+@pytest.mark.parametrize("shape", [(4, 8), (2, 3, 8)])
+def test_a_batch_where_no_latent_fires_decodes_to_the_bias(shape):
+    """ReLU codes can be empty for a whole batch (K = 0): decoding gives b_dec, not a reshape error."""
+    sae = build(SAEConfig(arch="relu", n_latents=16).resolved(8))
+    with torch.no_grad():
+        sae.b_enc.fill_(-100.0)
+        codes = sae.encode(torch.randn(*shape))
+        assert codes.values.shape[-1] == 0
+        out = sae.decode(codes)
+    assert out.shape == shape and torch.equal(out, sae.b_dec.expand(shape))

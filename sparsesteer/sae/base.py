@@ -165,7 +165,8 @@ class SparseAutoencoder(nn.Module):
         if isinstance(codes, SparseCodes):
             lead = codes.values.shape[:-1]
             K = codes.values.shape[-1]
-            out = kernels.sparse_decode(codes.values.reshape(-1, K), codes.indices.reshape(-1, K), self.W_dec)
+            rows = math.prod(lead)  # explicit: reshape(-1, 0) is ambiguous when no latent fires (K = 0)
+            out = kernels.sparse_decode(codes.values.reshape(rows, K), codes.indices.reshape(rows, K), self.W_dec)
         else:
             if codes.shape[-1] != self.n_latents:
                 raise SparsesteerError(f"dense codes have {codes.shape[-1]} latents, the SAE has {self.n_latents}")
