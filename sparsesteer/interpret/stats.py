@@ -121,13 +121,23 @@ class _RunningTop:
         self.images = np.full((n_latents, top_n), -1, np.int64)
         self.tokens = np.zeros((n_latents, top_n, m), np.float32)
 
-    def update(self, keys: np.ndarray, scores: np.ndarray, image_ids: np.ndarray, all_keys, all_tok, all_val) -> None:
-        """keys: sorted unique (local image * L + latent) with their scores; all_*: every active entry."""
+    def update(
+        self, keys: np.ndarray, scores: np.ndarray, image_ids: np.ndarray, all_keys, all_tok, all_val, ordered: bool
+    ) -> None:
+        """keys: sorted unique (local image * L + latent) with their scores; all_*: every active entry;
+        `ordered`: every image of this chunk comes after every image seen before (then one stable sort
+        by (latent, -score) breaks ties by image; otherwise a three-key sort does)."""
         lat = keys % self.L
         keep = scores >= self.values[lat, -1]
         if not keep.any():
             return
         keys, scores, lat = keys[keep], scores[keep], lat[keep]
+        if len(keys) > self.n:  # at most n per latent can enter: keep the chunk's own top n
+            order = np.argsort(_desc_key(lat, scores), kind="stable")  # keys are image-major: ties by image
+            lat_s = lat[order]
+            rank = np.arange(len(lat_s)) - np.searchsorted(lat_s, lat_s, side="left")
+            sel = np.sort(order[rank < self.n])  # back in key order
+            keys, scores, lat = keys[sel], scores[sel], lat[sel]
         # the latent's activation on each token of each candidate image
         pos = np.searchsorted(keys, all_keys)
         pos_c = np.minimum(pos, len(keys) - 1)
@@ -137,20 +147,37 @@ class _RunningTop:
         # merge with the kept entries of the touched latents: sort by (latent, -score, image)
         U = np.unique(lat)
         n = self.n
+        n_old = len(U) * n
         lat_all = np.concatenate([np.repeat(U, n), lat])
         val_all = np.concatenate([self.values[U].ravel(), scores])
         img_all = np.concatenate([self.images[U].ravel(), image_ids[keys // self.L]])
-        tok_all = np.concatenate([self.tokens[U].reshape(-1, self.m), cand_tok])
-        img_key = np.where(img_all < 0, np.iinfo(np.int64).max, img_all)
-        order = np.lexsort((img_key, -val_all, lat_all))
+        if ordered:  # kept entries (earlier images) first, then this chunk's in image order
+            order = np.argsort(_desc_key(lat_all, val_all), kind="stable")
+        else:
+            img_key = np.where(img_all < 0, np.iinfo(np.int64).max, img_all)
+            order = np.lexsort((img_key, -val_all, lat_all))
         lat_s = lat_all[order]
-        first = np.searchsorted(lat_s, lat_s, side="left")
-        rank = np.arange(len(lat_s)) - first
+        rank = np.arange(len(lat_s)) - np.searchsorted(lat_s, lat_s, side="left")
         sel = rank < n
         o, r, la = order[sel], rank[sel], lat_s[sel]
+        # per-token vectors: move only the slots whose entry changed (most stay where they were)
+        old = o < n_old
+        old_r = o % n
+        moved = old & (old_r != r)
+        new = ~old
+        moved_tok = self.tokens.reshape(-1, self.m)[la[moved] * n + old_r[moved]]  # a copy, read before writing
+        flat = self.tokens.reshape(-1, self.m)
+        flat[la[moved] * n + r[moved]] = moved_tok
+        flat[la[new] * n + r[new]] = cand_tok[o[new] - n_old]
         self.values[la, r] = val_all[o]
         self.images[la, r] = img_all[o]
-        self.tokens[la, r] = tok_all[o]
+
+
+def _desc_key(lat: np.ndarray, val: np.ndarray) -> np.ndarray:
+    """int64 keys ordering by latent, then by value descending (values are >= 0 float32, whose bit
+    patterns order like the values)."""
+    bits = np.ascontiguousarray(val, dtype=np.float32).view(np.uint32).astype(np.int64)
+    return (lat.astype(np.int64) << 32) | (0xFFFFFFFF - bits)
 
 
 def _row_pattern(view: RowView) -> list[int]:
@@ -212,6 +239,7 @@ def latent_stats(
     chunk = max(batch_size // m, 1) * m
     pattern_arr = np.asarray(pattern)
     device = sae.device
+    last_image = -1
     with bar(total=n_rows, unit="row", desc="interpret", disable=None if progress else True) as pb:
         for start in range(0, n_rows, chunk):
             stop = min(start + chunk, n_rows)
@@ -222,6 +250,8 @@ def latent_stats(
                     f"{view.cache.path}: rows {start}..{stop} are not image-major with tokens {pattern[:8]} per image"
                 )
             image_ids = grid[:, 0, 0]
+            ordered = bool(image_ids[0] > last_image and (len(image_ids) < 2 or (np.diff(image_ids) > 0).all()))
+            last_image = max(last_image, int(image_ids.max()))
             x = view.read(start, stop).to(device=device, dtype=sae.dtype)
             with torch.no_grad():
                 codes = sae.encode(x)
@@ -251,7 +281,7 @@ def latent_stats(
                 uk = ks[starts]
                 if name == "max":
                     image_count += np.bincount(uk % L, minlength=L)
-                tops[name].update(uk, scores, image_ids, keys, tok, val)
+                tops[name].update(uk, scores, image_ids, keys, tok, val, ordered)
             pb.update(stop - start)
     top = {}
     for name, t in tops.items():
