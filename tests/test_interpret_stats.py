@@ -186,3 +186,30 @@ def test_save_load_roundtrip_and_refusals(setup, tmp_path):
     other_cache = make_activation_cache(tmp_path / "c2", n_images=100, positions=(0, 1))
     with pytest.raises(SparsesteerError, match="different activation cache: settings_sha256"):
         load_stats(out, activations=other_cache)
+
+
+def test_running_top_sort_paths_agree():
+    """The packed-key stable sort (images in increasing order) and the three-key sort give the same top-n,
+    including ties in value across chunks."""
+    from sparsesteer.interpret.stats import _RunningTop
+
+    rng = np.random.default_rng(3)
+    L, n, m = 6, 3, 2
+    tops = {True: _RunningTop(L, n, m), False: _RunningTop(L, n, m)}
+    for chunk in range(4):
+        imgs = np.arange(5) + 5 * chunk
+        rows = rng.integers(0, 5 * m, 40)
+        lat = rng.integers(0, L, 40)
+        val = rng.choice([0.5, 1.0, 2.0], 40).astype(np.float32)
+        keep = np.unique((rows // m) * L * 100 + lat * m + rows % m, return_index=True)[
+            1
+        ]  # one value per (row, latent)
+        rows, lat, val = rows[keep], lat[keep], val[keep]
+        keys = (rows // m) * L + lat
+        o = np.argsort(keys, kind="stable")
+        ks = keys[o]
+        starts = np.flatnonzero(np.concatenate([[True], ks[1:] != ks[:-1]]))
+        for ordered, t in tops.items():
+            t.update(ks[starts], np.maximum.reduceat(val[o], starts), imgs, keys, rows % m, val, ordered)
+    for f in ("values", "images", "tokens"):
+        np.testing.assert_array_equal(getattr(tops[True], f), getattr(tops[False], f))
