@@ -130,3 +130,16 @@ def test_other_sae_and_missing_images_are_refused(run, tmp_path, capsys):
     )
     assert rc == 2
     assert "--top-n must be a positive integer" in capsys.readouterr().err
+
+
+def test_lens_refuses_an_sae_on_another_block(run, tmp_path):
+    from sparsesteer.interpret.lens import concept_lens
+    from sparsesteer.models.backbone import load_backbone
+    from sparsesteer.sae import SparseAutoencoder
+
+    *_, clip = run
+    sae = SparseAutoencoder.load(
+        build(SAEConfig(arch="topk", d_in=32, n_latents=8, k=2)).save(tmp_path / "s", hook="blocks.1.resid_post")
+    )
+    with pytest.raises(SparsesteerError, match=r"final-layer CLS \(blocks.2.resid_post"):
+        concept_lens(sae, load_backbone(clip), ["cat", "dog"], k=1)

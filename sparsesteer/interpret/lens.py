@@ -72,6 +72,15 @@ def concept_lens(
             f"concept lens: the SAE's d_in={sae.d_in} is not the model's width {backbone.d_model}; "
             "the lens is for SAEs on the final-layer CLS"
         )
+    from ..models.hook_names import final_resid
+
+    prov = sae.provenance
+    final = final_resid(backbone.n_blocks)
+    if (prov.hook is not None and prov.hook != final) or prov.tokens == "patch":
+        raise SparsesteerError(
+            f"concept lens: the SAE reads {prov.describe(('hook', 'tokens'))}; the lens maps directions through "
+            f"the CLIP head, so it is for SAEs on the final-layer CLS ({final}, tokens cls)"
+        )
     words = tuple(getattr(vocab, "concepts", vocab))
     if not 1 <= k <= len(words):
         raise SparsesteerError(f"concept lens: k must be in 1..{len(words)} (the vocabulary size), got {k}")
