@@ -24,6 +24,7 @@ COMMAND_MODULES = [
     "sparsesteer.activations.commands",  # cache, verify
     "sparsesteer.sae.commands",  # train, evaluate
     "sparsesteer.steering.commands",  # steer
+    "sparsesteer.interpret.commands",  # interpret
     "sparsesteer.experiments.commands",  # reproduce
 ]
 

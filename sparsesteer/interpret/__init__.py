@@ -1,5 +1,8 @@
 """Interpreting SAE latents: which latents (or neurons) go with an image attribute (`associations`:
-streamed scores over a cached activation view, top-n selection for suppression).
+streamed scores over a cached activation view, top-n selection for suppression); per-latent
+statistics in one streaming pass (`stats`: frequency, histograms, top images with per-patch
+activations), their files (`store`: save_stats / load_stats), decoder neighbours (`neighbours`),
+the concept lens (`lens`), patch heatmaps and montages (`heatmaps`).
 
 Attributes are imported lazily so that `sparsesteer --help` stays fast.
 """
@@ -18,6 +21,18 @@ _EXPORTS = {
     "Selection": "associations",
     "select_top": "associations",
     "SCORES": "associations",
+    "latent_stats": "stats",
+    "LatentStats": "stats",
+    "TopImages": "stats",
+    "save_stats": "store",
+    "load_stats": "store",
+    "decoder_neighbours": "neighbours",
+    "Neighbours": "neighbours",
+    "concept_lens": "lens",
+    "LensWords": "lens",
+    "heatmap": "heatmaps",
+    "montage": "heatmaps",
+    "stats_dataset": "heatmaps",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,0 +1,49 @@
+"""`sparsesteer interpret`: per-latent statistics of an SAE over an activation cache."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..utils import config as config_utils
+
+EXAMPLES = """examples:
+  sparsesteer interpret --sae runs/sae --activations runs/cache --out runs/stats
+  sparsesteer interpret --sae runs/sae-cls --activations runs/cache --vocab imagenet1k --montages 50 --out runs/stats
+"""
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from ..utils.cli import HelpFormatter
+    from .config import InterpretConfig
+
+    p = sub.add_parser(
+        "interpret",
+        help="per-latent statistics: frequency, histograms, top images, neighbours, concept lens",
+        description="One streaming pass of an SAE over an activation cache: per latent firing frequency, mean "
+        "and max activation, an activation histogram, the top images (with per-patch activations and labels), "
+        "decoder neighbours and optionally a concept lens and montages. Writes OUT/stats.json + "
+        "OUT/stats.safetensors (read them with sparsesteer.interpret.load_stats).",
+        epilog=EXAMPLES,
+        formatter_class=HelpFormatter,
+    )
+    config_utils.add_arguments(
+        p,
+        InterpretConfig,
+        metavars={"sae": "DIR", "activations": "CACHE", "out": "STATS", "dataset": "D", "vocab": "VOCAB"},
+    )
+    p.set_defaults(func=run, output_args=("out",))
+
+
+def run(args: argparse.Namespace) -> int:
+    from .config import InterpretConfig
+    from .run import run_interpret
+
+    cfg = config_utils.from_args(InterpretConfig, args, where="interpret")
+    out, stats = run_interpret(cfg)
+    freq = stats.frequency
+    print(
+        f"{stats.n_latents} latents over {stats.n_images} images ({stats.n_rows} rows): "
+        f"{int((stats.fire_count == 0).sum())} never fire, median frequency {float(sorted(freq)[len(freq) // 2]):.4g}"
+    )
+    print(f"wrote {out / 'stats.json'} and {out / 'stats.safetensors'}")
+    return 0

@@ -1,0 +1,145 @@
+"""`sparsesteer interpret` end to end on a tiny CLIP: cache -> stats files -> load, heatmaps,
+montages, concept lens; refusals for another SAE and for missing images."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_folder_dataset
+from PIL import Image
+
+from sparsesteer.activations.cache import ActivationCache
+from sparsesteer.cli import main
+from sparsesteer.interpret.heatmaps import heatmap, overlay, patch_grid, stats_dataset
+from sparsesteer.interpret.stats import latent_stats
+from sparsesteer.interpret.store import load_stats
+from sparsesteer.sae import SAEConfig, build
+from sparsesteer.utils.errors import SparsesteerError
+
+HOOK = "blocks.2.resid_post"
+
+
+@pytest.fixture(scope="module")
+def run(tiny_clip_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("interp")
+    data = make_folder_dataset(tmp / "images", (3, 2, 2), split="train")
+    cache = tmp / "cache"
+    args = ["cache", "--model", str(tiny_clip_dir), "--dataset", f"folder:{data}", "--split", "train"]
+    assert main([*args, "--hook", HOOK, "--tokens", "all", "--out", str(cache), "--workers", "0"]) == 0
+    torch.manual_seed(0)
+    sae = build(SAEConfig(arch="topk", d_in=32, n_latents=48, k=8))
+    sae_dir = sae.save(tmp / "sae", hook=HOOK, tokens="all")
+    words = tmp / "words.txt"
+    words.write_text("cat\ndog\ncar\ntree\nboat\n")
+    out = tmp / "stats"
+    rc = main(
+        [
+            "interpret", "--sae", str(sae_dir), "--activations", str(cache), "--out", str(out),
+            "--top-n", "3", "--batch-size", "40", "--neighbours", "4", "--vocab", str(words), "--lens-k", "2",
+            "--montages", "2", "--device", "cpu",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    return tmp, data, cache, sae, sae_dir, out, tiny_clip_dir
+
+
+def test_cli_writes_stats_that_match_the_library(run):
+    tmp, data, cache, sae, sae_dir, out, _ = run
+    meta = json.loads((out / "stats.json").read_text())
+    assert meta["sae"]["weights_sha256"] == json.loads((sae_dir / "cfg.json").read_text())["weights_sha256"]
+    assert meta["dataset"]["spec"] == f"folder:{data}" and meta["dataset"]["split"] == "train"
+    assert meta["rankings"] == ["max", "cls", "patch"] and meta["token_positions"] == list(range(17))
+    stats = load_stats(out, sae_dir, activations=cache)
+    ref = latent_stats(sae, ActivationCache.open(cache).rows(), top_n=3, batch_size=10_000, progress=False)
+    np.testing.assert_array_equal(stats.fire_count, ref.fire_count)
+    np.testing.assert_array_equal(stats.top["patch"].images, ref.top["patch"].images)
+    assert stats.top["max"].tokens.shape == (48, 3, 17)
+    assert sum(stats.label_distribution(int(np.argmax(stats.fire_count))).values()) == 3
+    assert stats.neighbours.indices.shape == (48, 4)
+    montages = sorted(p.name for p in (out / "montages").iterdir())
+    assert len(montages) == 2 and all(m.startswith("latent_") for m in montages)
+    assert Image.open(out / "montages" / montages[0]).size == (5 * 112, 112)
+
+
+def test_lens_matches_direct_computation(run):
+    """The lens words are the top cosines of the head-mapped decoder rows with the text embeddings."""
+    from sparsesteer.models.backbone import load_backbone
+    from sparsesteer.models.zeroshot import encode_text
+
+    *_, out, clip = run
+    stats = load_stats(out)
+    bb = load_backbone(clip)
+    words = ["cat", "dog", "car", "tree", "boat"]
+    assert stats.lens.words == tuple(words)
+    with torch.no_grad():
+        text = torch.nn.functional.normalize(encode_text(bb, words).double(), dim=1)
+        W = run[3].W_dec.double()
+        g = bb.vision.post_layernorm.weight.double()
+        P = bb.model.visual_projection.weight.double()
+        e = torch.nn.functional.normalize(((W - W.mean(1, keepdim=True)) * g) @ P.T, dim=1)
+        sims = (e @ text.T).numpy()
+    np.testing.assert_array_equal(stats.lens.indices, np.argsort(-sims, axis=1)[:, :2])
+    np.testing.assert_allclose(stats.lens.cosine, np.sort(sims, axis=1)[:, ::-1][:, :2], atol=1e-5)
+
+
+def test_heatmap_hand_worked():
+    """A 2x2 grid with one hot patch: upsampled, the top-left quarter turns red, the rest stays."""
+    img = Image.new("RGB", (4, 4), (0, 0, 255))
+    out = np.asarray(overlay(img, np.array([[2.0, 0], [0, 0]]), vmax=2.0, alpha=1.0))
+    assert tuple(out[0, 0]) == (255, 0, 0) and tuple(out[3, 3]) == (0, 0, 255)
+    from sparsesteer.interpret.stats import LatentStats
+
+    s = LatentStats(0, 0, [0, 1, 2, 3, 4], *[np.zeros(1)] * 6, top={}, meta={"activations": {"cls_position": 0}})
+    np.testing.assert_array_equal(patch_grid(s, np.array([9, 1, 2, 3, 4])), [[1, 2], [3, 4]])
+    s.token_positions = [0, 1, 2]
+    with pytest.raises(SparsesteerError, match="square grid"):
+        patch_grid(s, np.zeros(3))
+
+
+def test_other_sae_and_missing_images_are_refused(run, tmp_path, capsys):
+    tmp, data, cache, sae, sae_dir, out, _ = run
+    other = build(SAEConfig(arch="topk", d_in=32, n_latents=48, k=8)).save(tmp_path / "other")
+    with pytest.raises(SparsesteerError, match="different SAE: weights_sha256"):
+        load_stats(out, other)
+    stats = load_stats(out)
+    ds = stats_dataset(stats)
+    assert heatmap(stats, int(np.argmax(stats.fire_count)), 0, ds, size=32).size == (32, 32)
+    # images gone: the dataset cannot be opened
+    moved = tmp_path / "moved"
+    shutil.copytree(data, moved)
+    shutil.rmtree(data / "train")
+    try:
+        with pytest.raises(SparsesteerError, match="cannot be opened"):
+            stats_dataset(stats)
+        # a smaller dataset than the statistics reference
+        make_folder_dataset(data, (1,), split="train")
+        small = stats_dataset(stats)
+        j = int(np.argmax(stats.top["max"].images[:, 0]))
+        with pytest.raises(SparsesteerError, match=r"reference image \d+, but"):
+            heatmap(stats, j, 0, small)
+    finally:
+        shutil.rmtree(data / "train", ignore_errors=True)
+        shutil.copytree(moved / "train", data / "train")
+    # bad flags: one line, exit 2
+    rc = main(
+        ["interpret", "--sae", str(sae_dir), "--activations", str(cache), "--out", str(tmp_path / "s"), "--top-n", "0"]
+    )
+    assert rc == 2
+    assert "--top-n must be a positive integer" in capsys.readouterr().err
+
+
+def test_lens_refuses_an_sae_on_another_block(run, tmp_path):
+    from sparsesteer.interpret.lens import concept_lens
+    from sparsesteer.models.backbone import load_backbone
+    from sparsesteer.sae import SparseAutoencoder
+
+    *_, clip = run
+    sae = SparseAutoencoder.load(
+        build(SAEConfig(arch="topk", d_in=32, n_latents=8, k=2)).save(tmp_path / "s", hook="blocks.1.resid_post")
+    )
+    with pytest.raises(SparsesteerError, match=r"final-layer CLS \(blocks.2.resid_post"):
+        concept_lens(sae, load_backbone(clip), ["cat", "dog"], k=1)

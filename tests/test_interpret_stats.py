@@ -1,0 +1,215 @@
+"""Streaming latent statistics, top-n, neighbours and the stats files, against brute-force
+references computed here with dense codes and full sorts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from helpers import make_activation_cache
+
+from sparsesteer.activations.cache import ActivationCache
+from sparsesteer.interpret.neighbours import decoder_neighbours
+from sparsesteer.interpret.stats import latent_stats
+from sparsesteer.interpret.store import load_stats, sae_tensors_sha256, save_stats
+from sparsesteer.sae import SAEConfig, build
+from sparsesteer.utils.errors import SparsesteerError
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    path = make_activation_cache(tmp_path_factory.mktemp("c") / "cache", n_images=300, positions=(0, 1, 2, 3, 4))
+    torch.manual_seed(0)
+    sae = build(SAEConfig(arch="topk", d_in=16, n_latents=24, k=3))
+    cache = ActivationCache.open(path)
+    return cache, sae
+
+
+def brute(cache, sae, tokens="all"):
+    view = cache.rows(None, tokens)
+    x = view.read(0, view.n_rows).float()
+    with torch.no_grad():
+        dense = sae.encode(x).to_dense(sae.n_latents).double().numpy()
+    idx = view.row_index(0, view.n_rows)
+    m = len(np.unique(idx[:, 1]))
+    return dense, idx, m
+
+
+def top_ref(score_il, n):
+    """Per latent: images sorted by (-score, image), positive scores only, first n."""
+    out_img, out_val = [], []
+    for j in range(score_il.shape[1]):
+        s = score_il[:, j]
+        order = np.lexsort((np.arange(len(s)), -s))
+        order = [i for i in order if s[i] > 0][:n]
+        out_img.append(order + [-1] * (n - len(order)))
+        out_val.append([s[i] for i in order] + [0.0] * (n - len(order)))
+    return np.array(out_img), np.array(out_val)
+
+
+@pytest.mark.parametrize("batch_size", [7, 64, 4096])
+def test_stats_match_brute_force(setup, batch_size):
+    cache, sae = setup
+    dense, idx, m = brute(cache, sae)
+    stats = latent_stats(
+        sae, cache.rows(None, "all"), top_n=4, n_bins=6, hist_min=0.01, hist_max=10.0, batch_size=batch_size
+    )
+    active = dense > 0
+    assert stats.n_rows == len(dense) and stats.n_images == 300 and stats.token_positions == [0, 1, 2, 3, 4]
+    np.testing.assert_array_equal(stats.fire_count, active.sum(0))
+    np.testing.assert_allclose(stats.act_sum, dense.sum(0), rtol=1e-5)
+    np.testing.assert_allclose(stats.act_max, dense.max(0), rtol=1e-6)
+    np.testing.assert_allclose(
+        stats.mean_active, np.where(active.sum(0), dense.sum(0) / np.maximum(active.sum(0), 1), 0), rtol=1e-5
+    )
+    # histogram: log10 bins over [0.01, 10], outside values clipped into the end bins
+    edges = np.linspace(-2, 1, 7)
+    for j in range(sae.n_latents):
+        v = np.log10(dense[active[:, j], j])
+        b = np.clip(np.searchsorted(edges, v, side="right") - 1, 0, 5)
+        np.testing.assert_array_equal(stats.hist_counts[j], np.bincount(b, minlength=6))
+    np.testing.assert_allclose(stats.hist_centres, 10 ** ((edges[:-1] + edges[1:]) / 2))
+    assert stats.hist_counts.shape == (sae.n_latents, len(stats.hist_centres))
+    # per image: tokens in view order (CLS = token 0)
+    per_img = dense.reshape(300, m, -1)  # [image, token, latent]
+    np.testing.assert_array_equal(stats.image_count, (per_img > 0).any(1).sum(0))
+    labels = cache.labels
+    for name, score in {
+        "max": per_img.max(1),
+        "cls": per_img[:, 0],
+        "patch": per_img[:, 1:].max(1),
+    }.items():
+        img, val = top_ref(score, 4)
+        top = stats.top[name]
+        np.testing.assert_array_equal(top.images, img, err_msg=name)
+        np.testing.assert_allclose(top.values, val, rtol=1e-6)
+        for j in range(sae.n_latents):
+            for r in range(4):
+                if img[j, r] >= 0:
+                    np.testing.assert_allclose(top.tokens[j, r], per_img[img[j, r], :, j], rtol=1e-6)
+                    assert top.labels[j, r] == labels[img[j, r]]
+                else:
+                    assert top.labels[j, r] == -1 and not top.tokens[j, r].any()
+
+
+def test_stats_ties_go_to_lower_image():
+    """Hand-worked: identical rows on every image -> the same score everywhere -> images 0..n-1."""
+    import tempfile
+    from pathlib import Path
+
+    from sparsesteer.activations.cache import CacheSettings, CacheWriter
+
+    d = 4
+    with tempfile.TemporaryDirectory() as tmp:
+        s = CacheSettings(
+            hooks=("h",),
+            d={"h": d},
+            tokens="all",
+            token_positions=(0, 1),
+            cls_position=0,
+            n_images=9,
+            dtype="float32",
+            model={"id": "m"},
+            dataset={"name": "unit"},
+            split="train",
+        )
+        with CacheWriter.open(Path(tmp) / "c", s) as w:
+            acts = np.tile(np.array([[1, 0, 0, 0], [0, 2, 0, 0]], np.float32), (9, 1))
+            w.write_shard({"h": acts}, np.repeat(np.arange(9), 2), np.tile([0, 1], 9))
+            w.finish(np.arange(9) % 3)
+        sae = build(SAEConfig(arch="topk", d_in=d, n_latents=d, k=1))
+        with torch.no_grad():
+            sae.W_enc.copy_(torch.eye(d))
+            sae.b_enc.zero_()
+            sae.b_dec.zero_()
+        stats = latent_stats(sae, ActivationCache.open(Path(tmp) / "c").rows(), top_n=3, batch_size=4)
+    assert stats.top["max"].images[0].tolist() == [0, 1, 2]
+    assert stats.top["max"].values[1].tolist() == [2, 2, 2]
+    assert stats.top["max"].tokens[1, 0].tolist() == [0, 2]
+    assert stats.top["cls"].images[1].tolist() == [-1, -1, -1]  # latent 1 fires on patches only
+    assert stats.fire_count.tolist() == [9, 9, 0, 0]
+    assert stats.label_distribution(0) == {"0": 1, "1": 1, "2": 1}
+
+
+def test_neighbours_match_full_matrix():
+    torch.manual_seed(1)
+    W = torch.randn(50, 8)
+    W[7] = W[3] * 2  # a duplicate direction: cosine 1 with latent 3
+    nb = decoder_neighbours(W, k=5, block=7)
+    U = torch.nn.functional.normalize(W.double(), dim=1)
+    C = (U @ U.T).numpy()
+    np.fill_diagonal(C, -np.inf)
+    for j in range(50):
+        order = np.lexsort((np.arange(50), -C[j]))[:5]
+        np.testing.assert_array_equal(nb.indices[j], order)
+        np.testing.assert_allclose(nb.cosine[j], C[j, order], atol=1e-5)
+    assert nb.indices[3, 0] == 7 and nb.indices[7, 0] == 3
+    with pytest.raises(SparsesteerError, match="k must be"):
+        decoder_neighbours(W, k=50)
+
+
+def test_neighbours_ties_to_lower_index():
+    W = torch.tensor([[1.0, 0], [1, 0], [1, 0], [0, 1]])
+    nb = decoder_neighbours(W, k=2, block=2)
+    assert nb.indices.tolist() == [[1, 2], [0, 2], [0, 1], [0, 1]]
+
+
+def test_save_load_roundtrip_and_refusals(setup, tmp_path):
+    cache, sae = setup
+    stats = latent_stats(sae, cache.rows(None, "all"), top_n=3)
+    stats.neighbours = decoder_neighbours(sae.W_dec, k=2)
+    sae_dir = sae.save(tmp_path / "sae")
+    from sparsesteer.interpret.store import sae_weights_sha256
+
+    stats.meta = {
+        "sae": {"weights_sha256": sae_weights_sha256(sae_dir), "tensors_sha256": sae_tensors_sha256(sae)},
+        "activations": {"settings_sha256": cache.settings_sha256},
+        "dataset": {"spec": "unit", "split": "train"},
+    }
+    out = save_stats(stats, tmp_path / "stats")
+    back = load_stats(out, sae_dir, activations=cache.path, dataset="unit")
+    load_stats(out, sae)
+    for f in ("fire_count", "image_count", "act_sum", "act_max", "hist_centres", "hist_counts"):
+        np.testing.assert_array_equal(getattr(back, f), getattr(stats, f))
+    for name in stats.top:
+        for f in ("values", "images", "tokens", "labels"):
+            np.testing.assert_array_equal(getattr(back.top[name], f), getattr(stats.top[name], f))
+    np.testing.assert_array_equal(back.neighbours.indices, stats.neighbours.indices)
+    other = build(SAEConfig(arch="topk", d_in=16, n_latents=24, k=3))
+    other_dir = other.save(tmp_path / "other")
+    with pytest.raises(SparsesteerError, match="different SAE: weights_sha256"):
+        load_stats(out, other_dir)
+    with pytest.raises(SparsesteerError, match="different SAE: tensors_sha256"):
+        load_stats(out, other)
+    with pytest.raises(SparsesteerError, match="dataset 'unit', not 'cifar10'"):
+        load_stats(out, dataset="cifar10")
+    other_cache = make_activation_cache(tmp_path / "c2", n_images=100, positions=(0, 1))
+    with pytest.raises(SparsesteerError, match="different activation cache: settings_sha256"):
+        load_stats(out, activations=other_cache)
+
+
+def test_running_top_sort_paths_agree():
+    """The packed-key stable sort (images in increasing order) and the three-key sort give the same top-n,
+    including ties in value across chunks."""
+    from sparsesteer.interpret.stats import _RunningTop
+
+    rng = np.random.default_rng(3)
+    L, n, m = 6, 3, 2
+    tops = {True: _RunningTop(L, n, m), False: _RunningTop(L, n, m)}
+    for chunk in range(4):
+        imgs = np.arange(5) + 5 * chunk
+        rows = rng.integers(0, 5 * m, 40)
+        lat = rng.integers(0, L, 40)
+        val = rng.choice([0.5, 1.0, 2.0], 40).astype(np.float32)
+        keep = np.unique((rows // m) * L * 100 + lat * m + rows % m, return_index=True)[
+            1
+        ]  # one value per (row, latent)
+        rows, lat, val = rows[keep], lat[keep], val[keep]
+        keys = (rows // m) * L + lat
+        o = np.argsort(keys, kind="stable")
+        ks = keys[o]
+        starts = np.flatnonzero(np.concatenate([[True], ks[1:] != ks[:-1]]))
+        for ordered, t in tops.items():
+            t.update(ks[starts], np.maximum.reduceat(val[o], starts), imgs, keys, rows % m, val, ordered)
+    for f in ("values", "images", "tokens"):
+        np.testing.assert_array_equal(getattr(tops[True], f), getattr(tops[False], f))
