@@ -143,3 +143,25 @@ def test_lens_refuses_an_sae_on_another_block(run, tmp_path):
     )
     with pytest.raises(SparsesteerError, match=r"final-layer CLS \(blocks.2.resid_post"):
         concept_lens(sae, load_backbone(clip), ["cat", "dog"], k=1)
+
+
+def test_stats_of_a_limit_cache_open_the_same_sample(run, tmp_path):
+    """A --limit cache's image indices are the sample's: the stats reopen the same seeded sample."""
+    tmp, data, _, _, sae_dir, _, clip = run
+    cache = tmp_path / "limited"
+    args = ["cache", "--model", str(clip), "--dataset", f"folder:{data}", "--split", "train", "--limit", "3"]
+    assert (
+        main([*args, "--limit-seed", "5", "--hook", HOOK, "--tokens", "all", "--out", str(cache), "--workers", "0"])
+        == 0
+    )
+    assert main(["-q", "interpret", "--sae", str(sae_dir), "--activations", str(cache), "--out", str(tmp_path / "s"),
+                 "--top-n", "2", "--device", "cpu"]) == 0  # fmt: skip
+    stats = load_stats(tmp_path / "s")
+    ds = stats_dataset(stats)
+    assert len(ds) == 3 and np.array_equal(ds.labels(), ActivationCache.open(cache).labels)
+    from sparsesteer.data import limit_dataset, open_dataset
+
+    same = limit_dataset(open_dataset(f"folder:{data}", "train"), 3, 5)
+    assert [ds.source(i) for i in range(3)] == [same.source(i) for i in range(3)]
+    j = int(np.argmax(stats.fire_count))
+    assert heatmap(stats, j, 0, ds, size=32).size == (32, 32)

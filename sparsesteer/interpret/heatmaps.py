@@ -38,17 +38,25 @@ def stats_dataset(stats: LatentStats, *, dataset: str | None = None, data_root: 
         raise SparsesteerError(
             "the statistics record no dataset spec and split (the cache did not record them): pass --dataset"
         )
-    if rec.get("subset") and not dataset:
-        raise SparsesteerError(
-            "the statistics were computed on a --limit sample of the dataset, whose image indices are the "
-            "sample's: montages and heatmaps need a cache of the whole split"
-        )
     try:
-        return open_dataset(spec, split, data_root=data_root)
+        ds = open_dataset(spec, split, data_root=data_root)
     except (OSError, SparsesteerError) as e:
         raise SparsesteerError(
             f"the images of these statistics ({spec!r}, split {split!r}) cannot be opened: {e}"
         ) from None
+    sub = rec.get("subset")
+    if sub:  # a --limit cache: its image indices are the sample's; draw the same sample again
+        from ..data.subset import limit_dataset
+
+        ds = limit_dataset(ds, int(sub["limit"]), int(sub["seed"]))
+        got = ds.describe().get("subset", {}).get("indices_sha256")
+        if got != sub.get("indices_sha256"):
+            raise SparsesteerError(
+                f"the statistics were computed on a --limit sample of {spec!r} [{split}] (limit {sub['limit']}, "
+                f"seed {sub['seed']}), but the same draw now picks other images (indices sha256 {str(got)[:12]} vs "
+                f"{str(sub.get('indices_sha256'))[:12]}): the dataset changed"
+            )
+    return ds
 
 
 def _image(dataset: ImageDataset, index: int) -> Image.Image:
