@@ -25,13 +25,13 @@ import time
 import torch
 import torch.nn.functional as F
 
-from sparsesteer.experiments.clipsteer.sparsity.splice import Splice, spliced_ce, zero_ablation
 from sparsesteer.models import load_backbone
 from sparsesteer.models.hook_names import hook_name
 from sparsesteer.models.tiny import make_random_clip
 from sparsesteer.models.zeroshot import ZeroShotClassifier
 from sparsesteer.sae import SAEConfig, build
 from sparsesteer.steering.edits import reconstruct
+from sparsesteer.steering.splice import Splice, spliced_ce, zero_ablation
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

@@ -22,7 +22,8 @@ COMMAND_MODULES = [
     "sparsesteer.data.commands",  # download
     "sparsesteer.models.commands",  # zeroshot
     "sparsesteer.activations.commands",  # cache, verify
-    "sparsesteer.sae.commands",  # train, evaluate
+    "sparsesteer.sae.commands",  # train
+    "sparsesteer.experiments.judge_commands",  # evaluate (its model suites chain sae, steering, interpret)
     "sparsesteer.steering.commands",  # steer
     "sparsesteer.interpret.commands",  # interpret
     "sparsesteer.experiments.commands",  # reproduce

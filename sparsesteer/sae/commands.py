@@ -1,4 +1,5 @@
-"""`sparsesteer train` and `sparsesteer evaluate`."""
+"""`sparsesteer train`, and the model-free part of `sparsesteer evaluate` (the command itself is
+registered from `experiments/judge_commands.py`, which adds the suites that need a model)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ EXAMPLES = """examples:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from ..utils.cli import HelpFormatter
-    from .config import EvaluateConfig, SAEConfig, TrainConfig, TrainData
+    from .config import SAEConfig, TrainConfig, TrainData
 
     p = sub.add_parser(
         "train",
@@ -74,15 +75,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     config_utils.add_arguments(loop, TrainConfig)
     p.add_argument("--config", metavar="TOML", help="TOML/JSON file with [sae] and [train] tables; flags override it")
     p.set_defaults(func=run_train)
-
-    e = sub.add_parser(
-        "evaluate",
-        help="measure an SAE on activations (FVU, L0, dead/dense, ...)",
-        description="Reconstruction and sparsity metrics of an SAE over activations; writes JSON and Markdown.",
-        formatter_class=HelpFormatter,
-    )
-    config_utils.add_arguments(e, EvaluateConfig, metavars={"sae": "DIR", "activations": "PATH", "out": "PATH"})
-    e.set_defaults(func=run_evaluate, output_args=())  # --out may name a file: checked in run_evaluate
 
 
 def _split(value: Any, name: str) -> list[str]:
@@ -167,7 +159,8 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_evaluate(args: argparse.Namespace) -> int:
+def run_evaluate(args: argparse.Namespace, extra: Any = None) -> int:
+    """`evaluate`: the reconstruction report, or with --suite `run_judge` (`extra`: see there)."""
     import torch
 
     from ..activations.loader import open_source
@@ -180,7 +173,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
     cfg = config_utils.from_args(EvaluateConfig, args, where="evaluate")
     if cfg.suite is not None:
-        return run_judge(cfg)
+        return run_judge(cfg, extra)
     if len(cfg.sae) > 1:
         raise SparsesteerError("several --sae are compared by the suites: add --suite (e.g. --suite default)")
     sae_dir = cfg.sae[0]
@@ -241,13 +234,16 @@ def _open_for(sae: Any, cfg: Any) -> tuple[Any, int | None, list[int]]:
     return open_source(cfg.activations, hook=cfg.hook, tokens=cfg.tokens), None, []
 
 
-def run_judge(cfg: Any) -> int:
-    """`evaluate --suite`: every --sae judged by the suites, one JSON + one Markdown comparison table."""
+def run_judge(cfg: Any, extra: Any = None) -> int:
+    """`evaluate --suite`: every --sae judged by the suites, one JSON + one Markdown comparison table.
+
+    `extra(sae_dir, sae, source, suites) -> list[MetricResult]` measures the model suites
+    (`judge.MODEL_SUITES`, from the experiments floor); without it they are refused."""
     from ..utils import io
     from ..utils.device import resolve_device
     from ..utils.report import write_result
     from .base import SparseAutoencoder
-    from .judge import SUITES, JudgeSettings, comparison_markdown, judge
+    from .judge import MODEL_SUITES, SUITES, JudgeSettings, comparison_markdown, judge
     from .metrics import eval_paths
     from .provenance import Provenance, check_agree
 
@@ -291,7 +287,13 @@ def run_judge(cfg: Any) -> int:
                 if s == "localisation" and not (patches and set(patches) <= tokens):
                     continue
                 suites.append(s)
-        metrics = judge(sae, source, suites=suites, settings=st, cls_position=cls, patch_positions=patches)
+        model_suites = [s for s in suites if s in MODEL_SUITES] if extra is not None else []
+        plain = [s for s in suites if s not in model_suites]
+        metrics = (
+            judge(sae, source, suites=plain, settings=st, cls_position=cls, patch_positions=patches) if plain else []
+        )
+        if model_suites:
+            metrics += extra(sae_dir, sae, source, model_suites)
         label = Path(sae_dir).name or sae_dir
         while label in results:
             label += "'"

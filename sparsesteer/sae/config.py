@@ -304,7 +304,7 @@ class EvaluateConfig(DeviceOptions):
     """Activation cache directory or .npy file."""
     suite: str | None = None
     """Judge with these suites (comma list): reconstruction, preservation, sparse_probing, localisation,
-    or default (those the data allows); writes judge.json/.md. None = the reconstruction report (eval.json)."""
+    spliced, monosemanticity (these two run models), or default (those the data allows, no model); writes judge.json/.md. None = the reconstruction report (eval.json)."""
     hook: str | None = None
     """Hook point of a multi-hook cache; None = the SAE's hook."""
     tokens: str | None = None
@@ -328,12 +328,31 @@ class EvaluateConfig(DeviceOptions):
     """--suite localisation: ... and on at most this fraction of them."""
     images_per_latent: int = 32
     """--suite localisation: qualifying images per latent (the first ones)."""
+    model: str | None = None
+    """--suite spliced: the model to splice into (hub id or directory); None = the cache's model (its provenance)."""
+    dataset: str | None = None
+    """--suite spliced/monosemanticity: dataset spec of the cached images; None = the cache's recorded spec."""
+    data_root: str | None = None
+    """Root directory of local datasets; None = the default data root."""
+    templates: str = "ensemble"
+    """--suite spliced: zero-shot prompt templates (single, ensemble, ensemble7)."""
+    image_batch_size: int = 64
+    """--suite spliced/monosemanticity: images per model forward (does not change the metrics)."""
+    mono_model: str = "facebook/dinov2-base"
+    """--suite monosemanticity: the backbone whose `head` embeddings judge each latent's top images."""
+    mono_images: int = 10
+    """--suite monosemanticity: top images per latent (by max activation)."""
+    mono_latents: int = 512
+    """--suite monosemanticity: latents scored (a sample drawn with --seed when more fire on >= 2 images)."""
 
     def __post_init__(self) -> None:
         if isinstance(self.sae, str):
             self.sae = [self.sae]
         _require(len(self.sae) >= 1, "--sae", "given", self.sae)
         _require(self.batch_size >= 1, "--batch-size", ">= 1", self.batch_size)
+        _require(self.image_batch_size >= 1, "--image-batch-size", ">= 1", self.image_batch_size)
+        _require(self.mono_images >= 2, "--mono-images", ">= 2", self.mono_images)
+        _require(self.mono_latents >= 1, "--mono-latents", ">= 1", self.mono_latents)
         if self.max_rows is not None:
             _require(self.max_rows >= 1, "--max-rows", ">= 1", self.max_rows)
         super().__post_init__()
