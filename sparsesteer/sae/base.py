@@ -223,7 +223,8 @@ class SparseAutoencoder(nn.Module):
     def load(
         cls, path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
     ) -> SparseAutoencoder:
-        """Load a sparsesteer, sparsify or SAELens SAE directory (never unpickles)."""
+        """Load a sparsesteer, sparsify or SAELens SAE from a directory or from the Hugging Face hub
+        (`hf:REPO[/SUBFOLDER][@REVISION]`; the repo and commit go to metadata["source"]). Never unpickles."""
         from .checkpoint import load_sae
 
         return load_sae(path, device=device, dtype=dtype)

@@ -75,13 +75,20 @@ def save_sae(sae: SparseAutoencoder, path: str | Path) -> Path:
 def load_sae(
     path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None, verify: bool = True
 ) -> SparseAutoencoder:
+    source: dict[str, Any] | None = None
+    if isinstance(path, str) and path.startswith(HF_PREFIX):
+        path, source = download(path)
     path = Path(path)
     if not path.is_dir():
-        raise SparsesteerError(f"SAE directory not found: {path}")
+        raise SparsesteerError(
+            f"SAE directory not found: {path} (a hub SAE is given as hf:REPO[/SUBFOLDER][@REVISION])"
+        )
     cfg_path = path / "cfg.json"
     if not cfg_path.is_file():
-        present = ", ".join(sorted(p.name for p in path.iterdir())) or "nothing"
-        raise SparsesteerError(f"{path} is not an SAE checkpoint: it has no cfg.json (found: {present})")
+        raise SparsesteerError(
+            f"{source['spec'] if source else path} is not an SAE checkpoint in a recognised layout (sparsesteer, "
+            f"sparsify, SAELens): it has no cfg.json (found: {_listing(path)})"
+        )
     raw = io.read_json(cfg_path)
     if raw.get("format") == FORMAT:
         sae = _load_ours(path, raw, verify=verify)
@@ -94,8 +101,65 @@ def load_sae(
             f"{path}: cfg.json is there but no weights file: expected {WEIGHTS} (sparsesteer, sparsify) "
             "or sae_weights.safetensors (SAELens)"
         )
+    if source is not None:
+        sae.metadata["source"] = {**(sae.metadata.get("source") or {}), **source}
     sae.eval()
     return sae.to(device=device, dtype=dtype) if dtype is not None else sae.to(device=device)
+
+
+HF_PREFIX = "hf:"
+_HF_SPEC = re.compile(r"^hf:(?P<repo>[\w.-]+/[\w.-]+)(?:/(?P<sub>[^@]+?))?/?(?:@(?P<rev>[^@/]+))?$")
+
+
+def parse_hub_spec(spec: str) -> tuple[str, str | None, str | None]:
+    """'hf:org/name/sub/folder@rev' -> ('org/name', 'sub/folder', 'rev')."""
+    m = _HF_SPEC.match(spec)
+    if not m:
+        raise SparsesteerError(f"{spec!r} is not a hub SAE id: expected hf:ORG/NAME[/SUBFOLDER][@REVISION]")
+    return m["repo"], m["sub"], m["rev"]
+
+
+def _listing(path: Path, limit: int = 40) -> str:
+    files = sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
+    if not files:
+        return "nothing"
+    return ", ".join(files[:limit]) + (f", ... ({len(files) - limit} more)" if len(files) > limit else "")
+
+
+def download(spec: str) -> tuple[Path, dict[str, Any]]:
+    """Fetch (or find in the cache) the hub SAE `spec`: its local directory and its source record."""
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+
+    from ..utils.hub import check_hub
+
+    repo, sub, rev = parse_hub_spec(spec)
+    patterns = [f"{sub}/*"] if sub else None
+
+    def fetch(local_only: bool) -> str:
+        return snapshot_download(repo, revision=rev, allow_patterns=patterns, local_files_only=local_only)
+
+    def cached() -> bool:
+        try:
+            fetch(True)
+            return True
+        except Exception:
+            return False
+
+    check_hub(repo, what="SAE", flag="--sae", cached=cached)
+    try:
+        root = Path(fetch(False))
+    except LocalEntryNotFoundError:
+        from ..utils.hub import unreachable_error
+
+        raise unreachable_error("SAE", repo, "--sae") from None
+    except (HfHubHTTPError, OSError, ValueError) as e:
+        raise SparsesteerError(f"cannot download the SAE {spec!r} from the Hugging Face hub: {e}") from None
+    path = root / sub if sub else root
+    if not path.is_dir():
+        raise SparsesteerError(f"{spec}: the repository has no folder {sub!r} (found: {_listing(root)})")
+    source = {"spec": spec, "hub": repo, "subfolder": sub, "revision": root.name, "requested_revision": rev}
+    return path, source
 
 
 def _read_weights(file: Path) -> dict[str, torch.Tensor]:

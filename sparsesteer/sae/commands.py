@@ -76,6 +76,33 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--config", metavar="TOML", help="TOML/JSON file with [sae] and [train] tables; flags override it")
     p.set_defaults(func=run_train)
 
+    from .config import ExportConfig
+
+    e = sub.add_parser(
+        "export",
+        help="write an SAE in SAELens' or sparsify's layout",
+        description="Write one of our SAEs (a directory or hf:REPO[/SUBFOLDER][@REVISION]) in SAELens' layout "
+        "(cfg.json + sae_weights.safetensors; relu, topk, jumprelu, batchtopk as jumprelu) or sparsify's "
+        "(cfg.json + sae.safetensors; topk only). The export is read back and its encodings compared with "
+        "the original's. See docs/sae.md.",
+        epilog="examples:\n  sparsesteer export --sae runs/sae --format saelens --out runs/sae-saelens\n"
+        "  sparsesteer export --sae runs/sae --format sparsify --out runs/sparsify/blocks.9.resid_post\n",
+        formatter_class=HelpFormatter,
+    )
+    config_utils.add_arguments(e, ExportConfig, metavars={"sae": "DIR|hf:REPO", "out": "DIR"})
+    e.set_defaults(func=run_export)
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from .base import SparseAutoencoder
+    from .config import ExportConfig
+    from .export import export_sae
+
+    cfg = config_utils.from_args(ExportConfig, args)
+    out = export_sae(SparseAutoencoder.load(cfg.sae), cfg.format, cfg.out)
+    print(f"wrote {cfg.format} SAE to {out}")
+    return 0
+
 
 def _split(value: Any, name: str) -> list[str]:
     items = [v.strip() for v in str(value).split(",") if v.strip()]

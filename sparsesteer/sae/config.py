@@ -356,3 +356,15 @@ class EvaluateConfig(DeviceOptions):
         if self.max_rows is not None:
             _require(self.max_rows >= 1, "--max-rows", ">= 1", self.max_rows)
         super().__post_init__()
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """`sparsesteer export`: write one of our SAEs in another library's layout."""
+
+    sae: str
+    """Our SAE: a directory or hf:REPO[/SUBFOLDER][@REVISION]."""
+    format: Literal["saelens", "sparsify"]
+    """Target layout: saelens (cfg.json + sae_weights.safetensors) or sparsify (cfg.json + sae.safetensors)."""
+    out: str
+    """Output directory (must not exist or be empty)."""
