@@ -17,6 +17,7 @@ import numpy as np
 from ...models.hook_names import hook_name
 from ...utils import io
 from ...utils.errors import SparsesteerError
+from ..context import RunContext
 from . import paper
 from .config import VS2Config
 
@@ -31,18 +32,14 @@ if TYPE_CHECKING:
     from ...steering.classify import CLSClassifier
 
 
-class VS2Run:
+class VS2Run(RunContext):
     """One `reproduce vs2` run: settings, run directory and the resources the stages share."""
 
     def __init__(self, cfg: VS2Config, out: str | Path):
-        self.cfg = cfg
-        self.out = Path(out)
-        self._bb: Backbone | None = None
+        super().__init__(cfg, out)
         self._ds: dict[str, ImageDataset] = {}
 
     # ------------------------------------------------------------------ paths and arrays
-    def path(self, *parts: str) -> Path:
-        return self.out.joinpath(*parts)
 
     def save_array(self, name: str, array: np.ndarray | torch.Tensor) -> None:
         if hasattr(array, "cpu"):  # a tensor
@@ -60,18 +57,11 @@ class VS2Run:
         return validation_split(n, self.cfg.val_fraction, self.cfg.seed)
 
     # ------------------------------------------------------------------ model and data
-    @property
-    def backbone(self) -> Backbone:
-        if self._bb is None:
-            from ...models import load_backbone
-            from ...utils.device import resolve_device
-
-            self._bb = load_backbone(self.cfg.model, device=resolve_device(self.cfg.device))
-            if self._bb.arch != "clip":
-                raise SparsesteerError(
-                    f"VS2 needs a CLIP backbone (zero-shot through the CLS head); {self.cfg.model!r} is {self._bb.arch}"
-                )
-        return self._bb
+    def check_backbone(self, backbone: Backbone) -> None:
+        if backbone.arch != "clip":
+            raise SparsesteerError(
+                f"VS2 needs a CLIP backbone (zero-shot through the CLS head); {self.cfg.model!r} is {backbone.arch}"
+            )
 
     def dataset(self, split: str) -> ImageDataset:
         """The split, downloading a built-in dataset first when it is not under the data root."""

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 from ....models.hook_names import hook_name
 from ....sae.provenance import Provenance
 from ....utils.errors import SparsesteerError
+from ...context import RunContext
 from ..saes import BlockSAEs, SAEKey, sae_provenance
 from .config import SparsityConfig, parse_blocks
 
@@ -24,7 +25,6 @@ __all__ = ["SAEKey", "SparsityRun", "cache_tokens", "has_class_names", "sae_prov
 if TYPE_CHECKING:
     from ....activations.cache import ActivationCache, RowView
     from ....data.datasets import ImageDataset
-    from ....models.backbone import Backbone
     from ....models.zeroshot import ZeroShotClassifier
 
 
@@ -39,28 +39,14 @@ def has_class_names(classes: list[str] | None) -> bool:
     return bool(classes) and classes != [str(i) for i in range(len(classes))]
 
 
-class SparsityRun(BlockSAEs):
+class SparsityRun(RunContext, BlockSAEs):
     """One `reproduce sparsity` run: settings, run directory and the resources the stages share."""
 
     def __init__(self, cfg: SparsityConfig, out: str | Path):
-        self.cfg = cfg
-        self.out = Path(out)
-        self._bb: Backbone | None = None
+        super().__init__(cfg, out)
         self._ds: dict[str, ImageDataset] = {}
 
-    def path(self, *parts: str) -> Path:
-        return self.out.joinpath(*parts)
-
     # ------------------------------------------------------------------ model and data
-    @property
-    def backbone(self) -> Backbone:
-        if self._bb is None:
-            from ....models import load_backbone
-            from ....utils.device import resolve_device
-
-            self._bb = load_backbone(self.cfg.model, device=resolve_device(self.cfg.device), revision=self.cfg.revision)
-        return self._bb
-
     def dataset(self, split: str) -> ImageDataset:
         """The (limited) split, downloading a built-in dataset first when it is not under the data root."""
         if split not in self._ds:

@@ -15,6 +15,7 @@ import numpy as np
 
 from ....utils import io
 from ....utils.errors import SparsesteerError
+from ...context import RunContext
 from .config import SteerabilityConfig
 
 if TYPE_CHECKING:
@@ -26,20 +27,16 @@ if TYPE_CHECKING:
     from ....sae import SparseAutoencoder
 
 
-class SteerabilityRun:
+class SteerabilityRun(RunContext):
     """One `reproduce steerability` run: settings, run directory and the resources the stages share."""
 
     def __init__(self, cfg: SteerabilityConfig, out: str | Path):
-        self.cfg = cfg
-        self.out = Path(out)
-        self._bb: Backbone | None = None
+        super().__init__(cfg, out)
         self._control: Backbone | None = None
         self._ds: ImageDataset | None = None
         self._pixels: list[torch.Tensor] | None = None
 
     # ------------------------------------------------------------------ paths and files
-    def path(self, *parts: str) -> Path:
-        return self.out.joinpath(*parts)
 
     def save_array(self, name: str, array: Any) -> None:
         if hasattr(array, "cpu"):
@@ -58,19 +55,12 @@ class SteerabilityRun:
         return io.read_json(path) if path.is_file() else []
 
     # ------------------------------------------------------------------ models, data, vocabulary
-    @property
-    def backbone(self) -> Backbone:
-        if self._bb is None:
-            from ....models import load_backbone
-            from ....utils.device import resolve_device
-
-            self._bb = load_backbone(self.cfg.model, device=resolve_device(self.cfg.device))
-            if not self._bb.has_text:
-                raise SparsesteerError(
-                    f"steerability reads image embeddings out against text embeddings: {self.cfg.model!r} "
-                    f"({self._bb.arch}) has no text tower"
-                )
-        return self._bb
+    def check_backbone(self, backbone: Backbone) -> None:
+        if not backbone.has_text:
+            raise SparsesteerError(
+                f"steerability reads image embeddings out against text embeddings: {self.cfg.model!r} "
+                f"({backbone.arch}) has no text tower"
+            )
 
     @property
     def control_backbone(self) -> Backbone:

@@ -19,13 +19,13 @@ from ....models.hook_names import hook_name
 from ....sae.provenance import Provenance
 from ....utils import io
 from ....utils.errors import SparsesteerError
+from ...context import RunContext
 from ..saes import BlockSAEs, SAEKey
 from ..sparsity.config import parse_blocks
 from .config import TASKS, DisentangleConfig, SuppressionOptions, TypographicConfig, parse_ns, parse_prompts
 
 if TYPE_CHECKING:
     from ....data.datasets import ImageDataset
-    from ....models.backbone import Backbone
     from ....models.zeroshot import ZeroShotClassifier
 
 
@@ -70,29 +70,15 @@ class ImageSet:
         return {"split": self.split, "n": len(self.images), "dataset": d.get("name"), "subset": d.get("subset")}
 
 
-class SuppressionRun(BlockSAEs):
+class SuppressionRun(RunContext, BlockSAEs):
     """One suppression run: settings, run directory and the resources the stages share."""
 
     def __init__(self, cfg: SuppressionOptions, out: str | Path):
-        self.cfg = cfg
-        self.out = Path(out)
+        super().__init__(cfg, out)
         self.kind = "disentangle" if isinstance(cfg, DisentangleConfig) else "typographic"
-        self._bb: Backbone | None = None
         self._sets: dict[str, ImageSet] = {}
 
-    def path(self, *parts: str) -> Path:
-        return self.out.joinpath(*parts)
-
     # ------------------------------------------------------------------ model, SAEs
-    @property
-    def backbone(self) -> Backbone:
-        if self._bb is None:
-            from ....models import load_backbone
-            from ....utils.device import resolve_device
-
-            self._bb = load_backbone(self.cfg.model, device=resolve_device(self.cfg.device), revision=self.cfg.revision)
-        return self._bb
-
     @property
     def blocks(self) -> tuple[int, ...]:
         return parse_blocks(self.cfg.blocks, self.backbone.n_blocks)
