@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -12,6 +12,7 @@ import numpy as np
 
 from ..models.templates import TemplateSet
 from ..models.zeroshot_run import DEFAULT_TEXT_CACHE
+from ..utils.config import REPEATABLE
 from ..utils.errors import SparsesteerError
 from ..utils.options import DataOptions, DeviceOptions, ModelOptions, RunOptions, _chain, positive_int
 from .tuning import N_NEIGHBOURS
@@ -188,7 +189,7 @@ class SteerFeaturesConfig(SteerImages):
 
     sae: str
     """SAE directory (its hook, tokens and model are checked against the model and the edit)."""
-    latent: tuple[int, ...]
+    latent: tuple[int, ...] = field(metadata=REPEATABLE)
     """Latent index to steer; repeat the flag (or give a comma list) for several."""
     keep_error: bool = True
     """Keep the SAE error term x - decode(encode(x)) (only the edited latents change the activation)."""
@@ -208,7 +209,7 @@ class SteerFeaturesConfig(SteerImages):
 class SteerNeuronsConfig(SteerImages):
     """`sparsesteer steer neurons`: residual-stream dimensions edited directly, predictions before and after."""
 
-    neuron: tuple[int, ...]
+    neuron: tuple[int, ...] = field(metadata=REPEATABLE)
     """Residual dimension to steer; repeat the flag (or give a comma list) for several."""
 
     def __post_init__(self) -> None:

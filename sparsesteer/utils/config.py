@@ -200,6 +200,18 @@ def help_for(cls: type, name: str) -> str:
     return f"{doc} (default: {default})".replace("%", "%%")
 
 
+REPEATABLE = {"repeatable": True}
+"""Field metadata: repeated flags add up (`--latent 3 --latent 7`). List fields of strings always do;
+numeric grids (`--lams 0,1,2`) take a comma list and, as argparse does, the last flag wins."""
+
+
+class _CommaList(argparse.Action):
+    """A list option given as a comma list; a repeated flag replaces the earlier one."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: str | None = None) -> None:
+        setattr(namespace, self.dest, [v.strip() for v in str(values).split(",") if v.strip()])
+
+
 class _Extend(argparse.Action):
     """A list option given as repeated flags and/or comma lists: --hook a --hook b,c -> [a, b, c]."""
 
@@ -222,7 +234,8 @@ def add_arguments(
     """Add `--field-name` options for the chosen fields of `cls` (all but `exclude` when `names` is
     None); their argparse default is None so that only flags actually given override a config file.
     Fields without a default are required flags unless `required=False` (a config file may give them).
-    List fields (list[X], tuple[X, ...]) take repeated flags and/or comma lists."""
+    List fields (list[X], tuple[X, ...]) take comma lists; repeated flags add up for lists of strings
+    and fields marked `REPEATABLE`, else the last one wins."""
     flags = flags or {}
     metavars = metavars or {}
     hints = _resolve_hints(cls)
@@ -246,7 +259,8 @@ def add_arguments(
         elif origin is typing.Literal:
             kwargs["choices"] = list(typing.get_args(tp))
         elif origin is list or (origin is tuple and (typing.get_args(tp)[1:] == (Ellipsis,))):
-            kwargs["action"] = _Extend
+            repeat = typing.get_args(tp)[:1] == (str,) or f.metadata.get("repeatable", False)
+            kwargs["action"] = _Extend if repeat else _CommaList
             kwargs["metavar"] = metavars.get(f.name, f.name.upper().removesuffix("S"))
         else:
             kwargs["metavar"] = metavars.get(f.name, f.name.upper())
