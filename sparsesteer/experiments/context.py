@@ -7,10 +7,13 @@ module does not import torch (the CLI builds `--help` from the packages that imp
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..activations.produce import CacheConfig
+    from ..data.datasets import ImageDataset
     from ..models.backbone import Backbone
 
 
@@ -42,3 +45,64 @@ class RunContext:
 
     def check_backbone(self, backbone: Backbone) -> None:
         """Refuse a model this experiment cannot use (a SparsesteerError naming it); any by default."""
+
+
+class TrainTestRun(RunContext):
+    """A run over a train and a test split of one dataset, each optionally a `--limit` sample
+    (`cfg.dataset`, `train_split`, `test_split`, `limit_train`, `limit_test`, `seed`, `data_root` and
+    the run options): the limited splits, opened (downloaded if missing) once, and the settings of
+    the activation caches the stages write."""
+
+    def __init__(self, cfg: Any, out: str | Path):
+        super().__init__(cfg, out)
+        self._ds: dict[str, ImageDataset] = {}
+
+    def limit(self, split: str) -> int | None:
+        c = self.cfg
+        return c.limit_train if split == c.train_split else c.limit_test
+
+    def dataset(self, split: str) -> ImageDataset:
+        """The (limited) split, downloading a built-in dataset first when it is not under the data root."""
+        if split not in self._ds:
+            from ..data import ensure_dataset, limit_dataset
+
+            c = self.cfg
+            ds = limit_dataset(ensure_dataset(c.dataset, split, data_root=c.data_root), self.limit(split), c.seed)
+            self.check_dataset(ds)
+            self._ds[split] = ds
+        return self._ds[split]
+
+    def check_dataset(self, dataset: ImageDataset) -> None:
+        """Refuse a dataset this experiment cannot use (a SparsesteerError naming it); any by default."""
+
+    def cache_config(
+        self,
+        split: str,
+        hooks: Sequence[str],
+        tokens: str,
+        out: str | Path,
+        *,
+        model: str | None = None,
+        dtype: str = "float32",
+    ) -> CacheConfig:
+        """The settings of an activation cache of `split` (the limited sample, the run's options)."""
+        from ..activations.produce import CacheConfig
+
+        c = self.cfg
+        return CacheConfig(
+            model=model or c.model,
+            revision=None if model else getattr(c, "revision", None),
+            dataset=c.dataset,
+            split=split,
+            hooks=tuple(hooks),
+            tokens=tokens,
+            out=str(out),
+            dtype=dtype,
+            batch_size=c.batch_size,
+            limit=self.limit(split),
+            limit_seed=c.seed,
+            workers=c.workers,
+            device=c.device,
+            data_root=c.data_root,
+            on_bad_image=c.on_bad_image,
+        )

@@ -38,31 +38,14 @@ log = logging.getLogger(__name__)
 def cache(run: VS2Run) -> None:
     """CLS of every block's output for train (only the final one without in-forward rows), of the
     final block for test; the labels of both as arrays."""
-    from ...activations.produce import CacheConfig, cache_activations
+    from ...activations.produce import cache_activations
 
     c = run.cfg
     final = hook_name(run.final_block)
     train_hooks = [hook_name(b) for b in range(run.backbone.n_blocks)] if c.in_forward else [final]
-    for split, hooks, limit in ((c.train_split, train_hooks, c.limit_train), (c.test_split, [final], c.limit_test)):
+    for split, hooks in ((c.train_split, train_hooks), (c.test_split, [final])):
         run.dataset(split)  # download / validate first, with clear errors
-        cache_activations(
-            CacheConfig(
-                model=c.model,
-                dataset=c.dataset,
-                split=split,
-                hooks=tuple(hooks),
-                tokens="cls",
-                out=str(run.path("cache", split)),
-                dtype=c.cache_dtype,
-                batch_size=c.batch_size,
-                limit=limit,
-                limit_seed=c.seed,
-                workers=c.workers,
-                device=c.device,
-                data_root=c.data_root,
-                on_bad_image=c.on_bad_image,
-            )
-        )
+        cache_activations(run.cache_config(split, hooks, "cls", run.path("cache", split), dtype=c.cache_dtype))
     run.save_array("train_labels", run.cls_rows(c.train_split).labels)
     run.save_array("test_labels", run.cls_rows(c.test_split).labels)
 
@@ -75,28 +58,11 @@ def retrieval(run: VS2Run) -> None:
             emb = run.cls_classifier().embed(run.cls_rows(split).x)
         else:
             from ...activations.cache import ActivationCache
-            from ...activations.produce import CacheConfig, cache_activations
+            from ...activations.produce import cache_activations
 
             head = str(HookPoint.head())
-            limit = c.limit_train if split == c.train_split else c.limit_test
             out = run.path("cache", f"retriever-{split}")
-            cache_activations(
-                CacheConfig(
-                    model=c.retriever,
-                    dataset=c.dataset,
-                    split=split,
-                    hooks=(head,),
-                    tokens="cls",
-                    out=str(out),
-                    batch_size=c.batch_size,
-                    limit=limit,
-                    limit_seed=c.seed,
-                    workers=c.workers,
-                    device=c.device,
-                    data_root=c.data_root,
-                    on_bad_image=c.on_bad_image,
-                )
-            )
+            cache_activations(run.cache_config(split, (head,), "cls", out, model=c.retriever))
             emb = ActivationCache.open(out, verify="none").rows(head).read_all().x
             n_clip = run.load_array("train_labels" if split == c.train_split else "test_labels").shape[0]
             if emb.shape[0] != n_clip:

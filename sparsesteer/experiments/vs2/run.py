@@ -9,7 +9,6 @@ does not import torch.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -17,7 +16,7 @@ import numpy as np
 from ...models.hook_names import hook_name
 from ...utils import io
 from ...utils.errors import SparsesteerError
-from ..context import RunContext
+from ..context import TrainTestRun
 from . import paper
 from .config import VS2Config
 
@@ -32,12 +31,10 @@ if TYPE_CHECKING:
     from ...steering.classify import CLSClassifier
 
 
-class VS2Run(RunContext):
+class VS2Run(TrainTestRun):
     """One `reproduce vs2` run: settings, run directory and the resources the stages share."""
 
-    def __init__(self, cfg: VS2Config, out: str | Path):
-        super().__init__(cfg, out)
-        self._ds: dict[str, ImageDataset] = {}
+    cfg: VS2Config
 
     # ------------------------------------------------------------------ paths and arrays
 
@@ -63,18 +60,11 @@ class VS2Run(RunContext):
                 f"VS2 needs a CLIP backbone (zero-shot through the CLS head); {self.cfg.model!r} is {backbone.arch}"
             )
 
-    def dataset(self, split: str) -> ImageDataset:
-        """The split, downloading a built-in dataset first when it is not under the data root."""
-        if split not in self._ds:
-            from ...data import ensure_dataset, limit_dataset
-
-            name, c = self.cfg.dataset, self.cfg
-            limit = c.limit_train if split == c.train_split else c.limit_test
-            ds = limit_dataset(ensure_dataset(name, split, data_root=c.data_root), limit, c.seed)
-            if not ds.classes:
-                raise SparsesteerError(f"dataset {name!r} has no class names: zero-shot classification needs them")
-            self._ds[split] = ds
-        return self._ds[split]
+    def check_dataset(self, dataset: ImageDataset) -> None:
+        if not dataset.classes:
+            raise SparsesteerError(
+                f"dataset {self.cfg.dataset!r} has no class names: zero-shot classification needs them"
+            )
 
     @property
     def final_block(self) -> int:

@@ -42,27 +42,17 @@ SAE_MEMORY_BUDGET = 8 << 30
 def cache(run: SparsityRun) -> None:
     """Each chosen block's hook for the test split (and the train split when training), in one
     forward per batch; a cache of other settings in the way is replaced, an interrupted one resumed."""
-    from ....activations.produce import CacheConfig, cache_activations
+    from ....activations.produce import cache_activations
 
     c = run.cfg
     splits = [c.train_split, c.test_split] if run.trains else [c.test_split]
     for split in splits:
-        cfg = CacheConfig(
-            model=c.model,
-            revision=c.revision,
-            dataset=c.dataset,
-            split=split,
-            hooks=tuple(run.hook(b) for b in run.blocks),
-            tokens=cache_tokens(c.tokens),
-            out=str(run.path("cache", split)),
+        cfg = run.cache_config(
+            split,
+            [run.hook(b) for b in run.blocks],
+            cache_tokens(c.tokens),
+            run.path("cache", split),
             dtype=c.cache_dtype,
-            batch_size=c.batch_size,
-            limit=c.limit_train if split == c.train_split else c.limit_test,
-            limit_seed=c.seed,
-            workers=c.workers,
-            device=c.device,
-            data_root=c.data_root,
-            on_bad_image=c.on_bad_image,
         )
         record = run.path("cache", f"{split}.settings.json")
         settings = to_dict(dataclasses.replace(cfg, batch_size=1, workers=0, device="auto"))  # what changes rows

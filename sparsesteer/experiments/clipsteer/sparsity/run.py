@@ -10,13 +10,12 @@ importing this module does not import torch.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ....models.hook_names import hook_name
 from ....sae.provenance import Provenance
 from ....utils.errors import SparsesteerError
-from ...context import RunContext
+from ...context import TrainTestRun
 from ..saes import BlockSAEs, SAEKey, sae_provenance
 from .config import SparsityConfig, parse_blocks
 
@@ -24,7 +23,6 @@ __all__ = ["SAEKey", "SparsityRun", "cache_tokens", "has_class_names", "sae_prov
 
 if TYPE_CHECKING:
     from ....activations.cache import ActivationCache, RowView
-    from ....data.datasets import ImageDataset
     from ....models.zeroshot import ZeroShotClassifier
 
 
@@ -39,24 +37,12 @@ def has_class_names(classes: list[str] | None) -> bool:
     return bool(classes) and classes != [str(i) for i in range(len(classes))]
 
 
-class SparsityRun(RunContext, BlockSAEs):
+class SparsityRun(TrainTestRun, BlockSAEs):
     """One `reproduce sparsity` run: settings, run directory and the resources the stages share."""
 
-    def __init__(self, cfg: SparsityConfig, out: str | Path):
-        super().__init__(cfg, out)
-        self._ds: dict[str, ImageDataset] = {}
+    cfg: SparsityConfig
 
     # ------------------------------------------------------------------ model and data
-    def dataset(self, split: str) -> ImageDataset:
-        """The (limited) split, downloading a built-in dataset first when it is not under the data root."""
-        if split not in self._ds:
-            from ....data import ensure_dataset, limit_dataset
-
-            c = self.cfg
-            limit = c.limit_train if split == c.train_split else c.limit_test
-            ds = ensure_dataset(c.dataset, split, data_root=c.data_root)
-            self._ds[split] = limit_dataset(ds, limit, c.seed)
-        return self._ds[split]
 
     @property
     def blocks(self) -> tuple[int, ...]:
