@@ -96,6 +96,14 @@ def run_interpret(cfg: InterpretConfig) -> tuple[Path, LatentStats]:
         meta["lens"] = {"vocab": vocab.describe(), "model": model, "template": "{}"}
     stats.meta = meta
     out = save_stats(stats, cfg.out)
+    from ..utils.plots import frequency_histogram
+
+    model = (s.model or {}).get("id") or "unknown model"
+    frequency_histogram(
+        out / "plots" / "frequency.png",
+        stats.frequency,
+        title=f"{model} {view.hook} {meta['activations']['tokens']}, {meta['dataset']['spec']} {s.split}",
+    )
     if cfg.montages:
         from .heatmaps import stats_dataset, write_montages
 

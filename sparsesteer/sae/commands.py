@@ -183,7 +183,20 @@ def run_train(args: argparse.Namespace) -> int:
     for path, metrics in zip(result.paths, result.metrics):
         summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in ("fvu", "l0", "dead_frac"))
         print(f"{path}: {summary}")
+    if len(result.paths) > 1:
+        print(f"wrote {sweep_plot(run.out, source.describe(), sae_cfgs, result.metrics)}")
     return 0
+
+
+def sweep_plot(out: Path, data: dict[str, Any], sae_cfgs: list[Any], metrics: list[dict[str, float]]) -> Path:
+    """OUT/fvu_vs_l0.png: the sweep's members by their last logged training FVU and L0."""
+    from ..utils.plots import fvu_vs_l0
+
+    points = [{"name": c.name, "arch": c.arch, **m} for c, m in zip(sae_cfgs, metrics)]
+    model = (data.get("model") or {}).get("id") or "unknown model"
+    dataset = data.get("dataset") or "unknown data"
+    where = f"{model} {data.get('hook') or ''} {data.get('tokens') or ''} on {dataset} {data.get('split') or ''}"
+    return fvu_vs_l0(Path(out) / "fvu_vs_l0.png", points, title=f"sweep: {where}\ntraining FVU at the last logged step")
 
 
 def run_evaluate(args: argparse.Namespace, extra: Any = None) -> int:

@@ -62,36 +62,20 @@ class GridSearch:
 
     def heatmap(self, path: str | Path, *, title: str) -> Path:
         """PNG heatmap of the grid with the chosen point marked."""
-        import matplotlib
+        from ..utils.plots import grid_heatmap
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        acc = 100 * np.asarray(self.accuracy)
-        fig, ax = plt.subplots(figsize=(7.5, 6))
-        im = ax.imshow(acc, origin="lower", aspect="auto", cmap="viridis")
-        ax.set_xticks(range(len(self.gammas)), [f"{g:g}" for g in self.gammas], rotation=90, fontsize=7)
-        ax.set_yticks(range(len(self.lams)), [f"{v:g}" for v in self.lams], fontsize=7)
-        ax.set_xlabel("gamma")
-        ax.set_ylabel("lambda")
-        i, j = self.lams.index(self.best_lam), self.gammas.index(self.best_gamma)
-        ax.scatter(
-            [j],
-            [i],
-            marker="*",
-            s=180,
-            c="red",
-            label=f"chosen: lam={self.best_lam:g}, gamma={self.best_gamma:g} ({100 * self.best_accuracy:.2f}%)",
+        return grid_heatmap(
+            path,
+            100 * np.asarray(self.accuracy),
+            rows=self.lams,
+            cols=self.gammas,
+            row_label="lambda",
+            col_label="gamma",
+            title=f"{title}\ntop-1 % on {self.split} (n={self.n})",
+            value_label="top-1 %",
+            mark=(self.lams.index(self.best_lam), self.gammas.index(self.best_gamma)),
+            mark_label=f"chosen: lam={self.best_lam:g}, gamma={self.best_gamma:g} ({100 * self.best_accuracy:.2f}%)",
         )
-        ax.legend(loc="upper right", fontsize=8)
-        ax.set_title(f"{title}\ntop-1 % on {self.split} (n={self.n})", fontsize=9)
-        fig.colorbar(im, ax=ax, label="top-1 %")
-        fig.tight_layout()
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=120)
-        plt.close(fig)
-        return path
 
 
 def grid_search(

@@ -221,40 +221,25 @@ def markdown(res: dict[str, Any], classes: list[dict[str, Any]]) -> str:
 
 
 def plots(run: VS2Run, res: dict[str, Any], classes: list[dict[str, Any]]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ...utils.plots import deltas_bar, figure
 
     for pc in classes:
-        entries = pc["all"]
-        fig, ax = plt.subplots(figsize=(max(6, 0.12 * len(entries)), 4))
-        ax.bar(
-            range(len(entries)),
-            [e["delta"] for e in entries],
-            color=["tab:red" if e["delta"] < 0 else "tab:green" for e in entries],
+        deltas_bar(
+            run.path("plots", f"per_class_{pc['method']}.png"),
+            [e["delta"] for e in pc["all"]],
+            xlabel="classes, sorted by change",
+            ylabel="top-1 change vs zero-shot (points)",
+            title=f"{pc['method']} per class: {res['model']['id']} on {res['dataset']} {res['test_split']}",
         )
-        ax.axhline(0, color="black", lw=0.8)
-        ax.set_xlabel("classes, sorted by change")
-        ax.set_ylabel("top-1 change vs zero-shot (points)")
-        ax.set_title(
-            f"{pc['method']} per class: {res['model']['id']} on {res['dataset']} {res['test_split']}", fontsize=9
-        )
-        fig.tight_layout()
-        fig.savefig(run.path("plots", f"per_class_{pc['method']}.png"), dpi=120)
-        plt.close(fig)
     gate = res["fvu_gate"]
     if gate:
-        fig, ax = plt.subplots(figsize=(5, 3.5))
-        ax.plot([100 * g["coverage"] for g in gate], [g["top1"] for g in gate], "o-")
-        for g in gate:
-            ax.annotate(f"q={g['quantile']:g}", (100 * g["coverage"], g["top1"]), fontsize=7)
-        ax.set_xlabel("coverage (% of test samples steered)")
-        ax.set_ylabel("top-1 %")
-        ax.set_title("VS2 with the FVU gate", fontsize=9)
-        fig.tight_layout()
-        fig.savefig(run.path("plots", "fvu_gate.png"), dpi=120)
-        plt.close(fig)
+        with figure(run.path("plots", "fvu_gate.png"), figsize=(5, 3.5)) as (_, ax):
+            ax.plot([100 * g["coverage"] for g in gate], [g["top1"] for g in gate], "o-")
+            for g in gate:
+                ax.annotate(f"q={g['quantile']:g}", (100 * g["coverage"], g["top1"]), fontsize=7)
+            ax.set_xlabel("coverage (% of test samples steered)")
+            ax.set_ylabel("top-1 %")
+            ax.set_title("VS2 with the FVU gate", fontsize=9)
 
 
 def write(run: VS2Run) -> None:

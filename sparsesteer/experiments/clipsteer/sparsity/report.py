@@ -277,31 +277,21 @@ def _blocks_text(blocks: list[int]) -> str:
 
 
 def plots(run: SparsityRun, res: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.ticker import MaxNLocator
+    from ....utils.plots import by_layer, figure
 
     rows = res["rows"]
     title = f"{res['model']['id']} on {res['dataset']} {res['test_split']}"
 
-    def by_layer(stem: str, ylabel: str, series: list[tuple[str, str, str | None]]) -> None:
-        fig, ax = plt.subplots(figsize=(6, 3.8))
-        for label, column, tokens in series:
-            pts = [(r["block"], r[column]) for r in rows if (tokens is None or r["tokens"] == tokens)]
-            pts = [(b, v) for b, v in pts if v is not None]
-            if pts:
-                ax.plot(*zip(*pts), "o-", label=label)
-        ax.set_xlabel("block (0-based)")
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_ylabel(ylabel)
-        ax.set_title(title, fontsize=8)
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-        fig.tight_layout()
-        fig.savefig(run.path("plots", f"{stem}.png"), dpi=120)
-        plt.close(fig)
+    def plot(stem: str, ylabel: str, series: list[tuple[str, str, str | None]]) -> None:
+        by_layer(
+            run.path("plots", f"{stem}.png"),
+            [
+                (label, [(r["block"], r[column]) for r in rows if tokens is None or r["tokens"] == tokens])
+                for label, column, tokens in series
+            ],
+            ylabel=ylabel,
+            title=title,
+        )
 
     configs = res["tokens"]
     l0 = []
@@ -311,20 +301,20 @@ def plots(run: SparsityRun, res: dict[str, Any]) -> None:
         l0.append(("CLS-only SAE", "l0_cls", "cls"))
     if "patch" in configs:
         l0.append(("patch-only SAE", "l0_patch", "patch"))
-    by_layer("l0_by_layer", "average L0 (active latents per token)", l0)
+    plot("l0_by_layer", "average L0 (active latents per token)", l0)
     alive = [(f"{TOKEN_LABELS[t]} SAE", "alive_pct", t) for t in configs]
     if "all" in configs:
         alive += [
             ("all-token SAE, on CLS", "alive_cls_pct", "all"),
             ("all-token SAE, on patches", "alive_patch_pct", "all"),
         ]
-    by_layer("alive_by_layer", "% alive latents", alive)
-    by_layer(
+    plot("alive_by_layer", "% alive latents", alive)
+    plot(
         "ev_by_layer",
         "% explained variance",
         [(f"{TOKEN_LABELS[t]} SAE", "explained_variance_pct", t) for t in configs],
     )
-    by_layer(
+    plot(
         "ce_recovered_by_layer", "% CE recovered", [(f"{TOKEN_LABELS[t]} SAE", "ce_recovered_pct", t) for t in configs]
     )
 
@@ -334,23 +324,27 @@ def plots(run: SparsityRun, res: dict[str, Any]) -> None:
             continue
         n = len(grids)
         cols = min(n, 4)
-        fig, axes = plt.subplots(-(-n // cols), cols, figsize=(2.6 * cols, 2.5 * -(-n // cols)), squeeze=False)
-        for ax in axes.flat[n:]:
-            ax.axis("off")
-        for ax, r in zip(axes.flat, grids):
-            g = np.array(r["l0_patch_grid"], dtype=float)
-            im = ax.imshow(g, cmap="viridis")
-            ax.set_title(f"block {r['block']}", fontsize=8)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if g.shape[0] <= 8:
-                for (i, j), v in np.ndenumerate(g):
-                    ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=5, color="white")
-            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
-        fig.suptitle(f"L0 per patch position, {TOKEN_LABELS[tokens]} SAEs: {title}", fontsize=8)
-        fig.tight_layout()
-        fig.savefig(run.path("plots", f"l0_patch_positions_{tokens}.png"), dpi=120)
-        plt.close(fig)
+        nrows = -(-n // cols)
+        with figure(
+            run.path("plots", f"l0_patch_positions_{tokens}.png"),
+            figsize=(2.6 * cols, 2.5 * nrows),
+            nrows=nrows,
+            ncols=cols,
+            squeeze=False,
+        ) as (fig, axes):
+            for ax in axes.flat[n:]:
+                ax.axis("off")
+            for ax, r in zip(axes.flat, grids):
+                g = np.array(r["l0_patch_grid"], dtype=float)
+                im = ax.imshow(g, cmap="viridis")
+                ax.set_title(f"block {r['block']}", fontsize=8)
+                ax.set_xticks([])
+                ax.set_yticks([])
+                if g.shape[0] <= 8:
+                    for (i, j), v in np.ndenumerate(g):
+                        ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=5, color="white")
+                fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+            fig.suptitle(f"L0 per patch position, {TOKEN_LABELS[tokens]} SAEs: {title}", fontsize=8)
 
 
 def write(run: SparsityRun) -> None:

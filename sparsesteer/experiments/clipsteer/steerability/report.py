@@ -185,39 +185,30 @@ def markdown(res: dict[str, Any]) -> str:
 
 
 def plots(run: SteerabilityRun, res: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ....utils.plots import figure
 
     s = res["settings"]
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    bins = [2 * i / 50 for i in range(51)]
-    for r in res["rows"]:
-        ax.hist(r["S_at_strength"], bins=bins, histtype="step", lw=1.4, label=r["label"])
-    ax.axvline(s["threshold"], color="black", ls="--", lw=0.8, label=f"threshold {s['threshold']:g}")
-    ax.set_yscale("log")
-    ax.set_xlabel(f"steerability S at s = {s['at_strength']:g}")
-    ax.set_ylabel("units")
-    ax.set_title(f"Steerability: {res['model']['id']}", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(run.path("plots", "hist_S.png"), dpi=120)
-    plt.close(fig)
+    with figure(run.path("plots", "hist_S.png"), figsize=(6.5, 4)) as (_, ax):
+        bins = [2 * i / 50 for i in range(51)]
+        for r in res["rows"]:
+            ax.hist(r["S_at_strength"], bins=bins, histtype="step", lw=1.4, label=r["label"])
+        ax.axvline(s["threshold"], color="black", ls="--", lw=0.8, label=f"threshold {s['threshold']:g}")
+        ax.set_yscale("log")
+        ax.set_xlabel(f"steerability S at s = {s['at_strength']:g}")
+        ax.set_ylabel("units")
+        ax.set_title(f"Steerability: {res['model']['id']}", fontsize=9)
+        ax.legend(fontsize=7)
 
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for r in res["rows"]:
-        line = ax.plot(r["curves"]["strengths"], r["curves"]["median_S"], "o-", label=f"{r['label']} (median)")[0]
-        ax.plot(r["curves"]["strengths"], r["curves"]["q90_S"], ":", color=line.get_color())
-    ax.set_xscale("symlog", linthresh=5)
-    ax.axhline(s["threshold"], color="black", ls="--", lw=0.8)
-    ax.set_xlabel("strength s")
-    ax.set_ylabel("S (median; dotted: 90th percentile)")
-    ax.set_title("Steering curves", fontsize=9)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(run.path("plots", "curves.png"), dpi=120)
-    plt.close(fig)
+    with figure(run.path("plots", "curves.png"), figsize=(6.5, 4)) as (_, ax):
+        for r in res["rows"]:
+            line = ax.plot(r["curves"]["strengths"], r["curves"]["median_S"], "o-", label=f"{r['label']} (median)")[0]
+            ax.plot(r["curves"]["strengths"], r["curves"]["q90_S"], ":", color=line.get_color())
+        ax.set_xscale("symlog", linthresh=5)
+        ax.axhline(s["threshold"], color="black", ls="--", lw=0.8)
+        ax.set_xlabel("strength s")
+        ax.set_ylabel("S (median; dotted: 90th percentile)")
+        ax.set_title("Steering curves", fontsize=9)
+        ax.legend(fontsize=7)
 
 
 def write(run: SteerabilityRun) -> None:

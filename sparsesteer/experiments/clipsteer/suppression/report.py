@@ -217,36 +217,31 @@ def markdown(run: SuppressionRun, res: dict[str, Any]) -> str:
 
 
 def plot(run: SuppressionRun, res: dict[str, Any]) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from ....utils.plots import figure
 
     keys = ("accuracy", "worst_group") if run.kind == "disentangle" else ("clean_accuracy", "attacked_accuracy")
-    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 3.6))
     none = next(r for r in res["rows"] if r["method"] == "none")
-    for ax, key in zip(axes, keys):
-        for method in METHODS:
-            by_block: dict[int, dict[str, Any]] = {}
-            for r in res["rows"]:  # per block: the n the selection split prefers
-                if r["method"] == method and (
-                    r["block"] not in by_block or r["select_criterion"] > by_block[r["block"]]["select_criterion"]
-                ):
-                    by_block[r["block"]] = r
-            xs = sorted(by_block)
-            ys = [100 * (by_block[b]["test"][key]["edited"] or math.nan) for b in xs]
-            ax.plot(xs, ys, marker="o", label=method)
-        base = none["test"][key]["edited"]
-        if base is not None:
-            ax.axhline(100 * base, color="gray", linestyle="--", label="no edit")
-        ax.set_xlabel("block")
-        ax.set_ylabel(f"{key.replace('_', ' ')} (%)")
-        ax.set_title(f"{key.replace('_', ' ')} by layer (test; n chosen on selection)")
-    axes[0].legend(fontsize=7)
-    fig.tight_layout()
-    run.path("plots").mkdir(parents=True, exist_ok=True)
-    fig.savefig(run.path("plots", "by_layer.png"), dpi=100)
-    plt.close(fig)
+    with figure(
+        run.path("plots", "by_layer.png"), figsize=(5 * len(keys), 3.6), dpi=100, ncols=len(keys), squeeze=False
+    ) as (_, axes):
+        for ax, key in zip(axes[0], keys):
+            for method in METHODS:
+                by_block: dict[int, dict[str, Any]] = {}
+                for r in res["rows"]:  # per block: the n the selection split prefers
+                    if r["method"] == method and (
+                        r["block"] not in by_block or r["select_criterion"] > by_block[r["block"]]["select_criterion"]
+                    ):
+                        by_block[r["block"]] = r
+                xs = sorted(by_block)
+                ys = [100 * (by_block[b]["test"][key]["edited"] or math.nan) for b in xs]
+                ax.plot(xs, ys, marker="o", label=method)
+            base = none["test"][key]["edited"]
+            if base is not None:
+                ax.axhline(100 * base, color="gray", linestyle="--", label="no edit")
+            ax.set_xlabel("block")
+            ax.set_ylabel(f"{key.replace('_', ' ')} (%)")
+            ax.set_title(f"{key.replace('_', ' ')} by layer (test; n chosen on selection)")
+        axes[0][0].legend(fontsize=7)
 
 
 def write(run: SuppressionRun) -> None:
