@@ -378,7 +378,7 @@ def judge(
     for ch in _chunks(source, n, m, tokens, st.batch_size):
         x = ch.x.to(dev)
         codes = sae.encode(x)
-        xh = sae.decode(codes).float()
+        xh = sae.decode(codes, like=x).float()
         x2, e2, xh2 = x.pow(2).sum(-1), (x - xh).pow(2).sum(-1), xh.pow(2).sum(-1)
         if not (torch.isfinite(x2).all() and torch.isfinite(e2).all()):
             raise SparsesteerError(f"NaN or Inf in the activations or their reconstruction near image {n_images}")
