@@ -266,7 +266,7 @@ class SparseAutoencoder(nn.Module):
     # ---------------------------------------------------------------- persistence
     def save(self, path: str | Path, **metadata: Any) -> Path:
         """Write cfg.json + sae.safetensors (atomically, weights checksummed) to `path`."""
-        from .checkpoint import save_sae
+        from .formats import save_sae
 
         self.metadata.update(metadata)
         return save_sae(self, path)
@@ -275,9 +275,11 @@ class SparseAutoencoder(nn.Module):
     def load(
         cls, path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
     ) -> SparseAutoencoder:
-        """Load a sparsesteer, sparsify or SAELens SAE from a directory or from the Hugging Face hub
-        (`hf:REPO[/SUBFOLDER][@REVISION]`; the repo and commit go to metadata["source"]). Never unpickles."""
-        from .checkpoint import load_sae
+        """Load an SAE in our layout or one of the published layouts `sae/formats/` reads (SAELens,
+        sparsify, ViT-Prisma, dictionary_learning / sae-for-vlm, ViSAEBench) from a directory, a
+        checkpoint file or the Hugging Face hub (`hf:REPO[/SUBFOLDER][@REVISION]`; the repo and commit
+        go to metadata["source"]). Pickles are read tensors-only (weights_only=True) or refused."""
+        from .formats import load_sae
 
         return load_sae(path, device=device, dtype=dtype)
 

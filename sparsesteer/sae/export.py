@@ -125,7 +125,7 @@ def _sparsify(sae: SparseAutoencoder, out: Path) -> None:
 
 def export_sae(sae: SparseAutoencoder, fmt: str, out: str | Path, *, check_rows: int = 256) -> Path:
     """Write `sae` to `out` in `fmt`'s layout, then read it back and compare encodings."""
-    from .checkpoint import load_sae
+    from .formats import load_sae
 
     if fmt not in FORMATS:
         raise SparsesteerError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")
