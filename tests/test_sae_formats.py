@@ -431,7 +431,45 @@ def test_published_sae_of_another_width_is_refused_by_the_model_hook(tmp_path, t
     (tmp_path / "sl" / "cfg.json").write_text(
         json.dumps({"d_in": D, "d_sae": N, "hook_name": "blocks.1.hook_resid_post"})
     )
-    for where in ("prisma", f"dl/{RUN}", "vb", "sl"):
+    (tmp_path / "sp").mkdir()
+    save_file(
+        {"encoder.weight": rand(N, D), "encoder.bias": rand(N), "W_dec": rand(N, D), "b_dec": rand(D)},
+        str(tmp_path / "sp" / "sae.safetensors"),
+    )
+    (tmp_path / "sp" / "cfg.json").write_text(json.dumps({"d_in": D, "num_latents": N, "k": K}))
+    SparseAutoencoder.load(tmp_path / "sp").save(tmp_path / "ours")
+    for where in ("prisma", f"dl/{RUN}", "vb", "sl", "sp", "ours"):
         sae = SparseAutoencoder.load(tmp_path / where)
         with pytest.raises(SparsesteerError, match=r"width d_in=8, but blocks.1.resid_post of .* has width 32"):
             check_sae(bb, sae, "blocks.1.resid_post", "all", allow_mismatch=True)
+
+
+@pytest.mark.slow  # a subprocess (hub offline mode is process-wide)
+def test_visaebench_hub_id_names_its_backbone_and_source(tmp_path):
+    from test_sae_export import COMMIT, hub_cache, run_cli
+
+    made = {}
+    hub_cache(
+        tmp_path / "hf",
+        "visaebench/clip-vitb16-saes",
+        lambda snap: made.update(
+            zip(("sd", "mean", "std", "cfg"), vb_repo(snap / "batchtopk_4x_k4", "batchtopk", layer=None))
+        ),
+    )
+    code = (
+        "from sparsesteer.sae import SparseAutoencoder; import json, torch; "
+        "s = SparseAutoencoder.load(sys.argv[1]); x = torch.load(sys.argv[2]); "
+        "print(json.dumps({'meta': {k: s.metadata[k] for k in ('hook', 'tokens', 'model')}, "
+        "'hub': s.metadata['source']['hub'], 'rev': s.metadata['source']['revision'], "
+        "'fmt': s.metadata['source']['format'], 'codes': s.encode_dense(x).tolist()}))"
+    )
+    x = inputs(6)
+    torch.save(x, tmp_path / "x.pt")
+    out = run_cli(
+        ["hf:visaebench/clip-vitb16-saes/batchtopk_4x_k4", str(tmp_path / "x.pt")], tmp_path / "hf", tmp_path, code
+    )
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.splitlines()[-1])
+    assert got["meta"] == {"hook": None, "tokens": "patch", "model": {"id": "openai/clip-vit-base-patch16"}}
+    assert got["hub"] == "visaebench/clip-vitb16-saes" and got["rev"] == COMMIT and got["fmt"] == "visaebench"
+    close(torch.tensor(got["codes"]), vb_reference(made["sd"], made["mean"], made["std"], made["cfg"], x)[0])
