@@ -473,3 +473,54 @@ def test_visaebench_hub_id_names_its_backbone_and_source(tmp_path):
     assert got["meta"] == {"hook": None, "tokens": "patch", "model": {"id": "openai/clip-vit-base-patch16"}}
     assert got["hub"] == "visaebench/clip-vitb16-saes" and got["rev"] == COMMIT and got["fmt"] == "visaebench"
     close(torch.tensor(got["codes"]), vb_reference(made["sd"], made["mean"], made["std"], made["cfg"], x)[0])
+
+
+def test_evaluate_judges_published_saes_side_by_side(tmp_path, capsys):
+    from helpers import make_activation_cache
+
+    from sparsesteer.activations.cache import ActivationCache
+    from sparsesteer.cli import main
+
+    cache = make_activation_cache(tmp_path / "cache", n_images=100, positions=(0, 1, 2, 3, 4), d=D)
+    sd_p = prisma_repo(tmp_path / "prisma")  # layer_norm per row, CLS tokens
+    sd_d = dl_repo(tmp_path / "dl", "MatroyshkaBatchTopKSAE")
+    saes = [str(tmp_path / "prisma"), str(tmp_path / "dl" / RUN)]
+    out = tmp_path / "judged"
+    argv = ["evaluate", "--sae", saes[0], "--sae", saes[1], "--activations", str(cache), "--out", str(out)]
+    assert main([*argv, "--suite", "reconstruction", "--allow-mismatch"]) == 0, capsys.readouterr().err
+    doc = json.loads((out / "judge.json").read_text())
+    fvu = [next(m["value"] for m in s["metrics"] if m["name"] == "fvu") for s in doc["saes"]]
+    view = ActivationCache.open(cache).rows("blocks.2.resid_post", "cls")
+    x = view.read_all().x.to(F64)
+    x_hat = prisma_reference(sd_p, x, arch="standard", act="relu", norm="layer_norm")[1]
+    assert fvu[0] == pytest.approx(float((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()), rel=1e-4)
+    x = ActivationCache.open(cache).rows("blocks.2.resid_post").read_all().x.to(F64)
+    x_hat = dl_reference(sd_d, "MatroyshkaBatchTopKSAE", x)[1]
+    assert fvu[1] == pytest.approx(float((x - x_hat).pow(2).sum() / (x - x.mean(0)).pow(2).sum()), rel=1e-4)
+    # without --allow-mismatch the published SAEs' provenance (hook, model) is compared and refused
+    capsys.readouterr()
+    assert main([*argv[:-1], str(tmp_path / "again"), "--suite", "reconstruction"]) == 2
+    err = capsys.readouterr().err
+    assert "disagree" in err and "hook: 'blocks.9.resid_post' vs 'blocks.2.resid_post'" in err
+
+
+def test_steering_edits_undo_a_row_normalisation(tmp_path):
+    from sparsesteer.steering.edits import apply_edit
+
+    sd = prisma_repo(tmp_path / "p")  # layer_norm per row
+    sae = SparseAutoencoder.load(tmp_path / "p")
+    x = inputs()
+    f, _ = prisma_reference(sd, x, arch="standard", act="relu", norm="layer_norm")
+    j = int(f.gt(0).sum(0).argmax())  # a latent active on many rows
+
+    def edit(codes):
+        codes[:, j] = 2.0
+        return codes
+
+    f_new = f.clone()
+    f_new[:, j] = 2.0
+    _, out = prisma_norm(x.to(F64), "layer_norm")
+    spliced = out(f_new @ sd["W_dec"] + sd["b_dec"])
+    kept = x.to(F64) + (out(f_new @ sd["W_dec"] + sd["b_dec"]) - out(f @ sd["W_dec"] + sd["b_dec"]))
+    close(apply_edit(sae, x, edit, keep_error=False), spliced)
+    close(apply_edit(sae, x, edit, keep_error=True), kept)
