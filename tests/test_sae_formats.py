@@ -159,6 +159,18 @@ def test_prisma_refusals(tmp_path):
     prisma_repo(tmp_path / "tc", is_transcoder=True)
     with pytest.raises(SparsesteerError, match="transcoders are not supported"):
         SparseAutoencoder.load(tmp_path / "tc")
+    # fields that change the rule take ViT-Prisma's defaults when absent (topk, layer_norm), and say so
+    prisma_repo(tmp_path / "old", act="topk")
+    cfg = json.loads((tmp_path / "old" / "config.json").read_text())
+    for key in ("activation_fn_str", "normalize_activations", "layer_subtype"):
+        del cfg[key]
+    (tmp_path / "old" / "config.json").write_text(json.dumps(cfg))
+    old = SparseAutoencoder.load(tmp_path / "old")
+    assert old.cfg.arch == "topk" and old.row_norm["kind"] == "layer_norm" and old.metadata["hook"] is None
+    assert old.metadata["source"]["defaults_applied"] == {
+        "activation_fn_str": "topk",
+        "normalize_activations": "layer_norm",
+    }
     prisma_repo(tmp_path / "ln2", layer_subtype="ln2.hook_normalized")
     sae = SparseAutoencoder.load(tmp_path / "ln2")  # no equivalent hook of ours: unknown, original kept
     assert sae.metadata["hook"] is None and sae.metadata["source"]["hook"] == "blocks.9.ln2.hook_normalized"

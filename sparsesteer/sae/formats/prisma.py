@@ -12,7 +12,7 @@ several checkpoints.
 
 Tensors: standard W_enc [d, n], b_enc [n], W_dec [n, d], b_dec [d]; gated adds b_gate, r_mag, b_mag.
 Rule: x_n = norm_in(x) (normalize_activations layer_norm | constant_norm_rescale, anything else the
-identity); pre = (x_n - b_dec) @ W_enc + b_enc; relu: ReLU(pre); topk (activation_fn_kwargs.k): the k
+identity; an absent rule field takes the library's default, RULE_DEFAULTS); pre = (x_n - b_dec) @ W_enc + b_enc; relu: ReLU(pre); topk (activation_fn_kwargs.k): the k
 largest pre, ReLU'd; gated: [ (x_n - b_dec) @ W_enc + b_gate > 0 ] * ReLU((x_n - b_dec) @ (W_enc *
 exp(r_mag)) + b_mag) = a JumpReLU (common.gated_as_jumprelu); x_hat = norm_out(acts @ W_dec + b_dec).
 Hooks: HookedViT names `blocks.{hook_point_layer}.{layer_subtype}` (TransformerLens style, block
@@ -33,6 +33,10 @@ from .common import build_sae, gated_as_jumprelu, listing, read_pickle, require,
 from .hooks import from_transformerlens
 
 CONFIG = "config.json"
+RULE_DEFAULTS = {"architecture": "standard", "activation_fn_str": "topk", "normalize_activations": "layer_norm"}
+"""VisionModelSAERunnerConfig's defaults for the fields that change the encoding: ViT-Prisma's
+`load_config` fills an absent field with them, so we do too (and record which). Absent provenance
+fields (hook_point_layer, layer_subtype, model_name) are left unknown rather than defaulted."""
 CONFIG_KEYS = ("layer_subtype", "hook_point_layer", "activation_fn_str")
 """config.json keys that mark a ViT-Prisma SAE config (VisionModelSAERunnerConfig)."""
 
@@ -79,8 +83,9 @@ def load_prisma(path: Path, file: Path | None = None) -> SparseAutoencoder:
             f"{file}: W_dec has {n} latents but {where} says d_in * expansion_factor = "
             f"{d_in} * {raw['expansion_factor']}"
         )
-    arch = raw.get("architecture", "standard")
-    act = raw.get("activation_fn_str", "relu")
+    defaulted = sorted(k for k in RULE_DEFAULTS if k not in raw)
+    rule = {k: raw.get(k, v) for k, v in RULE_DEFAULTS.items()}
+    arch, act = rule["architecture"], rule["activation_fn_str"]
     kwargs = raw.get("activation_fn_kwargs") or {}
     common = {"W_dec": W_dec, "b_dec": require(tensors, "b_dec", file), "where": file}
     if arch == "standard":
@@ -103,7 +108,8 @@ def load_prisma(path: Path, file: Path | None = None) -> SparseAutoencoder:
         raise SparsesteerError(f"{where}: ViT-Prisma architecture {arch!r} is not supported (standard, gated)")
     layer = raw.get("hook_point_layer")
     layer = layer[0] if isinstance(layer, list) and len(layer) == 1 else layer
-    hook = f"blocks.{layer}.{raw.get('layer_subtype', 'hook_resid_post')}" if isinstance(layer, int) else None
+    subtype = raw.get("layer_subtype")
+    hook = f"blocks.{layer}.{subtype}" if isinstance(layer, int) and subtype else None
     model = raw.get("model_name")
     tokens = "cls" if raw.get("cls_token_only") else "patch" if raw.get("use_patches_only") else "all"
     sae.metadata = {
@@ -111,10 +117,16 @@ def load_prisma(path: Path, file: Path | None = None) -> SparseAutoencoder:
         "tokens": tokens,
         "model": {"id": model.removeprefix("open-clip:") if isinstance(model, str) else None},
         "source": source_record(
-            "vit-prisma", path, [f for f in (path / CONFIG, file) if f.is_file()], raw, hook=hook, model=model
+            "vit-prisma",
+            path,
+            [f for f in (path / CONFIG, file) if f.is_file()],
+            raw,
+            hook=hook,
+            model=model,
+            defaults_applied={k: RULE_DEFAULTS[k] for k in defaulted},
         ),
     }
-    norm = raw.get("normalize_activations")
+    norm = rule["normalize_activations"]
     if norm in ROW_NORMS:
         sae.metadata["row_norm"] = {"kind": norm, "eps": 1e-5, "rule": ROW_NORMS[norm]}
     return sae
