@@ -118,9 +118,9 @@ def test_saelens_unsupported_normalisation_is_refused(tmp_path):
         str(tmp_path / "sae_weights.safetensors"),
     )
     (tmp_path / "cfg.json").write_text(
-        json.dumps({"d_in": 4, "d_sae": 8, "normalize_activations": "constant_norm_rescale"})
+        json.dumps({"d_in": 4, "d_sae": 8, "normalize_activations": "expected_average_only_in"})
     )
-    with pytest.raises(SparsesteerError, match="constant_norm_rescale"):
+    with pytest.raises(SparsesteerError, match="expected_average_only_in"):
         SparseAutoencoder.load(tmp_path)
 
 

@@ -228,3 +228,21 @@ def test_evaluate_suite_compares_two_saes_in_one_table(tmp_path, capsys):
     # a CLS-only view cannot be localised: one-line error, exit 2
     assert main([*argv[:-3], "--tokens", "cls", "--suite", "localisation", "--allow-mismatch"]) == 2
     assert "needs patch tokens" in capsys.readouterr().err
+
+
+def test_judge_shows_a_progress_bar_per_metric(tmp_path, monkeypatch, capsys):
+    path, _, _ = grid_cache(tmp_path / "c")
+    view = ActivationCache.open(path).rows("h")
+    monkeypatch.setenv("SPARSESTEER_QUIET", "0")
+    st = JudgeSettings(min_active_patches=2)
+    judge(identity_sae(6), view, settings=st, cls_position=0, patch_positions=range(1, 10))
+    err = capsys.readouterr().err
+    for bar in (
+        "judge: reconstruction, preservation, sparse_probing, localisation",
+        "preservation: probe",
+        "sparse_probing: k-sparse probes",
+    ):
+        assert bar in err, bar
+    monkeypatch.setenv("SPARSESTEER_QUIET", "1")
+    judge(identity_sae(6), view, suites=["reconstruction"], cls_position=0, patch_positions=range(1, 10))
+    assert capsys.readouterr().err == ""

@@ -22,6 +22,7 @@ import numpy as np
 
 from ..sae.judge import MetricResult
 from ..utils.errors import SparsesteerError
+from ..utils.progress import progress
 
 
 def weighted_pairwise_cosine(emb_nd: Any, weights_n: Sequence[float] | np.ndarray) -> float:
@@ -122,7 +123,9 @@ def embed_images(backbone: Any, dataset: Any, indices: list[int], *, batch_size:
     sub = Subset(dataset, np.asarray(indices), seed=0, n_asked=len(indices))
     out = []
     with torch.no_grad():
-        for b in image_batches(sub, backbone.preprocessor, batch_size=batch_size, workers=0):
+        batches = image_batches(sub, backbone.preprocessor, batch_size=batch_size, workers=0)
+        total = -(-len(indices) // batch_size)
+        for b in progress(batches, total=total, desc="monosemanticity: embed", unit="batch"):
             out.append(backbone.embed_images(b.pixels.to(backbone.device)).double().cpu().numpy())
     return np.concatenate(out)
 
@@ -144,7 +147,12 @@ def monosemanticity(
     from .stats import latent_stats
 
     stats = latent_stats(
-        sae, view, top_n=images_per_latent, batch_size=batch_size, max_images=max_images, progress=False
+        sae,
+        view,
+        top_n=images_per_latent,
+        batch_size=batch_size,
+        max_images=max_images,
+        desc="monosemanticity: top images",
     )
     top = stats.top["max"]
     return monosemanticity_from_top(

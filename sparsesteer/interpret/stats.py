@@ -199,9 +199,11 @@ def latent_stats(
     batch_size: int = 4096,
     max_images: int | None = None,
     progress: bool = True,
+    desc: str = "interpret",
 ) -> LatentStats:
     """One pass over `view` (see the module docstring). `batch_size` rows per chunk (rounded down to
-    whole images; results do not depend on it); `max_images` stops after that many images."""
+    whole images; results do not depend on it); `max_images` stops after that many images; `desc`
+    labels the progress bar."""
     import torch
 
     from ..utils.progress import progress as bar
@@ -240,7 +242,7 @@ def latent_stats(
     pattern_arr = np.asarray(pattern)
     device = sae.device
     last_image = -1
-    with bar(total=n_rows, unit="row", desc="interpret", disable=None if progress else True) as pb:
+    with bar(total=n_rows, unit="row", desc=desc, disable=None if progress else True) as pb:
         for start in range(0, n_rows, chunk):
             stop = min(start + chunk, n_rows)
             idx = view.row_index(start, stop)

@@ -3,6 +3,13 @@
 Every variant stores W_enc [n_latents, d_in], b_enc [n_latents], W_dec [n_latents, d_in] and
 b_dec [d_in] (the checkpoint format's names and shapes). A variant only decides how codes are
 chosen (`_encode`) and which loss terms it adds (`forward`).
+
+Per-row input normalisation (`metadata["row_norm"]`): some published SAEs (ViT-Prisma, SAELens with
+normalize_activations layer_norm / constant_norm_rescale) normalise each input row by its own
+statistics before encoding and undo it after decoding. That cannot be folded into the weights, so
+`encode` applies it and `decode` undoes it with the statistics of the rows given as `like=`
+(`reconstruct(x)` passes them); such an SAE refuses `decode` without `like`. Our own SAEs fold
+their fixed input scale into the weights instead and have no row_norm.
 """
 
 from __future__ import annotations
@@ -41,6 +48,13 @@ class SparseCodes(NamedTuple):
     def l0(self) -> Tensor:
         """[...] number of active (non-zero) latents per sample."""
         return (self.values != 0).sum(-1)
+
+
+ROW_NORMS = {
+    "layer_norm": "x_n = (x - mean(x)) / (std(x) + eps), std unbiased over the d_in features; x_hat = y * std(x) + mean(x)",
+    "constant_norm_rescale": "x_n = x * sqrt(d_in) / ||x||; x_hat = y * ||x|| / sqrt(d_in)",
+}
+"""Per-row input normalisations (ViT-Prisma and SAELens `normalize_activations`), their rules in words."""
 
 
 class ForwardOutput(NamedTuple):
@@ -149,10 +163,34 @@ class SparseAutoencoder(nn.Module):
         AuxK codes over dead latents when `dead_mask` is given."""
         raise NotImplementedError
 
+    @property
+    def row_norm(self) -> dict[str, Any] | None:
+        """The per-row input normalisation ({"kind": one of ROW_NORMS, "eps": ...}) or None."""
+        return self.metadata.get("row_norm") or None
+
+    def _normalise_rows(self, x_bd: Tensor) -> Tensor:
+        rn = self.row_norm
+        if rn is None:
+            return x_bd
+        if rn["kind"] == "layer_norm":
+            x_c = x_bd - x_bd.mean(-1, keepdim=True)
+            return x_c / (x_c.std(-1, keepdim=True) + float(rn.get("eps", 1e-5)))
+        if rn["kind"] == "constant_norm_rescale":
+            return x_bd * (math.sqrt(self.d_in) / x_bd.norm(dim=-1, keepdim=True))
+        raise SparsesteerError(f"unknown row normalisation {rn['kind']!r}; known: {', '.join(ROW_NORMS)}")
+
+    def _row_scale_shift(self, like: Tensor) -> tuple[Tensor, Tensor | None]:
+        """[rows, 1] scale and [rows, 1] shift (or None) that map the normalised space back to x."""
+        x = self._check_input(like)
+        if self.row_norm["kind"] == "layer_norm":  # type: ignore[index]
+            mu = x.mean(-1, keepdim=True)
+            return (x - mu).std(-1, keepdim=True), mu
+        return x.norm(dim=-1, keepdim=True) / math.sqrt(self.d_in), None
+
     def encode(self, x: Tensor) -> SparseCodes:
         """Sparse codes of x ([..., d_in] -> values/indices [..., K]); inference rule."""
         lead = x.shape[:-1]
-        codes, _ = self._encode(self._check_input(x))
+        codes, _ = self._encode(self._normalise_rows(self._check_input(x)))
         K = codes.values.shape[-1]
         return SparseCodes(codes.values.reshape(*lead, K), codes.indices.reshape(*lead, K))
 
@@ -160,8 +198,15 @@ class SparseAutoencoder(nn.Module):
         """Dense codes [..., n_latents] (convenient for analysis; not the fast path)."""
         return self.encode(x).to_dense(self.n_latents)
 
-    def decode(self, codes: SparseCodes | Tensor, *, bias: bool = True) -> Tensor:
-        """Reconstruction from sparse codes ([..., K]) or dense codes ([..., n_latents])."""
+    def decode(self, codes: SparseCodes | Tensor, *, bias: bool = True, like: Tensor | None = None) -> Tensor:
+        """Reconstruction from sparse codes ([..., K]) or dense codes ([..., n_latents]). `like`: the
+        rows that were encoded (needed, and only used, when the SAE normalises each row; `bias=False`
+        then gives the linear part, scale * W_dec^T codes, e.g. for the change an edit makes)."""
+        if self.row_norm is not None and like is None:
+            raise SparsesteerError(
+                f"this SAE normalises each input row ({self.row_norm['kind']}): decoding needs the encoded rows "
+                "(decode(codes, like=x) or reconstruct(x))"
+            )
         if isinstance(codes, SparseCodes):
             lead = codes.values.shape[:-1]
             K = codes.values.shape[-1]
@@ -174,11 +219,18 @@ class SparseAutoencoder(nn.Module):
             out = codes.reshape(-1, self.n_latents).to(self.dtype) @ self.W_dec
         if bias:
             out = out + self.b_dec
+        if self.row_norm is not None:
+            scale, shift = self._row_scale_shift(like)  # type: ignore[arg-type]
+            if scale.shape[0] != out.shape[0]:
+                raise SparsesteerError(f"decode: like= has {scale.shape[0]} rows, the codes have {out.shape[0]}")
+            out = out * scale
+            if bias and shift is not None:
+                out = out + shift
         return out.reshape(*lead, self.d_in)
 
     def reconstruct(self, x: Tensor) -> Tensor:
-        """decode(encode(x))."""
-        return self.decode(self.encode(x))
+        """decode(encode(x)) (undoing the row normalisation of x, if the SAE has one)."""
+        return self.decode(self.encode(x), like=x)
 
     def forward(self, x: Tensor, *, dead_mask: Tensor | None = None) -> ForwardOutput:  # type: ignore[override]
         """Training objective on a flat batch [B, d_in]."""
@@ -214,7 +266,7 @@ class SparseAutoencoder(nn.Module):
     # ---------------------------------------------------------------- persistence
     def save(self, path: str | Path, **metadata: Any) -> Path:
         """Write cfg.json + sae.safetensors (atomically, weights checksummed) to `path`."""
-        from .checkpoint import save_sae
+        from .formats import save_sae
 
         self.metadata.update(metadata)
         return save_sae(self, path)
@@ -223,9 +275,11 @@ class SparseAutoencoder(nn.Module):
     def load(
         cls, path: str | Path, *, device: torch.device | str = "cpu", dtype: torch.dtype | None = None
     ) -> SparseAutoencoder:
-        """Load a sparsesteer, sparsify or SAELens SAE from a directory or from the Hugging Face hub
-        (`hf:REPO[/SUBFOLDER][@REVISION]`; the repo and commit go to metadata["source"]). Never unpickles."""
-        from .checkpoint import load_sae
+        """Load an SAE in our layout or one of the published layouts `sae/formats/` reads (SAELens,
+        sparsify, ViT-Prisma, dictionary_learning / sae-for-vlm, ViSAEBench) from a directory, a
+        checkpoint file or the Hugging Face hub (`hf:REPO[/SUBFOLDER][@REVISION]`; the repo and commit
+        go to metadata["source"]). Pickles are read tensors-only (weights_only=True) or refused."""
+        from .formats import load_sae
 
         return load_sae(path, device=device, dtype=dtype)
 

@@ -298,8 +298,9 @@ class EvaluateConfig(DeviceOptions):
     """Settings of `sparsesteer evaluate`."""
 
     sae: list[str]
-    """SAE directory (sparsesteer, sparsify or SAELens layout); repeat (--sae A --sae B) to compare
-    several side by side (needs --suite)."""
+    """SAE: a directory, a checkpoint file in one, or hf:REPO[/SUBFOLDER][@REVISION], in our layout or
+    a published one (SAELens, sparsify, ViT-Prisma, dictionary_learning / sae-for-vlm, ViSAEBench;
+    docs/sae.md); repeat (--sae A --sae B) to compare several side by side (needs --suite)."""
     activations: str
     """Activation cache directory or .npy file."""
     suite: str | None = None
@@ -363,7 +364,8 @@ class ExportConfig:
     """`sparsesteer export`: write one of our SAEs in another library's layout."""
 
     sae: str
-    """Our SAE: a directory or hf:REPO[/SUBFOLDER][@REVISION]."""
+    """The SAE to write: ours, or any published layout --sae reads (a directory, a checkpoint file or
+    hf:REPO[/SUBFOLDER][@REVISION])."""
     format: Literal["saelens", "sparsify"]
     """Target layout: saelens (cfg.json + sae_weights.safetensors) or sparsify (cfg.json + sae.safetensors)."""
     out: str

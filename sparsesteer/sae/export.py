@@ -15,7 +15,8 @@ encoder.bias [n], W_dec [n, d], b_dec [d]. sparsify holds topk SAEs only; it rec
 convention the directory is named after the hook point).
 
 Our input normalisation is folded into the weights when training ends, so both write
-normalize_activations "none". Each export is read back through `load_sae` and its encodings
+normalize_activations "none"; an imported SAE with a per-row normalisation (layer_norm,
+constant_norm_rescale) keeps it under SAELens' name for the same rule, and sparsify refuses it. Each export is read back through `load_sae` and its encodings
 compared with the original's before the command succeeds.
 """
 
@@ -55,6 +56,10 @@ def _refuse(sae: SparseAutoencoder, fmt: str) -> None:
             f"a topk SAE with select='abs' cannot be exported to {fmt}: {fmt} keeps the k largest values after "
             "ReLU, not the k largest |values|"
         )
+    if sae.row_norm is not None and fmt == "sparsify":
+        raise SparsesteerError(
+            f"this SAE normalises each input row ({sae.row_norm['kind']}); sparsify has no such normalisation"
+        )
     if arch == "batchtopk" and float(sae.threshold) < 0:
         raise SparsesteerError("this batchtopk SAE has no inference threshold yet (train it first): nothing to export")
 
@@ -91,7 +96,7 @@ def _saelens(sae: SparseAutoencoder, out: Path) -> None:
         "activation_fn_kwargs": {"k": sae.cfg.k} if arch == "topk" else {},
         "apply_b_dec_to_input": True,
         "finetuning_scaling_factor": False,
-        "normalize_activations": "none",
+        "normalize_activations": sae.row_norm["kind"] if sae.row_norm else "none",
         "metadata": {"model_name": prov.model_id, "hook_name": hook, "exported_by": f"sparsesteer {__version__}"},
     }
     if arch == "topk":
@@ -120,7 +125,7 @@ def _sparsify(sae: SparseAutoencoder, out: Path) -> None:
 
 def export_sae(sae: SparseAutoencoder, fmt: str, out: str | Path, *, check_rows: int = 256) -> Path:
     """Write `sae` to `out` in `fmt`'s layout, then read it back and compare encodings."""
-    from .checkpoint import load_sae
+    from .formats import load_sae
 
     if fmt not in FORMATS:
         raise SparsesteerError(f"unknown export format {fmt!r}; choose from {', '.join(FORMATS)}")

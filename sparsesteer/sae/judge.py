@@ -260,7 +260,7 @@ def sparse_probing(
     ytr, yte = yt[torch.from_numpy(tr)], yt[torch.from_numpy(te)]
     order = sparse_probe_scores(xtr, ytr, classes).argsort(dim=1, descending=True)
     acc = []
-    for k in ks:
+    for k in progress(ks, desc="sparse_probing: k-sparse probes", unit="k"):
         per_class = []
         chunk = max(1, int(2e7 // (len(tr) * (k + 1))))
         for c0 in range(0, len(cls), chunk):
@@ -293,10 +293,12 @@ def _rows_per_image(source: RowSource, n: int) -> tuple[int, np.ndarray | None]:
     return m, first[:m, 1].copy()
 
 
-def _chunks(source: RowSource, n: int, m: int, tokens: np.ndarray | None, batch_size: int) -> Iterator[_Chunk]:
+def _chunks(
+    source: RowSource, n: int, m: int, tokens: np.ndarray | None, batch_size: int, desc: str = "judge"
+) -> Iterator[_Chunk]:
     step = max(1, batch_size // m) * m
     row_index = getattr(source, "row_index", None)
-    for s in progress(range(0, n, step), desc="judge", unit="batch"):
+    for s in progress(range(0, n, step), desc=desc, unit="batch"):
         e = min(n, s + step)
         x = source.read(s, e).float()
         if row_index is not None:
@@ -375,10 +377,10 @@ def judge(
     mor_n = torch.zeros(L, dtype=torch.long)
     n_images = 0
     pc = _as_slice(patch_cols)
-    for ch in _chunks(source, n, m, tokens, st.batch_size):
+    for ch in _chunks(source, n, m, tokens, st.batch_size, desc=f"judge: {', '.join(s for s in SUITES if s in want)}"):
         x = ch.x.to(dev)
         codes = sae.encode(x)
-        xh = sae.decode(codes).float()
+        xh = sae.decode(codes, like=x).float()
         x2, e2, xh2 = x.pow(2).sum(-1), (x - xh).pow(2).sum(-1), xh.pow(2).sum(-1)
         if not (torch.isfinite(x2).all() and torch.isfinite(e2).all()):
             raise SparsesteerError(f"NaN or Inf in the activations or their reconstruction near image {n_images}")
@@ -481,7 +483,9 @@ def _preservation(keep, st, data) -> MetricResult:
     classes, yi = np.unique(y, return_inverse=True)
     tr, te = split_images(len(y), st.test_frac, st.seed)
     yt = torch.from_numpy(yi.astype(np.int64))
-    probe = fit_softmax_probe(x[tr], yt[tr], len(classes), l2=st.probe_l2, steps=st.probe_steps)
+    with progress(total=1, desc="preservation: probe", unit="fit") as bar:
+        probe = fit_softmax_probe(x[tr], yt[tr], len(classes), l2=st.probe_l2, steps=st.probe_steps)
+        bar.update()
     a_orig = float((softmax_predict(probe, x[te]) == yt[te]).double().mean())
     a_rec = float((softmax_predict(probe, xh[te]) == yt[te]).double().mean())
     ratio = a_rec / a_orig if a_orig > 0 else float("nan")

@@ -112,7 +112,7 @@ def evaluate(
         x = source.read(s, min(n, s + batch_size)).to(device=device, dtype=torch.float32)
         _check_rows(x, s, source, "NaN or Inf in the activations at {row}: clean the activations")
         codes = sae.encode(x)
-        x_hat = sae.decode(codes)
+        x_hat = sae.decode(codes, like=x)
         _check_rows(
             x_hat,
             s,
@@ -296,7 +296,7 @@ def token_metrics(
             is_patch, l0_sums, rows = (torch.cat([t, t.new_zeros(grow)]) for t in (is_patch, l0_sums, rows))
         _check_rows(x, s, source, "NaN or Inf in the activations at {row}: clean the activations")
         codes = sae.encode(x)
-        x_hat = sae.decode(codes)
+        x_hat = sae.decode(codes, like=x)
         _check_rows(x_hat, s, source, "the SAE's reconstruction of {row} is NaN or Inf although the input is finite")
         active = codes.values != 0
         fire_all[codes.indices[active]] = True

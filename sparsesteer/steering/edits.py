@@ -109,15 +109,16 @@ def apply_edit(
 def _edit_rows(
     sae: SparseAutoencoder, x_rd: Tensor, edit_fn: CodeEdit, keep_error: bool, compute: torch.dtype
 ) -> Tensor:
-    f = sae.encode_dense(x_rd.to(sae.device))
+    x_dev = x_rd.to(sae.device)
+    f = sae.encode_dense(x_dev)
     f_new = edit_fn(f.clone())
     if not isinstance(f_new, Tensor) or f_new.shape != f.shape:
         got = tuple(f_new.shape) if isinstance(f_new, Tensor) else type(f_new).__name__
         raise SparsesteerError(f"the code edit returned {got}; expected dense codes of shape {tuple(f.shape)}")
     f_new = f_new.to(f.dtype)
     if not keep_error:
-        return sae.decode(f_new).to(x_rd.device, compute)
-    delta = sae.decode(f_new - f, bias=False)  # exactly 0 where the edit changed no latent
+        return sae.decode(f_new, like=x_dev).to(x_rd.device, compute)
+    delta = sae.decode(f_new - f, bias=False, like=x_dev)  # exactly 0 where the edit changed no latent
     return x_rd.to(compute) + delta.to(x_rd.device, compute)
 
 

@@ -74,7 +74,12 @@ def codes(sae: SparseAutoencoder, x_bd: Tensor) -> SparseCodes:
 
 def sae_direction(sae: SparseAutoencoder, x_bd: Tensor) -> Tensor:
     """u = W_dec^T encode(x): the SAE's reconstruction without its bias. VS2's v = (gamma - 1) u."""
-    return _chunked(lambda x: sae.decode(sae.encode(x.to(sae.device)), bias=False).to(x.dtype).to(x.device), x_bd)
+
+    def u(x: Tensor) -> Tensor:
+        x_dev = x.to(sae.device)
+        return sae.decode(sae.encode(x_dev), bias=False, like=x_dev).to(x.dtype).to(x.device)
+
+    return _chunked(u, x_bd)
 
 
 def steer(x_bd: Tensor, v_bd: Tensor, lam: float, *, rescale: bool = True) -> Tensor:
@@ -137,8 +142,9 @@ def sae_rec(sae: SparseAutoencoder, x_bd: Tensor, gamma: float = 1.0) -> Tensor:
     check_finite(gamma=gamma)
 
     def rec(x: Tensor) -> Tensor:
-        c = sae.encode(x.to(sae.device))
-        return sae.decode(SparseCodes(gamma * c.values, c.indices)).to(x.dtype).to(x.device)
+        x_dev = x.to(sae.device)
+        c = sae.encode(x_dev)
+        return sae.decode(SparseCodes(gamma * c.values, c.indices), like=x_dev).to(x.dtype).to(x.device)
 
     return _chunked(rec, x_bd)
 
