@@ -165,7 +165,8 @@ def test_existing_site_missing_images_and_another_sae_are_refused(site, browser_
     err = capsys.readouterr().err
     assert rc == 2 and "different SAE: weights_sha256" in err and str(other) in err
     recorded = json.loads((stats_dir / "stats.json").read_text())["sae"]["weights_sha256"]
-    assert recorded[:16] in err
+    given = json.loads((other / "cfg.json").read_text())["weights_sha256"]
+    assert recorded[:16] in err and given[:16] in err
     assert not (tmp_path / "y").exists()
 
 
@@ -343,3 +344,28 @@ def test_cli_serve_refusals(browser_run, site, tmp_path, capsys):
     finally:
         srv.server_close()
     assert Path(site[0] / "index.html").is_file()
+
+
+def test_cli_serves_the_site(site, browser_run):
+    """`browse --serve --port 0` in a process of its own: it prints its URL, serves the site, and
+    reuses the existing site of the same statistics (no --overwrite needed)."""
+    import os
+    import re
+    import subprocess
+    import sys
+    import urllib.request
+
+    out, _ = site
+    stats_dir = browser_run[3]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-m", "sparsesteer", "browse", "--stats", str(stats_dir), "--out", str(out), "--serve"]
+    proc = subprocess.Popen([*cmd, "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        line = proc.stdout.readline()
+        m = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
+        assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
+        with urllib.request.urlopen(f"http://127.0.0.1:{m.group(1)}/latent.html", timeout=10) as r:
+            assert r.status == 200 and r.read() == (out / "latent.html").read_bytes()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
