@@ -44,7 +44,7 @@ def synthetic_stats(L: int, n_images: int, tokens: int, top_n: int, n_classes: i
     for name in ("max", "cls", "patch"):
         values = -np.sort(-rng.random((L, top_n), dtype=np.float32) * act_max[:, None], axis=1)
         toks = rng.random((L, top_n, tokens), dtype=np.float32) * values[:, :, None]
-        toks[rng.random(toks.shape) < 0.7] = 0  # most patches silent
+        toks[rng.random(toks.shape, dtype=np.float32) < 0.7] = 0  # most patches silent
         top[name] = TopImages(
             values, rng.integers(0, n_images, (L, top_n)), toks, rng.integers(0, n_classes, (L, top_n))
         )
