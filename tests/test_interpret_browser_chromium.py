@@ -44,8 +44,9 @@ def browser():
 
 
 @pytest.fixture(scope="module")
-def site(browser_run, tmp_path_factory):
-    tmp, data, sae_dir, stats_dir, clip = browser_run
+def site(browser, request, tmp_path_factory):
+    # the browser first, the statistics after: without chromium the tests skip before any work
+    tmp, data, sae_dir, stats_dir, clip = request.getfixturevalue("browser_run")
     out = tmp_path_factory.mktemp("chromium") / "site"
     assert main(["browse", "--stats", str(stats_dir), "--out", str(out), "--page-size", "10"]) == 0
     return out, load_stats(stats_dir)
@@ -144,11 +145,11 @@ def test_static_site_from_the_file_system(site, page, tmp_path):
     assert meta["chunk_size"] >= 1
 
 
-def test_server_with_a_model_steers_and_explores_patches(site, browser_run, page, tmp_path):
+def test_server_with_a_model_steers_and_explores_patches(site, page, request, tmp_path):
     from sparsesteer.experiments.browse import BrowseConfig, LiveModel
 
     out, stats = site
-    tmp, data, sae_dir, stats_dir, clip = browser_run
+    tmp, data, sae_dir, stats_dir, clip = request.getfixturevalue("browser_run")
     cfg = BrowseConfig(stats=str(stats_dir), out=str(out), sae=str(sae_dir), serve=True, model=str(clip), device="cpu")
     live = LiveModel.open(cfg, stats)
     srv = make_server(out, port=0, api=live.handlers())
