@@ -369,3 +369,18 @@ def test_cli_serves_the_site(site, browser_run):
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+def test_without_a_lens_the_search_words_are_the_top_labels(tmp_path):
+    stats = _synthetic(40, 30, 5, 5)
+    write_site(stats, tmp_path / "site", _Images(30), page_size=8, progress=False)
+    words = read_data(tmp_path / "site", "words")
+    assert words == [f"c{i}" for i in range(10)]
+    index = read_data(tmp_path / "site", "words/0")
+    rows = {r[0]: r for p in range(5) for r in read_data(tmp_path / "site", f"pages/id-{p}")}
+    for j in range(40):  # the most common label of the top images (ties: the lower label), counted here
+        labels = Counter(stats.top["max"].labels[j].tolist())
+        best = min(labels, key=lambda lab: (-labels[lab], lab))
+        assert j in index[str(best)] and rows[j][4] == f"c{best}"
+        assert rows[j][3] == pytest.approx(labels[best] / 5, abs=1e-3)
+    assert sorted(j for v in index.values() for j in v) == list(range(40))

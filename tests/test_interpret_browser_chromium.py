@@ -126,6 +126,18 @@ def test_static_site_from_the_file_system(site, page, tmp_path):
     n_top = sum(int((t.images[j] >= 0).sum()) for t in stats.top.values())
     assert _check_images(pg) == n_top
     assert pg.eval_on_selector_all("canvas.heat", "cs => cs.length") == n_top  # a heatmap on every top image
+    # the heatmap of the first top image is red where the latent fires most, clear where it is silent
+    grid = stats.top["max"].tokens[j, 0, 1:].reshape(4, 4)
+    hot, cold = np.unravel_index(grid.argmax(), grid.shape), np.unravel_index(grid.argmin(), grid.shape)
+    alpha = pg.evaluate(
+        """([hot, cold]) => { const c = document.querySelector("[data-ranking='max'] canvas.heat");
+        const a = ([r, q]) => c.getContext("2d").getImageData((q + 0.5) * c.width / 4, (r + 0.5) * c.height / 4, 1, 1).data;
+        return [a(hot), a(cold)]; }""",
+        [[int(hot[0]), int(hot[1])], [int(cold[0]), int(cold[1])]],
+    )
+    vmax = float(stats.top["max"].tokens[j, : int((stats.top["max"].images[j] >= 0).sum())].max())
+    assert alpha[0][0] == 255 and alpha[0][3] == pytest.approx(0.6 * 255 * grid.max() / vmax, abs=40)
+    assert alpha[1][3] < alpha[0][3]
     assert pg.eval_on_selector_all("#hist rect", "rs => rs.length") == int((stats.hist_counts[j] > 0).sum())
     nb = pg.eval_on_selector_all("#neighbours a", "as => as.map(a => a.getAttribute('href'))")
     assert nb == [f"latent.html#{i}" for i in stats.neighbours.indices[j]]
