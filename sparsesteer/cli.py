@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "sparsesteer.experiments.judge_commands",  # evaluate (its model suites chain sae, steering, interpret)
     "sparsesteer.steering.commands",  # steer
     "sparsesteer.interpret.commands",  # interpret
+    "sparsesteer.experiments.browse_commands",  # browse (--serve --model chains models, sae, steering)
     "sparsesteer.experiments.commands",  # reproduce
 ]
 

@@ -26,3 +26,33 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
     from sparsesteer.models.tiny import make_tiny_clip
 
     return make_tiny_clip(tmp_path_factory.mktemp("tiny-clip") / "clip")
+
+
+@pytest.fixture(scope="session")
+def browser_run(tiny_clip_dir, tmp_path_factory):
+    """Statistics of a tiny all-token TopK SAE over a tiny CLIP's cache of 7 folder images (with
+    a concept lens and neighbours), for the browser tests: (tmp, data, sae_dir, stats_dir, clip)."""
+    import torch
+    from helpers import make_folder_dataset
+
+    from sparsesteer.cli import main
+    from sparsesteer.sae import SAEConfig, build
+
+    tmp = tmp_path_factory.mktemp("browser")
+    data = make_folder_dataset(tmp / "images", (3, 2, 2), split="train")
+    cache, hook = tmp / "cache", "blocks.2.resid_post"
+    args = ["cache", "--model", str(tiny_clip_dir), "--dataset", f"folder:{data}", "--split", "train"]
+    assert main([*args, "--hook", hook, "--tokens", "all", "--out", str(cache), "--workers", "0"]) == 0
+    torch.manual_seed(0)
+    sae_dir = build(SAEConfig(arch="topk", d_in=32, n_latents=48, k=8)).save(tmp / "sae", hook=hook, tokens="all")
+    words = tmp / "words.txt"
+    words.write_text("cat\ndog\ncar\ntree\nboat\n")
+    stats = tmp / "stats"
+    rc = main(
+        [
+            "interpret", "--sae", str(sae_dir), "--activations", str(cache), "--out", str(stats),
+            "--top-n", "3", "--neighbours", "4", "--vocab", str(words), "--lens-k", "2", "--device", "cpu",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    return tmp, data, sae_dir, stats, tiny_clip_dir
