@@ -55,5 +55,7 @@ def test_example_runs(name, workdir):
     )
     assert out.returncode == 0, f"examples/{name}.py failed:\n{out.stdout}\n{out.stderr}"
     for pattern in EXPECT[name]:
-        assert re.search(pattern, out.stdout, re.M), f"examples/{name}.py: no line matching {pattern!r} in\n{out.stdout}"
+        assert re.search(pattern, out.stdout, re.M), (
+            f"examples/{name}.py: no line matching {pattern!r} in\n{out.stdout}"
+        )
     assert "Traceback" not in out.stderr
