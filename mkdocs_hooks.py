@@ -17,11 +17,10 @@ import pkgutil
 import re
 from pathlib import Path
 
-from mkdocs.structure.files import File
-
 ROOT = Path(__file__).resolve().parent
 PACKAGE = "sparsesteer"
 # Subpackages in pipeline order (the order of `sparsesteer --help`), then the helpers.
+HELP_WIDTH = 100  # columns of the rendered --help texts
 API_PACKAGES = ("data", "models", "activations", "sae", "steering", "interpret", "experiments", "utils")
 
 
@@ -42,7 +41,6 @@ def _help_sections(parser: argparse.ArgumentParser, path: list[str], level: int)
 
 def cli_reference() -> str:
     """Markdown of every command's --help, in the order `sparsesteer --help` lists them."""
-    os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal width: fix it for a stable page
     from sparsesteer.cli import build_parser
 
     lines = [
@@ -52,7 +50,15 @@ def cli_reference() -> str:
         "see `mkdocs_hooks.py`), so it always matches the installed code.",
         "",
     ]
-    return "\n".join(lines + _help_sections(build_parser(), ["sparsesteer"], 2))
+    before = os.environ.get("COLUMNS")
+    os.environ["COLUMNS"] = str(HELP_WIDTH)  # argparse wraps to the terminal width: fix it for a stable page
+    try:
+        return "\n".join(lines + _help_sections(build_parser(), ["sparsesteer"], 2))
+    finally:
+        if before is None:
+            del os.environ["COLUMNS"]
+        else:
+            os.environ["COLUMNS"] = before
 
 
 def _modules(package: str) -> list[str]:
@@ -88,6 +94,8 @@ def on_config(config):
 def on_files(files, config):
     pages = {"reference/cli.md": cli_reference()}
     pages.update({f"reference/api/{p}.md": api_page(p) for p in API_PACKAGES})
+    from mkdocs.structure.files import File
+
     for path, content in pages.items():
         files.append(File.generated(config, path, content=content))
     return files
