@@ -1,7 +1,7 @@
 """Find the SAE latents tied to a spurious attribute and suppress them: Waterbirds, where the
 background (land / water) is the attribute a CLIP should ignore when it names the bird.
 
-    python examples/suppress_attribute.py   # needs Waterbirds under data/ (docs/data.md)
+    python examples/suppress_attribute.py   # Waterbirds is downloaded to data/ on first use
 
 The steps of `sparsesteer reproduce disentangle --task waterbirds` (docs/guides/clip-sae-steering.md)
 for one block and one n: an SAE on the block's tokens (train split), every latent scored by Cohen's d
@@ -30,6 +30,7 @@ hook = hook_name(BLOCK)
 
 
 def cache(split, limit=None):
+    ensure_dataset("waterbirds", split, data_root=DATA_ROOT)  # downloads it once when it is missing
     cfg = CacheConfig(
         model=MODEL, dataset="waterbirds", split=split, data_root=DATA_ROOT, limit=limit,
         hooks=(hook,), tokens="all", out=f"runs/wb-cache-{split}",

@@ -10,6 +10,7 @@ import os
 
 from sparsesteer.activations.cache import ActivationCache
 from sparsesteer.activations.produce import CacheConfig, cache_activations
+from sparsesteer.data import ensure_dataset
 from sparsesteer.models import hook_name
 from sparsesteer.sae import SAEConfig
 from sparsesteer.sae.judge import comparison_markdown, judge
@@ -22,6 +23,7 @@ if os.environ.get("SPARSESTEER_EXAMPLE_TINY"):  # CI: a tiny random CLIP and gen
 
 hook = hook_name(BLOCK)  # blocks.7.resid_post: the residual stream after block 7 (0-based)
 for split, n in (("train", N_TRAIN), ("test", N_TEST)):
+    ensure_dataset(DATASET, split, data_root=DATA_ROOT)  # downloads a built-in dataset once, checksummed
     cache_activations(
         CacheConfig(
             model=MODEL,

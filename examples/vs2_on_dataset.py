@@ -13,6 +13,7 @@ import torch
 
 from sparsesteer.activations.cache import ActivationCache
 from sparsesteer.activations.produce import CacheConfig, cache_activations
+from sparsesteer.data import ensure_dataset
 from sparsesteer.models import ZeroShotClassifier, final_resid, load_backbone
 from sparsesteer.sae import SAEConfig
 from sparsesteer.sae.train import TrainConfig, train
@@ -29,6 +30,7 @@ bb = load_backbone(MODEL)
 hook = final_resid(bb.n_blocks)  # blocks.11.resid_post: the last block's output, before the head
 x, y = {}, {}
 for split, n in (("train", N_TRAIN), ("test", N_TEST)):
+    ensure_dataset(DATASET, split, data_root=DATA_ROOT)  # downloads a built-in dataset once, checksummed
     cfg = CacheConfig(
         model=MODEL, dataset=DATASET, split=split, data_root=DATA_ROOT, limit=n,
         hooks=(hook,), tokens="cls", out=f"runs/vs2-cache-{split}",
