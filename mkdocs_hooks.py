@@ -10,7 +10,6 @@ Wired in `mkdocs.yml` (`hooks: [mkdocs_hooks.py]`); nothing here is imported by 
 from __future__ import annotations
 
 import argparse
-import ast
 import logging
 import os
 import pkgutil
@@ -68,8 +67,7 @@ def _modules(package: str) -> list[str]:
 
 
 def api_page(package: str) -> str:
-    doc = ast.get_docstring(ast.parse((ROOT / PACKAGE / package / "__init__.py").read_text())) or ""
-    lines = [f"# `{PACKAGE}.{package}`", "", doc.split("\n\n")[0], ""]
+    lines = [f"# `{PACKAGE}.{package}`", "", f"Modules of `{PACKAGE}.{package}`, generated from their docstrings.", ""]
     for module in _modules(package):
         lines += [f"## `{module}`", "", f"::: {module}", "    options:", "      show_root_heading: false", ""]
     return "\n".join(lines)
