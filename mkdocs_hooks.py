@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent
 PACKAGE = "sparsesteer"
 # Subpackages in pipeline order (the order of `sparsesteer --help`), then the helpers.
-HELP_WIDTH = 100  # columns of the rendered --help texts
+HELP_WIDTH = 88  # columns of the rendered --help texts
 API_PACKAGES = ("data", "models", "activations", "sae", "steering", "interpret", "experiments", "utils")
 
 
