@@ -3,10 +3,11 @@ images, and how well it reconstructs the activations it was trained on.
 
     python examples/load_published_sae.py hf:ORG/REPO[/SUBFOLDER][@REVISION] [--hook blocks.9.resid_post]
 
-Any SAE in sparsesteer's, SAELens' (cfg.json + sae_weights.safetensors) or sparsify's (cfg.json +
-sae.safetensors) layout loads, from a directory or an `hf:` id (docs/sae.md, "Hub ids"); nothing is
-unpickled. SAELens records its hook (`blocks.9.hook_resid_post` reads as `blocks.9.resid_post`);
-sparsify does not, so pass --hook. The model must be the one the SAE was trained on.
+Any SAE in a layout sparsesteer reads loads, from a directory, a checkpoint file or an `hf:` id:
+ours, SAELens, sparsify, ViT-Prisma, dictionary_learning (sae-for-vlm) and ViSAEBench (docs/sae.md,
+"Checkpoints" and "Hub ids"); nothing is unpickled. Most layouts record their hook (SAELens'
+`blocks.9.hook_resid_post` reads as `blocks.9.resid_post`); sparsify's does not, so pass --hook.
+The model must be the one the SAE was trained on.
 """
 
 import argparse

@@ -22,12 +22,22 @@ EXPECT = {
     "vs2_on_dataset": [r"^\| CLIP zero-shot \| \d+\.\d\d \|", r"^\| VS2 \| \d+\.\d\d \| lam=[\d.]+, gamma=[\d.]+ \|"],
     "steer_feature": [r"^predictions changed: \d+ of 60$", r"^  predicted 'cat': \d+ before, \d+ after$"],
     "suppress_attribute": [r"^latents most tied to the background: \[", r"\(top 16 latents zeroed\): average [\d.]+%"],
+    "build_feature_browser": [
+        r"blocks\.1\.resid_post: statistics in runs/browser-stats$",
+        r"^feature browser of 128 latents over 60 images \(\d+ index pages\):$",
+        r"^  open /.*/runs/browser/index\.html$",
+    ],
     "load_published_sae": [
         r"^hf:sparsesteer-examples/tiny-clip-saes/blocks\.1\.hook_resid_post: topk, 128 latents on d_in 32, hook "
         r"blocks\.1\.resid_post$",
         r"read from sparsesteer-examples/tiny-clip-saes / blocks\.1\.hook_resid_post at commit 0{40} \(saelens",
         r"FVU \d+\.\d+, mean L0 8\.0$",
     ],
+}
+
+# example -> files (under its working directory) it must have written
+WRITES = {
+    "build_feature_browser": ["runs/browser/index.html", "runs/browser/latent.html", "runs/browser-stats/stats.json"]
 }
 
 
@@ -59,3 +69,5 @@ def test_example_runs(name, workdir):
             f"examples/{name}.py: no line matching {pattern!r} in\n{out.stdout}"
         )
     assert "Traceback" not in out.stderr
+    for path in WRITES.get(name, []):
+        assert (workdir / path).is_file(), f"examples/{name}.py did not write {path}"
