@@ -85,7 +85,11 @@ class _CodeBracketsInDocstrings(logging.Filter):
 
 
 def on_config(config):
-    logging.getLogger("mkdocs.plugins.mkdocs_autorefs._internal.plugin").addFilter(_CodeBracketsInDocstrings())
+    # autorefs logs from its own module logger (mkdocs_autorefs._internal.plugin in 1.4): filter them all
+    names = {"mkdocs.plugins.mkdocs_autorefs._internal.plugin"}
+    names |= {n for n in logging.root.manager.loggerDict if n.startswith("mkdocs.plugins.mkdocs_autorefs")}
+    for name in names:
+        logging.getLogger(name).addFilter(_CodeBracketsInDocstrings())
     return config
 
 
