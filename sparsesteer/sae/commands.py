@@ -157,6 +157,8 @@ def _check_grid(cfgs: list[Any], swept: dict[str, list[str]]) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from ..activations.loader import open_source
+    from ..utils import distributed
+    from ..utils.device import resolve_device
     from .config import TrainData
     from .train import TrainConfig, Trainer, check_run_dir
 
@@ -170,6 +172,7 @@ def run_train(args: argparse.Namespace) -> int:
         TrainConfig, {**file_data.get("train", {}), **config_utils.overrides(args, TrainConfig)}, where="train config"
     )
     check_run_dir(run.out, resume=run.resume, overwrite=run.overwrite)  # before any data is read
+    world = distributed.init(resolve_device(train_cfg.device))  # a no-op outside torchrun
     source = open_source(
         run.activations,
         hook=run.hook,
@@ -179,7 +182,15 @@ def run_train(args: argparse.Namespace) -> int:
         require_complete=not run.allow_incomplete,
     )
     trainer = Trainer(source, sae_cfgs, train_cfg, run.out)  # provenance comes from the source
-    result = trainer.fit(resume=run.resume, overwrite=run.overwrite)
+    try:
+        result = trainer.fit(resume=run.resume, overwrite=run.overwrite, stop_at=run.stop_at)
+    finally:
+        distributed.shutdown()
+    if world.rank != 0:
+        return 0
+    if result.steps < trainer.total:
+        print(f"{run.out}: stopped at step {result.steps} of {trainer.total} (checkpoint saved); --resume continues")
+        return 0
     for path, metrics in zip(result.paths, result.metrics):
         summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in ("fvu", "l0", "dead_frac"))
         print(f"{path}: {summary}")

@@ -291,6 +291,9 @@ class TrainData:
     """Continue the run in --out from its last checkpoint."""
     overwrite: bool = False
     """Replace what --out holds (by default a run starts only in a new or empty directory)."""
+    stop_at: int | None = None
+    """Checkpoint and stop after this step (a time-boxed slot); --resume continues, with the same or
+    another number of torchrun ranks. None = run to the end."""
 
 
 @dataclass(frozen=True, kw_only=True)

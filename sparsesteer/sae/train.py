@@ -27,7 +27,7 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..activations.loader import RowSource, ShuffledBatches, describe_row, open_source, sample_rows
-from ..utils import io
+from ..activations.loader import Batch, RowSource, ShuffledBatches, describe_row, open_source, sample_rows
+from ..utils import distributed, io
 from ..utils.config import to_dict
 from ..utils.device import resolve_device
 from ..utils.errors import SparsesteerError
@@ -163,7 +163,10 @@ class Trainer:
         # explicit metadata wins
         described = Provenance.from_rows(self.source.describe()).to_metadata(known_only=True)
         self.metadata = {**described, **(metadata or {})}
-        self.device = resolve_device(cfg.device)
+        self.device = distributed.rank_device(resolve_device(cfg.device))
+        self.world = distributed.world()
+        if self.world.size > 1:
+            _check_data_parallel(self.sae_cfgs, cfg, self.world.size)
         self.total = cfg.total_steps(self.source.n_rows)
         self.n_classes = 0
         if any(needs_labels(c) for c in self.sae_cfgs):
@@ -210,20 +213,29 @@ class Trainer:
         resume: bool = False,
         overwrite: bool = False,
         on_log: Callable[[int, list[SparseAutoencoder]], None] | None = None,
+        stop_at: int | None = None,
     ) -> TrainResult:
         """Run (or, with `resume`, continue) training; `overwrite` replaces what --out holds.
         `on_log(step, saes)` is called at every logged step with the SAEs in their training state
-        (inputs scaled by `self.scale`)."""
+        (inputs scaled by `self.scale`). `stop_at`: checkpoint and return after that step (a
+        time-boxed slot; `resume` continues); the result then holds no SAEs.
+
+        Under torchrun every rank runs this: each trains on its slice of every global batch (the
+        stream and its position are global), gradients, firing counts and metrics are summed over
+        the ranks, and only rank 0 writes to `out`."""
         cfg = self.cfg
+        writer = self.world.rank == 0
         latest = check_run_dir(self.out, resume=resume, overwrite=overwrite)
+        distributed.barrier()  # every rank has checked --out before rank 0 changes it
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
             torch.backends.cudnn.allow_tf32 = cfg.tf32
         state_dir = self.out / "state"
         settings = self._settings()
-        if overwrite:
+        if overwrite and writer:
             _clear_dir(self.out)
-        self.out.mkdir(parents=True, exist_ok=True)
+        if writer:
+            self.out.mkdir(parents=True, exist_ok=True)
 
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
@@ -238,32 +250,32 @@ class Trainer:
             for m in members:
                 with torch.no_grad():
                     m.sae.b_dec.copy_(b_dec)
-            io.write_json(self.out / "train_config.json", settings)
-            (self.out / "metrics.jsonl").unlink(missing_ok=True)
+            if writer:
+                io.write_json(self.out / "train_config.json", settings)
+                (self.out / "metrics.jsonl").unlink(missing_ok=True)
         self.scale = scale
-        _truncate_log(self.out / "metrics.jsonl", step)
-        if self.total < FEW_STEPS and step < self.total:
+        if writer:
+            _truncate_log(self.out / "metrics.jsonl", step)
+        if self.total < FEW_STEPS and step < self.total and writer:
             passes = self.total * cfg.batch_size / self.source.n_rows
             log.warning(
                 f"{self.out}: only {self.total} optimiser steps (batch size {cfg.batch_size}, {passes:.3g} x "
                 f"{self.source.n_rows:,} rows); an SAE needs a few hundred steps or more to be usable: raise --steps "
                 f"or --epochs, or lower --batch-size (runs under {FEW_STEPS} steps get this warning)"
             )
-        sinks = _open_sinks(cfg, self.out, settings) if step < self.total else []
+        sinks = _open_sinks(cfg, self.out, settings) if step < self.total and writer else []
+        end = self.total if stop_at is None else min(self.total, max(stop_at, step))
 
         stream = ShuffledBatches(self.source, cfg.batch_size, seed=cfg.seed, buffer_bytes=cfg.buffer_mb << 20)
-        batches = stream.iter_from(position)
-        bar = progress(total=self.total, initial=step, desc="train", unit="step")
+        batches = self._device_batches(stream.iter_from(position), step)
+        bar = progress(total=self.total, initial=step, desc="train", unit="step", disable=None if writer else True)
         last = self._logged_metrics(step)
         t0 = time.time()
         try:
-            while step < self.total:
-                batch = next(batches)
-                x = batch.x.to(self.device, non_blocking=True)
-                _check_finite(x, f"batch {step}", batch.rows, self.source)
+            while step < end:
+                batch, x, labels = next(batches)
                 if scale != 1.0:
                     x = x * scale
-                labels = batch.labels.to(self.device) if batch.labels is not None else None
                 lr = cfg.lr_at(step, self.total)
                 for name, m in zip(self.names, members):
                     try:
@@ -278,13 +290,54 @@ class Trainer:
                     if on_log is not None:
                         on_log(step, [m.sae for m in members])
                 bar.update(1)
-                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == self.total:
-                    self._save_state(state_dir, members, step, position, scale)
+                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step in (self.total, end):
+                    if writer:
+                        self._save_state(state_dir, members, step, position, scale)
         finally:
             bar.close()
             for s in sinks:
                 s.close()
-        return self._finish(members, last, step, time.time() - t0)
+        if step < self.total:  # stopped at stop_at: the checkpoint holds the run
+            distributed.barrier()
+            return TrainResult(self.paths(), [], last, step)
+        result = self._finish(members, last, step, time.time() - t0)
+        distributed.barrier()  # the SAEs are on disk before any rank returns
+        return result
+
+    def _device_batches(self, batches: Iterator[Batch], step: int) -> Iterator[tuple[Batch, torch.Tensor, Any]]:
+        """Global batches -> (this rank's slice, x and labels on the device). The finiteness check
+        runs on the whole global batch, so every rank stops at the same step with the same message.
+        On CUDA the slice is pinned and its copy queued (non_blocking) one batch ahead, so it overlaps
+        the step; window reads already run in a background thread (`ShuffledBatches`)."""
+        per = self.cfg.batch_size // self.world.size
+        lo, hi = self.world.rank * per, (self.world.rank + 1) * per
+        cuda = self.device.type == "cuda"
+
+        def prepare(batch: Batch, step: int) -> Any:
+            try:
+                _check_finite(batch.x, f"batch {step}", batch.rows, self.source)
+            except SparsesteerError as e:
+                return e  # raised when this batch's turn comes
+            x = batch.x[lo:hi] if self.world.size > 1 else batch.x
+            labels = batch.labels[lo:hi] if batch.labels is not None and self.world.size > 1 else batch.labels
+            if cuda:
+                x = x.pin_memory()
+                labels = labels.pin_memory() if labels is not None else None
+            on_device = (
+                x.to(self.device, non_blocking=True),
+                labels.to(self.device, non_blocking=True) if labels is not None else None,
+            )
+            return Batch(x, labels, batch.rows[lo:hi] if self.world.size > 1 else batch.rows), *on_device
+
+        ahead = prepare(next(batches), step) if cuda else None
+        while True:
+            current = ahead if cuda else prepare(next(batches), step)
+            step += 1
+            if cuda:
+                ahead = prepare(next(batches), step)
+            if isinstance(current, Exception):
+                raise current
+            yield current
 
     def _non_finite(self, e: NonFiniteLoss, name: str, step: int, x: torch.Tensor, rows: np.ndarray) -> str:
         """The message for a NaN/Inf training metric: the step, the SAE, and what caused it."""
@@ -325,6 +378,8 @@ class Trainer:
     ) -> list[dict[str, float]]:
         rows = []
         record: dict[str, Any] = {"step": step, "samples": position, "lr": lr, "elapsed_s": round(elapsed, 3)}
+        if self.world.size > 1:
+            record["ranks"] = self.world.size
         for name, m in zip(self.names, members):
             metrics = {k: v / max(m.sum_steps, 1) for k, v in m.sums.items()}
             metrics["dead_frac"] = float((m.since_fired >= m.cfg.dead_after).float().mean())
@@ -336,6 +391,8 @@ class Trainer:
             record[name] = metrics
             m.sums, m.sum_steps, m.window_samples = {}, 0, 0
             m.fire_count.zero_()
+        if self.world.rank != 0:
+            return rows
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         for s in sinks:
@@ -423,7 +480,8 @@ class Trainer:
                     "seconds": round(elapsed, 1),
                 },
             }
-            sae.save(path)
+            if self.world.rank == 0:
+                sae.save(path)
             sae.eval()
             paths.append(path)
             saes.append(sae)
@@ -444,7 +502,18 @@ def train_step(
         term = objective.loss(out, labels, x)
         loss = loss + objective.weight * term
         terms.append((objective.name, term))
+    ranks = distributed.world().size
+    share = _variance_share(x) if ranks > 1 else 1.0
+    if ranks > 1:  # this rank's part of the global batch's loss (the ranks' parts sum to it)
+        loss = (out.loss - out.sparsity_loss) * share + out.sparsity_loss / ranks
     loss.backward()
+    if ranks > 1:
+        grads = []
+        for p in sae.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+        distributed.all_reduce_sum(grads)
     if c.normalize_decoder:
         sae.remove_gradient_parallel_to_decoder_directions()
     if cfg.grad_clip:
@@ -456,21 +525,27 @@ def train_step(
     if c.normalize_decoder:
         sae.set_decoder_norm_to_unit_norm()
     with torch.no_grad():
-        B = x.shape[0]
-        m.since_fired += B
-        m.since_fired[out.fire_counts > 0] = 0
-        m.fire_count += out.fire_counts
-        m.window_samples += B
+        B = x.shape[0] * ranks
+        fire_counts = out.fire_counts
         stats = {
             "loss": loss,
-            "fvu": out.fvu,
-            "l0": out.l0,
-            "aux_loss": out.aux_loss,
-            "sparsity_loss": out.sparsity_loss,
+            "fvu": out.fvu * share,
+            "l0": out.l0 / ranks,
+            "aux_loss": out.aux_loss * share,
+            "sparsity_loss": out.sparsity_loss / ranks,
         }
         if c.matryoshka:
-            stats["matryoshka_fvu"] = out.matryoshka_fvu
+            stats["matryoshka_fvu"] = out.matryoshka_fvu * share
         stats.update(terms)
+        if ranks > 1:  # global firing counts and metrics: sums of the ranks' shares
+            fire_counts = fire_counts.clone()
+            packed = torch.stack([v.detach().float().reshape(()) for v in stats.values()])
+            distributed.all_reduce_sum([fire_counts, packed])
+            stats = dict(zip(stats, packed.unbind()))
+        m.since_fired += B
+        m.since_fired[fire_counts > 0] = 0
+        m.fire_count += fire_counts
+        m.window_samples += B
         values = {k: float(v) for k, v in stats.items()}
         for k, v in values.items():
             if not math.isfinite(v):
@@ -478,6 +553,39 @@ def train_step(
         for k, v in values.items():
             m.sums[k] = m.sums.get(k, 0.0) + v
         m.sum_steps += 1
+
+
+def _variance_share(x: torch.Tensor) -> torch.Tensor:
+    """total_variance(this rank's rows) / total_variance(the global batch's rows): FVU-type terms
+    divide by the batch's total variance, so a rank's FVU times its share is its part of the global
+    FVU. The global variance comes from summed float64 moments (sum x, sum ||x||^2, rows)."""
+    with torch.no_grad():
+        x64 = x.detach().double()
+        moments = torch.cat([x64.sum(0), (x64 * x64).sum().reshape(1), x64.new_tensor([x.shape[0]])])
+        distributed.all_reduce_sum([moments])
+        s1, s2, n = moments[:-2], moments[-2], moments[-1]
+        global_tv = (s2 - s1.dot(s1) / n).clamp_min(torch.finfo(torch.float64).tiny)
+        return (total_variance(x.detach().float()).double() / global_tv).to(x.dtype)
+
+
+def _check_data_parallel(cfgs: Sequence[SAEConfig], cfg: TrainConfig, ranks: int) -> None:
+    """What data-parallel training reproduces exactly: per-row selections (topk, relu) without
+    per-batch state; a global batch that splits evenly over the ranks."""
+    if cfg.batch_size % ranks:
+        raise SparsesteerError(
+            f"--batch-size {cfg.batch_size} (the global batch) must split evenly over the {ranks} ranks"
+        )
+    for c in cfgs:
+        if c.arch == "batchtopk":
+            raise SparsesteerError(
+                "batchtopk selects the top k x B codes of the whole batch, which no rank sees: train it in one "
+                "process (or use arch topk across ranks)"
+            )
+        if c.pass_weight:
+            raise SparsesteerError(
+                "PASS keeps per-class prototypes updated from each batch; it is not data-parallel yet: train it "
+                "in one process"
+            )
 
 
 class NonFiniteLoss(Exception):
