@@ -126,3 +126,32 @@ def test_data_parallel_refuses_what_it_cannot_reproduce(acts, tmp_path):
     done = subprocess.run([*cmd, *args], capture_output=True, text=True, env=_env(), timeout=300)
     assert done.returncode != 0
     assert "must split evenly over the 2 ranks" in done.stderr
+
+
+def _cache_args(clip: Path, data: Path, out: Path) -> list[str]:
+    return [
+        "cache", "--model", str(clip), "--dataset", f"folder:{data}", "--split", "train",
+        "--hook", "blocks.1.resid_post", "--hook", "blocks.0.mlp_out", "--tokens", "all",
+        "--shard-images", "2", "--batch-size", "2", "--workers", "0", "--device", "cpu",
+        "--on-bad-image", "skip", "--out", str(out),
+    ]  # fmt: skip
+
+
+def test_two_rank_cache_equals_a_one_process_cache(tiny_clip_dir, tmp_path):
+    from helpers import make_folder_dataset
+
+    data = make_folder_dataset(tmp_path / "imgs", (4, 3, 4), corrupt=[(1, 1)])  # 11 images: 6 shards, one skipped
+    one, two = tmp_path / "one", tmp_path / "two"
+    run(_cache_args(tiny_clip_dir, data, one))
+    done = run(_cache_args(tiny_clip_dir, data, two), ranks=2)
+    assert done.stdout.count("11 images") == 1  # rank 0 alone reports
+    m1, m2 = (json.loads((p / "manifest.json").read_text()) for p in (one, two))
+    for key in ("settings", "settings_sha256", "shards", "skipped", "labels", "completed"):
+        assert m2[key] == m1[key], key  # records hold every file's sha256: same bytes
+    assert len(m1["shards"]) == 6 and len(m1["skipped"]) == 1 and m1["completed"]
+    names = lambda p: sorted(str(f.relative_to(p)) for f in p.rglob("*") if f.is_file())  # noqa: E731
+    assert names(two) == names(one)  # no part records or other leftovers
+    verified = subprocess.run(
+        [sys.executable, "-m", "sparsesteer", "verify", str(two)], capture_output=True, text=True, env=_env()
+    )
+    assert verified.returncode == 0 and "OK" in verified.stdout
