@@ -178,7 +178,8 @@ class ShuffledBatches:
         self.batch_size = batch_size
         self.seed = seed
         row_bytes = source.d * 4
-        self.chunk_rows = max(1, min(source.n_rows, chunk_bytes // row_bytes))
+        # a source may fix its chunk (a model-backed one reads whole images: `stream.ModelRows`)
+        self.chunk_rows = max(1, min(source.n_rows, getattr(source, "chunk_rows", None) or chunk_bytes // row_bytes))
         self.n_chunks = math.ceil(source.n_rows / self.chunk_rows)
         buffer_rows = max(self.chunk_rows, buffer_bytes // row_bytes)
         self.chunks_per_window = max(1, buffer_rows // self.chunk_rows)

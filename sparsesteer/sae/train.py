@@ -69,8 +69,19 @@ class TrainResult(NamedTuple):
 class Member:
     """One SAE of the sweep with its optimiser, counters and extra objectives."""
 
-    def __init__(self, cfg: SAEConfig, device: torch.device, train: TrainConfig, n_classes: int):
+    def __init__(
+        self,
+        cfg: SAEConfig,
+        device: torch.device,
+        train: TrainConfig,
+        n_classes: int,
+        group: str | None = None,
+        cols: tuple[int, int] | None = None,
+    ):
         self.cfg = cfg
+        self.group = group
+        """The hook whose columns of the source this SAE reads (None: the whole row)."""
+        self.cols = cols
         self.sae = build(cfg, device=device)
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=train.lr, betas=train.adam_betas, **_adam_impl(device))
         n = cfg.n_latents
@@ -151,13 +162,23 @@ class Trainer:
         if not cfgs:
             raise SparsesteerError("nothing to train: no SAE configuration given")
         self.cfg = cfg
-        self.sae_cfgs = [c.resolved(self.source.d) for c in cfgs]
+        # a source with column groups (one per hook: `activations.stream.ModelRows`) trains every
+        # configuration on every group's columns, from the same batches
+        groups = getattr(self.source, "column_groups", None) or {None: (0, self.source.d)}
+        self.sae_cfgs, self.groups, self.cols, self.names = [], [], [], []
+        for group, (a, b) in groups.items():
+            resolved = [c.resolved(b - a) for c in cfgs]
+            names = _unique_names(resolved)
+            for c, name in zip(resolved, names):
+                self.sae_cfgs.append(c)
+                self.groups.append(group)
+                self.cols.append(None if group is None else (a, b))
+                self.names.append(name if group is None else group if len(cfgs) == 1 else f"{group}/{name}")
         classes = variants()
         for c in self.sae_cfgs:
             if not classes[c.arch].trainable:
                 trainable = ", ".join(a for a, k in classes.items() if k.trainable)
                 raise SparsesteerError(f"{c.arch} SAEs are inference-only here; train {trainable} instead")
-        self.names = _unique_names(self.sae_cfgs)
         self.out = Path(out)
         # provenance from the source (a cache view names model, hook, tokens, dataset, split, classes);
         # explicit metadata wins
@@ -183,28 +204,33 @@ class Trainer:
             "saes": [to_dict(c) for c in self.sae_cfgs],
             "names": self.names,
             "source": self.source.describe(),
+            **({"hooks": self.groups} if self.groups[0] is not None else {}),
             "total_steps": self.total,
         }
 
-    def _init_stats(self) -> tuple[float, torch.Tensor]:
-        """(input scale, initial b_dec) from a sample of the data."""
-        sample = sample_rows(self.source, self.cfg.init_samples, seed=self.cfg.seed)
-        if not bool(torch.isfinite(sample).all()):
-            _check_finite(sample, "initialisation sample", None, self.source, _first_bad_row(self.source))
-        scale = 1.0
-        if self.cfg.normalize_input:
-            mean_norm = float(sample.norm(dim=1).mean())
-            if mean_norm == 0:
-                raise SparsesteerError("cannot normalise inputs: the activations are all zero")
-            scale = math.sqrt(self.source.d) / mean_norm
-        sample = sample * scale
-        if self.cfg.b_dec_init == "geometric_median":
-            b_dec = geometric_median(sample)
-        elif self.cfg.b_dec_init == "mean":
-            b_dec = sample.mean(0)
-        else:
-            b_dec = torch.zeros(self.source.d)
-        return scale, b_dec
+    def _init_stats(self) -> dict[str | None, tuple[float, torch.Tensor]]:
+        """Per column group (hook): (input scale, initial b_dec) from a sample of the data."""
+        full = sample_rows(self.source, self.cfg.init_samples, seed=self.cfg.seed)
+        if not bool(torch.isfinite(full).all()):
+            _check_finite(full, "initialisation sample", None, self.source, _first_bad_row(self.source))
+        stats = {}
+        for group, cols in dict(zip(self.groups, self.cols)).items():
+            sample = full if cols is None else full[:, cols[0] : cols[1]]
+            scale = 1.0
+            if self.cfg.normalize_input:
+                mean_norm = float(sample.norm(dim=1).mean())
+                if mean_norm == 0:
+                    raise SparsesteerError("cannot normalise inputs: the activations are all zero")
+                scale = math.sqrt(sample.shape[1]) / mean_norm
+            sample = sample * scale
+            if self.cfg.b_dec_init == "geometric_median":
+                b_dec = geometric_median(sample)
+            elif self.cfg.b_dec_init == "mean":
+                b_dec = sample.mean(0)
+            else:
+                b_dec = torch.zeros(sample.shape[1])
+            stats[group] = (scale, b_dec)
+        return stats
 
     # ------------------------------------------------------------------ run
     def fit(
@@ -239,21 +265,27 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-        members = [Member(c, self.device, cfg, max(self.n_classes, 1)) for c in self.sae_cfgs]
+        members = []
+        for c, g, cols in zip(self.sae_cfgs, self.groups, self.cols):
+            if members and g != members[-1].group:
+                torch.manual_seed(cfg.seed)  # each hook's SAEs start as in a run of that hook alone
+            members.append(Member(c, self.device, cfg, max(self.n_classes, 1), g, cols))
         step, position = 0, 0
         if resume and latest is not None:
-            step, position, scale = self._load_state(latest[1], members, settings)
+            step, position, scales = self._load_state(latest[1], members, settings)
             if step >= self.total and all((p / "cfg.json").is_file() for p in self.paths()):
                 return self._finished(step)  # nothing left to do: keep the run's outputs as they are
         else:
-            scale, b_dec = self._init_stats()
+            stats = self._init_stats()
+            scales = {g: s for g, (s, _) in stats.items()}
             for m in members:
                 with torch.no_grad():
-                    m.sae.b_dec.copy_(b_dec)
+                    m.sae.b_dec.copy_(stats[m.group][1])
             if writer:
                 io.write_json(self.out / "train_config.json", settings)
                 (self.out / "metrics.jsonl").unlink(missing_ok=True)
-        self.scale = scale
+        self.scales = scales
+        self.scale = scales[self.groups[0]]
         if writer:
             _truncate_log(self.out / "metrics.jsonl", step)
         if self.total < FEW_STEPS and step < self.total and writer:
@@ -273,11 +305,11 @@ class Trainer:
         t0 = time.time()
         try:
             while step < end:
-                batch, x, labels = next(batches)
-                if scale != 1.0:
-                    x = x * scale
+                batch, x_full, labels = next(batches)
+                inputs = {g: _columns(x_full, cols, scales[g]) for g, cols in dict(zip(self.groups, self.cols)).items()}
                 lr = cfg.lr_at(step, self.total)
                 for name, m in zip(self.names, members):
+                    x = inputs[m.group]
                     try:
                         train_step(m, x, labels, lr, cfg, self.device)
                     except NonFiniteLoss as e:
@@ -292,7 +324,7 @@ class Trainer:
                 bar.update(1)
                 if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step in (self.total, end):
                     if writer:
-                        self._save_state(state_dir, members, step, position, scale)
+                        self._save_state(state_dir, members, step, position, scales)
         finally:
             bar.close()
             for s in sinks:
@@ -400,7 +432,9 @@ class Trainer:
         return rows
 
     # ------------------------------------------------------------------ checkpoints
-    def _save_state(self, state_dir: Path, members: list[Member], step: int, position: int, scale: float) -> None:
+    def _save_state(
+        self, state_dir: Path, members: list[Member], step: int, position: int, scales: dict[str | None, float]
+    ) -> None:
         """Write state/<step>/ completely, then remove older ones: the newest complete directory
         (with its state.json written last) is always a valid checkpoint."""
         target = state_dir / f"{step:09d}"
@@ -418,7 +452,7 @@ class Trainer:
         meta = {
             "step": step,
             "position": position,
-            "scale": scale,
+            **({"scale": scales[None]} if None in scales else {"scales": scales}),
             "settings": self._settings(),
             "python_random": _py_random_state(),
             "state_sha256": io.sha256_file(tmp / "state.safetensors"),
@@ -431,11 +465,13 @@ class Trainer:
             if old != target and old.name[0].isdigit():
                 shutil.rmtree(old, ignore_errors=True)
 
-    def _load_state(self, path: Path, members: list[Member], settings: dict[str, Any]) -> tuple[int, int, float]:
+    def _load_state(
+        self, path: Path, members: list[Member], settings: dict[str, Any]
+    ) -> tuple[int, int, dict[str | None, float]]:
         meta = io.read_json(path / "state.json")
         saved = meta["settings"]
-        for key in ("train", "saes", "source"):
-            diff = first_difference(saved[key], settings[key])
+        for key in ("train", "saes", "source", "hooks"):
+            diff = first_difference(saved.get(key), settings.get(key))
             if diff is not None:
                 raise SparsesteerError(
                     f"cannot resume {self.out}: its {key} settings differ from this run's ({diff}); "
@@ -451,7 +487,8 @@ class Trainer:
         if "rng.cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         random.setstate(_py_random_from_json(meta["python_random"]))
-        return int(meta["step"]), int(meta["position"]), float(meta["scale"])
+        scales = {None: float(meta["scale"])} if "scale" in meta else {g: float(v) for g, v in meta["scales"].items()}
+        return int(meta["step"]), int(meta["position"]), scales
 
     # ------------------------------------------------------------------ output
     def _finish(self, members: list[Member], last: list[dict[str, float]], step: int, elapsed: float) -> TrainResult:
@@ -459,13 +496,15 @@ class Trainer:
         for path, m, metrics in zip(self.paths(), members, last):
             sae = build(m.cfg, device="cpu")
             sae.load_state_dict({k: v.detach().cpu() for k, v in m.sae.state_dict().items()})
-            if self.scale != 1.0:
-                sae.fold_input_scale(self.scale)
+            scale = self.scales[m.group]
+            if scale != 1.0:
+                sae.fold_input_scale(scale)
             sae.metadata = {
                 **self.metadata,
+                **({"hook": m.group} if m.group is not None else {}),
                 "input_normalisation": {
                     "kind": "fixed_mean_norm" if self.cfg.normalize_input else "none",
-                    "scale": self.scale,
+                    "scale": scale,
                     "folded": True,
                 },
                 "training": {
@@ -486,6 +525,13 @@ class Trainer:
             paths.append(path)
             saes.append(sae)
         return TrainResult(paths, saes, last, step)
+
+
+def _columns(x: torch.Tensor, cols: tuple[int, int] | None, scale: float) -> torch.Tensor:
+    """One column group of a batch (all of it for None), times the group's input scale."""
+    if cols is not None:
+        x = x[:, cols[0] : cols[1]].contiguous()
+    return x * scale if scale != 1.0 else x
 
 
 def train_step(
