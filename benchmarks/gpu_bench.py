@@ -108,7 +108,6 @@ def sae_throughput(device, B, d, n_latents, k, rates, repeats, steps) -> list[di
                     "step_ms": t * 1e3,
                 }
             )
-            del member
     set_precision("fp32")
     return rows
 
