@@ -112,17 +112,17 @@ def sae_throughput(device, B, d, n_latents, k, rates, repeats, steps) -> list[di
     return rows
 
 
-def caching_throughput(device, dry: bool, repeats: int) -> list[dict]:
+def caching_throughput(device, dry: bool, repeats: int, batch: int | None = None) -> list[dict]:
     from sparsesteer.models import load_backbone
     from sparsesteer.models.tiny import make_random_clip, make_tiny_clip
 
     with tempfile.TemporaryDirectory() as tmp:
         if dry:
             path = make_tiny_clip(Path(tmp) / "clip")
-            batch, hook = 8, "blocks.2.resid_post"
+            batch, hook = batch or 8, "blocks.2.resid_post"
         else:
             path = make_random_clip(Path(tmp) / "clip", "ViT-B/32")
-            batch, hook = 256, "blocks.11.resid_post"
+            batch, hook = batch or 256, "blocks.11.resid_post"
         bb = load_backbone(path, device=device)
         size = bb.image_size
         pixels = torch.randn(batch, 3, size, size, device=device)
@@ -225,6 +225,9 @@ def main() -> int:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--dry-run", action="store_true", help="tiny sizes, one repeat (CI on CPU)")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--batch", type=int, help="rows per SAE step (default 4096; a CPU run may use less)")
+    ap.add_argument("--steps", type=int, default=10, help="SAE steps per timed round")
+    ap.add_argument("--caching-batch", type=int, help="images per forward (default 256)")
     args = ap.parse_args()
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.dry_run:
@@ -232,7 +235,8 @@ def main() -> int:
         repeats, steps = 1, 2
     else:
         sizes = {"batch": 4096, "d": 768, "k": 64, "latents": [3072, 49152], "matmul_n": 49152}
-        repeats, steps = args.repeats, 10
+        repeats, steps = args.repeats, args.steps
+        sizes["batch"] = args.batch or sizes["batch"]
     B, d, k = sizes["batch"], sizes["d"], sizes["k"]
     fig: dict = {
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -250,7 +254,7 @@ def main() -> int:
     }
     fig["matmul_flops"] = matmul_rates(device, B, d, sizes["matmul_n"], repeats)
     fig["sae_training"] = sae_throughput(device, B, d, sizes["latents"], k, fig["matmul_flops"], repeats, steps)
-    fig["caching"] = caching_throughput(device, args.dry_run, repeats)
+    fig["caching"] = caching_throughput(device, args.dry_run, repeats, args.caching_batch)
     fig["sparse_vs_dense"] = sparse_vs_dense(device, B, d, sizes["latents"][-1], k, repeats)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
