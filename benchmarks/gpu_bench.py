@@ -101,7 +101,10 @@ def sae_throughput(device, B, d, n_latents, k, rates, repeats, steps) -> list[di
             rows.append(
                 {
                     "n_latents": n,
-                    "precision": precision,
+                    # on CPU the TF32 and bf16 settings leave the step in fp32: same step, another sample
+                    "precision": precision
+                    if device.type == "cuda" or precision == "fp32"
+                    else f"{precision} (CPU: fp32)",
                     "rows_per_s": B / t,
                     "floor_rows_per_s": floor,
                     "fraction_of_floor": (B / t) / floor,
