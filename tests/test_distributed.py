@@ -155,3 +155,22 @@ def test_two_rank_cache_equals_a_one_process_cache(tiny_clip_dir, tmp_path):
         [sys.executable, "-m", "sparsesteer", "verify", str(two)], capture_output=True, text=True, env=_env()
     )
     assert verified.returncode == 0 and "OK" in verified.stdout
+
+
+def test_two_ranks_training_from_the_model_match_one_process(tiny_clip_dir, tmp_path):
+    from helpers import make_folder_dataset
+
+    data = make_folder_dataset(tmp_path / "imgs", (4, 4, 4))
+    args = [
+        "train", "--model", str(tiny_clip_dir), "--dataset", f"folder:{data}", "--hook", "blocks.0.resid_post",
+        "--hook", "blocks.1.resid_post", "--tokens", "cls", "--k", "4", "--n-latents", "64", "--steps", "12",
+        "--batch-size", "8", "--image-batch-size", "4", "--workers", "0", "--device", "cpu", "--log-every", "4",
+        "--init-samples", "12",
+    ]  # fmt: skip
+    run([*args, "--out", str(tmp_path / "one")])
+    run([*args, "--out", str(tmp_path / "two")], ranks=2)
+    for hook in ("blocks.0.resid_post", "blocks.1.resid_post"):
+        want = load_file(tmp_path / "one" / hook / "sae.safetensors")
+        got = load_file(tmp_path / "two" / hook / "sae.safetensors")
+        for key in want:
+            torch.testing.assert_close(got[key], want[key], rtol=1e-4, atol=1e-6)
