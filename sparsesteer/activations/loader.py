@@ -207,7 +207,7 @@ class ShuffledBatches:
             labs.append(self.source.labels(s, e))
             rows.append(np.arange(s, e))
         perm = np.random.default_rng([self.seed, win.epoch, win.index + 1]).permutation(win.n_rows)
-        acts = torch.cat(parts)[torch.from_numpy(perm)]
+        acts = torch.cat(parts).index_select(0, torch.from_numpy(perm))  # faster than [perm] on CPU
         row_ids = np.concatenate(rows)[perm]
         labels = None if labs[0] is None else np.concatenate(labs)[perm]
         return acts, labels, row_ids
