@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
+from ..utils import distributed
 from ..utils.errors import SparsesteerError
 from .produce import plan_hooks
 
@@ -73,13 +74,48 @@ class ModelRows:
         self.bf16 = bf16 and backbone.device.type == "cuda"
         self._labels = np.repeat(dataset.labels().astype(np.int64), self.tokens_per_image)
 
+    @property
+    def collective_reads(self) -> bool:
+        """Under torchrun every rank runs the forward of its share of the images of each read and
+        the rows are all-gathered: reads are collectives, so the trainer makes them in its own
+        thread, in the same order on every rank (no prefetch thread)."""
+        return distributed.world().size > 1
+
     def read(self, start: int, stop: int) -> torch.Tensor:
         """float32 rows [stop - start, d]: the model run on the images these rows belong to."""
+        t = self.tokens_per_image
+        first, last = start // t, -(-stop // t)
+        if self.collective_reads:
+            out = self._shared_forward(first, last)
+        else:
+            out = self._forward(first, last, torch.device("cpu"))
+        return out[start - first * t : stop - first * t]
+
+    def _shared_forward(self, first: int, last: int) -> torch.Tensor:
+        """The rows of images [first, last), each rank computing a contiguous share, all-gathered
+        (on the model's device: nccl gathers CUDA tensors, gloo CPU ones)."""
+        import torch.distributed as dist
+
+        rank, size, _ = distributed.world()
+        t, n = self.tokens_per_image, last - first
+        per = -(-n // size)
+        bounds = [(first + min(n, r * per), first + min(n, (r + 1) * per)) for r in range(size)]
+        device = self.backbone.device
+        mine = self._forward(*bounds[rank], device)
+        padded = torch.zeros((per * t, self.d), dtype=torch.float32, device=device)
+        padded[: mine.shape[0]] = mine
+        parts = [torch.empty_like(padded) for _ in range(size)]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[: (b - a) * t] for p, (a, b) in zip(parts, bounds)]).cpu()
+
+    def _forward(self, first: int, last: int, device: torch.device) -> torch.Tensor:
+        """Rows of images [first, last) (all their tokens), on `device`."""
         from ..data.batches import image_batches
 
         t = self.tokens_per_image
-        first, last = start // t, -(-stop // t)
-        out = torch.empty(((last - first) * t, self.d), dtype=torch.float32)
+        out = torch.empty(((last - first) * t, self.d), dtype=torch.float32, device=device)
+        if last <= first:
+            return out
         cuda = self.backbone.device.type == "cuda"
         batches = image_batches(
             self.dataset,
@@ -97,9 +133,9 @@ class ModelRows:
                 acts = self.backbone.run(pixels, self.plan.hooks, tokens=self.plan.tokens)
             n = len(batch.indices) * t
             for h, (a, b) in self.column_groups.items():
-                out[row : row + n, a:b] = acts[h].reshape(n, b - a).float().cpu()
+                out[row : row + n, a:b] = acts[h].reshape(n, b - a).float().to(device)
             row += n
-        return out[start - first * t : stop - first * t]
+        return out
 
     def labels(self, start: int, stop: int) -> np.ndarray | None:
         return self._labels[start:stop].copy()

@@ -298,7 +298,11 @@ class Trainer:
         sinks = _open_sinks(cfg, self.out, settings) if step < self.total and writer else []
         end = self.total if stop_at is None else min(self.total, max(stop_at, step))
 
-        stream = ShuffledBatches(self.source, cfg.batch_size, seed=cfg.seed, buffer_bytes=cfg.buffer_mb << 20)
+        # a source whose reads are collectives (`train --model` under torchrun) is read in this thread
+        prefetch = not getattr(self.source, "collective_reads", False)
+        stream = ShuffledBatches(
+            self.source, cfg.batch_size, seed=cfg.seed, buffer_bytes=cfg.buffer_mb << 20, prefetch=prefetch
+        )
         batches = self._device_batches(stream.iter_from(position), step)
         bar = progress(total=self.total, initial=step, desc="train", unit="step", disable=None if writer else True)
         last = self._logged_metrics(step)
