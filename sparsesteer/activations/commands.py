@@ -52,9 +52,18 @@ def register(subparsers: Any) -> None:
 
 def run_cache(args: argparse.Namespace) -> int:
     from ..utils import config as config_utils
+    from ..utils import distributed
+    from ..utils.device import resolve_device
     from .produce import CacheConfig, cache_activations
 
-    cache = cache_activations(config_utils.from_args(CacheConfig, args, where="cache settings"))
+    cfg = config_utils.from_args(CacheConfig, args, where="cache settings")
+    world = distributed.init(resolve_device(cfg.device))  # a no-op outside torchrun
+    try:
+        cache = cache_activations(cfg)
+    finally:
+        distributed.shutdown()
+    if world.rank != 0:
+        return 0
     size = sum(f["bytes"] for s in cache.manifest["shards"] for f in s["files"].values())
     skipped = f", {len(cache.skipped)} unreadable images skipped (listed in manifest.json)" if cache.skipped else ""
     print(

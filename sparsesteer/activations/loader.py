@@ -178,7 +178,8 @@ class ShuffledBatches:
         self.batch_size = batch_size
         self.seed = seed
         row_bytes = source.d * 4
-        self.chunk_rows = max(1, min(source.n_rows, chunk_bytes // row_bytes))
+        # a source may fix its chunk (a model-backed one reads whole images: `stream.ModelRows`)
+        self.chunk_rows = max(1, min(source.n_rows, getattr(source, "chunk_rows", None) or chunk_bytes // row_bytes))
         self.n_chunks = math.ceil(source.n_rows / self.chunk_rows)
         buffer_rows = max(self.chunk_rows, buffer_bytes // row_bytes)
         self.chunks_per_window = max(1, buffer_rows // self.chunk_rows)
@@ -206,7 +207,7 @@ class ShuffledBatches:
             labs.append(self.source.labels(s, e))
             rows.append(np.arange(s, e))
         perm = np.random.default_rng([self.seed, win.epoch, win.index + 1]).permutation(win.n_rows)
-        acts = torch.cat(parts)[torch.from_numpy(perm)]
+        acts = torch.cat(parts).index_select(0, torch.from_numpy(perm))  # faster than [perm] on CPU
         row_ids = np.concatenate(rows)[perm]
         labels = None if labs[0] is None else np.concatenate(labs)[perm]
         return acts, labels, row_ids

@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from ..models.hook_names import TOKEN_SELECTIONS, TokenSelection
+from ..utils import distributed
 from ..utils.errors import SparsesteerError, unknown
+from ..utils.io import read_json, write_json
 from ..utils.options import DataOptions, ModelOptions, RunOptions, positive_int
 from .cache import DTYPES, ActivationCache, CacheSettings, CacheWriter, DType
 
@@ -147,7 +150,8 @@ def cache_activations(cfg: CacheConfig, *, backbone: Backbone | None = None) -> 
             f"cache_activations: the backbone is {backbone.model_id!r} but cfg.model is {cfg.model!r}"
         )
     ds = limit_dataset(open_dataset(cfg.dataset, cfg.split, data_root=cfg.data_root), cfg.limit, cfg.limit_seed)
-    bb = backbone or load_backbone(cfg.model, device=resolve_device(cfg.device), revision=cfg.revision)
+    device = distributed.rank_device(resolve_device(cfg.device))
+    bb = backbone or load_backbone(cfg.model, device=device, revision=cfg.revision)
     plan = plan_hooks(bb, cfg.hooks, cfg.tokens)
     pre = bb.preprocessor
     if pre.output_size != (bb.image_size, bb.image_size):
@@ -169,6 +173,9 @@ def cache_activations(cfg: CacheConfig, *, backbone: Backbone | None = None) -> 
         preprocessing=pre.to_dict(),
         classes=tuple(ds.classes) if ds.classes else None,
     )
+    if distributed.world().size > 1:
+        _cache_data_parallel(cfg, settings, bb, ds, pre, plan)
+        return ActivationCache.open(cfg.out)
     with CacheWriter.open(cfg.out, settings) as writer:
         if writer.completed:
             log.info("%s already holds this activation cache, completed; nothing to do", cfg.out)
@@ -255,6 +262,101 @@ def _check_finite(stored: torch.Tensor, source: torch.Tensor, hook: str, images:
     raise SparsesteerError(f"the model produced NaN/Inf at hook {hook!r}, image {image}, token {token}")
 
 
+def _cache_data_parallel(
+    cfg: CacheConfig, settings: CacheSettings, bb: Backbone, ds: ImageDataset, pre: Any, plan: HookPlan
+) -> None:
+    """`torchrun ... cache`: the ranks take the shards still to write round-robin (shard i to rank
+    i mod N), write their files in place and a part record (`.shard-NNNNN.tmp`, JSON); after each
+    round rank 0 commits the round's shards in order. Shard boundaries are those of a
+    single-process run, so the cache is the same one, byte for byte, and resumable like it."""
+    import torch
+
+    rank, size, _ = distributed.world()
+    shared = torch.zeros(4, dtype=torch.long)
+    writer = None
+    try:
+        if rank == 0:
+            writer = CacheWriter.open(cfg.out, settings)
+            per_shard = 1
+            if not writer.completed:
+                per_shard = (
+                    _resume_shard_images(writer, cfg.shard_images)
+                    or cfg.shard_images
+                    or shard_images_for(plan, cfg.dtype)
+                )
+            shared = torch.tensor([per_shard, writer.next_image, int(writer.completed), writer.next_shard_index])
+        distributed.all_reduce_sum([shared])  # rank 0's values (the others add zeros)
+        per_shard, next_image, completed, first_index = (int(v) for v in shared)
+        if completed:
+            return
+        # the other ranks write files through a lock-free writer on the same directory
+        files = writer or CacheWriter(Path(cfg.out), settings, {"shards": [], "completed": False}, None)
+        starts = list(range(next_image, settings.n_images, per_shard))
+        for r0 in range(0, len(starts), size):
+            mine = r0 + rank
+            if mine < len(starts):
+                first = starts[mine]
+                stop = min(first + per_shard, settings.n_images)
+                sink = _PartSink(files, first_index + mine, first)
+                _produce(
+                    sink,  # type: ignore[arg-type]
+                    bb,
+                    ds,
+                    pre,
+                    plan,
+                    per_shard,
+                    batch_size=cfg.batch_size,
+                    workers=cfg.workers,
+                    on_bad_image=cfg.on_bad_image,
+                    start=first,
+                    stop=stop,
+                    show=rank == 0,
+                )
+            distributed.barrier()
+            if writer is not None:
+                for i in range(r0, min(r0 + size, len(starts))):
+                    part = Path(cfg.out) / _part_name(first_index + i)
+                    record = read_json(part)
+                    writer.commit_shard(record["record"], record["skipped"])
+                    part.unlink()
+        if writer is not None:
+            writer.finish(ds.labels())
+    finally:
+        if writer is not None:
+            writer.close()
+        distributed.barrier()  # the cache is committed before any rank reads it
+
+
+def _part_name(shard: int) -> str:
+    return f".shard-{shard:05d}.tmp"  # a scratch name: a resumed writer removes leftovers
+
+
+class _PartSink:
+    """What `_produce` writes to on a rank of a data-parallel run: one shard's files, plus a JSON
+    part record that rank 0 commits."""
+
+    def __init__(self, writer: CacheWriter, index: int, first: int):
+        self.writer, self.index, self.first = writer, index, first
+        self.settings = writer.settings
+        self.skipped: list[dict[str, Any]] = []
+
+    def add_skipped(self, image: int, source: str, error: str) -> None:
+        self.skipped.append({"image": int(image), "source": str(source), "error": str(error)})
+
+    def write_shard(self, acts, image_idx, token_idx, *, n_images, check_finite) -> None:
+        record, skipped = self.writer.write_shard_files(
+            self.index,
+            self.first,
+            acts,
+            image_idx,
+            token_idx,
+            n_images=n_images,
+            check_finite=check_finite,
+            skipped=self.skipped,
+        )
+        write_json(self.writer.path / _part_name(self.index), {"record": record, "skipped": skipped})
+
+
 def _produce(
     writer: CacheWriter,
     bb: Backbone,
@@ -266,13 +368,17 @@ def _produce(
     batch_size: int,
     workers: int | None,
     on_bad_image: str,
+    start: int | None = None,
+    stop: int | None = None,
+    show: bool = True,
 ) -> None:
-    """Forward every image from `writer.next_image` on and commit full shards as they fill."""
+    """Forward every image of [start, stop) (default: from `writer.next_image` to the end) and
+    write full shards as they fill."""
     from ..data.batches import image_batches
     from ..utils.progress import progress
 
-    n_images = writer.settings.n_images
-    start = shard_start = writer.next_image
+    n_images = writer.settings.n_images if stop is None else stop
+    start = shard_start = writer.next_image if start is None else start
     shard_end = min(shard_start + shard_images, n_images)
     buf = _ShardBuffer(plan, writer.settings.dtype, min(shard_images, n_images - start))
     batches = image_batches(
@@ -286,7 +392,9 @@ def _produce(
         chunk=shard_images,
         pin_memory=bb.device.type == "cuda",
     )
-    with progress(total=n_images, initial=start, unit="img", desc="cache", smoothing=0.1) as bar:
+    with progress(
+        total=n_images, initial=start, unit="img", desc="cache", smoothing=0.1, disable=None if show else True
+    ) as bar:
         for batch in batches:  # batches never straddle a shard boundary (chunk=shard_images)
             for skipped in batch.skipped:
                 writer.add_skipped(skipped.index, skipped.source, skipped.error)

@@ -19,6 +19,9 @@ EXAMPLES = """examples:
   sparsesteer train --activations runs/cache --arch topk --k 64 --expansion 4 --out runs/sae
   sparsesteer train --activations acts.npy --arch topk --k 32,64,128 --n-latents 3072 --out runs/sweep
   sparsesteer train --activations runs/cache --hook blocks.7.resid_post --tokens patch --out runs/sae --resume
+  sparsesteer train --model openai/clip-vit-base-patch32 --dataset cifar100 --hook blocks.5.resid_post \
+      --hook blocks.9.resid_post --tokens all --k 64 --expansion 16 --steps 20000 --out runs/stream
+  torchrun --nproc-per-node 4 -m sparsesteer train --activations runs/cache --k 64 --batch-size 4096 --out runs/ddp
 """
 
 
@@ -36,7 +39,12 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     data = p.add_argument_group("data and run directory")
-    config_utils.add_arguments(data, TrainData, metavars={"activations": "PATH", "labels": "NPY", "out": "DIR"})
+    config_utils.add_arguments(
+        data,
+        TrainData,
+        flags={"hooks": "--hook"},
+        metavars={"activations": "PATH", "labels": "NPY", "out": "DIR", "limit": "N"},
+    )
     arch = p.add_argument_group("SAE (comma-separated values of the first five make a sweep)")
     for name in SWEEP_FIELDS:
         arch.add_argument(
@@ -157,6 +165,8 @@ def _check_grid(cfgs: list[Any], swept: dict[str, list[str]]) -> None:
 
 def run_train(args: argparse.Namespace) -> int:
     from ..activations.loader import open_source
+    from ..utils import distributed
+    from ..utils.device import resolve_device
     from .config import TrainData
     from .train import TrainConfig, Trainer, check_run_dir
 
@@ -170,16 +180,30 @@ def run_train(args: argparse.Namespace) -> int:
         TrainConfig, {**file_data.get("train", {}), **config_utils.overrides(args, TrainConfig)}, where="train config"
     )
     check_run_dir(run.out, resume=run.resume, overwrite=run.overwrite)  # before any data is read
-    source = open_source(
-        run.activations,
-        hook=run.hook,
-        tokens=run.tokens,
-        labels=run.labels,
-        verify="lazy" if run.verify else "none",
-        require_complete=not run.allow_incomplete,
-    )
+    world = distributed.init(resolve_device(train_cfg.device))  # a no-op outside torchrun
+    if run.model is not None:
+        from ..activations.stream import open_model_rows
+
+        source = open_model_rows(run, train_cfg)
+    else:
+        source = open_source(
+            run.activations,
+            hook=run.hooks[0] if run.hooks else None,
+            tokens=run.tokens,
+            labels=run.labels,
+            verify="lazy" if run.verify else "none",
+            require_complete=not run.allow_incomplete,
+        )
     trainer = Trainer(source, sae_cfgs, train_cfg, run.out)  # provenance comes from the source
-    result = trainer.fit(resume=run.resume, overwrite=run.overwrite)
+    try:
+        result = trainer.fit(resume=run.resume, overwrite=run.overwrite, stop_at=run.stop_at)
+    finally:
+        distributed.shutdown()
+    if world.rank != 0:
+        return 0
+    if result.steps < trainer.total:
+        print(f"{run.out}: stopped at step {result.steps} of {trainer.total} (checkpoint saved); --resume continues")
+        return 0
     for path, metrics in zip(result.paths, result.metrics):
         summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in ("fvu", "l0", "dead_frac"))
         print(f"{path}: {summary}")

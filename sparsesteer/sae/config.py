@@ -273,12 +273,30 @@ class TrainData:
     """What `sparsesteer train` reads and where it writes (the SAE and loop settings are SAEConfig
     and TrainConfig)."""
 
-    activations: str
-    """Activation cache directory, or a .npy file [N, d]."""
-    hook: str | None = None
-    """Hook point to train on when the cache holds several; None = its only hook."""
+    activations: str | None = None
+    """Activation cache directory, or a .npy file [N, d]; or leave it out and give --model (no cache)."""
+    hooks: tuple[str, ...] = ()
+    """Hook point: with a cache, the one to train on when it holds several (None = its only hook); with
+    --model, repeatable: one SAE (per sweep member) per hook, all from the same forward passes."""
     tokens: str | None = None
-    """Train on these rows of the cache: cls, patch or all; None = every cached row."""
+    """Train on these rows: cls, patch or all; None = every cached row (with --model: required)."""
+    model: str | None = None
+    """Train straight from this model (hub id or directory) on --dataset/--split, without a cache:
+    activations are computed on the fly into the shuffle buffer (docs/scaling.md)."""
+    revision: str | None = None
+    """--model: hub revision; None = main."""
+    dataset: str | None = None
+    """--model: the images (a dataset spec as for `sparsesteer cache`)."""
+    split: str = "train"
+    """--model: dataset split."""
+    data_root: str | None = None
+    """--model: where built-in datasets live; None = the default data root."""
+    limit: int | None = None
+    """--model: a class-stratified sample of N images (drawn with seed 0); None = all."""
+    image_batch_size: int = 64
+    """--model: images per forward pass (a shuffle-buffer chunk is 4 of them)."""
+    workers: int | None = None
+    """--model: image-decoding processes, 0 = decode in the training process; None = half the CPUs, at most 8."""
     labels: str | None = None
     """Labels .npy [N] for a .npy activations file (PASS needs labels); None = none."""
     verify: bool = True
@@ -291,6 +309,33 @@ class TrainData:
     """Continue the run in --out from its last checkpoint."""
     overwrite: bool = False
     """Replace what --out holds (by default a run starts only in a new or empty directory)."""
+    stop_at: int | None = None
+    """Checkpoint and stop after this step (a time-boxed slot); --resume continues, with the same or
+    another number of torchrun ranks. None = run to the end."""
+
+    def __post_init__(self) -> None:
+        hooks = (self.hooks,) if isinstance(self.hooks, str) else tuple(self.hooks)
+        object.__setattr__(self, "hooks", hooks)
+        if (self.activations is None) == (self.model is None):
+            raise SparsesteerError(
+                "give --activations (a cache or .npy file) or --model (train without a cache), not both"
+            )
+        if self.model is None:
+            if len(hooks) > 1:
+                raise SparsesteerError(
+                    f"--hook given {len(hooks)} times: a cache trains one hook per run (several hooks at once "
+                    "need --model)"
+                )
+            for flag, value in (("--dataset", self.dataset), ("--limit", self.limit), ("--revision", self.revision)):
+                if value is not None:
+                    raise SparsesteerError(f"{flag} goes with --model; --activations already names the rows")
+        else:
+            for flag, value in (("--dataset", self.dataset), ("--hook", hooks), ("--tokens", self.tokens)):
+                if not value:
+                    raise SparsesteerError(f"--model needs {flag} (which images, hook points and token rows)")
+        _require(self.image_batch_size >= 1, "image_batch_size", ">= 1", self.image_batch_size)
+        if self.stop_at is not None:
+            _require(self.stop_at >= 1, "stop_at", ">= 1", self.stop_at)
 
 
 @dataclass(frozen=True, kw_only=True)

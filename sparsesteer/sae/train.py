@@ -27,7 +27,7 @@ import math
 import random
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -35,8 +35,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
-from ..activations.loader import RowSource, ShuffledBatches, describe_row, open_source, sample_rows
-from ..utils import io
+from ..activations.loader import Batch, RowSource, ShuffledBatches, describe_row, open_source, sample_rows
+from ..utils import distributed, io
 from ..utils.config import to_dict
 from ..utils.device import resolve_device
 from ..utils.errors import SparsesteerError
@@ -69,8 +69,19 @@ class TrainResult(NamedTuple):
 class Member:
     """One SAE of the sweep with its optimiser, counters and extra objectives."""
 
-    def __init__(self, cfg: SAEConfig, device: torch.device, train: TrainConfig, n_classes: int):
+    def __init__(
+        self,
+        cfg: SAEConfig,
+        device: torch.device,
+        train: TrainConfig,
+        n_classes: int,
+        group: str | None = None,
+        cols: tuple[int, int] | None = None,
+    ):
         self.cfg = cfg
+        self.group = group
+        """The hook whose columns of the source this SAE reads (None: the whole row)."""
+        self.cols = cols
         self.sae = build(cfg, device=device)
         self.opt = torch.optim.Adam(self.sae.parameters(), lr=train.lr, betas=train.adam_betas, **_adam_impl(device))
         n = cfg.n_latents
@@ -151,19 +162,32 @@ class Trainer:
         if not cfgs:
             raise SparsesteerError("nothing to train: no SAE configuration given")
         self.cfg = cfg
-        self.sae_cfgs = [c.resolved(self.source.d) for c in cfgs]
+        # a source with column groups (one per hook: `activations.stream.ModelRows`) trains every
+        # configuration on every group's columns, from the same batches
+        groups = getattr(self.source, "column_groups", None) or {None: (0, self.source.d)}
+        self.sae_cfgs, self.groups, self.cols, self.names = [], [], [], []
+        for group, (a, b) in groups.items():
+            resolved = [c.resolved(b - a) for c in cfgs]
+            names = _unique_names(resolved)
+            for c, name in zip(resolved, names):
+                self.sae_cfgs.append(c)
+                self.groups.append(group)
+                self.cols.append(None if group is None else (a, b))
+                self.names.append(name if group is None else group if len(cfgs) == 1 else f"{group}/{name}")
         classes = variants()
         for c in self.sae_cfgs:
             if not classes[c.arch].trainable:
                 trainable = ", ".join(a for a, k in classes.items() if k.trainable)
                 raise SparsesteerError(f"{c.arch} SAEs are inference-only here; train {trainable} instead")
-        self.names = _unique_names(self.sae_cfgs)
         self.out = Path(out)
         # provenance from the source (a cache view names model, hook, tokens, dataset, split, classes);
         # explicit metadata wins
         described = Provenance.from_rows(self.source.describe()).to_metadata(known_only=True)
         self.metadata = {**described, **(metadata or {})}
-        self.device = resolve_device(cfg.device)
+        self.device = distributed.rank_device(resolve_device(cfg.device))
+        self.world = distributed.world()
+        if self.world.size > 1:
+            _check_data_parallel(self.sae_cfgs, cfg, self.world.size)
         self.total = cfg.total_steps(self.source.n_rows)
         self.n_classes = 0
         if any(needs_labels(c) for c in self.sae_cfgs):
@@ -180,28 +204,33 @@ class Trainer:
             "saes": [to_dict(c) for c in self.sae_cfgs],
             "names": self.names,
             "source": self.source.describe(),
+            **({"hooks": self.groups} if self.groups[0] is not None else {}),
             "total_steps": self.total,
         }
 
-    def _init_stats(self) -> tuple[float, torch.Tensor]:
-        """(input scale, initial b_dec) from a sample of the data."""
-        sample = sample_rows(self.source, self.cfg.init_samples, seed=self.cfg.seed)
-        if not bool(torch.isfinite(sample).all()):
-            _check_finite(sample, "initialisation sample", None, self.source, _first_bad_row(self.source))
-        scale = 1.0
-        if self.cfg.normalize_input:
-            mean_norm = float(sample.norm(dim=1).mean())
-            if mean_norm == 0:
-                raise SparsesteerError("cannot normalise inputs: the activations are all zero")
-            scale = math.sqrt(self.source.d) / mean_norm
-        sample = sample * scale
-        if self.cfg.b_dec_init == "geometric_median":
-            b_dec = geometric_median(sample)
-        elif self.cfg.b_dec_init == "mean":
-            b_dec = sample.mean(0)
-        else:
-            b_dec = torch.zeros(self.source.d)
-        return scale, b_dec
+    def _init_stats(self) -> dict[str | None, tuple[float, torch.Tensor]]:
+        """Per column group (hook): (input scale, initial b_dec) from a sample of the data."""
+        full = sample_rows(self.source, self.cfg.init_samples, seed=self.cfg.seed)
+        if not bool(torch.isfinite(full).all()):
+            _check_finite(full, "initialisation sample", None, self.source, _first_bad_row(self.source))
+        stats = {}
+        for group, cols in dict(zip(self.groups, self.cols)).items():
+            sample = full if cols is None else full[:, cols[0] : cols[1]]
+            scale = 1.0
+            if self.cfg.normalize_input:
+                mean_norm = float(sample.norm(dim=1).mean())
+                if mean_norm == 0:
+                    raise SparsesteerError("cannot normalise inputs: the activations are all zero")
+                scale = math.sqrt(sample.shape[1]) / mean_norm
+            sample = sample * scale
+            if self.cfg.b_dec_init == "geometric_median":
+                b_dec = geometric_median(sample)
+            elif self.cfg.b_dec_init == "mean":
+                b_dec = sample.mean(0)
+            else:
+                b_dec = torch.zeros(sample.shape[1])
+            stats[group] = (scale, b_dec)
+        return stats
 
     # ------------------------------------------------------------------ run
     def fit(
@@ -210,62 +239,81 @@ class Trainer:
         resume: bool = False,
         overwrite: bool = False,
         on_log: Callable[[int, list[SparseAutoencoder]], None] | None = None,
+        stop_at: int | None = None,
     ) -> TrainResult:
         """Run (or, with `resume`, continue) training; `overwrite` replaces what --out holds.
         `on_log(step, saes)` is called at every logged step with the SAEs in their training state
-        (inputs scaled by `self.scale`)."""
+        (inputs scaled by `self.scale`). `stop_at`: checkpoint and return after that step (a
+        time-boxed slot; `resume` continues); the result then holds no SAEs.
+
+        Under torchrun every rank runs this: each trains on its slice of every global batch (the
+        stream and its position are global), gradients, firing counts and metrics are summed over
+        the ranks, and only rank 0 writes to `out`."""
         cfg = self.cfg
+        writer = self.world.rank == 0
         latest = check_run_dir(self.out, resume=resume, overwrite=overwrite)
+        distributed.barrier()  # every rank has checked --out before rank 0 changes it
         if self.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
             torch.backends.cudnn.allow_tf32 = cfg.tf32
         state_dir = self.out / "state"
         settings = self._settings()
-        if overwrite:
+        if overwrite and writer:
             _clear_dir(self.out)
-        self.out.mkdir(parents=True, exist_ok=True)
+        if writer:
+            self.out.mkdir(parents=True, exist_ok=True)
 
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-        members = [Member(c, self.device, cfg, max(self.n_classes, 1)) for c in self.sae_cfgs]
+        members = []
+        for c, g, cols in zip(self.sae_cfgs, self.groups, self.cols):
+            if members and g != members[-1].group:
+                torch.manual_seed(cfg.seed)  # each hook's SAEs start as in a run of that hook alone
+            members.append(Member(c, self.device, cfg, max(self.n_classes, 1), g, cols))
         step, position = 0, 0
         if resume and latest is not None:
-            step, position, scale = self._load_state(latest[1], members, settings)
+            step, position, scales = self._load_state(latest[1], members, settings)
             if step >= self.total and all((p / "cfg.json").is_file() for p in self.paths()):
                 return self._finished(step)  # nothing left to do: keep the run's outputs as they are
         else:
-            scale, b_dec = self._init_stats()
+            stats = self._init_stats()
+            scales = {g: s for g, (s, _) in stats.items()}
             for m in members:
                 with torch.no_grad():
-                    m.sae.b_dec.copy_(b_dec)
-            io.write_json(self.out / "train_config.json", settings)
-            (self.out / "metrics.jsonl").unlink(missing_ok=True)
-        self.scale = scale
-        _truncate_log(self.out / "metrics.jsonl", step)
-        if self.total < FEW_STEPS and step < self.total:
+                    m.sae.b_dec.copy_(stats[m.group][1])
+            if writer:
+                io.write_json(self.out / "train_config.json", settings)
+                (self.out / "metrics.jsonl").unlink(missing_ok=True)
+        self.scales = scales
+        self.scale = scales[self.groups[0]]
+        if writer:
+            _truncate_log(self.out / "metrics.jsonl", step)
+        if self.total < FEW_STEPS and step < self.total and writer:
             passes = self.total * cfg.batch_size / self.source.n_rows
             log.warning(
                 f"{self.out}: only {self.total} optimiser steps (batch size {cfg.batch_size}, {passes:.3g} x "
                 f"{self.source.n_rows:,} rows); an SAE needs a few hundred steps or more to be usable: raise --steps "
                 f"or --epochs, or lower --batch-size (runs under {FEW_STEPS} steps get this warning)"
             )
-        sinks = _open_sinks(cfg, self.out, settings) if step < self.total else []
+        sinks = _open_sinks(cfg, self.out, settings) if step < self.total and writer else []
+        end = self.total if stop_at is None else min(self.total, max(stop_at, step))
 
-        stream = ShuffledBatches(self.source, cfg.batch_size, seed=cfg.seed, buffer_bytes=cfg.buffer_mb << 20)
-        batches = stream.iter_from(position)
-        bar = progress(total=self.total, initial=step, desc="train", unit="step")
+        # a source whose reads are collectives (`train --model` under torchrun) is read in this thread
+        prefetch = not getattr(self.source, "collective_reads", False)
+        stream = ShuffledBatches(
+            self.source, cfg.batch_size, seed=cfg.seed, buffer_bytes=cfg.buffer_mb << 20, prefetch=prefetch
+        )
+        batches = self._device_batches(stream.iter_from(position), step)
+        bar = progress(total=self.total, initial=step, desc="train", unit="step", disable=None if writer else True)
         last = self._logged_metrics(step)
         t0 = time.time()
         try:
-            while step < self.total:
-                batch = next(batches)
-                x = batch.x.to(self.device, non_blocking=True)
-                _check_finite(x, f"batch {step}", batch.rows, self.source)
-                if scale != 1.0:
-                    x = x * scale
-                labels = batch.labels.to(self.device) if batch.labels is not None else None
+            while step < end:
+                batch, x_full, labels = next(batches)
+                inputs = {g: _columns(x_full, cols, scales[g]) for g, cols in dict(zip(self.groups, self.cols)).items()}
                 lr = cfg.lr_at(step, self.total)
                 for name, m in zip(self.names, members):
+                    x = inputs[m.group]
                     try:
                         train_step(m, x, labels, lr, cfg, self.device)
                     except NonFiniteLoss as e:
@@ -278,13 +326,54 @@ class Trainer:
                     if on_log is not None:
                         on_log(step, [m.sae for m in members])
                 bar.update(1)
-                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step == self.total:
-                    self._save_state(state_dir, members, step, position, scale)
+                if (cfg.checkpoint_every and step % cfg.checkpoint_every == 0) or step in (self.total, end):
+                    if writer:
+                        self._save_state(state_dir, members, step, position, scales)
         finally:
             bar.close()
             for s in sinks:
                 s.close()
-        return self._finish(members, last, step, time.time() - t0)
+        if step < self.total:  # stopped at stop_at: the checkpoint holds the run
+            distributed.barrier()
+            return TrainResult(self.paths(), [], last, step)
+        result = self._finish(members, last, step, time.time() - t0)
+        distributed.barrier()  # the SAEs are on disk before any rank returns
+        return result
+
+    def _device_batches(self, batches: Iterator[Batch], step: int) -> Iterator[tuple[Batch, torch.Tensor, Any]]:
+        """Global batches -> (this rank's slice, x and labels on the device). The finiteness check
+        runs on the whole global batch, so every rank stops at the same step with the same message.
+        On CUDA the slice is pinned and its copy queued (non_blocking) one batch ahead, so it overlaps
+        the step; window reads already run in a background thread (`ShuffledBatches`)."""
+        per = self.cfg.batch_size // self.world.size
+        lo, hi = self.world.rank * per, (self.world.rank + 1) * per
+        cuda = self.device.type == "cuda"
+
+        def prepare(batch: Batch, step: int) -> Any:
+            try:
+                _check_finite(batch.x, f"batch {step}", batch.rows, self.source)
+            except SparsesteerError as e:
+                return e  # raised when this batch's turn comes
+            x = batch.x[lo:hi] if self.world.size > 1 else batch.x
+            labels = batch.labels[lo:hi] if batch.labels is not None and self.world.size > 1 else batch.labels
+            if cuda:
+                x = x.pin_memory()
+                labels = labels.pin_memory() if labels is not None else None
+            on_device = (
+                x.to(self.device, non_blocking=True),
+                labels.to(self.device, non_blocking=True) if labels is not None else None,
+            )
+            return Batch(x, labels, batch.rows[lo:hi] if self.world.size > 1 else batch.rows), *on_device
+
+        ahead = prepare(next(batches), step) if cuda else None
+        while True:
+            current = ahead if cuda else prepare(next(batches), step)
+            step += 1
+            if cuda:
+                ahead = prepare(next(batches), step)
+            if isinstance(current, Exception):
+                raise current
+            yield current
 
     def _non_finite(self, e: NonFiniteLoss, name: str, step: int, x: torch.Tensor, rows: np.ndarray) -> str:
         """The message for a NaN/Inf training metric: the step, the SAE, and what caused it."""
@@ -325,6 +414,8 @@ class Trainer:
     ) -> list[dict[str, float]]:
         rows = []
         record: dict[str, Any] = {"step": step, "samples": position, "lr": lr, "elapsed_s": round(elapsed, 3)}
+        if self.world.size > 1:
+            record["ranks"] = self.world.size
         for name, m in zip(self.names, members):
             metrics = {k: v / max(m.sum_steps, 1) for k, v in m.sums.items()}
             metrics["dead_frac"] = float((m.since_fired >= m.cfg.dead_after).float().mean())
@@ -336,6 +427,8 @@ class Trainer:
             record[name] = metrics
             m.sums, m.sum_steps, m.window_samples = {}, 0, 0
             m.fire_count.zero_()
+        if self.world.rank != 0:
+            return rows
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(record) + "\n")
         for s in sinks:
@@ -343,7 +436,9 @@ class Trainer:
         return rows
 
     # ------------------------------------------------------------------ checkpoints
-    def _save_state(self, state_dir: Path, members: list[Member], step: int, position: int, scale: float) -> None:
+    def _save_state(
+        self, state_dir: Path, members: list[Member], step: int, position: int, scales: dict[str | None, float]
+    ) -> None:
         """Write state/<step>/ completely, then remove older ones: the newest complete directory
         (with its state.json written last) is always a valid checkpoint."""
         target = state_dir / f"{step:09d}"
@@ -361,7 +456,7 @@ class Trainer:
         meta = {
             "step": step,
             "position": position,
-            "scale": scale,
+            **({"scale": scales[None]} if None in scales else {"scales": scales}),
             "settings": self._settings(),
             "python_random": _py_random_state(),
             "state_sha256": io.sha256_file(tmp / "state.safetensors"),
@@ -374,11 +469,13 @@ class Trainer:
             if old != target and old.name[0].isdigit():
                 shutil.rmtree(old, ignore_errors=True)
 
-    def _load_state(self, path: Path, members: list[Member], settings: dict[str, Any]) -> tuple[int, int, float]:
+    def _load_state(
+        self, path: Path, members: list[Member], settings: dict[str, Any]
+    ) -> tuple[int, int, dict[str | None, float]]:
         meta = io.read_json(path / "state.json")
         saved = meta["settings"]
-        for key in ("train", "saes", "source"):
-            diff = first_difference(saved[key], settings[key])
+        for key in ("train", "saes", "source", "hooks"):
+            diff = first_difference(saved.get(key), settings.get(key))
             if diff is not None:
                 raise SparsesteerError(
                     f"cannot resume {self.out}: its {key} settings differ from this run's ({diff}); "
@@ -394,7 +491,8 @@ class Trainer:
         if "rng.cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         random.setstate(_py_random_from_json(meta["python_random"]))
-        return int(meta["step"]), int(meta["position"]), float(meta["scale"])
+        scales = {None: float(meta["scale"])} if "scale" in meta else {g: float(v) for g, v in meta["scales"].items()}
+        return int(meta["step"]), int(meta["position"]), scales
 
     # ------------------------------------------------------------------ output
     def _finish(self, members: list[Member], last: list[dict[str, float]], step: int, elapsed: float) -> TrainResult:
@@ -402,13 +500,15 @@ class Trainer:
         for path, m, metrics in zip(self.paths(), members, last):
             sae = build(m.cfg, device="cpu")
             sae.load_state_dict({k: v.detach().cpu() for k, v in m.sae.state_dict().items()})
-            if self.scale != 1.0:
-                sae.fold_input_scale(self.scale)
+            scale = self.scales[m.group]
+            if scale != 1.0:
+                sae.fold_input_scale(scale)
             sae.metadata = {
                 **self.metadata,
+                **({"hook": m.group} if m.group is not None else {}),
                 "input_normalisation": {
                     "kind": "fixed_mean_norm" if self.cfg.normalize_input else "none",
-                    "scale": self.scale,
+                    "scale": scale,
                     "folded": True,
                 },
                 "training": {
@@ -423,11 +523,19 @@ class Trainer:
                     "seconds": round(elapsed, 1),
                 },
             }
-            sae.save(path)
+            if self.world.rank == 0:
+                sae.save(path)
             sae.eval()
             paths.append(path)
             saes.append(sae)
         return TrainResult(paths, saes, last, step)
+
+
+def _columns(x: torch.Tensor, cols: tuple[int, int] | None, scale: float) -> torch.Tensor:
+    """One column group of a batch (all of it for None), times the group's input scale."""
+    if cols is not None:
+        x = x[:, cols[0] : cols[1]].contiguous()
+    return x * scale if scale != 1.0 else x
 
 
 def train_step(
@@ -444,7 +552,18 @@ def train_step(
         term = objective.loss(out, labels, x)
         loss = loss + objective.weight * term
         terms.append((objective.name, term))
+    ranks = distributed.world().size
+    share = _variance_share(x) if ranks > 1 else 1.0
+    if ranks > 1:  # this rank's part of the global batch's loss (the ranks' parts sum to it)
+        loss = (out.loss - out.sparsity_loss) * share + out.sparsity_loss / ranks
     loss.backward()
+    if ranks > 1:
+        grads = []
+        for p in sae.parameters():
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+            grads.append(p.grad)
+        distributed.all_reduce_sum(grads)
     if c.normalize_decoder:
         sae.remove_gradient_parallel_to_decoder_directions()
     if cfg.grad_clip:
@@ -456,21 +575,27 @@ def train_step(
     if c.normalize_decoder:
         sae.set_decoder_norm_to_unit_norm()
     with torch.no_grad():
-        B = x.shape[0]
-        m.since_fired += B
-        m.since_fired[out.fire_counts > 0] = 0
-        m.fire_count += out.fire_counts
-        m.window_samples += B
+        B = x.shape[0] * ranks
+        fire_counts = out.fire_counts
         stats = {
             "loss": loss,
-            "fvu": out.fvu,
-            "l0": out.l0,
-            "aux_loss": out.aux_loss,
-            "sparsity_loss": out.sparsity_loss,
+            "fvu": out.fvu * share,
+            "l0": out.l0 / ranks,
+            "aux_loss": out.aux_loss * share,
+            "sparsity_loss": out.sparsity_loss / ranks,
         }
         if c.matryoshka:
-            stats["matryoshka_fvu"] = out.matryoshka_fvu
+            stats["matryoshka_fvu"] = out.matryoshka_fvu * share
         stats.update(terms)
+        if ranks > 1:  # global firing counts and metrics: sums of the ranks' shares
+            fire_counts = fire_counts.clone()
+            packed = torch.stack([v.detach().float().reshape(()) for v in stats.values()])
+            distributed.all_reduce_sum([fire_counts, packed])
+            stats = dict(zip(stats, packed.unbind()))
+        m.since_fired += B
+        m.since_fired[fire_counts > 0] = 0
+        m.fire_count += fire_counts
+        m.window_samples += B
         values = {k: float(v) for k, v in stats.items()}
         for k, v in values.items():
             if not math.isfinite(v):
@@ -478,6 +603,39 @@ def train_step(
         for k, v in values.items():
             m.sums[k] = m.sums.get(k, 0.0) + v
         m.sum_steps += 1
+
+
+def _variance_share(x: torch.Tensor) -> torch.Tensor:
+    """total_variance(this rank's rows) / total_variance(the global batch's rows): FVU-type terms
+    divide by the batch's total variance, so a rank's FVU times its share is its part of the global
+    FVU. The global variance comes from summed float64 moments (sum x, sum ||x||^2, rows)."""
+    with torch.no_grad():
+        x64 = x.detach().double()
+        moments = torch.cat([x64.sum(0), (x64 * x64).sum().reshape(1), x64.new_tensor([x.shape[0]])])
+        distributed.all_reduce_sum([moments])
+        s1, s2, n = moments[:-2], moments[-2], moments[-1]
+        global_tv = (s2 - s1.dot(s1) / n).clamp_min(torch.finfo(torch.float64).tiny)
+        return (total_variance(x.detach().float()).double() / global_tv).to(x.dtype)
+
+
+def _check_data_parallel(cfgs: Sequence[SAEConfig], cfg: TrainConfig, ranks: int) -> None:
+    """What data-parallel training reproduces exactly: per-row selections (topk, relu) without
+    per-batch state; a global batch that splits evenly over the ranks."""
+    if cfg.batch_size % ranks:
+        raise SparsesteerError(
+            f"--batch-size {cfg.batch_size} (the global batch) must split evenly over the {ranks} ranks"
+        )
+    for c in cfgs:
+        if c.arch == "batchtopk":
+            raise SparsesteerError(
+                "batchtopk selects the top k x B codes of the whole batch, which no rank sees: train it in one "
+                "process (or use arch topk across ranks)"
+            )
+        if c.pass_weight:
+            raise SparsesteerError(
+                "PASS keeps per-class prototypes updated from each batch; it is not data-parallel yet: train it "
+                "in one process"
+            )
 
 
 class NonFiniteLoss(Exception):

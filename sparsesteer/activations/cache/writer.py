@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -263,8 +263,38 @@ class CacheWriter:
         check_finite: reject NaN/Inf (including float16 overflow), naming hook and row.
         """
         self._check_open()
+        record, newly_skipped = self.write_shard_files(
+            self.next_shard_index,
+            self.next_image,
+            acts,
+            image_idx,
+            token_idx,
+            n_images=n_images,
+            check_finite=check_finite,
+            skipped=list(self._pending_skipped.values()),
+        )
+        self.commit_shard(record, newly_skipped)
+        for entry in newly_skipped:
+            del self._pending_skipped[entry["image"]]
+        return copy.deepcopy(record)
+
+    def write_shard_files(
+        self,
+        shard_i: int,
+        first: int,
+        acts: Mapping[str, Any],
+        image_idx: Any,
+        token_idx: Any,
+        *,
+        n_images: int | None = None,
+        check_finite: bool = True,
+        skipped: Sequence[dict[str, Any]] = (),
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """Validate and write the files of shard `shard_i` (covering images from `first`) without
+        committing it: (its manifest record, the skipped images it covers). `commit_shard` commits
+        it. Data-parallel caching (`torchrun ... cache`) has each rank write its shards' files this
+        way, without the directory lock, and rank 0 commit them in order."""
         s = self.settings
-        first = self.next_image
         image_idx = self._index_array(image_idx, "image_idx")
         token_idx = self._index_array(token_idx, "token_idx")
         rows = len(image_idx)
@@ -295,12 +325,13 @@ class CacheWriter:
                 f"write_shard: shard would cover images [{first}, {first + n_images}) "
                 f"but the cache has {s.n_images} images"
             )
-        self._check_layout(image_idx, token_idx, first, n_images)
+        end = first + n_images
+        newly_skipped = sorted((e for e in skipped if first <= e["image"] < end), key=lambda e: e["image"])
+        self._check_layout(image_idx, token_idx, first, n_images, {e["image"] for e in newly_skipped})
 
         stored = {h: self._convert(h, acts[h], rows, check_finite, image_idx, token_idx) for h in s.hooks}
         index = np.stack([image_idx, token_idx], axis=1).astype(INDEX_DTYPE)
 
-        shard_i = self.next_shard_index
         files: dict[str, dict[str, Any]] = {}
         for role, array in [*((acts_role(h), stored[h]) for h in s.hooks), (INDEX_ROLE, index)]:
             name = shard_file_name(role, shard_i)
@@ -310,8 +341,16 @@ class CacheWriter:
             _fsync_dir((self.path / files[role]["name"]).parent)
 
         record = {"index": shard_i, "first_image": first, "n_images": n_images, "rows": rows, "files": files}
-        end = first + n_images
-        newly_skipped = [self._pending_skipped[i] for i in sorted(self._pending_skipped) if i < end]
+        return record, newly_skipped
+
+    def commit_shard(self, record: dict[str, Any], newly_skipped: list[dict[str, Any]]) -> None:
+        """Append a shard written by `write_shard_files` to the manifest (the next one, in order)."""
+        self._check_open()
+        if record["index"] != self.next_shard_index or record["first_image"] != self.next_image:
+            raise SparsesteerError(
+                f"commit_shard: shard {record['index']} starts at image {record['first_image']} but the next shard "
+                f"is {self.next_shard_index}, starting at image {self.next_image}"
+            )
         self._manifest["shards"].append(record)
         self._manifest["skipped"].extend(newly_skipped)
         try:
@@ -320,9 +359,6 @@ class CacheWriter:
             self._manifest["shards"].pop()
             del self._manifest["skipped"][len(self._manifest["skipped"]) - len(newly_skipped) :]
             raise
-        for entry in newly_skipped:
-            del self._pending_skipped[entry["image"]]
-        return copy.deepcopy(record)
 
     def finish(self, labels: Any = None) -> None:
         """Write labels.npy (int64 per image, -1 = unlabeled; None = all unlabeled), mark completed."""
@@ -389,7 +425,9 @@ class CacheWriter:
             raise SparsesteerError(f"write_shard: {what} must be integers, got {arr.dtype}")
         return arr.astype(np.int64)
 
-    def _check_layout(self, image_idx: np.ndarray, token_idx: np.ndarray, first: int, n_images: int) -> None:
+    def _check_layout(
+        self, image_idx: np.ndarray, token_idx: np.ndarray, first: int, n_images: int, skipped: set[int]
+    ) -> None:
         """Rows must be image-major with `token_positions` per image; every image of the range has
         rows or was recorded as skipped."""
         s = self.settings
@@ -427,7 +465,6 @@ class CacheWriter:
                 raise SparsesteerError(
                     f"write_shard: image {per_image[-1]} is outside the shard's images [{first}, {first + n_images})"
                 )
-        skipped = set(self._pending_skipped)
         present = set(per_image.tolist())
         both = sorted(present & skipped)
         if both:

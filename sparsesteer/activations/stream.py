@@ -1,0 +1,179 @@
+"""Activations computed by the model on demand: a row source for training without a cache.
+
+`ModelRows` looks like a cache view to the trainer (`RowSource`: `n_rows`, `d`, `read`, `labels`,
+`describe`) but `read(start, stop)` runs the model: rows are image-major (each image gives one row
+per kept token, as in a cache), and the columns hold every hook side by side
+(`column_groups[hook] = (first, last)`), so one forward pass, stopped after the deepest hook, feeds
+the SAEs of all hooks. The trainer's `ShuffledBatches` then does the rest: it reads windows of
+whole images (`chunk_rows`) in an order drawn from (seed, epoch), shuffles each window's rows in
+its bounded buffer and prefetches the next window in a background thread, so the image order is a
+function of seed and position (resuming is exact) and the forward passes overlap the SAE steps.
+Images are decoded in DataLoader workers (`data.batches.image_batches`).
+
+For users whose cache would not fit on disk (docs/scaling.md: when to cache and when to stream);
+each pass over the data runs the model again.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from ..utils import distributed
+from ..utils.errors import SparsesteerError
+from .produce import plan_hooks
+
+if TYPE_CHECKING:
+    from ..data.datasets import ImageDataset
+    from ..models.backbone import Backbone
+
+
+class ModelRows:
+    """Rows of `hooks` at `tokens` for every image of `dataset`, computed by `backbone` when read."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        dataset: ImageDataset,
+        hooks: list[str] | tuple[str, ...],
+        tokens: str,
+        *,
+        split: str | None = None,
+        image_batch_size: int = 64,
+        workers: int | None = 0,
+        images_per_chunk: int | None = None,
+        bf16: bool = False,
+    ):
+        self.backbone, self.dataset = backbone, dataset
+        self.plan = plan_hooks(backbone, hooks, tokens)
+        pre = backbone.preprocessor
+        if pre.output_size != (backbone.image_size, backbone.image_size):
+            raise SparsesteerError(
+                f"{backbone.model_id!r}: its preprocessing produces {pre.output_size or 'variable-size'} images but "
+                f"the model runs at {backbone.image_size}x{backbone.image_size}; fix preprocessor_config.json"
+            )
+        self.pre = pre
+        self.split = split
+        self.tokens_per_image = len(self.plan.token_positions)
+        self.n_images = len(dataset)
+        if self.n_images == 0:
+            raise SparsesteerError(f"{dataset.describe().get('name', 'the dataset')}: no images to train on")
+        self.n_rows = self.n_images * self.tokens_per_image
+        self.column_groups: dict[str, tuple[int, int]] = {}
+        offset = 0
+        for h in self.plan.hooks:
+            self.column_groups[h] = (offset, offset + self.plan.d[h])
+            offset += self.plan.d[h]
+        self.d = offset
+        self.image_batch_size = image_batch_size
+        self.workers = workers
+        # windows are read in whole images: 4 forward batches per chunk unless told
+        self.chunk_rows = (images_per_chunk or 4 * image_batch_size) * self.tokens_per_image
+        self.bf16 = bf16 and backbone.device.type == "cuda"
+        self._labels = np.repeat(dataset.labels().astype(np.int64), self.tokens_per_image)
+
+    @property
+    def collective_reads(self) -> bool:
+        """Under torchrun every rank runs the forward of its share of the images of each read and
+        the rows are all-gathered: reads are collectives, so the trainer makes them in its own
+        thread, in the same order on every rank (no prefetch thread)."""
+        return distributed.world().size > 1
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        """float32 rows [stop - start, d]: the model run on the images these rows belong to."""
+        t = self.tokens_per_image
+        first, last = start // t, -(-stop // t)
+        if self.collective_reads:
+            out = self._shared_forward(first, last)
+        else:
+            out = self._forward(first, last, torch.device("cpu"))
+        return out[start - first * t : stop - first * t]
+
+    def _shared_forward(self, first: int, last: int) -> torch.Tensor:
+        """The rows of images [first, last), each rank computing a contiguous share, all-gathered
+        (on the model's device: nccl gathers CUDA tensors, gloo CPU ones)."""
+        import torch.distributed as dist
+
+        rank, size, _ = distributed.world()
+        t, n = self.tokens_per_image, last - first
+        per = -(-n // size)
+        bounds = [(first + min(n, r * per), first + min(n, (r + 1) * per)) for r in range(size)]
+        device = self.backbone.device
+        mine = self._forward(*bounds[rank], device)
+        padded = torch.zeros((per * t, self.d), dtype=torch.float32, device=device)
+        padded[: mine.shape[0]] = mine
+        parts = [torch.empty_like(padded) for _ in range(size)]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[: (b - a) * t] for p, (a, b) in zip(parts, bounds)]).cpu()
+
+    def _forward(self, first: int, last: int, device: torch.device) -> torch.Tensor:
+        """Rows of images [first, last) (all their tokens), on `device`."""
+        from ..data.batches import image_batches
+
+        t = self.tokens_per_image
+        out = torch.empty(((last - first) * t, self.d), dtype=torch.float32, device=device)
+        if last <= first:
+            return out
+        cuda = self.backbone.device.type == "cuda"
+        batches = image_batches(
+            self.dataset,
+            self.pre,
+            batch_size=self.image_batch_size,
+            workers=self.workers,
+            start=first,
+            stop=last,
+            pin_memory=cuda,
+        )
+        row = 0
+        for batch in batches:
+            pixels = batch.pixels.to(self.backbone.device, non_blocking=cuda)
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
+                acts = self.backbone.run(pixels, self.plan.hooks, tokens=self.plan.tokens)
+            n = len(batch.indices) * t
+            for h, (a, b) in self.column_groups.items():
+                out[row : row + n, a:b] = acts[h].reshape(n, b - a).float().to(device)
+            row += n
+        return out
+
+    def labels(self, start: int, stop: int) -> np.ndarray | None:
+        return self._labels[start:stop].copy()
+
+    def describe(self) -> dict[str, Any]:
+        """What the rows are (compared on --resume, recorded in each SAE's provenance)."""
+        bb = self.backbone
+        return {
+            "kind": "model",
+            "model": {"id": bb.model_id, "revision": bb.revision, "arch": bb.arch},
+            "dataset": self.dataset.describe(),
+            "split": self.split,
+            "hooks": list(self.plan.hooks),
+            "tokens": self.plan.tokens,
+            "token_positions": list(self.plan.token_positions),
+            "n_rows": self.n_rows,
+            "d": self.d,
+            "classes": list(self.dataset.classes) if self.dataset.classes else None,
+        }
+
+
+def open_model_rows(run: Any, train: Any) -> ModelRows:
+    """`sparsesteer train --model`: load the model (on this rank's device) and the dataset split."""
+    from ..data import limit_dataset, open_dataset
+    from ..models import load_backbone
+    from ..utils import distributed
+    from ..utils.device import resolve_device
+
+    device = distributed.rank_device(resolve_device(train.device))
+    ds = limit_dataset(open_dataset(run.dataset, run.split, data_root=run.data_root), run.limit, 0)
+    bb = load_backbone(run.model, device=device, revision=run.revision)
+    return ModelRows(
+        bb,
+        ds,
+        run.hooks,
+        run.tokens,
+        split=run.split,
+        image_batch_size=run.image_batch_size,
+        workers=run.workers,
+        bf16=train.bf16,
+    )
