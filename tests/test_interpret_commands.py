@@ -165,3 +165,39 @@ def test_stats_of_a_limit_cache_open_the_same_sample(run, tmp_path):
     assert [ds.source(i) for i in range(3)] == [same.source(i) for i in range(3)]
     j = int(np.argmax(stats.fire_count))
     assert heatmap(stats, j, 0, ds, size=32).size == (32, 32)
+
+
+def test_streamed_from_the_model_equals_the_cache(run, tmp_path):
+    """`interpret --model --dataset` (no cache: the model runs during the pass) gives the statistics
+    that the cache of the same model, hook, tokens and images gives."""
+    tmp, data, cache, sae, sae_dir, out, clip = run
+    streamed = tmp_path / "streamed"
+    rc = main(
+        [
+            "interpret", "--sae", str(sae_dir), "--model", str(clip), "--dataset", f"folder:{data}", "--split",
+            "train", "--out", str(streamed), "--top-n", "3", "--batch-size", "40", "--neighbours", "4",
+            "--image-batch-size", "3", "--device", "cpu",
+        ]
+    )  # fmt: skip
+    assert rc == 0
+    a, b = load_stats(out, sae=sae_dir), load_stats(streamed, sae=sae_dir)
+    assert (a.n_rows, a.n_images, a.token_positions) == (b.n_rows, b.n_images, b.token_positions)
+    np.testing.assert_array_equal(a.fire_count, b.fire_count)
+    np.testing.assert_array_equal(a.hist_counts, b.hist_counts)
+    np.testing.assert_allclose(a.act_max, b.act_max, rtol=1e-5, atol=1e-6)
+    assert sorted(a.top) == sorted(b.top)
+    for r in a.top:
+        np.testing.assert_array_equal(a.top[r].images, b.top[r].images)
+        np.testing.assert_array_equal(a.top[r].labels, b.top[r].labels)
+        np.testing.assert_allclose(a.top[r].tokens, b.top[r].tokens, rtol=1e-5, atol=1e-6)
+    meta = json.loads((streamed / "stats.json").read_text())
+    assert meta["activations"]["streamed"] and meta["activations"]["hook"] == HOOK
+    assert meta["dataset"] == {"spec": f"folder:{data}", "split": "train"}
+    assert meta["classes"] == json.loads((out / "stats.json").read_text())["classes"]
+    assert stats_dataset(b) is not None  # the browser and heatmaps reopen the images from the record
+
+
+def test_interpret_needs_a_cache_or_a_model_and_dataset(run, tmp_path, capsys):
+    tmp, data, cache, sae, sae_dir, out, clip = run
+    assert main(["interpret", "--sae", str(sae_dir), "--model", str(clip), "--out", str(tmp_path / "s")]) == 2
+    assert "give --activations CACHE, or --model M and --dataset D" in capsys.readouterr().err

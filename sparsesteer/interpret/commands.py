@@ -9,6 +9,7 @@ from ..utils import config as config_utils
 EXAMPLES = """examples:
   sparsesteer interpret --sae runs/sae --activations runs/cache --out runs/stats
   sparsesteer interpret --sae runs/sae-cls --activations runs/cache --vocab imagenet1k --montages 50 --out runs/stats
+  sparsesteer interpret --sae runs/sae --model openai/clip-vit-base-patch32 --dataset cifar10 --split test --out runs/stats
 """
 
 
@@ -19,7 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "interpret",
         help="per-latent statistics: frequency, histograms, top images, neighbours, concept lens",
-        description="One streaming pass of an SAE over an activation cache: per latent firing frequency, mean "
+        description="One streaming pass of an SAE over an activation cache (or over the activations --model computes "
+        "on --dataset images as the pass runs, with no cache): per latent firing frequency, mean "
         "and max activation, an activation histogram, the top images (with per-patch activations and labels), "
         "decoder neighbours and optionally a concept lens and montages. Writes OUT/stats.json + "
         "OUT/stats.safetensors (read them with sparsesteer.interpret.load_stats).",

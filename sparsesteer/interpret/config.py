@@ -14,16 +14,24 @@ class InterpretConfig(DeviceOptions):
 
     sae: str
     """SAE directory (sparsesteer, sparsify or SAELens layout)."""
-    activations: str
-    """Activation cache directory (its manifest names the dataset the images come from)."""
     out: str
     """Statistics directory to write (stats.json + stats.safetensors [+ montages/])."""
+    activations: str | None = None
+    """Activation cache directory (its manifest names the dataset the images come from); or give --model
+    and --dataset to compute the activations while the pass runs (no cache)."""
     hook: str | None = None
     """Hook point of a multi-hook cache; None = the SAE's hook."""
     tokens: str | None = None
     """cls, patch or all rows of the cache; None = the SAE's token selection (or every cached row)."""
     dataset: str | None = None
-    """Dataset spec of the images (montages, and what the statistics record); None = the cache's."""
+    """Dataset spec of the images (montages, and what the statistics record); None = the cache's. Without
+    --activations: the images to run --model on."""
+    split: str = "train"
+    """Without --activations: the split of --dataset to run --model on."""
+    limit: int | None = None
+    """Without --activations: a stratified sample of this many images (seed 0); None = all."""
+    image_batch_size: int = 64
+    """Without --activations: images per forward pass (does not change the results)."""
     data_root: str | None = None
     """Where built-in datasets live; None = $SPARSESTEER_DATA or ~/.cache/sparsesteer/data."""
     top_n: int = 10
@@ -46,7 +54,8 @@ class InterpretConfig(DeviceOptions):
     lens_k: int = 10
     """Words kept per latent by the concept lens."""
     model: str | None = None
-    """Model for the concept lens; None = the model the cache records."""
+    """Model (hub id or directory) whose activations --dataset gives when there is no --activations; also
+    the model of the concept lens (None = the model the cache records)."""
     text_cache: str | None = None
     """Directory caching the lens's text embeddings; None = no cache."""
     montages: int = 0
@@ -56,7 +65,11 @@ class InterpretConfig(DeviceOptions):
     stats.json then lists the disagreements."""
 
     def __post_init__(self) -> None:
-        for name in ("top_n", "n_bins", "batch_size", "lens_k"):
+        if self.activations is None and not (self.model and self.dataset):
+            raise SparsesteerError("give --activations CACHE, or --model M and --dataset D to compute them on the fly")
+        if self.limit is not None:
+            positive_int(self.limit, "--limit")
+        for name in ("top_n", "n_bins", "batch_size", "lens_k", "image_batch_size"):
             positive_int(getattr(self, name), "--" + name.replace("_", "-"))
         if self.max_images is not None:
             positive_int(self.max_images, "--max-images")
