@@ -113,9 +113,29 @@ def encode_select(
         if use_aux:
             pre.masked_fill_(alive_n, float("-inf"))
             torch.topk(pre, k_aux, dim=1, sorted=False, out=(aux_values[s:e], aux_indices[s:e]))
+    if dtype != W_enc_nd.dtype:
+        # reduced-precision matmul (autocast): it chose the latents; their values are recomputed in
+        # the weights' precision (O(B * k * d)), so the codes, the loss and the gradients are float32
+        values = selected_preacts(x_bd, W_enc_nd, b_enc_n, indices)
     if not use_aux:
         return Selection(values, indices, None, None)
     return Selection(values, indices, aux_values, aux_indices)
+
+
+@torch.no_grad()
+def selected_preacts(x_bd: Tensor, W_nd: Tensor, b_n: Tensor, idx_bk: Tensor, *, chunk_pairs: int = 1 << 18) -> Tensor:
+    """[B, K] pre-activations x[b] . W[idx[b, j]] + b[idx[b, j]] of the selected latents only, in
+    W's dtype (a gathered batched dot product over row chunks: memory O(chunk * d))."""
+    B, K = idx_bk.shape
+    out = torch.empty(B, K, dtype=W_nd.dtype, device=W_nd.device)
+    x = x_bd.to(W_nd.dtype)
+    rows = max(1, chunk_pairs // max(K, 1))
+    for s in range(0, B, rows):
+        e = min(B, s + rows)
+        idx = idx_bk[s:e]
+        torch.bmm(W_nd[idx], x[s:e, :, None], out=out[s:e, :, None])
+        out[s:e] += b_n[idx]
+    return out
 
 
 @torch.no_grad()
@@ -160,7 +180,8 @@ def dense_pre(x_bd: Tensor, W_enc_nd: Tensor, b_enc_n: Tensor) -> Tensor:
 
 
 def _compute_dtype(x: Tensor, W: Tensor) -> torch.dtype:
-    if x.device.type != "cpu" and torch.is_autocast_enabled(x.device.type):
+    """The encoder matmul's dtype: autocast's (bf16) when it is on for this device, else W's."""
+    if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
         return torch.get_autocast_dtype(x.device.type)
     return W.dtype
 

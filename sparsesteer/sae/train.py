@@ -42,7 +42,7 @@ from ..utils.device import resolve_device
 from ..utils.errors import SparsesteerError
 from ..utils.progress import progress
 from ..utils.settings_hash import first_difference
-from . import build, variants
+from . import build, precision, variants
 from .base import SparseAutoencoder
 from .config import FEW_STEPS, SAEConfig, TrainConfig
 from .init import geometric_median
@@ -72,7 +72,7 @@ class Member:
     def __init__(self, cfg: SAEConfig, device: torch.device, train: TrainConfig, n_classes: int):
         self.cfg = cfg
         self.sae = build(cfg, device=device)
-        self.opt = torch.optim.Adam(self.sae.parameters(), lr=train.lr, betas=train.adam_betas, **_adam_impl(device))
+        self.opt = torch.optim.Adam(self.sae.parameters(), lr=train.peak_lr(cfg.n_latents), betas=train.adam_betas, **_adam_impl(device))
         n = cfg.n_latents
         self.since_fired = torch.zeros(n, dtype=torch.long, device=device)
         self.fire_count = torch.zeros(n, dtype=torch.long, device=device)
@@ -165,6 +165,7 @@ class Trainer:
         self.metadata = {**described, **(metadata or {})}
         self.device = resolve_device(cfg.device)
         self.total = cfg.total_steps(self.source.n_rows)
+        self.bf16 = precision.resolve_bf16(cfg.bf16, self.device)
         self.n_classes = 0
         if any(needs_labels(c) for c in self.sae_cfgs):
             self.n_classes = count_classes(self.source.labels(0, self.source.n_rows))
@@ -181,6 +182,8 @@ class Trainer:
             "names": self.names,
             "source": self.source.describe(),
             "total_steps": self.total,
+            "precision": precision.describe(self.bf16, self.device),
+            "lr": {name: self.cfg.peak_lr(c.n_latents) for name, c in zip(self.names, self.sae_cfgs)},
         }
 
     def _init_stats(self) -> tuple[float, torch.Tensor]:
@@ -241,6 +244,7 @@ class Trainer:
             io.write_json(self.out / "train_config.json", settings)
             (self.out / "metrics.jsonl").unlink(missing_ok=True)
         self.scale = scale
+        log.info(f"{self.out}: training in {precision.describe(self.bf16, self.device)} on {self.device}")
         _truncate_log(self.out / "metrics.jsonl", step)
         if self.total < FEW_STEPS and step < self.total:
             passes = self.total * cfg.batch_size / self.source.n_rows
@@ -264,10 +268,10 @@ class Trainer:
                 if scale != 1.0:
                     x = x * scale
                 labels = batch.labels.to(self.device) if batch.labels is not None else None
-                lr = cfg.lr_at(step, self.total)
+                lr = cfg.lr_at(step, self.total, members[0].cfg.n_latents)  # logged: the first SAE's
                 for name, m in zip(self.names, members):
                     try:
-                        train_step(m, x, labels, lr, cfg, self.device)
+                        train_step(m, x, labels, cfg.lr_at(step, self.total, m.cfg.n_latents), cfg, self.device)
                     except NonFiniteLoss as e:
                         raise SparsesteerError(self._non_finite(e, name, step + 1, x, batch.rows)) from None
                 step += 1
@@ -415,7 +419,8 @@ class Trainer:
                     "steps": step,
                     "samples": step * self.cfg.batch_size,
                     "batch_size": self.cfg.batch_size,
-                    "lr": self.cfg.lr,
+                    "lr": self.cfg.peak_lr(m.cfg.n_latents),
+                    "precision": precision.describe(self.bf16, self.device),
                     "seed": self.cfg.seed,
                     "final_metrics": metrics,
                     "source": self.source.describe(),
@@ -436,7 +441,7 @@ def train_step(
     """One optimiser step of one SAE on a batch (the inner loop of `Trainer.fit`)."""
     sae, c = m.sae, m.cfg
     dead = m.since_fired >= c.dead_after if c.uses_k else None
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
+    with precision.autocast(precision.resolve_bf16(cfg.bf16, device), device):
         out = sae(x, dead_mask=dead)
     loss = out.loss
     terms: list[tuple[str, torch.Tensor]] = []
