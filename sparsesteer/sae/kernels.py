@@ -9,8 +9,9 @@ gradients: five [batch x n x d] matmuls per step instead of one. Here:
 - `gather_linear` attaches autograd to those selected values; its backward touches only the
   selected (row, latent) pairs: grad W_enc and grad b_enc by `embedding_bag` over rows sorted by
   latent, grad x by `embedding_bag` over the latents of each row;
-- `sparse_decode` is `embedding_bag` over the active decoder rows, whose native backward is
-  already sparse in the same sense.
+- `sparse_decode` is `embedding_bag` over the active decoder rows, with a sparse backward;
+- the weight gradients of both sum over the rows that chose each latent: the pairs are sorted by
+  latent once per selection (`latent_order`) and the order is shared.
 
 Sparse codes are "padded top-k" tensors `values [B, K]`, `indices [B, K]`: a slot with value 0
 contributes nothing, which also represents rows with fewer than K active latents.
@@ -123,19 +124,18 @@ def encode_select(
 
 
 @torch.no_grad()
-def selected_preacts(x_bd: Tensor, W_nd: Tensor, b_n: Tensor, idx_bk: Tensor, *, chunk_pairs: int = 1 << 18) -> Tensor:
+def selected_preacts(x_bd: Tensor, W_nd: Tensor, b_n: Tensor, idx_bk: Tensor) -> Tensor:
     """[B, K] pre-activations x[b] . W[idx[b, j]] + b[idx[b, j]] of the selected latents only, in
-    W's dtype (a gathered batched dot product over row chunks: memory O(chunk * d))."""
+    W's dtype: O(B * K * d), by embedding_bag's per-sample-weight gradient kernel (the gathered
+    dot products it computes are exactly these; faster than gathering [B, K, d] and a bmm)."""
     B, K = idx_bk.shape
-    out = torch.empty(B, K, dtype=W_nd.dtype, device=W_nd.device)
-    x = x_bd.to(W_nd.dtype)
-    rows = max(1, chunk_pairs // max(K, 1))
-    for s in range(0, B, rows):
-        e = min(B, s + rows)
-        idx = idx_bk[s:e]
-        torch.bmm(W_nd[idx], x[s:e, :, None], out=out[s:e, :, None])
-        out[s:e] += b_n[idx]
-    return out
+    flat = idx_bk.reshape(-1)
+    offsets = torch.arange(0, B * K, K, device=flat.device)
+    offset2bag = torch.div(torch.arange(B * K, device=flat.device), K, rounding_mode="floor")
+    dots = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+        x_bd.to(W_nd.dtype).contiguous(), W_nd, flat, offsets, offset2bag, 0, -1
+    )
+    return dots.view(B, K) + b_n[idx_bk]
 
 
 @torch.no_grad()
@@ -186,6 +186,37 @@ def _compute_dtype(x: Tensor, W: Tensor) -> torch.dtype:
     return W.dtype
 
 
+class LatentOrder(NamedTuple):
+    """The (row, latent) pairs of a [B, K] selection grouped by latent: computed once per selection
+    and shared by every backward that sums over the rows of each latent (encoder and decoder
+    weight gradients), so the sort is paid once."""
+
+    order: Tensor
+    """[B*K] positions of the flat pairs, sorted by latent."""
+    offsets: Tensor
+    """[n + 1] start of each latent's run in `order`."""
+    rows: Tensor
+    """[B*K] batch row of each sorted pair (order // K)."""
+
+
+def latent_order(idx_bk: Tensor, n: int) -> LatentOrder:
+    """Group the pairs of `idx_bk` by latent (a stable sort of 32-bit keys: faster than int64)."""
+    cols = idx_bk.reshape(-1)
+    keys = cols.to(torch.int32) if n < 2**31 else cols
+    order = torch.argsort(keys, stable=True)
+    offsets = torch.zeros(n + 1, dtype=torch.long, device=cols.device)
+    torch.cumsum(torch.bincount(cols, minlength=n), 0, out=offsets[1:])
+    rows = torch.div(order, max(idx_bk.shape[1], 1), rounding_mode="floor")
+    return LatentOrder(order, offsets, rows)
+
+
+def per_latent_sum(lo: LatentOrder, weights_flat: Tensor, rows_bd: Tensor) -> Tensor:
+    """out[j] = sum over pairs (b, j) of weights[pair] * rows_bd[b]: [n, d], one bag per latent."""
+    return F.embedding_bag(
+        lo.rows, rows_bd, lo.offsets, mode="sum", per_sample_weights=weights_flat[lo.order], include_last_offset=True
+    )
+
+
 class _GatherLinear(torch.autograd.Function):
     """values[b, j] = x[b] . W[idx[b, j]] + bias[idx[b, j]], given precomputed values.
 
@@ -194,9 +225,10 @@ class _GatherLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, values_bk: Tensor, x_bd: Tensor, W_nd: Tensor, b_n: Tensor, idx_bk: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, values_bk, x_bd, W_nd, b_n, idx_bk, lo):  # type: ignore[override]
         ctx.save_for_backward(x_bd, W_nd, idx_bk)
         ctx.b_dtype = b_n.dtype
+        ctx.lo = lo
         return values_bk.to(W_nd.dtype, copy=True)
 
     @staticmethod
@@ -214,8 +246,9 @@ class _GatherLinear(torch.autograd.Function):
             if ctx.needs_input_grad[3]:
                 grad_b = torch.zeros(n, dtype=W_nd.dtype, device=W_nd.device).index_add_(0, cols, g).to(ctx.b_dtype)
             if ctx.needs_input_grad[2]:
-                grad_W = latent_rows_weighted_sum(cols, g, x_bd.to(W_nd.dtype), idx_bk.shape[1], n)
-        return None, grad_x, grad_W, grad_b, None
+                lo = ctx.lo if ctx.lo is not None else latent_order(idx_bk, n)
+                grad_W = per_latent_sum(lo, g, x_bd.to(W_nd.dtype))
+        return None, grad_x, grad_W, grad_b, None, None
 
 
 def latent_rows_weighted_sum(cols: Tensor, weights: Tensor, rows_bd: Tensor, k: int, n: int) -> Tensor:
@@ -224,30 +257,52 @@ def latent_rows_weighted_sum(cols: Tensor, weights: Tensor, rows_bd: Tensor, k: 
     The transpose of a sparse decode: entries are sorted by latent so that each latent is one bag
     of `embedding_bag` over the batch rows. Memory O(nnz) + the [n, d] output.
     """
-    order = torch.argsort(cols, stable=True)
-    counts = torch.bincount(cols, minlength=n)
-    offsets = torch.zeros(n + 1, dtype=torch.long, device=cols.device)
-    torch.cumsum(counts, 0, out=offsets[1:])
-    row_of_entry = torch.div(order, k, rounding_mode="floor")
-    return F.embedding_bag(
-        row_of_entry, rows_bd, offsets, mode="sum", per_sample_weights=weights[order], include_last_offset=True
-    )
+    return per_latent_sum(latent_order(cols.reshape(-1, k), n), weights, rows_bd)
 
 
-def gather_linear(values_bk: Tensor, x_bd: Tensor, W_nd: Tensor, b_n: Tensor, idx_bk: Tensor) -> Tensor:
-    """Attach sparse autograd to precomputed selected pre-activations (see `_GatherLinear`)."""
-    return _GatherLinear.apply(values_bk, x_bd, W_nd, b_n, idx_bk)
+def gather_linear(
+    values_bk: Tensor, x_bd: Tensor, W_nd: Tensor, b_n: Tensor, idx_bk: Tensor, lo: LatentOrder | None = None
+) -> Tensor:
+    """Attach sparse autograd to precomputed selected pre-activations (see `_GatherLinear`); `lo`:
+    the selection's `latent_order`, when already computed (else made in the backward)."""
+    return _GatherLinear.apply(values_bk, x_bd, W_nd, b_n, idx_bk, lo)
 
 
-def sparse_decode(values_bk: Tensor, indices_bk: Tensor, W_dec_nd: Tensor) -> Tensor:
+class _DecoderGrad(torch.autograd.Function):
+    """Identity on the decoded output; its backward adds the decoder's gradient, one bag per latent
+    over the selection's latent order (embedding_bag's own backward for the weight sorts again)."""
+
+    @staticmethod
+    def forward(ctx, recon_bd, W_nd, values_bk, idx_bk, lo):  # type: ignore[override]
+        ctx.save_for_backward(values_bk, idx_bk)
+        ctx.n = W_nd.shape[0]
+        ctx.lo = lo
+        return recon_bd.view_as(recon_bd)
+
+    @staticmethod
+    def backward(ctx, g_bd: Tensor):  # type: ignore[override]
+        values_bk, idx_bk = ctx.saved_tensors
+        grad_W = None
+        if ctx.needs_input_grad[1]:
+            lo = ctx.lo if ctx.lo is not None else latent_order(idx_bk, ctx.n)
+            grad_W = per_latent_sum(lo, values_bk.reshape(-1), g_bd.contiguous())
+        return g_bd, grad_W, None, None, None
+
+
+def sparse_decode(values_bk: Tensor, indices_bk: Tensor, W_dec_nd: Tensor, lo: LatentOrder | None = None) -> Tensor:
     """sum_j values[b, j] * W_dec[indices[b, j]]  ->  [B, d], touching only the active rows.
 
-    `embedding_bag`'s backward is sparse too: grad values by a gathered dot product, grad W_dec by
-    accumulating into the active rows only.
+    The backward is sparse too: grad values by gathered dot products, grad W_dec by one bag per
+    active latent (`lo`: the selection's `latent_order`, when already computed).
     """
     if values_bk.shape[1] == 0:
         return W_dec_nd.new_zeros(values_bk.shape[0], W_dec_nd.shape[1])
-    return F.embedding_bag(indices_bk, W_dec_nd, mode="sum", per_sample_weights=values_bk.to(W_dec_nd.dtype))
+    values_bk = values_bk.to(W_dec_nd.dtype)
+    if not (torch.is_grad_enabled() and W_dec_nd.requires_grad):
+        return F.embedding_bag(indices_bk, W_dec_nd, mode="sum", per_sample_weights=values_bk)
+    # grad values: embedding_bag's own (gathered dots); grad W_dec: one bag per latent, shared order
+    recon = F.embedding_bag(indices_bk, W_dec_nd.detach(), mode="sum", per_sample_weights=values_bk)
+    return _DecoderGrad.apply(recon, W_dec_nd, values_bk.detach(), indices_bk, lo)
 
 
 def to_dense(values_bk: Tensor, indices_bk: Tensor, n_latents: int) -> Tensor:

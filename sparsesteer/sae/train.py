@@ -72,7 +72,9 @@ class Member:
     def __init__(self, cfg: SAEConfig, device: torch.device, train: TrainConfig, n_classes: int):
         self.cfg = cfg
         self.sae = build(cfg, device=device)
-        self.opt = torch.optim.Adam(self.sae.parameters(), lr=train.peak_lr(cfg.n_latents), betas=train.adam_betas, **_adam_impl(device))
+        self.opt = torch.optim.Adam(
+            self.sae.parameters(), lr=train.peak_lr(cfg.n_latents), betas=train.adam_betas, **_adam_impl(device)
+        )
         n = cfg.n_latents
         self.since_fired = torch.zeros(n, dtype=torch.long, device=device)
         self.fire_count = torch.zeros(n, dtype=torch.long, device=device)
