@@ -65,7 +65,9 @@ def test_topk_forward_and_grads_match_dense_reference(dtype, tol, by_abs):
     assert_close_grads(sae, p, rtol=tol * 10, atol=tol * 10)
 
 
-def test_topk_auxk_matches_dense_reference():
+@pytest.mark.parametrize("path", ["sparse", "dense"])
+def test_topk_auxk_matches_dense_reference(path, monkeypatch):
+    monkeypatch.setattr(kernels, "_DENSE_AUX_RATIO", 0 if path == "sparse" else 10**6)
     sae = make(aux_k=6)
     x = torch.randn(30, 12, dtype=torch.float64)
     dead = torch.zeros(48, dtype=torch.bool)
@@ -266,9 +268,12 @@ def test_fold_input_scale_makes_the_sae_take_raw_inputs():
     torch.testing.assert_close(sae.encode(x).to_dense(48), codes_scaled)
 
 
-def test_topk_auxk_float32_matches_dense_float64_reference():
-    """The training path in float32 (latent orders shared by the encoder and decoder backward)
-    against the float64 dense reference: AuxK loss and every gradient."""
+@pytest.mark.parametrize("path", ["sparse", "dense"])
+def test_topk_auxk_float32_matches_dense_float64_reference(path, monkeypatch):
+    """The training path in float32 against the float64 dense reference, AuxK loss and every
+    gradient, for both AuxK kernels: sparse gathers (latent orders shared by the encoder and decoder
+    backward) and dense matmuls over the dead latents (used while few latents are dead)."""
+    monkeypatch.setattr(kernels, "_DENSE_AUX_RATIO", 0 if path == "sparse" else 10**6)
     sae = make(aux_k=7, n=64, dtype=torch.float32, seed=3)
     x = torch.randn(50, 12) * 1.5
     dead = torch.zeros(64, dtype=torch.bool)

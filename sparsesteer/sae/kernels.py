@@ -305,6 +305,35 @@ def sparse_decode(values_bk: Tensor, indices_bk: Tensor, W_dec_nd: Tensor, lo: L
     return _DecoderGrad.apply(recon, W_dec_nd, values_bk.detach(), indices_bk, lo)
 
 
+def dense_aux_is_cheaper(n_dead: int, k_aux: int) -> bool:
+    """Whether AuxK over `n_dead` dead latents (k_aux per row) is cheaper as dense matmuls over the
+    dead latents than as sparse gathers: a dense [B, n_dead] matmul does n_dead / k_aux times the
+    arithmetic but runs ~10x faster per multiply-add than the gather kernels (which also need a
+    sort of the B * k_aux pairs), so dense wins while few latents are dead relative to k_aux."""
+    return n_dead <= _DENSE_AUX_RATIO * k_aux
+
+
+_DENSE_AUX_RATIO = 6
+
+
+def dense_aux(
+    x_c_bd: Tensor, W_enc_nd: Tensor, b_enc_n: Tensor, W_dec_nd: Tensor, dead_mask_n: Tensor, k_aux: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """AuxK codes and reconstruction by dense matmuls over the dead latents only.
+
+    The same function as the sparse path (the top `k_aux` ReLU'd pre-activations among dead latents,
+    decoded by their decoder rows) with the same gradients (autograd through the matmuls): returns
+    (values [B, k_aux], global indices [B, k_aux], reconstruction [B, d]).
+    """
+    dead = dead_mask_n.nonzero().squeeze(1)
+    pre = F.linear(x_c_bd, W_enc_nd[dead], b_enc_n[dead])  # [B, n_dead]
+    _, local = pre.detach().topk(k_aux, dim=1, sorted=False)
+    chosen = torch.zeros_like(pre, dtype=torch.bool).scatter_(1, local, True)
+    codes = torch.relu(pre) * chosen
+    recon = codes @ W_dec_nd[dead]
+    return codes.gather(1, local), dead[local], recon
+
+
 def to_dense(values_bk: Tensor, indices_bk: Tensor, n_latents: int) -> Tensor:
     """Scatter padded top-k codes into a dense [B, n] matrix (for analysis, not the hot path)."""
     out = values_bk.new_zeros(values_bk.shape[0], n_latents)
