@@ -93,12 +93,12 @@ def encode_select(
     b = b_enc_n.to(dtype)
     values = torch.empty(B, k, dtype=dtype, device=device)
     indices = torch.empty(B, k, dtype=torch.long, device=device)
-    use_aux = dead_mask_n is not None and k_aux > 0
+    use_aux = dead_mask_n is not None and k_aux > 0 and bool(dead_mask_n.any())
     if use_aux:
-        k_aux = min(k_aux, n)
+        dead_n = dead_mask_n.nonzero().squeeze(1)  # top-k over the dead columns only
+        k_aux = min(k_aux, dead_n.numel())
         aux_values = torch.empty(B, k_aux, dtype=dtype, device=device)
         aux_indices = torch.empty(B, k_aux, dtype=torch.long, device=device)
-        alive_n = ~dead_mask_n
     rows = _buffer_rows(n, B, device)
     buf = _get_buffer(rows, n, dtype, device)
     for s in range(0, B, rows):
@@ -112,8 +112,9 @@ def encode_select(
         else:
             torch.topk(pre, k, dim=1, sorted=False, out=(values[s:e], indices[s:e]))
         if use_aux:
-            pre.masked_fill_(alive_n, float("-inf"))
-            torch.topk(pre, k_aux, dim=1, sorted=False, out=(aux_values[s:e], aux_indices[s:e]))
+            local = aux_indices[s:e]
+            torch.topk(pre.index_select(1, dead_n), k_aux, dim=1, sorted=False, out=(aux_values[s:e], local))
+            aux_indices[s:e] = dead_n[local]
     if dtype != W_enc_nd.dtype:
         # reduced-precision matmul (autocast): it chose the latents; their values are recomputed in
         # the weights' precision (O(B * k * d)), so the codes, the loss and the gradients are float32
