@@ -5,10 +5,11 @@ atoms, |S| atoms active per sample and non-negative magnitudes a_j. A TopK SAE w
 as true atoms and k = |S| should find them: we report the mean over true atoms of the best cosine
 similarity with a decoder row (MMCS) and the FVU, as training proceeds.
 
-Target (issue 2): at d=64, 512 atoms, 8 active, 200k samples, k=8, 512 latents: MMCS >= 0.95
-within 4M training samples.
+Target (issues 2, 14): at d=64, 512 atoms, 8 active, 200k samples, k=8, 512 latents: MMCS >= 0.95
+within 4M training samples, with the trainer's defaults (no --lr: the width rule `default_lr`;
+precision: bf16 where the CPU has it, --bf16/--no-bf16 to force).
 
-    python benchmarks/planted.py [--samples 4000000] [--seed 0]
+    python benchmarks/planted.py [--samples 4000000] [--seed 0] [--lr LR] [--no-bf16]
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 import torch
 
 from sparsesteer.activations.loader import TensorSource
-from sparsesteer.sae import SAEConfig
+from sparsesteer.sae import SAEConfig, precision
 from sparsesteer.sae.metrics import evaluate
 from sparsesteer.sae.train import TrainConfig, Trainer
 
@@ -54,7 +55,8 @@ def main() -> None:
     ap.add_argument("--noise", type=float, default=0.01)
     ap.add_argument("--samples", type=int, default=4_000_000, help="training samples (with repetition)")
     ap.add_argument("--batch", type=int, default=1024)
-    ap.add_argument("--lr", type=float, default=5e-3)
+    ap.add_argument("--lr", type=float, default=None, help="default: the trainer's width rule")
+    ap.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None, help="default: where fast")
     ap.add_argument("--dead-after", type=int, default=200_000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
@@ -63,12 +65,21 @@ def main() -> None:
     sae_cfg = SAEConfig(arch="topk", k=args.active, n_latents=args.atoms, dead_after=args.dead_after)
     steps = args.samples // args.batch
     train_cfg = TrainConfig(
-        batch_size=args.batch, lr=args.lr, steps=steps, log_every=max(1, steps // 8), seed=args.seed, checkpoint_every=0
+        batch_size=args.batch,
+        lr=args.lr,
+        bf16=args.bf16,
+        steps=steps,
+        log_every=max(1, steps // 8),
+        seed=args.seed,
+        checkpoint_every=0,
     )
+    lr = train_cfg.peak_lr(args.atoms)
+    bf16 = precision.resolve_bf16(args.bf16, torch.device("cpu"))
     print(
         f"# Planted dictionary: d={args.d}, {args.atoms} unit-norm atoms, {args.active} active per sample "
         f"(magnitudes U[0.5, 1.5)), noise std {args.noise}, {args.n:,} samples; TopK SAE k={args.active}, "
-        f"{args.atoms} latents, lr {args.lr}, batch {args.batch}, AuxK dead after {args.dead_after:,} samples; seed {args.seed}\n"
+        f"{args.atoms} latents, lr {lr:.3g} ({'given' if args.lr else 'default rule'}), "
+        f"{precision.describe(bf16, torch.device('cpu'))}, batch {args.batch}, AuxK dead after {args.dead_after:,} samples; seed {args.seed}\n"
     )
     print("| training samples | MMCS | FVU (train batch) | dead latents |")
     print("|---:|---:|---:|---:|")

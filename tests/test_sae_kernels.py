@@ -65,7 +65,9 @@ def test_topk_forward_and_grads_match_dense_reference(dtype, tol, by_abs):
     assert_close_grads(sae, p, rtol=tol * 10, atol=tol * 10)
 
 
-def test_topk_auxk_matches_dense_reference():
+@pytest.mark.parametrize("path", ["sparse", "dense"])
+def test_topk_auxk_matches_dense_reference(path, monkeypatch):
+    monkeypatch.setattr(kernels, "_DENSE_AUX_RATIO", 0 if path == "sparse" else 10**6)
     sae = make(aux_k=6)
     x = torch.randn(30, 12, dtype=torch.float64)
     dead = torch.zeros(48, dtype=torch.bool)
@@ -264,3 +266,72 @@ def test_fold_input_scale_makes_the_sae_take_raw_inputs():
     sae.fold_input_scale(s)
     torch.testing.assert_close(sae.reconstruct(x), trained_view)
     torch.testing.assert_close(sae.encode(x).to_dense(48), codes_scaled)
+
+
+@pytest.mark.parametrize("path", ["sparse", "dense"])
+def test_topk_auxk_float32_matches_dense_float64_reference(path, monkeypatch):
+    """The training path in float32 against the float64 dense reference, AuxK loss and every
+    gradient, for both AuxK kernels: sparse gathers (latent orders shared by the encoder and decoder
+    backward) and dense matmuls over the dead latents (used while few latents are dead)."""
+    monkeypatch.setattr(kernels, "_DENSE_AUX_RATIO", 0 if path == "sparse" else 10**6)
+    sae = make(aux_k=7, n=64, dtype=torch.float32, seed=3)
+    x = torch.randn(50, 12) * 1.5
+    dead = torch.zeros(64, dtype=torch.bool)
+    dead[torch.randperm(64)[:32]] = True
+    out = sae(x, dead_mask=dead)
+    out.loss.backward()
+
+    p = dense_params(sae)
+    pre = ref_pre(p, x)
+    recon = ref_topk_codes(pre, 5) @ p["W_dec"] + p["b_dec"]
+    xd = x.double()
+    tv = (xd - xd.mean(0)).pow(2).sum()
+    aux_codes = ref_topk_codes(pre.masked_fill(~dead, -1e30), 7).clamp_min(0)
+    aux = (aux_codes @ p["W_dec"] - (xd - recon).detach()).pow(2).sum() / tv  # scale min(32/7, 1) = 1
+    loss = (recon - xd).pow(2).sum() / tv + sae.cfg.aux_coeff * aux
+    loss.backward()
+    torch.testing.assert_close(out.aux_loss.double(), aux.detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(out.loss.double(), loss.detach(), rtol=1e-5, atol=1e-6)
+    assert_close_grads(sae, p, rtol=1e-4, atol=1e-5)
+
+
+def test_sparse_decode_gradients_with_a_shared_latent_order():
+    torch.manual_seed(2)
+    B, d, n, k = 11, 6, 25, 5
+    W = torch.randn(n, d, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(B, k, dtype=torch.float64, requires_grad=True)
+    idx = torch.stack([torch.randperm(n)[:k] for _ in range(B)])
+    g = torch.randn(B, d, dtype=torch.float64)
+    for lo in (kernels.latent_order(idx, n), None):  # given, or made in the backward
+        W.grad = v.grad = None
+        (kernels.sparse_decode(v, idx, W, lo) * g).sum().backward()
+        W2, v2 = W.detach().clone().requires_grad_(), v.detach().clone().requires_grad_()
+        dense = torch.zeros(B, n, dtype=torch.float64).scatter(1, idx, v2)
+        ((dense @ W2) * g).sum().backward()
+        torch.testing.assert_close(W.grad, W2.grad)
+        torch.testing.assert_close(v.grad, v2.grad)
+
+
+def test_selected_preacts_are_the_exact_dot_products():
+    torch.manual_seed(4)
+    B, d, n, k = 13, 9, 30, 6
+    x, W, b = torch.randn(B, d), torch.randn(n, d), torch.randn(n)
+    idx = torch.randint(0, n, (B, k))
+    ref = (x.double() @ W.double().T + b.double()).gather(1, idx)
+    torch.testing.assert_close(kernels.selected_preacts(x, W, b, idx).double(), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_bf16_autocast_selection_has_float32_values():
+    """Under CPU bf16 autocast the matmul picks the latents; their values are the float32 dot
+    products (not bf16-rounded), and nearly all picks agree with float32's."""
+    torch.manual_seed(5)
+    x, W, b = torch.randn(256, 64), torch.randn(512, 64) / 8, torch.randn(512) * 0.1
+    exact = kernels.encode_select(x, W, b, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sel = kernels.encode_select(x, W, b, 8)
+    assert sel.values.dtype == torch.float32
+    ref = (x.double() @ W.double().T + b.double()).gather(1, sel.indices)
+    torch.testing.assert_close(sel.values.double(), ref, rtol=1e-5, atol=1e-5)
+    same = kernels.to_dense(torch.ones_like(sel.values), sel.indices, 512).bool()
+    same &= kernels.to_dense(torch.ones_like(exact.values), exact.indices, 512).bool()
+    assert int(same.sum()) >= 0.97 * 256 * 8

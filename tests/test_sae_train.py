@@ -1,6 +1,7 @@
 """Training: schedules, sweeps, caches, exact resume after SIGKILL, PASS, AuxK, folding, bad input."""
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -15,7 +16,8 @@ from safetensors.torch import load_file
 
 from sparsesteer.activations.loader import TensorSource
 from sparsesteer.cli import main
-from sparsesteer.sae import SAEConfig, SparseAutoencoder
+from sparsesteer.sae import SAEConfig, SparseAutoencoder, precision
+from sparsesteer.sae.config import default_lr
 from sparsesteer.sae.metrics import evaluate
 from sparsesteer.sae.train import TrainConfig, Trainer, train
 from sparsesteer.utils.errors import SparsesteerError
@@ -34,7 +36,34 @@ def test_lr_schedule_warmup_then_decay():
     assert lrs[59] == pytest.approx(1 - 0.9 * 0.5)
     cos = TrainConfig(lr=1.0, warmup_steps=0, decay="cosine")
     assert cos.lr_at(49, 100) == pytest.approx(0.5)
-    assert TrainConfig(warmup_steps=None).lr_at(0, 100) == pytest.approx(5e-4 / 5)  # 5% warm-up
+    assert TrainConfig(lr=5e-4, warmup_steps=None).lr_at(0, 100) == pytest.approx(5e-4 / 5)  # 5% warm-up
+
+
+def test_default_lr_follows_the_width_rule():
+    # documented rule: 1e-3 * sqrt(16384 / n_latents), i.e. 5x sparsify's 2e-4 * sqrt(2**14 / n)
+    assert default_lr(16384) == pytest.approx(1e-3)
+    assert default_lr(512) == pytest.approx(1e-3 * math.sqrt(32))
+    assert default_lr(49152) == pytest.approx(1e-3 / math.sqrt(3))
+    assert default_lr(4 * 3072) == pytest.approx(default_lr(3072) / 2)  # 4x wider -> half the step
+    cfg = TrainConfig(warmup_steps=0, decay="constant")
+    assert cfg.lr_at(7, 100, 512) == pytest.approx(default_lr(512))
+    assert TrainConfig(lr=3e-4).peak_lr(512) == 3e-4  # an explicit --lr wins
+    with pytest.raises(SparsesteerError, match="number of latents"):
+        cfg.lr_at(0, 100)
+
+
+def test_sweep_members_get_their_own_default_lr(tmp_path):
+    x = data()
+    cfg = TrainConfig(batch_size=256, steps=3, log_every=1, checkpoint_every=0)
+    trainer = Trainer(x, [SAEConfig(k=2, n_latents=32), SAEConfig(k=2, n_latents=128)], cfg, tmp_path / "r")
+    result = trainer.fit()
+    lrs = [sae.metadata["training"]["lr"] for sae in result.saes]
+    assert lrs == pytest.approx([default_lr(32), default_lr(128)])
+    settings = json.loads((tmp_path / "r" / "train_config.json").read_text())
+    assert settings["precision"] in ("fp32", precision.describe(True, torch.device("cpu")))
+    assert settings["lr"] == dict(zip(trainer.names, lrs))
+    first = json.loads((tmp_path / "r" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["lr"] == pytest.approx(lrs[0])  # logged: the first SAE's (warm-up is 1 step here)
 
 
 def test_sweep_members_see_the_same_batches_as_solo_runs(tmp_path):
@@ -218,7 +247,7 @@ def test_pass_prototypes_are_the_ema_of_class_mean_codes(tmp_path):
             mean = dense[lb == c].mean(0)
             expected[c] = mean if not seen[c] else 0.5 * expected[c] + 0.5 * mean
             seen[c] = True
-        train_step(m, xb, lb, 1e-3, TrainConfig(), torch.device("cpu"))
+        train_step(m, xb, lb, 1e-3, TrainConfig(bf16=False), torch.device("cpu"))  # as encode() above
         torch.testing.assert_close(m.objectives[0].prototypes, expected, rtol=1e-5, atol=1e-6)
     assert m.sums["pass_loss"] > 0
 

@@ -248,8 +248,8 @@ class SparseAutoencoder(nn.Module):
         g = self.W_dec.grad
         if g is None:
             return
-        parallel_n = (g * self.W_dec).sum(1, keepdim=True)
-        g -= parallel_n * self.W_dec
+        parallel_n = torch.linalg.vecdot(g, self.W_dec).unsqueeze(1)  # no [n, d] temporaries:
+        g.addcmul_(parallel_n, self.W_dec, value=-1)  # two passes over [n, d] instead of four
 
     @torch.no_grad()
     def fold_input_scale(self, scale: float) -> None:

@@ -33,6 +33,11 @@ class BatchTopKSAE(TopKSAE, arch="batchtopk"):
             return SparseCodes(torch.relu(pre) * (vals != 0), idx), None
         return self._batch_select(x_bd, dead_mask)
 
+    def _encode_train(self, x_bd, *, dead_mask=None, training=False):
+        codes, aux = self._encode(x_bd, dead_mask=dead_mask, training=training)
+        aux_recon = None if aux is None else kernels.sparse_decode(aux.values, aux.indices, self.W_dec)
+        return codes, aux, None, aux_recon  # the backward sorts the pairs itself
+
     def _batch_select(self, x_bd: Tensor, dead_mask: Tensor | None) -> tuple[SparseCodes, SparseCodes | None]:
         B, n, k = x_bd.shape[0], self.n_latents, self.cfg.k
         x_c = x_bd - self.b_dec

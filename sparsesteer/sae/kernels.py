@@ -9,8 +9,9 @@ gradients: five [batch x n x d] matmuls per step instead of one. Here:
 - `gather_linear` attaches autograd to those selected values; its backward touches only the
   selected (row, latent) pairs: grad W_enc and grad b_enc by `embedding_bag` over rows sorted by
   latent, grad x by `embedding_bag` over the latents of each row;
-- `sparse_decode` is `embedding_bag` over the active decoder rows, whose native backward is
-  already sparse in the same sense.
+- `sparse_decode` is `embedding_bag` over the active decoder rows, with a sparse backward;
+- the weight gradients of both sum over the rows that chose each latent: the pairs are sorted by
+  latent once per selection (`latent_order`) and the order is shared.
 
 Sparse codes are "padded top-k" tensors `values [B, K]`, `indices [B, K]`: a slot with value 0
 contributes nothing, which also represents rows with fewer than K active latents.
@@ -92,12 +93,12 @@ def encode_select(
     b = b_enc_n.to(dtype)
     values = torch.empty(B, k, dtype=dtype, device=device)
     indices = torch.empty(B, k, dtype=torch.long, device=device)
-    use_aux = dead_mask_n is not None and k_aux > 0
+    use_aux = dead_mask_n is not None and k_aux > 0 and bool(dead_mask_n.any())
     if use_aux:
-        k_aux = min(k_aux, n)
+        dead_n = dead_mask_n.nonzero().squeeze(1)  # top-k over the dead columns only
+        k_aux = min(k_aux, dead_n.numel())
         aux_values = torch.empty(B, k_aux, dtype=dtype, device=device)
         aux_indices = torch.empty(B, k_aux, dtype=torch.long, device=device)
-        alive_n = ~dead_mask_n
     rows = _buffer_rows(n, B, device)
     buf = _get_buffer(rows, n, dtype, device)
     for s in range(0, B, rows):
@@ -111,11 +112,31 @@ def encode_select(
         else:
             torch.topk(pre, k, dim=1, sorted=False, out=(values[s:e], indices[s:e]))
         if use_aux:
-            pre.masked_fill_(alive_n, float("-inf"))
-            torch.topk(pre, k_aux, dim=1, sorted=False, out=(aux_values[s:e], aux_indices[s:e]))
+            local = aux_indices[s:e]
+            torch.topk(pre.index_select(1, dead_n), k_aux, dim=1, sorted=False, out=(aux_values[s:e], local))
+            aux_indices[s:e] = dead_n[local]
+    if dtype != W_enc_nd.dtype:
+        # reduced-precision matmul (autocast): it chose the latents; their values are recomputed in
+        # the weights' precision (O(B * k * d)), so the codes, the loss and the gradients are float32
+        values = selected_preacts(x_bd, W_enc_nd, b_enc_n, indices)
     if not use_aux:
         return Selection(values, indices, None, None)
     return Selection(values, indices, aux_values, aux_indices)
+
+
+@torch.no_grad()
+def selected_preacts(x_bd: Tensor, W_nd: Tensor, b_n: Tensor, idx_bk: Tensor) -> Tensor:
+    """[B, K] pre-activations x[b] . W[idx[b, j]] + b[idx[b, j]] of the selected latents only, in
+    W's dtype: O(B * K * d), by embedding_bag's per-sample-weight gradient kernel (the gathered
+    dot products it computes are exactly these; faster than gathering [B, K, d] and a bmm)."""
+    B, K = idx_bk.shape
+    flat = idx_bk.reshape(-1)
+    offsets = torch.arange(0, B * K, K, device=flat.device)
+    offset2bag = torch.div(torch.arange(B * K, device=flat.device), K, rounding_mode="floor")
+    dots = torch.ops.aten._embedding_bag_per_sample_weights_backward(
+        x_bd.to(W_nd.dtype).contiguous(), W_nd, flat, offsets, offset2bag, 0, -1
+    )
+    return dots.view(B, K) + b_n[idx_bk]
 
 
 @torch.no_grad()
@@ -160,9 +181,41 @@ def dense_pre(x_bd: Tensor, W_enc_nd: Tensor, b_enc_n: Tensor) -> Tensor:
 
 
 def _compute_dtype(x: Tensor, W: Tensor) -> torch.dtype:
-    if x.device.type != "cpu" and torch.is_autocast_enabled(x.device.type):
+    """The encoder matmul's dtype: autocast's (bf16) when it is on for this device, else W's."""
+    if x.device.type in ("cpu", "cuda") and torch.is_autocast_enabled(x.device.type):
         return torch.get_autocast_dtype(x.device.type)
     return W.dtype
+
+
+class LatentOrder(NamedTuple):
+    """The (row, latent) pairs of a [B, K] selection grouped by latent: computed once per selection
+    and shared by every backward that sums over the rows of each latent (encoder and decoder
+    weight gradients), so the sort is paid once."""
+
+    order: Tensor
+    """[B*K] positions of the flat pairs, sorted by latent."""
+    offsets: Tensor
+    """[n + 1] start of each latent's run in `order`."""
+    rows: Tensor
+    """[B*K] batch row of each sorted pair (order // K)."""
+
+
+def latent_order(idx_bk: Tensor, n: int) -> LatentOrder:
+    """Group the pairs of `idx_bk` by latent (a stable sort of 32-bit keys: faster than int64)."""
+    cols = idx_bk.reshape(-1)
+    keys = cols.to(torch.int32) if n < 2**31 else cols
+    order = torch.argsort(keys, stable=True)
+    offsets = torch.zeros(n + 1, dtype=torch.long, device=cols.device)
+    torch.cumsum(torch.bincount(cols, minlength=n), 0, out=offsets[1:])
+    rows = torch.div(order, max(idx_bk.shape[1], 1), rounding_mode="floor")
+    return LatentOrder(order, offsets, rows)
+
+
+def per_latent_sum(lo: LatentOrder, weights_flat: Tensor, rows_bd: Tensor) -> Tensor:
+    """out[j] = sum over pairs (b, j) of weights[pair] * rows_bd[b]: [n, d], one bag per latent."""
+    return F.embedding_bag(
+        lo.rows, rows_bd, lo.offsets, mode="sum", per_sample_weights=weights_flat[lo.order], include_last_offset=True
+    )
 
 
 class _GatherLinear(torch.autograd.Function):
@@ -173,9 +226,10 @@ class _GatherLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, values_bk: Tensor, x_bd: Tensor, W_nd: Tensor, b_n: Tensor, idx_bk: Tensor) -> Tensor:  # type: ignore[override]
+    def forward(ctx, values_bk, x_bd, W_nd, b_n, idx_bk, lo):  # type: ignore[override]
         ctx.save_for_backward(x_bd, W_nd, idx_bk)
         ctx.b_dtype = b_n.dtype
+        ctx.lo = lo
         return values_bk.to(W_nd.dtype, copy=True)
 
     @staticmethod
@@ -193,8 +247,9 @@ class _GatherLinear(torch.autograd.Function):
             if ctx.needs_input_grad[3]:
                 grad_b = torch.zeros(n, dtype=W_nd.dtype, device=W_nd.device).index_add_(0, cols, g).to(ctx.b_dtype)
             if ctx.needs_input_grad[2]:
-                grad_W = latent_rows_weighted_sum(cols, g, x_bd.to(W_nd.dtype), idx_bk.shape[1], n)
-        return None, grad_x, grad_W, grad_b, None
+                lo = ctx.lo if ctx.lo is not None else latent_order(idx_bk, n)
+                grad_W = per_latent_sum(lo, g, x_bd.to(W_nd.dtype))
+        return None, grad_x, grad_W, grad_b, None, None
 
 
 def latent_rows_weighted_sum(cols: Tensor, weights: Tensor, rows_bd: Tensor, k: int, n: int) -> Tensor:
@@ -203,30 +258,81 @@ def latent_rows_weighted_sum(cols: Tensor, weights: Tensor, rows_bd: Tensor, k: 
     The transpose of a sparse decode: entries are sorted by latent so that each latent is one bag
     of `embedding_bag` over the batch rows. Memory O(nnz) + the [n, d] output.
     """
-    order = torch.argsort(cols, stable=True)
-    counts = torch.bincount(cols, minlength=n)
-    offsets = torch.zeros(n + 1, dtype=torch.long, device=cols.device)
-    torch.cumsum(counts, 0, out=offsets[1:])
-    row_of_entry = torch.div(order, k, rounding_mode="floor")
-    return F.embedding_bag(
-        row_of_entry, rows_bd, offsets, mode="sum", per_sample_weights=weights[order], include_last_offset=True
-    )
+    return per_latent_sum(latent_order(cols.reshape(-1, k), n), weights, rows_bd)
 
 
-def gather_linear(values_bk: Tensor, x_bd: Tensor, W_nd: Tensor, b_n: Tensor, idx_bk: Tensor) -> Tensor:
-    """Attach sparse autograd to precomputed selected pre-activations (see `_GatherLinear`)."""
-    return _GatherLinear.apply(values_bk, x_bd, W_nd, b_n, idx_bk)
+def gather_linear(
+    values_bk: Tensor, x_bd: Tensor, W_nd: Tensor, b_n: Tensor, idx_bk: Tensor, lo: LatentOrder | None = None
+) -> Tensor:
+    """Attach sparse autograd to precomputed selected pre-activations (see `_GatherLinear`); `lo`:
+    the selection's `latent_order`, when already computed (else made in the backward)."""
+    return _GatherLinear.apply(values_bk, x_bd, W_nd, b_n, idx_bk, lo)
 
 
-def sparse_decode(values_bk: Tensor, indices_bk: Tensor, W_dec_nd: Tensor) -> Tensor:
+class _DecoderGrad(torch.autograd.Function):
+    """Identity on the decoded output; its backward adds the decoder's gradient, one bag per latent
+    over the selection's latent order (embedding_bag's own backward for the weight sorts again)."""
+
+    @staticmethod
+    def forward(ctx, recon_bd, W_nd, values_bk, idx_bk, lo):  # type: ignore[override]
+        ctx.save_for_backward(values_bk, idx_bk)
+        ctx.n = W_nd.shape[0]
+        ctx.lo = lo
+        return recon_bd.view_as(recon_bd)
+
+    @staticmethod
+    def backward(ctx, g_bd: Tensor):  # type: ignore[override]
+        values_bk, idx_bk = ctx.saved_tensors
+        grad_W = None
+        if ctx.needs_input_grad[1]:
+            lo = ctx.lo if ctx.lo is not None else latent_order(idx_bk, ctx.n)
+            grad_W = per_latent_sum(lo, values_bk.reshape(-1), g_bd.contiguous())
+        return g_bd, grad_W, None, None, None
+
+
+def sparse_decode(values_bk: Tensor, indices_bk: Tensor, W_dec_nd: Tensor, lo: LatentOrder | None = None) -> Tensor:
     """sum_j values[b, j] * W_dec[indices[b, j]]  ->  [B, d], touching only the active rows.
 
-    `embedding_bag`'s backward is sparse too: grad values by a gathered dot product, grad W_dec by
-    accumulating into the active rows only.
+    The backward is sparse too: grad values by gathered dot products, grad W_dec by one bag per
+    active latent (`lo`: the selection's `latent_order`, when already computed).
     """
     if values_bk.shape[1] == 0:
         return W_dec_nd.new_zeros(values_bk.shape[0], W_dec_nd.shape[1])
-    return F.embedding_bag(indices_bk, W_dec_nd, mode="sum", per_sample_weights=values_bk.to(W_dec_nd.dtype))
+    values_bk = values_bk.to(W_dec_nd.dtype)
+    if not (torch.is_grad_enabled() and W_dec_nd.requires_grad):
+        return F.embedding_bag(indices_bk, W_dec_nd, mode="sum", per_sample_weights=values_bk)
+    # grad values: embedding_bag's own (gathered dots); grad W_dec: one bag per latent, shared order
+    recon = F.embedding_bag(indices_bk, W_dec_nd.detach(), mode="sum", per_sample_weights=values_bk)
+    return _DecoderGrad.apply(recon, W_dec_nd, values_bk.detach(), indices_bk, lo)
+
+
+def dense_aux_is_cheaper(n_dead: int, k_aux: int) -> bool:
+    """Whether AuxK over `n_dead` dead latents (k_aux per row) is cheaper as dense matmuls over the
+    dead latents than as sparse gathers: a dense [B, n_dead] matmul does n_dead / k_aux times the
+    arithmetic but runs ~10x faster per multiply-add than the gather kernels (which also need a
+    sort of the B * k_aux pairs), so dense wins while few latents are dead relative to k_aux."""
+    return n_dead <= _DENSE_AUX_RATIO * k_aux
+
+
+_DENSE_AUX_RATIO = 6
+
+
+def dense_aux(
+    x_c_bd: Tensor, W_enc_nd: Tensor, b_enc_n: Tensor, W_dec_nd: Tensor, dead_mask_n: Tensor, k_aux: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """AuxK codes and reconstruction by dense matmuls over the dead latents only.
+
+    The same function as the sparse path (the top `k_aux` ReLU'd pre-activations among dead latents,
+    decoded by their decoder rows) with the same gradients (autograd through the matmuls): returns
+    (values [B, k_aux], global indices [B, k_aux], reconstruction [B, d]).
+    """
+    dead = dead_mask_n.nonzero().squeeze(1)
+    pre = F.linear(x_c_bd, W_enc_nd[dead], b_enc_n[dead])  # [B, n_dead]
+    _, local = pre.detach().topk(k_aux, dim=1, sorted=False)
+    chosen = torch.zeros_like(pre, dtype=torch.bool).scatter_(1, local, True)
+    codes = torch.relu(pre) * chosen
+    recon = codes @ W_dec_nd[dead]
+    return codes.gather(1, local), dead[local], recon
 
 
 def to_dense(values_bk: Tensor, indices_bk: Tensor, n_latents: int) -> Tensor:

@@ -31,41 +31,60 @@ class TopKSAE(SparseAutoencoder, arch="topk"):
         return pre if self.cfg.select == "abs" else torch.relu(pre)
 
     def _encode(self, x_bd, *, dead_mask=None, training=False):
+        codes, aux, _, _ = self._encode_train(x_bd, dead_mask=dead_mask, training=training)
+        return codes, aux
+
+    def _encode_train(self, x_bd, *, dead_mask=None, training=False):
+        """(codes, AuxK codes, the codes' `kernels.latent_order` (shared by the encoder and decoder
+        backward; None when no gradient will be taken), the AuxK reconstruction)."""
         x_c = x_bd - self.b_dec
         mask, k_aux = self._aux_request(dead_mask)
+        dense_aux = mask is not None and kernels.dense_aux_is_cheaper(int(mask.sum()), k_aux)
         sel = kernels.encode_select(
             x_c.detach(),
             self.W_enc,
             self.b_enc,
             self.cfg.k,
             by_abs=self.cfg.select == "abs",
-            dead_mask_n=mask,
-            k_aux=k_aux,
+            dead_mask_n=None if dense_aux else mask,
+            k_aux=0 if dense_aux else k_aux,
         )
-        pre = kernels.gather_linear(sel.values, x_c, self.W_enc, self.b_enc, sel.indices)
+        grad = training and torch.is_grad_enabled()
+        lo = kernels.latent_order(sel.indices, self.n_latents) if grad else None
+        pre = kernels.gather_linear(sel.values, x_c, self.W_enc, self.b_enc, sel.indices, lo)
         codes = SparseCodes(self._activate(pre), sel.indices)
-        aux = None
-        if sel.aux_values is not None:
-            aux_pre = kernels.gather_linear(sel.aux_values, x_c, self.W_enc, self.b_enc, sel.aux_indices)
+        aux, aux_recon = None, None
+        if dense_aux:
+            assert mask is not None
+            aux_values, aux_indices, aux_recon = kernels.dense_aux(x_c, self.W_enc, self.b_enc, self.W_dec, mask, k_aux)
+            aux = SparseCodes(aux_values, aux_indices)
+        elif sel.aux_values is not None:
+            aux_lo = kernels.latent_order(sel.aux_indices, self.n_latents) if grad else None
+            aux_pre = kernels.gather_linear(sel.aux_values, x_c, self.W_enc, self.b_enc, sel.aux_indices, aux_lo)
             aux = SparseCodes(torch.relu(aux_pre), sel.aux_indices)
-        return codes, aux
+            aux_recon = kernels.sparse_decode(aux.values, aux.indices, self.W_dec, aux_lo)
+        return codes, aux, lo, aux_recon
 
     def forward(self, x: Tensor, *, dead_mask: Tensor | None = None) -> ForwardOutput:  # type: ignore[override]
         x_bd = self._check_input(x)
-        codes, aux = self._encode(x_bd, dead_mask=dead_mask, training=True)
-        return self._objective(x_bd, codes, aux, dead_mask)
+        codes, aux, lo, aux_recon = self._encode_train(x_bd, dead_mask=dead_mask, training=True)
+        return self._objective(x_bd, codes, aux_recon, dead_mask, lo)
 
     def _objective(
-        self, x_bd: Tensor, codes: SparseCodes, aux: SparseCodes | None, dead_mask: Tensor | None
+        self,
+        x_bd: Tensor,
+        codes: SparseCodes,
+        aux_recon: Tensor | None,
+        dead_mask: Tensor | None,
+        lo: kernels.LatentOrder | None = None,
     ) -> ForwardOutput:
-        recon = kernels.sparse_decode(codes.values, codes.indices, self.W_dec) + self.b_dec
+        recon = kernels.sparse_decode(codes.values, codes.indices, self.W_dec, lo) + self.b_dec
         tv = losses.total_variance(x_bd)
         fvu = losses.fvu(x_bd, recon, tv)
         zero = fvu.new_zeros(())
         aux_loss = zero
-        if aux is not None:
+        if aux_recon is not None:
             assert dead_mask is not None
-            aux_recon = kernels.sparse_decode(aux.values, aux.indices, self.W_dec)
             aux_loss = losses.auxk(x_bd - recon, aux_recon, tv, int(dead_mask.sum()), self.k_aux)
         main = fvu
         mat = zero
@@ -73,7 +92,8 @@ class TopKSAE(SparseAutoencoder, arch="topk"):
             prefix_fvus = [
                 losses.fvu(
                     x_bd,
-                    kernels.sparse_decode(codes.values * (codes.indices < m), codes.indices, self.W_dec) + self.b_dec,
+                    kernels.sparse_decode(codes.values * (codes.indices < m), codes.indices, self.W_dec, lo)
+                    + self.b_dec,
                     tv,
                 )
                 for m in self.cfg.matryoshka

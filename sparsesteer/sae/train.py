@@ -42,7 +42,7 @@ from ..utils.device import resolve_device
 from ..utils.errors import SparsesteerError
 from ..utils.progress import progress
 from ..utils.settings_hash import first_difference
-from . import build, variants
+from . import build, precision, variants
 from .base import SparseAutoencoder
 from .config import FEW_STEPS, SAEConfig, TrainConfig
 from .init import geometric_median
@@ -83,7 +83,9 @@ class Member:
         """The hook whose columns of the source this SAE reads (None: the whole row)."""
         self.cols = cols
         self.sae = build(cfg, device=device)
-        self.opt = torch.optim.Adam(self.sae.parameters(), lr=train.lr, betas=train.adam_betas, **_adam_impl(device))
+        self.opt = torch.optim.Adam(
+            self.sae.parameters(), lr=train.peak_lr(cfg.n_latents), betas=train.adam_betas, **_adam_impl(device)
+        )
         n = cfg.n_latents
         self.since_fired = torch.zeros(n, dtype=torch.long, device=device)
         self.fire_count = torch.zeros(n, dtype=torch.long, device=device)
@@ -189,6 +191,7 @@ class Trainer:
         if self.world.size > 1:
             _check_data_parallel(self.sae_cfgs, cfg, self.world.size)
         self.total = cfg.total_steps(self.source.n_rows)
+        self.bf16 = precision.resolve_bf16(cfg.bf16, self.device)
         self.n_classes = 0
         if any(needs_labels(c) for c in self.sae_cfgs):
             self.n_classes = count_classes(self.source.labels(0, self.source.n_rows))
@@ -206,6 +209,8 @@ class Trainer:
             "source": self.source.describe(),
             **({"hooks": self.groups} if self.groups[0] is not None else {}),
             "total_steps": self.total,
+            "precision": precision.describe(self.bf16, self.device),
+            "lr": {name: self.cfg.peak_lr(c.n_latents) for name, c in zip(self.names, self.sae_cfgs)},
         }
 
     def _init_stats(self) -> dict[str | None, tuple[float, torch.Tensor]]:
@@ -287,6 +292,7 @@ class Trainer:
         self.scales = scales
         self.scale = scales[self.groups[0]]
         if writer:
+            log.info(f"{self.out}: training in {precision.describe(self.bf16, self.device)} on {self.device}")
             _truncate_log(self.out / "metrics.jsonl", step)
         if self.total < FEW_STEPS and step < self.total and writer:
             passes = self.total * cfg.batch_size / self.source.n_rows
@@ -311,11 +317,11 @@ class Trainer:
             while step < end:
                 batch, x_full, labels = next(batches)
                 inputs = {g: _columns(x_full, cols, scales[g]) for g, cols in dict(zip(self.groups, self.cols)).items()}
-                lr = cfg.lr_at(step, self.total)
+                lr = cfg.lr_at(step, self.total, members[0].cfg.n_latents)  # logged: the first SAE's
                 for name, m in zip(self.names, members):
                     x = inputs[m.group]
                     try:
-                        train_step(m, x, labels, lr, cfg, self.device)
+                        train_step(m, x, labels, cfg.lr_at(step, self.total, m.cfg.n_latents), cfg, self.device)
                     except NonFiniteLoss as e:
                         raise SparsesteerError(self._non_finite(e, name, step + 1, x, batch.rows)) from None
                 step += 1
@@ -515,7 +521,8 @@ class Trainer:
                     "steps": step,
                     "samples": step * self.cfg.batch_size,
                     "batch_size": self.cfg.batch_size,
-                    "lr": self.cfg.lr,
+                    "lr": self.cfg.peak_lr(m.cfg.n_latents),
+                    "precision": precision.describe(self.bf16, self.device),
                     "seed": self.cfg.seed,
                     "final_metrics": metrics,
                     "source": self.source.describe(),
@@ -544,7 +551,7 @@ def train_step(
     """One optimiser step of one SAE on a batch (the inner loop of `Trainer.fit`)."""
     sae, c = m.sae, m.cfg
     dead = m.since_fired >= c.dead_after if c.uses_k else None
-    with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.bf16 and device.type == "cuda"):
+    with precision.autocast(precision.resolve_bf16(cfg.bf16, device), device):
         out = sae(x, dead_mask=dead)
     loss = out.loss
     terms: list[tuple[str, torch.Tensor]] = []

@@ -128,6 +128,7 @@ def train_sae(view: RowView, opts: SAEOptions, out: Path, *, seed: int, device: 
         seed=seed,
         normalize_input=opts.normalize_input,
         device=device,
+        bf16=False,  # the paper's tables train in float32: the numbers must not depend on the CPU or GPU model
     )
     digest = settings_sha256({"sae": to_dict(sae_cfg), "train": to_dict(train_cfg), "rows": view.describe()})
     out = Path(out)

@@ -98,6 +98,7 @@ def _train_config(run: VS2Run):
         b_dec_init="mean",
         device=c.device,
         checkpoint_every=0,
+        bf16=False,  # the paper's tables train in float32: the numbers must not depend on the CPU or GPU model
     )
 
 
