@@ -87,6 +87,7 @@ def save_stats(stats: LatentStats, out: str | os.PathLike) -> Path:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    io.remove_stale_temps(out)  # half-written files of a run that was killed
     with io.atomic_path(out / TENSORS) as tmp:
         save_file(_tensors(stats), str(tmp), metadata={"format": FORMAT})
         digest = io.sha256_file(tmp)
