@@ -116,6 +116,18 @@ def write_npy(path: str | os.PathLike, array: np.ndarray) -> str:
     return digest
 
 
+def read_npy(path: str | os.PathLike, *, what: str = "array", mmap: bool = False) -> np.ndarray:
+    """np.load that never unpickles (allow_pickle=False) and turns a missing, truncated or pickled
+    (object-dtype) file into one SparsesteerError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise SparsesteerError(f"{what} {path}: no such file")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise SparsesteerError(f"cannot read {path} as a .npy {what}: {e}") from None
+
+
 def file_digest(path: str | os.PathLike, algo: str = "sha256") -> str:
     """Hex digest of a file's bytes in `algo` (any name hashlib knows: sha256, md5, ...), read in chunks."""
     try:
