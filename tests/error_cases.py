@@ -166,6 +166,11 @@ COMMANDS: dict[str, list[str]] = {
     "sae-truncated": _interpret(sae="{ws}/sae-truncated"),
     "sae-pickle": _interpret(sae="{ws}/sae-pickle"),
     "cfg-shape-mismatch": _interpret(sae="{ws}/sae-cfg-edited"),
+    # other commands
+    "zeroshot-without-text": ["zeroshot", "--model", "{ws}/dino", *DATA, "--split", "train", "--workers", "0"],
+    "export-unknown-format": ["export", "--sae", "{ws}/sae", "--format", "onnx", "--out", "{ws}/new/e"],
+    "evaluate-wrong-width": ["evaluate", "--sae", "{ws}/sae-d8", "--activations", "{ws}/acts"],
+    "steer-zero-with-strength": _steer("--latent", "0", "--mode", "zero", "--strength", "2"),
     # unwritable outputs
     "out-is-a-file": _train(out="{ws}/afile"),
     "out-under-a-file": _train(out="{ws}/afile/run"),
@@ -232,6 +237,9 @@ def build_error_workspace(ws: Path, clip: Path) -> Path:
 
     ws.mkdir(parents=True, exist_ok=True)
     (ws / "clip").symlink_to(clip)
+    from sparsesteer.models.tiny import make_tiny_dinov2
+
+    make_tiny_dinov2(ws / "dino")
     _class_folders(ws / "data", {"train": 2}, classes=["cat", "dog"])
     make_activation_cache(ws / "acts", n_images=100, positions=(0, 1), d=32, hooks=("blocks.2.resid_post",))
     torch.manual_seed(0)
