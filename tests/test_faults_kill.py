@@ -49,6 +49,7 @@ def references(workspace, tmp_path_factory):
 def test_sigkill_then_rerun_gives_the_uninterrupted_outputs(name, seed, workspace, references):
     out, ref, n_entries = references(name)
     log = kill_and_resume(name, workspace, out, seed, n_entries)
+    print(f"{name}, seed {seed}: {'; '.join(log)}")
     diffs = differences(ref, snapshot(out))
     shutil.rmtree(out)
     assert not diffs, f"{name}, seed {seed} ({'; '.join(log)}): {diffs}"
