@@ -167,6 +167,7 @@ COMMANDS: dict[str, list[str]] = {
     "sae-pickle": _interpret(sae="{ws}/sae-pickle"),
     "cfg-shape-mismatch": _interpret(sae="{ws}/sae-cfg-edited"),
     # other commands
+    "browse-stats-edited": ["browse", "--stats", "{ws}/stats-edited", "--out", "{ws}/new/site"],
     "zeroshot-without-text": ["zeroshot", "--model", "{ws}/dino", *DATA, "--split", "train", "--workers", "0"],
     "export-unknown-format": ["export", "--sae", "{ws}/sae", "--format", "onnx", "--out", "{ws}/new/e"],
     "evaluate-wrong-width": ["evaluate", "--sae", "{ws}/sae-d8", "--activations", "{ws}/acts"],
