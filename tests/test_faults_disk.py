@@ -85,8 +85,8 @@ def test_disk_full_mid_checkpoint_then_resume(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(train_mod, "save_file", full)
     assert main([*argv, "--out", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err
-    assert "Traceback" not in err and err.strip().splitlines()[-1].startswith(
-        "sparsesteer train: error: No space left on device"
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
+        f"sparsesteer train: error: No space left on device: {tmp_path / 'run'}"
     ), err
     state = tmp_path / "run" / "state"
     complete = [p.name for p in state.iterdir() if p.name[0].isdigit()]

@@ -201,6 +201,10 @@ def run_train(args: argparse.Namespace) -> int:
     trainer = Trainer(source, sae_cfgs, train_cfg, run.out)  # provenance comes from the source
     try:
         result = trainer.fit(resume=run.resume, overwrite=run.overwrite, stop_at=run.stop_at)
+    except OSError as e:
+        if e.filename is None:  # a failed write (disk full) inside a checkpoint: say where
+            e.filename = str(run.out)
+        raise
     finally:
         distributed.shutdown()
     if world.rank != 0:
