@@ -30,6 +30,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from ..utils import io
 from ..utils.errors import SparsesteerError
 from .cache import RowSource
 
@@ -75,7 +76,10 @@ class NpySource:
         self.n_rows, self.d = self.array.shape
         self._labels = None
         if labels is not None:
-            lab = np.load(labels, allow_pickle=False).astype(np.int64).reshape(-1)
+            lab = io.read_npy(labels, what="labels array")
+            if lab.dtype.kind not in "iub":
+                raise SparsesteerError(f"{labels}: labels must be integers, got dtype {lab.dtype}")
+            lab = lab.astype(np.int64).reshape(-1)
             if lab.shape[0] != self.n_rows:
                 raise SparsesteerError(f"{labels}: {lab.shape[0]} labels for {self.n_rows} rows in {self.path}")
             self._labels = lab
@@ -116,7 +120,7 @@ def open_source(
     if isinstance(activations, (Tensor, np.ndarray)):
         if hook or tokens:
             raise SparsesteerError("--hook/--tokens apply to activation cache directories, not to arrays")
-        return TensorSource(activations, labels=np.load(labels, allow_pickle=False) if labels else None)
+        return TensorSource(activations, labels=io.read_npy(labels, what="labels array") if labels else None)
     if isinstance(activations, RowSource):
         return activations
     path = Path(activations)

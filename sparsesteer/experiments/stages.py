@@ -66,6 +66,7 @@ class Pipeline(Generic[Ctx]):
         """Run every stage that is not current (or `only` that one, once its inputs are current)."""
         if only is not None and only not in self.by_name:
             raise unknown("stage", only, self.by_name)
+        io.remove_stale_temps(self.out)  # half-written files of a run that was killed
         for stage in self.stages:
             if only is not None and stage.name != only:
                 continue

@@ -13,7 +13,9 @@ Tensors (safetensors, numpy dtypes as written):
 stats.json: format, format_version, n_rows, n_images, n_latents, token_positions, rankings, top_n,
 hist (min, max, n_bins), sae (path, weights_sha256, tensors_sha256, arch, k), activations (path,
 settings_sha256, hook, tokens, model), dataset (spec, split: where the images are), classes,
-lens (vocabulary and its sha256), tensors_sha256 (of stats.safetensors).
+lens (vocabulary and its sha256), tensors_sha256 (of stats.safetensors), meta_sha256 (of stats.json's
+own contents without this field: canonical JSON, sorted keys). Loading refuses an edited or damaged
+file of either kind, and tensors whose shapes disagree with stats.json, naming the file.
 """
 
 from __future__ import annotations
@@ -85,6 +87,7 @@ def save_stats(stats: LatentStats, out: str | os.PathLike) -> Path:
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    io.remove_stale_temps(out)  # half-written files of a run that was killed
     with io.atomic_path(out / TENSORS) as tmp:
         save_file(_tensors(stats), str(tmp), metadata={"format": FORMAT})
         digest = io.sha256_file(tmp)
@@ -103,8 +106,44 @@ def save_stats(stats: LatentStats, out: str | os.PathLike) -> Path:
     }
     if stats.lens is not None:
         meta["lens"] = {**meta.get("lens", {}), "words": list(stats.lens.words)}
+    meta["meta_sha256"] = meta_sha256(meta)
     io.write_json(out / META, meta)
     return out
+
+
+def meta_sha256(meta: dict[str, Any]) -> str:
+    """sha256 of stats.json's contents (canonical JSON, without this field): an edit by hand is seen,
+    as the tensors' checksum sees an edited stats.safetensors."""
+    import json
+
+    body = {k: v for k, v in meta.items() if k != "meta_sha256"}
+    text = json.dumps(body, sort_keys=True, separators=(",", ":"), default=io._json_default)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _check_shapes(file: Path, t: dict[str, np.ndarray], meta: dict[str, Any]) -> None:
+    """Every tensor has the shape stats.json implies (n_latents, top_n, token positions, bins)."""
+    L, n, m = meta["n_latents"], meta["top_n"], len(meta["token_positions"])
+    bins = (meta.get("hist") or {}).get("n_bins", len(t.get("hist_centres", ())))  # "hist": the CLI's record
+    want: dict[str, tuple[int, ...]] = {
+        "fire_count": (L,),
+        "image_count": (L,),
+        "act_sum": (L,),
+        "act_max": (L,),
+        "hist_counts": (L, bins),
+        "hist_centres": (bins,),
+    }
+    for name in meta["rankings"]:
+        want |= {f"top.{name}.values": (L, n), f"top.{name}.images": (L, n), f"top.{name}.labels": (L, n)}
+        want[f"top.{name}.tokens"] = (L, n, m)
+    for name, shape in want.items():
+        if name not in t:
+            raise SparsesteerError(f"{file} has no tensor {name!r} (listed by {META}): the statistics are damaged")
+        if tuple(t[name].shape) != shape:
+            raise SparsesteerError(
+                f"{file}: {name} has shape {list(t[name].shape)}, {META} implies {list(shape)}: "
+                "the statistics are damaged; recompute them with `sparsesteer interpret`"
+            )
 
 
 def _differs(what: str, path: Path, key: str, recorded: Any, given: Any, source: str) -> SparsesteerError:
@@ -135,8 +174,17 @@ def load_stats(
             f"{path}: no {META}; not a statistics directory (write one with `sparsesteer interpret`)"
         )
     meta = io.read_json(path / META)
-    if meta.get("format") != FORMAT:
-        raise SparsesteerError(f"{path / META}: format {meta.get('format')!r}, expected {FORMAT!r}")
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        got = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+        raise SparsesteerError(f"{path / META}: format {got!r}, expected {FORMAT!r}")
+    if "meta_sha256" in meta and meta["meta_sha256"] != meta_sha256(meta):
+        raise SparsesteerError(
+            f"{path / META} was edited after `sparsesteer interpret` wrote it (its contents do not match its "
+            "meta_sha256); recompute the statistics with `sparsesteer interpret`"
+        )
+    missing = [k for k in ("n_rows", "n_images", "n_latents", "token_positions", "rankings", "top_n") if k not in meta]
+    if missing:
+        raise SparsesteerError(f"{path / META}: missing field(s) {', '.join(missing)}: not a complete statistics file")
     rec_sae = meta.get("sae") or {}
     if sae is not None:
         if isinstance(sae, (str, os.PathLike)):
@@ -169,7 +217,14 @@ def load_stats(
         raise SparsesteerError(f"{file} is missing: the statistics directory is incomplete")
     if meta.get("tensors_sha256") and io.sha256_file(file) != meta["tensors_sha256"]:
         raise SparsesteerError(f"{file}: checksum does not match {META} (tensors_sha256): the file is corrupted")
-    t = load_file(str(file))
+    try:
+        t = load_file(str(file))
+    except Exception as e:  # safetensors raises its own error types for a damaged header or length
+        raise SparsesteerError(f"{file} is not a readable safetensors file ({e}): the statistics are damaged") from None
+    try:
+        _check_shapes(file, t, meta)
+    except (KeyError, TypeError) as e:
+        raise SparsesteerError(f"{path / META}: malformed field {e}: not a complete statistics file") from None
     top = {
         name: TopImages(*(t[f"top.{name}.{f}"] for f in ("values", "images", "tokens", "labels")))
         for name in meta["rankings"]

@@ -181,6 +181,10 @@ def run_train(args: argparse.Namespace) -> int:
     )
     check_run_dir(run.out, resume=run.resume, overwrite=run.overwrite)  # before any data is read
     world = distributed.init(resolve_device(train_cfg.device))  # a no-op outside torchrun
+    if run.resume and world.rank == 0:  # rank 0 writes the run directory; the others never do
+        from ..utils.io import remove_stale_temps
+
+        remove_stale_temps(run.out)  # half-written files of the run that was killed
     if run.model is not None:
         from ..activations.stream import open_model_rows
 
@@ -197,6 +201,10 @@ def run_train(args: argparse.Namespace) -> int:
     trainer = Trainer(source, sae_cfgs, train_cfg, run.out)  # provenance comes from the source
     try:
         result = trainer.fit(resume=run.resume, overwrite=run.overwrite, stop_at=run.stop_at)
+    except OSError as e:
+        if e.filename is None:  # a failed write (disk full) inside a checkpoint: say where
+            e.filename = str(run.out)
+        raise
     finally:
         distributed.shutdown()
     if world.rank != 0:

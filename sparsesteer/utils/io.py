@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,9 +46,29 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:
+        if e.filename is None:  # a failed write() names no file; say which one (disk full: which disk)
+            e.filename = str(path)
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+_TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
+
+
+def remove_stale_temps(root: str | os.PathLike) -> list[Path]:
+    """Delete the temporary files `atomic_path` leaves when its process is killed mid-write
+    (`.NAME.XXXXXXXX.tmp`) anywhere under `root`; return them. Call it only on a directory the
+    caller's run owns, before it writes there: a concurrent writer's temporary file would go too."""
+    root = Path(root)
+    if not root.is_dir():
+        return []
+    gone = [p for p in root.rglob(".*.tmp") if p.is_file() and not p.is_symlink() and _TEMP_RE.match(p.name)]
+    for p in gone:
+        p.unlink(missing_ok=True)
+    return gone
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -93,6 +114,18 @@ def write_npy(path: str | os.PathLike, array: np.ndarray) -> str:
             np.save(f, np.ascontiguousarray(array), allow_pickle=False)
         digest = sha256_file(tmp)
     return digest
+
+
+def read_npy(path: str | os.PathLike, *, what: str = "array", mmap: bool = False) -> np.ndarray:
+    """np.load that never unpickles (allow_pickle=False) and turns a missing, truncated or pickled
+    (object-dtype) file into one SparsesteerError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise SparsesteerError(f"{what} {path}: no such file")
+    try:
+        return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise SparsesteerError(f"cannot read {path} as a .npy {what}: {e}") from None
 
 
 def file_digest(path: str | os.PathLike, algo: str = "sha256") -> str:

@@ -236,6 +236,12 @@ class ActivationCache:
                 self._verified.add(entry["name"])
                 total += entry["bytes"]
                 bar.update(entry["bytes"])
+        # the checksums prove the files unchanged, not the manifest: its row counts must match the
+        # arrays' headers too (an edited `rows` would otherwise surface mid-training)
+        for i, shard in enumerate(self.manifest["shards"]):
+            for role in shard["files"]:
+                self._mmap(role, i)
+        _ = self.labels
         return VerifyReport(
             files=len(entries),
             bytes=total,

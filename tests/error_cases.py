@@ -1,0 +1,311 @@
+"""The bad inputs of docs/errors.md, one per table row: id -> the command line (or the library call)
+that provokes it. tests/test_errors_doc.py runs each and checks that the message the page documents
+for that id appears; the messages themselves live only in the page, so the two cannot drift.
+
+`{ws}` in an argument is the workspace `build_error_workspace` makes (tiny CLIP, folder dataset,
+activation cache, SAE, statistics, and the broken files below).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+CLIP = ["--model", "{ws}/clip"]
+DATA = ["--dataset", "folder:{ws}/data"]
+
+
+def _cache(*extra: str, out: str = "{ws}/new/cache") -> list[str]:
+    return ["cache", *CLIP, *DATA, "--split", "train", "--hook", "blocks.1.resid_post", "--tokens", "cls",
+            "--workers", "0", "--out", out, *extra]  # fmt: skip
+
+
+def _train(acts: str = "{ws}/acts", *extra: str, out: str = "{ws}/new/sae") -> list[str]:
+    return ["train", "--activations", acts, "--k", "4", "--n-latents", "32", "--steps", "5", "--out", out, *extra]
+
+
+def _interpret(*extra: str, sae: str = "{ws}/sae", acts: str = "{ws}/acts") -> list[str]:
+    return ["interpret", "--sae", sae, "--activations", acts, "--device", "cpu", "--out", "{ws}/new/stats", *extra]
+
+
+def _steer(*extra: str) -> list[str]:
+    return ["steer", "features", *CLIP, *DATA, "--split", "train", "--sae", "{ws}/sae", "--workers", "0",
+            "--out", "{ws}/new/steer", *extra]  # fmt: skip
+
+
+# id -> argv (after `sparsesteer`)
+COMMANDS: dict[str, list[str]] = {
+    # unknown names
+    "unknown-command": ["trian"],
+    "unknown-experiment": ["reproduce", "vs3"],
+    "unknown-dataset": [
+        "cache",
+        *CLIP,
+        "--dataset",
+        "cifar11",
+        "--split",
+        "train",
+        "--hook",
+        "head",
+        "--tokens",
+        "cls",
+        "--out",
+        "{ws}/new/c",
+    ],  # fmt: skip
+    "unknown-download": ["download", "cifar11", "--data-root", "{ws}/new/data"],
+    "unknown-split": [
+        "cache",
+        *CLIP,
+        *DATA,
+        "--split",
+        "validation",
+        "--hook",
+        "head",
+        "--tokens",
+        "cls",
+        "--out",
+        "{ws}/new/c",
+    ],  # fmt: skip
+    "unknown-hook-kind": _cache("--hook", "blocks.1.resid_pots"),
+    "hook-out-of-range": _cache("--hook", "blocks.7.resid_post"),
+    "unknown-tokens": _cache("--tokens", "clss"),
+    "unknown-arch": [*_train(), "--arch", "topkk"],
+    "unknown-device": _interpret("--device", "tpu"),
+    "unknown-config-key": [*_train(), "--config", "{ws}/typo.toml"],
+    "cache-hook-missing": _interpret("--hook", "blocks.0.resid_post"),
+    # missing files
+    "missing-model": [
+        "cache",
+        "--model",
+        "{ws}/no-model",
+        *DATA,
+        "--split",
+        "train",
+        "--hook",
+        "head",
+        "--tokens",
+        "cls",
+        "--out",
+        "{ws}/new/c",
+    ],  # fmt: skip
+    "missing-activations": _train("{ws}/nothing-here"),
+    "missing-sae": _interpret(sae="{ws}/no-sae"),
+    "not-a-cache": _interpret(acts="{ws}/data"),
+    "missing-config": [*_train(), "--config", "{ws}/no.toml"],
+    "missing-vocab": [*_steer("--latent", "0", "--strength", "1"), "--vocab", "{ws}/no-words.txt"],
+    "missing-folder-dataset": [
+        "cache",
+        *CLIP,
+        "--dataset",
+        "folder:{ws}/no-data",
+        "--split",
+        "train",
+        "--hook",
+        "head",
+        "--tokens",
+        "cls",
+        "--out",
+        "{ws}/new/c",
+    ],  # fmt: skip
+    # bad dataset layouts
+    "split-without-classes": [
+        "cache",
+        *CLIP,
+        "--dataset",
+        "folder:{ws}/flat",
+        "--split",
+        "train",
+        "--hook",
+        "head",
+        "--tokens",
+        "cls",
+        "--out",
+        "{ws}/new/c",
+    ],  # fmt: skip
+    "class-without-images": [
+        "cache",
+        *CLIP,
+        "--dataset",
+        "folder:{ws}/hollow",
+        "--split",
+        "train",
+        "--hook",
+        "head",
+        "--tokens",
+        "cls",
+        "--out",
+        "{ws}/new/c",
+    ],  # fmt: skip
+    # wrong shapes
+    "activations-1d": _train("{ws}/vec.npy"),
+    "labels-wrong-length": [*_train("{ws}/rows.npy"), "--labels", "{ws}/labels-short.npy"],
+    "sae-width-mismatch": _interpret(sae="{ws}/sae-d8"),
+    "latent-out-of-range": _steer("--latent", "999", "--strength", "1"),
+    "k-above-latents": _train("{ws}/acts", "--k", "64"),
+    # non-finite numbers
+    "nan-learning-rate": [*_train(), "--lr", "nan"],
+    "inf-strength": _steer("--latent", "0", "--strength", "inf"),
+    "nan-in-activations": _train("{ws}/rows-nan.npy"),
+    "nan-grid": ["reproduce", "vs2", *CLIP, *DATA, "--lams", "0,nan", "--out", "{ws}/new/v"],
+    # empty inputs
+    "empty-activations": _train("{ws}/empty.npy"),
+    "empty-vocab": [*_steer("--latent", "0", "--strength", "1"), "--vocab", "{ws}/empty.txt"],
+    "empty-sweep": _train("{ws}/acts", "--k", ","),
+    "limit-zero": _cache("--limit", "0"),
+    # conflicting flags
+    "expansion-and-latents": [*_train(), "--expansion", "4"],
+    "resume-and-overwrite": [*_train(), "--resume", "--overwrite"],
+    "resume-nothing": [*_train(), "--resume"],
+    "train-into-a-used-dir": _train(out="{ws}/used"),
+    "cache-settings-changed": _cache("--tokens", "all", out="{ws}/cache-cls"),
+    "tune-on-test": ["reproduce", "sparsity", *CLIP, *DATA, "--test-split", "train", "--out", "{ws}/new/s"],
+    # damaged files (tests/test_faults_corruption.py has more)
+    "shard-flipped-byte": ["verify", "{ws}/acts-flipped"],
+    "manifest-edited": ["verify", "{ws}/acts-edited"],
+    "sae-truncated": _interpret(sae="{ws}/sae-truncated"),
+    "sae-pickle": _interpret(sae="{ws}/sae-pickle"),
+    "cfg-shape-mismatch": _interpret(sae="{ws}/sae-cfg-edited"),
+    # other commands
+    "browse-stats-edited": ["browse", "--stats", "{ws}/stats-edited", "--out", "{ws}/new/site"],
+    "zeroshot-without-text": ["zeroshot", "--model", "{ws}/dino", *DATA, "--split", "train", "--workers", "0"],
+    "export-unknown-format": ["export", "--sae", "{ws}/sae", "--format", "onnx", "--out", "{ws}/new/e"],
+    "evaluate-wrong-width": ["evaluate", "--sae", "{ws}/sae-d8", "--activations", "{ws}/acts"],
+    "steer-zero-with-strength": _steer("--latent", "0", "--mode", "zero", "--strength", "2"),
+    # unwritable outputs
+    "out-is-a-file": _train(out="{ws}/afile"),
+    "out-under-a-file": _train(out="{ws}/afile/run"),
+}
+
+
+def _api_stats_edited(ws: Path) -> None:
+    from sparsesteer.interpret.store import load_stats
+
+    load_stats(ws / "stats-edited")
+
+
+def _api_sae_wrong_width(ws: Path) -> None:
+    import torch
+
+    from sparsesteer.sae import SparseAutoencoder
+
+    SparseAutoencoder.load(ws / "sae").encode(torch.zeros(3, 7))
+
+
+def _api_unknown_arch(ws: Path) -> None:
+    from sparsesteer.sae import SAEConfig
+
+    SAEConfig(arch="topkk")
+
+
+def _api_unknown_dataset(ws: Path) -> None:
+    from sparsesteer.data import open_dataset
+
+    open_dataset("cifar11", "train")
+
+
+def _api_bad_hook(ws: Path) -> None:
+    from sparsesteer.models.hook_names import HookPoint
+
+    HookPoint.parse("blocks.1.resid_post", n_blocks=1)
+
+
+def _api_cache_missing(ws: Path) -> None:
+    from sparsesteer.activations.cache import ActivationCache
+
+    ActivationCache.open(ws / "data")
+
+
+# id -> a library call that must raise SparsesteerError with the documented message
+API = {
+    "api-stats-edited": _api_stats_edited,
+    "api-sae-wrong-width": _api_sae_wrong_width,
+    "api-unknown-arch": _api_unknown_arch,
+    "api-unknown-dataset": _api_unknown_dataset,
+    "api-hook-out-of-range": _api_bad_hook,
+    "api-not-a-cache": _api_cache_missing,
+}
+
+
+def build_error_workspace(ws: Path, clip: Path) -> Path:
+    """Everything the commands above read: good inputs, and the broken ones they are about."""
+    import torch
+    from faults import _class_folders
+    from helpers import make_activation_cache
+
+    from sparsesteer.cli import main
+    from sparsesteer.sae import SAEConfig, build
+
+    ws.mkdir(parents=True, exist_ok=True)
+    (ws / "clip").symlink_to(clip)
+    from sparsesteer.models.tiny import make_tiny_dinov2
+
+    make_tiny_dinov2(ws / "dino")
+    _class_folders(ws / "data", {"train": 2}, classes=["cat", "dog"])
+    make_activation_cache(ws / "acts", n_images=100, positions=(0, 1), d=32, hooks=("blocks.2.resid_post",))
+    torch.manual_seed(0)
+    build(SAEConfig(arch="topk", d_in=32, n_latents=64, k=6)).save(ws / "sae", hook="blocks.2.resid_post", tokens="all")
+    build(SAEConfig(arch="topk", d_in=8, n_latents=16, k=2)).save(
+        ws / "sae-d8", hook="blocks.2.resid_post", tokens="all"
+    )
+    (ws / "typo.toml").write_text("[train]\nlrr = 0.001\n")
+    (ws / "flat" / "train").mkdir(parents=True)
+    _class_folders(ws / "flat-src", {"train": 1}, classes=["cat"])
+    (ws / "flat-src" / "train" / "cat" / "0.png").rename(ws / "flat" / "train" / "0.png")
+    (ws / "hollow" / "train" / "cat").mkdir(parents=True)
+    (ws / "hollow" / "train" / "dog").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    np.save(ws / "vec.npy", rng.normal(size=64).astype(np.float32))
+    np.save(ws / "rows.npy", rng.normal(size=(64, 16)).astype(np.float32))
+    np.save(ws / "labels-short.npy", np.zeros(10, np.int64))
+    nan = rng.normal(size=(64, 16)).astype(np.float32)
+    nan[17, 3] = np.nan
+    np.save(ws / "rows-nan.npy", nan)
+    np.save(ws / "empty.npy", np.zeros((0, 16), np.float32))
+    (ws / "empty.txt").write_text("\n")
+    (ws / "afile").write_text("keep me")
+    (ws / "used").mkdir()
+    (ws / "used" / "notes.txt").write_text("mine")
+    argv = ["-q", *_cache(out=str(ws / "cache-cls"))]
+    assert main([a.replace("{ws}", str(ws)) for a in argv]) == 0
+    _damaged(ws)
+    return ws
+
+
+def _damaged(ws: Path) -> None:
+    """Copies of good files, each damaged in one way."""
+    import json
+    import shutil
+
+    import torch
+
+    from sparsesteer.cli import main
+
+    shutil.copytree(ws / "acts", ws / "acts-flipped")
+    manifest = json.loads((ws / "acts" / "manifest.json").read_text())
+    shard = ws / "acts-flipped" / manifest["shards"][0]["files"]["acts:blocks.2.resid_post"]["name"]
+    data = bytearray(shard.read_bytes())
+    data[-5] ^= 1
+    shard.write_bytes(bytes(data))
+    shutil.copytree(ws / "acts", ws / "acts-edited")
+    manifest["settings"]["split"] = "test"
+    (ws / "acts-edited" / "manifest.json").write_text(json.dumps(manifest))
+    for name in ("sae-truncated", "sae-pickle", "sae-cfg-edited"):
+        shutil.copytree(ws / "sae", ws / name)
+    w = ws / "sae-truncated" / "sae.safetensors"
+    w.write_bytes(w.read_bytes()[:-100])
+    torch.save({"W_enc": torch.zeros(64, 32)}, ws / "sae-pickle" / "sae.safetensors")
+    cfg_path = ws / "sae-pickle" / "cfg.json"
+    cfg = json.loads(cfg_path.read_text())
+    cfg.pop("weights_sha256", None)
+    cfg_path.write_text(json.dumps(cfg))
+    cfg_path = ws / "sae-cfg-edited" / "cfg.json"
+    cfg = json.loads(cfg_path.read_text())
+    (cfg["sae"] if "n_latents" in cfg.get("sae", {}) else cfg)["n_latents"] = 40
+    cfg_path.write_text(json.dumps(cfg))
+    argv = ["-q", "interpret", "--sae", str(ws / "sae"), "--activations", str(ws / "acts"), "--top-n", "2",
+            "--device", "cpu", "--out", str(ws / "stats-edited")]  # fmt: skip
+    assert main(argv) == 0
+    meta = json.loads((ws / "stats-edited" / "stats.json").read_text())
+    meta["n_images"] += 1
+    (ws / "stats-edited" / "stats.json").write_text(json.dumps(meta))
