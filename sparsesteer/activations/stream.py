@@ -71,7 +71,7 @@ class ModelRows:
         self.workers = workers
         # windows are read in whole images: 4 forward batches per chunk unless told
         self.chunk_rows = (images_per_chunk or 4 * image_batch_size) * self.tokens_per_image
-        self.bf16 = bf16 and backbone.device.type == "cuda"
+        self.bf16 = bool(bf16) and backbone.device.type == "cuda"  # None (auto) resolves like the SAE step
         self._labels = np.repeat(dataset.labels().astype(np.int64), self.tokens_per_image)
 
     @property
