@@ -7,6 +7,17 @@ os.environ.setdefault("SPARSESTEER_QUIET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+# Property tests (hypothesis) draw the same examples on every run, so that CI passes or fails for the
+# code and not for the draw; SPARSESTEER_HYPOTHESIS=explore draws new ones (run it when changing a parser).
+try:
+    from hypothesis import settings as _hypothesis_settings
+
+    _hypothesis_settings.register_profile("ci", derandomize=True, database=None)
+    _hypothesis_settings.register_profile("explore")
+    _hypothesis_settings.load_profile("explore" if os.environ.get("SPARSESTEER_HYPOTHESIS") == "explore" else "ci")
+except ImportError:  # hypothesis is in the test extra; without it only the property tests cannot run
+    pass
+
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR10_JPEG = ROOT.parent / "shared" / "data" / "cifar10-jpeg"
 

@@ -324,6 +324,7 @@ def test_missing_sae_in_sae_dir_is_named(run, tmp_path, capsys):
         ("7", "block 7 out of range"),
         ("2-1", "runs backwards"),
         ("one", "expected 'all' or block indices"),
+        ("0-99999999999", "block 99999999999 is past any ViT"),
     ],
 )
 def test_block_list_out_of_range_or_malformed(run, tmp_path, capsys, blocks, needle):
@@ -407,3 +408,16 @@ def test_cross_entropy_helper_matches_torch():
     s.add(logits, torch.tensor([0, 1]))
     assert s.ce == pytest.approx(float(F.cross_entropy(logits, torch.tensor([0, 1]))))
     assert s.accuracy == 50.0
+
+
+def test_a_huge_block_range_is_refused_before_it_is_built():
+    """'0-99999999999' once built a list of 1e11 ints (the property test found it by running out of memory)."""
+    from sparsesteer.experiments.clipsteer.sparsity.config import MAX_BLOCKS, parse_blocks
+    from sparsesteer.utils.errors import SparsesteerError
+
+    with pytest.raises(SparsesteerError, match="block 99999999999 is past any ViT's depth"):
+        parse_blocks("0-99999999999")
+    with pytest.raises(SparsesteerError, match="block 5 out of range; the model has 5 blocks"):
+        parse_blocks("1,0-99999999999", 5)
+    assert parse_blocks(f"0-{MAX_BLOCKS - 1}") == tuple(range(MAX_BLOCKS))
+    assert parse_blocks("0,3,6-8", 12) == (0, 3, 6, 7, 8)

@@ -21,6 +21,10 @@ from ..saes import SAEOptions
 _RANGE = re.compile(r"^(\d+)(?:-(\d+))?$")
 
 
+MAX_BLOCKS = 1024
+"""No vision transformer this tool loads has more blocks; a larger index is a typo."""
+
+
 def parse_blocks(spec: str, n_blocks: int | None = None) -> tuple[int, ...]:
     """'all' | '0-11' | '0,3,6-8' -> sorted block indices (0-based). With `n_blocks`, 'all' means
     every block and an index past the model's last block is an error naming the valid range."""
@@ -39,14 +43,18 @@ def parse_blocks(spec: str, n_blocks: int | None = None) -> tuple[int, ...]:
         lo, hi = int(m.group(1)), int(m.group(2) or m.group(1))
         if hi < lo:
             raise SparsesteerError(f"--blocks {spec!r}: the range {part} runs backwards")
-        blocks.update(range(lo, hi + 1))
-    if n_blocks is not None:
-        bad = sorted(b for b in blocks if b >= n_blocks)
-        if bad:
+        limit = n_blocks if n_blocks is not None else MAX_BLOCKS
+        if hi >= limit:  # checked before the range is built: '0-9999999999' must not fill the memory
+            bad = lo if lo >= limit else limit
+            if n_blocks is not None:
+                raise SparsesteerError(
+                    f"--blocks {spec!r}: block {bad} out of range; the model has {n_blocks} blocks, "
+                    f"valid indices 0..{n_blocks - 1}"
+                )
             raise SparsesteerError(
-                f"--blocks {spec!r}: block {bad[0]} out of range; the model has {n_blocks} blocks, "
-                f"valid indices 0..{n_blocks - 1}"
+                f"--blocks {spec!r}: block {hi} is past any ViT's depth (at most {MAX_BLOCKS} blocks)"
             )
+        blocks.update(range(lo, hi + 1))
     return tuple(sorted(blocks))
 
 
