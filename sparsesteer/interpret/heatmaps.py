@@ -59,7 +59,8 @@ def stats_dataset(stats: LatentStats, *, dataset: str | None = None, data_root: 
     return ds
 
 
-def _image(dataset: ImageDataset, index: int) -> Image.Image:
+def load_image(dataset: ImageDataset, index: int) -> Image.Image:
+    """Image `index` of the statistics' dataset in RGB; a missing or unreadable one is one clear error."""
     if not 0 <= index < len(dataset):
         raise SparsesteerError(
             f"the statistics reference image {index}, but {dataset!r} has {len(dataset)} images: "
@@ -106,7 +107,7 @@ def heatmap(
     img = int(top.images[latent, rank])
     if img < 0:
         raise SparsesteerError(f"latent {latent} has fewer than {rank + 1} top images under {ranking!r}")
-    image = _image(dataset, img).resize((size, size), Image.BICUBIC)
+    image = load_image(dataset, img).resize((size, size), Image.BICUBIC)
     vmax = float(top.tokens[latent].max())
     return overlay(image, patch_grid(stats, top.tokens[latent, rank]), vmax)
 
@@ -127,7 +128,7 @@ def montage(
         except SparsesteerError as e:
             if "square grid" not in str(e):
                 raise
-            tile = _image(dataset, int(top.images[latent, r])).resize((size, size), Image.BICUBIC)
+            tile = load_image(dataset, int(top.images[latent, r])).resize((size, size), Image.BICUBIC)
         sheet.paste(tile, ((r % cols) * size, (r // cols) * size))
     return sheet
 

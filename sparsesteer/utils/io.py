@@ -22,11 +22,16 @@ import numpy as np
 from .errors import SparsesteerError
 
 
-def _file_mode() -> int:
-    """0666 minus the process umask: the mode `open()` would give a new file."""
+def umask() -> int:
+    """The process umask (read by setting and restoring it: the only portable way)."""
     mask = os.umask(0)
     os.umask(mask)
-    return 0o666 & ~mask
+    return mask
+
+
+def _file_mode() -> int:
+    """0666 minus the process umask: the mode `open()` would give a new file."""
+    return 0o666 & ~umask()
 
 
 _MODE = _file_mode()

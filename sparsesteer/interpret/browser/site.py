@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ...utils import io
 from ...utils.errors import SparsesteerError
 
 if TYPE_CHECKING:
@@ -210,12 +211,12 @@ def _write_thumbs(stage: Path, dataset: ImageDataset, ids: np.ndarray, size: int
     from PIL import Image
 
     from ...utils.progress import progress as bar
-    from ..heatmaps import _image
+    from ..heatmaps import load_image
 
     for i in bar(ids.tolist(), desc="thumbnails", unit="img", disable=None if progress else True):
         p = stage / thumb_path(i)
         p.parent.mkdir(parents=True, exist_ok=True)
-        _image(dataset, i).resize((size, size), Image.BICUBIC).save(p, format="JPEG", quality=85)
+        load_image(dataset, i).resize((size, size), Image.BICUBIC).save(p, format="JPEG", quality=85)
 
 
 def _patch_tokens(stats: LatentStats) -> list[int]:
@@ -258,7 +259,7 @@ def write_site(
 
 def _swap(stage: Path, out: Path) -> None:
     """Rename the staged site onto `out` (an old site is moved aside first, then removed)."""
-    os.chmod(stage, 0o777 & ~_umask())
+    os.chmod(stage, 0o777 & ~io.umask())
     if out.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".old", dir=out.parent))
         os.replace(out, old / "site")
@@ -266,12 +267,6 @@ def _swap(stage: Path, out: Path) -> None:
         shutil.rmtree(old)
     else:
         os.replace(stage, out)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def _write(stats, stage: Path, dataset, ids, thumb, page_size, chunk_bytes, title, progress) -> tuple:
