@@ -335,3 +335,95 @@ def test_bf16_autocast_selection_has_float32_values():
     same = kernels.to_dense(torch.ones_like(sel.values), sel.indices, 512).bool()
     same &= kernels.to_dense(torch.ones_like(exact.values), exact.indices, 512).bool()
     assert int(same.sum()) >= 0.97 * 256 * 8
+
+
+def reference_auxk_loss(sae, p, x, dead, k_aux):
+    """The TopK + AuxK objective in float64 by dense ops, on the parameters `p`."""
+    pre = ref_pre(p, x)
+    by_abs = sae.cfg.select == "abs"
+    recon = ref_topk_codes(pre, sae.cfg.k, by_abs) @ p["W_dec"] + p["b_dec"]
+    xd = x.double()
+    tv = (xd - xd.mean(0)).pow(2).sum()
+    aux_codes = ref_topk_codes(pre.masked_fill(~dead, -1e30), k_aux).clamp_min(0)
+    scale = min(int(dead.sum()) / sae.k_aux, 1.0)
+    aux = scale * (aux_codes @ p["W_dec"] - (xd - recon).detach()).pow(2).sum() / tv
+    return (recon - xd).pow(2).sum() / tv + sae.cfg.aux_coeff * aux, aux
+
+
+@pytest.mark.parametrize("path", ["sparse", "dense"])
+@pytest.mark.parametrize(
+    "k,aux_k,n_dead,select",
+    [
+        (5, 9, 20, "relu"),  # k <= k_aux: the main top-k merges the live top-k with the dead top-k_aux
+        (6, 3, 20, "relu"),  # k > k_aux: a full-width main top-k
+        (5, 9, 45, "relu"),  # fewer live latents (3) than k
+        (5, 9, 20, "abs"),  # |pre| selection with AuxK
+    ],
+)
+def test_auxk_selection_cases_match_dense_float64_reference(path, k, aux_k, n_dead, select, monkeypatch):
+    monkeypatch.setattr(kernels, "_DENSE_AUX_RATIO", 0 if path == "sparse" else 10**6)
+    sae = make(n=48, k=k, aux_k=aux_k, select=select, seed=7)
+    x = torch.randn(40, 12, dtype=torch.float64) * 1.3
+    dead = torch.zeros(48, dtype=torch.bool)
+    dead[torch.randperm(48)[:n_dead]] = True
+    out = sae(x, dead_mask=dead)
+    out.loss.backward()
+    p = dense_params(sae)
+    loss, aux = reference_auxk_loss(sae, p, x, dead, min(aux_k, n_dead))
+    loss.backward()
+    torch.testing.assert_close(out.aux_loss, aux.detach())
+    torch.testing.assert_close(out.loss, loss.detach())
+    assert_close_grads(sae, p, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("x_grad", [False, True])
+def test_gather_linear_with_a_center_matches_dense_autograd(x_grad):
+    """values of (x - c): the center's gradient comes as -(grad bias) @ W, the input's (only when
+    x needs one) by the per-row bag; both against plain autograd in float64."""
+    torch.manual_seed(8)
+    B, d, n, k = 10, 7, 30, 4
+    x = torch.randn(B, d, dtype=torch.float64, requires_grad=x_grad)
+    c, W, b = (torch.randn(*s, dtype=torch.float64, requires_grad=True) for s in ((d,), (n, d), (n,)))
+    idx = torch.stack([torch.randperm(n)[:k] for _ in range(B)])
+    g = torch.randn(B, k, dtype=torch.float64)
+    vals = ((x - c) @ W.T + b).detach().gather(1, idx)
+    (kernels.gather_linear(vals, x, W, b, idx, center=c) * g).sum().backward()
+    ref = [t.detach().clone().requires_grad_(t.requires_grad) for t in (x, c, W, b)]
+    xr, cr, Wr, br = ref
+    (((xr - cr) @ Wr.T + br).gather(1, idx) * g).sum().backward()
+    for a, r in zip((x, c, W, b), ref):
+        if a.requires_grad:
+            torch.testing.assert_close(a.grad, r.grad)
+    if not x_grad:
+        assert x.grad is None
+
+
+def test_pair_dots_are_the_gathered_dot_products():
+    torch.manual_seed(9)
+    B, d, n, k = 17, 5, 40, 6
+    W, G = torch.randn(n, d, dtype=torch.float64), torch.randn(B, d, dtype=torch.float64)
+    idx = torch.randint(0, n, (B, k))  # repeats within a row are allowed
+    ref = (G @ W.T).gather(1, idx)
+    torch.testing.assert_close(kernels.pair_dots(idx, W, G), ref)
+    torch.testing.assert_close(kernels.pair_dots(idx, W, G, kernels.latent_order(idx, n)), ref)
+
+
+@pytest.mark.parametrize("group", [2, 3, 4, 8])
+@pytest.mark.parametrize("n,k", [(64, 5), (67, 4), (40, 10)])
+def test_row_topk_by_groups_is_exact(n, k, group):
+    """Same values as torch.topk, each index pointing at its value; with ties (small integers)
+    and with columns left over when the group size does not divide n."""
+    torch.manual_seed(n + k + group)
+    for pre in (torch.randn(23, n), torch.randint(-3, 4, (23, n)).float(), torch.randn(23, n + 5)[:, 2 : n + 2]):
+        if n // group < k:
+            continue
+        v, i = kernels.row_topk(pre, k, group=group)
+        torch.testing.assert_close(v.sort(1, descending=True).values, pre.topk(k, 1).values)
+        torch.testing.assert_close(pre.gather(1, i), v)
+        assert all(len(set(row.tolist())) == k for row in i)  # k distinct columns per row
+
+
+def test_group_size_rule():
+    assert kernels._group_size(3072, 64) == 4
+    assert kernels._group_size(49152, 64) == 32
+    assert kernels._group_size(1536, 384) == 1  # too few columns per top entry: plain topk

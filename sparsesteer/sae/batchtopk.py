@@ -27,9 +27,9 @@ class BatchTopKSAE(TopKSAE, arch="batchtopk"):
         if not training:
             if float(self.threshold) < 0:
                 raise SparsesteerError("this BatchTopK SAE has no inference threshold yet: train it first")
-            x_c = x_bd - self.b_dec
-            vals, idx = kernels.threshold_select(x_c.detach(), self.W_enc, self.b_enc, self.threshold)
-            pre = kernels.gather_linear(vals, x_c, self.W_enc, self.b_enc, idx)
+            x_c = (x_bd - self.b_dec).detach()
+            vals, idx = kernels.threshold_select(x_c, self.W_enc, self.b_enc, self.threshold)
+            pre = kernels.gather_linear(vals, x_bd, self.W_enc, self.b_enc, idx, center=self.b_dec)
             return SparseCodes(torch.relu(pre) * (vals != 0), idx), None
         return self._batch_select(x_bd, dead_mask)
 
@@ -40,16 +40,16 @@ class BatchTopKSAE(TopKSAE, arch="batchtopk"):
 
     def _batch_select(self, x_bd: Tensor, dead_mask: Tensor | None) -> tuple[SparseCodes, SparseCodes | None]:
         B, n, k = x_bd.shape[0], self.n_latents, self.cfg.k
-        x_c = x_bd - self.b_dec
+        x_c = (x_bd - self.b_dec).detach()
         mask_n, k_aux = self._aux_request(dead_mask)
         k_cand = min(n, _CANDIDATE_FACTOR * k)
-        sel = kernels.encode_select(x_c.detach(), self.W_enc, self.b_enc, k_cand, dead_mask_n=mask_n, k_aux=k_aux)
+        sel = kernels.encode_select(x_c, self.W_enc, self.b_enc, k_cand, dead_mask_n=mask_n, k_aux=k_aux)
         cand_vals, cand_idx = sel.values, sel.indices
         with torch.no_grad():
             chosen = self._choose(cand_vals, k * B)
             if k_cand < n and bool(chosen.all(1).any()):
                 # Some row may have more than k_cand of the batch's top entries: redo exactly.
-                cand_vals = kernels.dense_pre(x_c.detach(), self.W_enc, self.b_enc)
+                cand_vals = kernels.dense_pre(x_c, self.W_enc, self.b_enc)
                 cand_idx = torch.arange(n, device=x_bd.device).expand(B, n)
                 chosen = self._choose(cand_vals, k * B)
             K = int(chosen.sum(1).max())
@@ -64,11 +64,13 @@ class BatchTopKSAE(TopKSAE, arch="batchtopk"):
                     self.threshold.copy_(batch_min)
                 else:
                     self.threshold.mul_(self.cfg.threshold_ema).add_((1 - self.cfg.threshold_ema) * batch_min)
-        pre = kernels.gather_linear(vals, x_c, self.W_enc, self.b_enc, idx)
+        pre = kernels.gather_linear(vals, x_bd, self.W_enc, self.b_enc, idx, center=self.b_dec)
         codes = SparseCodes(torch.relu(pre) * keep, idx)
         aux = None
         if sel.aux_values is not None:
-            aux_pre = kernels.gather_linear(sel.aux_values, x_c, self.W_enc, self.b_enc, sel.aux_indices)
+            aux_pre = kernels.gather_linear(
+                sel.aux_values, x_bd, self.W_enc, self.b_enc, sel.aux_indices, center=self.b_dec
+            )
             aux = SparseCodes(torch.relu(aux_pre), sel.aux_indices)
         return codes, aux
 

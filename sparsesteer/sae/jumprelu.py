@@ -21,11 +21,9 @@ class JumpReLUSAE(SparseAutoencoder, arch="jumprelu"):
         self.register_buffer("threshold", torch.zeros(cfg.n_latents, device=self.W_dec.device, dtype=self.W_dec.dtype))
 
     def _encode(self, x_bd, *, dead_mask=None, training=False):
-        x_c = x_bd - self.b_dec
-        vals, idx = kernels.threshold_select(
-            x_c.detach(), self.W_enc, self.b_enc, self.threshold.expand(self.n_latents)
-        )
-        pre = kernels.gather_linear(vals, x_c, self.W_enc, self.b_enc, idx)
+        x_c = (x_bd - self.b_dec).detach()
+        vals, idx = kernels.threshold_select(x_c, self.W_enc, self.b_enc, self.threshold.expand(self.n_latents))
+        pre = kernels.gather_linear(vals, x_bd, self.W_enc, self.b_enc, idx, center=self.b_dec)
         return SparseCodes(torch.relu(pre) * (vals != 0), idx), None
 
     def forward(self, x, *, dead_mask=None):  # type: ignore[override]

@@ -37,30 +37,34 @@ class TopKSAE(SparseAutoencoder, arch="topk"):
     def _encode_train(self, x_bd, *, dead_mask=None, training=False):
         """(codes, AuxK codes, the codes' `kernels.latent_order` (shared by the encoder and decoder
         backward; None when no gradient will be taken), the AuxK reconstruction)."""
-        x_c = x_bd - self.b_dec
         mask, k_aux = self._aux_request(dead_mask)
         dense_aux = mask is not None and kernels.dense_aux_is_cheaper(int(mask.sum()), k_aux)
         sel = kernels.encode_select(
-            x_c.detach(),
+            (x_bd - self.b_dec).detach(),
             self.W_enc,
             self.b_enc,
             self.cfg.k,
             by_abs=self.cfg.select == "abs",
-            dead_mask_n=None if dense_aux else mask,
-            k_aux=0 if dense_aux else k_aux,
+            dead_mask_n=mask,
+            k_aux=k_aux,
+            dead_pre=dense_aux,
         )
         grad = training and torch.is_grad_enabled()
         lo = kernels.latent_order(sel.indices, self.n_latents) if grad else None
-        pre = kernels.gather_linear(sel.values, x_c, self.W_enc, self.b_enc, sel.indices, lo)
+        pre = kernels.gather_linear(sel.values, x_bd, self.W_enc, self.b_enc, sel.indices, lo, center=self.b_dec)
         codes = SparseCodes(self._activate(pre), sel.indices)
         aux, aux_recon = None, None
         if dense_aux:
             assert mask is not None
-            aux_values, aux_indices, aux_recon = kernels.dense_aux(x_c, self.W_enc, self.b_enc, self.W_dec, mask, k_aux)
+            aux_values, aux_indices, aux_recon = kernels.dense_aux(
+                sel, mask, x_bd, self.b_dec, self.W_enc, self.b_enc, self.W_dec
+            )
             aux = SparseCodes(aux_values, aux_indices)
-        elif sel.aux_values is not None:
+        elif sel.aux_values is not None and sel.aux_indices is not None:
             aux_lo = kernels.latent_order(sel.aux_indices, self.n_latents) if grad else None
-            aux_pre = kernels.gather_linear(sel.aux_values, x_c, self.W_enc, self.b_enc, sel.aux_indices, aux_lo)
+            aux_pre = kernels.gather_linear(
+                sel.aux_values, x_bd, self.W_enc, self.b_enc, sel.aux_indices, aux_lo, center=self.b_dec
+            )
             aux = SparseCodes(torch.relu(aux_pre), sel.aux_indices)
             aux_recon = kernels.sparse_decode(aux.values, aux.indices, self.W_dec, aux_lo)
         return codes, aux, lo, aux_recon
