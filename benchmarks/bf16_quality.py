@@ -24,8 +24,9 @@ import torch
 from PIL import Image
 
 from sparsesteer.models.tiny import make_random_clip
-from sparsesteer.sae import SAEConfig, kernels, precision
+from sparsesteer.sae import SAEConfig, kernels
 from sparsesteer.sae.train import TrainConfig, train
+from sparsesteer.utils import precision
 
 CIFAR = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpeg" / "test"
 

@@ -42,9 +42,10 @@ from pathlib import Path
 
 import torch
 
-from sparsesteer.sae import SAEConfig, precision
+from sparsesteer.sae import SAEConfig
 from sparsesteer.sae.config import default_lr
 from sparsesteer.sae.train import Member, TrainConfig, train_step
+from sparsesteer.utils import precision
 
 Step = Callable[[torch.Tensor, bool], None]
 """One training step on a batch, AuxK on (half of the latents forced dead) or off."""

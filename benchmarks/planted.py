@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 
 from sparsesteer.activations.loader import TensorSource
-from sparsesteer.sae import SAEConfig, precision
+from sparsesteer.sae import SAEConfig
 from sparsesteer.sae.metrics import evaluate
 from sparsesteer.sae.train import TrainConfig, Trainer
+from sparsesteer.utils import precision
 
 
 def planted_data(n: int, d: int, atoms: int, active: int, noise: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -27,8 +27,9 @@ import time
 
 import torch
 
-from sparsesteer.sae import SAEConfig, precision
+from sparsesteer.sae import SAEConfig
 from sparsesteer.sae.train import Member, TrainConfig, train_step
+from sparsesteer.utils import precision
 
 
 class DenseTopK(torch.nn.Module):

@@ -488,3 +488,43 @@ def test_sigkill_mid_run_then_rerun_is_byte_identical(clip, tmp_path):
     resumed, ref = npy_hashes(tmp_path / "killed"), npy_hashes(tmp_path / "ref")
     assert len(ref) == 30 * 3 + 1 and resumed == ref
     ActivationCache.open(tmp_path / "killed", verify="all")
+
+
+def test_bf16_forward_is_recorded_checked_against_float32_and_never_mixed(clip, data, bb, tmp_path, capsys):
+    """`cache --bf16`: rows close to the float32 forward's (not equal: bf16 autocast ran), the
+    precision in the settings (a float32 resume of it is refused), and the first batch's
+    difference recomputed here from an independent bf16 forward of the same images."""
+    out = tmp_path / "c"
+    argv = _cache_argv(clip, data, out, "--hook", "blocks.2.resid_post", "--tokens", "all", "--batch-size", "2")
+    assert main([*argv, "--bf16", "--workers", "0"]) == 0
+    printed = capsys.readouterr().out
+    assert "bf16 forward vs float32 (first batch, 34 rows of blocks.2.resid_post)" in printed
+    c = ActivationCache.open(out)
+    assert c.settings.forward == "bfloat16" and c.settings.to_json()["forward"] == "bfloat16"
+    hook = "blocks.2.resid_post"
+    rows, ref = read_all(c, hook), reference_rows(bb, data, "train", hook, "all", range(7))
+    rel = np.linalg.norm(rows - ref) / np.linalg.norm(ref)
+    assert 0 < rel < 0.05  # bf16 rounding: different, but close
+    ds = open_dataset(f"folder:{data}", "train")
+    px = torch.stack([torch.from_numpy(bb.preprocessor(ds[i].image)) for i in (0, 1)])
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        b16 = bb.run(px, [hook], tokens="all")[hook].float().reshape(-1, 32).double()
+    f32 = bb.run(px, [hook], tokens="all")[hook].reshape(-1, 32).double()
+    check = c.manifest["checks"]["bf16_check"][hook]
+    assert check["rows"] == 34
+    assert check["rel_rms"] == pytest.approx(float((b16 - f32).norm() / f32.norm()), rel=1e-6)
+    assert check["max_abs"] == pytest.approx(float((b16 - f32).abs().max()), rel=1e-6)
+    assert check["cos_min"] == pytest.approx(float(torch.nn.functional.cosine_similarity(b16, f32).min()), abs=1e-12)
+    assert main([*argv, "--workers", "0"]) == 2  # the same --out in float32: another cache
+    assert "forward" in capsys.readouterr().err
+
+
+def test_a_float32_cache_keeps_its_settings_hash_without_the_forward_field():
+    from sparsesteer.activations.cache import CacheSettings
+
+    s = CacheSettings(hooks=("h",), d={"h": 4}, tokens="cls", token_positions=(0,), cls_position=0, n_images=1)
+    assert "forward" not in s.to_json()  # caches written before --bf16 existed hash the same
+    with pytest.raises(SparsesteerError, match="field forward"):
+        CacheSettings(
+            hooks=("h",), d={"h": 4}, tokens="cls", token_positions=(0,), cls_position=0, n_images=1, forward="fp8"
+        )

@@ -16,10 +16,11 @@ from safetensors.torch import load_file
 
 from sparsesteer.activations.loader import TensorSource
 from sparsesteer.cli import main
-from sparsesteer.sae import SAEConfig, SparseAutoencoder, precision
+from sparsesteer.sae import SAEConfig, SparseAutoencoder
 from sparsesteer.sae.config import default_lr
 from sparsesteer.sae.metrics import evaluate
 from sparsesteer.sae.train import TrainConfig, Trainer, train
+from sparsesteer.utils import precision
 from sparsesteer.utils.errors import SparsesteerError
 
 

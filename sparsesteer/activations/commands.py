@@ -70,6 +70,13 @@ def run_cache(args: argparse.Namespace) -> int:
         f"{cache.path}: {cache.n_images} images, {cache.n_rows:,} rows per hook ({', '.join(cache.hooks)}), "
         f"{cache.n_shards} shards, {size / 2**20:,.1f} MiB{skipped}"
     )
+    check = cache.manifest.get("checks", {}).get("bf16_check")
+    if cache.settings.forward == "bfloat16" and check:
+        for hook, c in check.items():
+            print(
+                f"  bf16 forward vs float32 (first batch, {c['rows']} rows of {hook}): relative RMS difference "
+                f"{c['rel_rms']:.2e}, max |diff| {c['max_abs']:.3g}, min cosine {c['cos_min']:.6f}"
+            )
     return 0
 
 

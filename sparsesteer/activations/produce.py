@@ -108,6 +108,14 @@ class CacheConfig(RunOptions, DataOptions, ModelOptions):  # flags in --help: mo
     """Storage dtype (the model runs in float32)."""
     shard_images: int | None = None
     """Images per shard; None = about DEFAULT_SHARD_MB (64) MiB per shard, or what a resumed cache uses."""
+    intra_op_threads: int | None = None
+    """torch threads for the model forward while images decode in --workers processes; None = torch's
+    own count (measured fastest with small images, whose decoding leaves the workers mostly idle:
+    benchmarks/threads.py); lower it when decoding large images keeps the workers busy."""
+    bf16: bool = False
+    """Run the model forward under bfloat16 autocast (fast on CUDA and on CPUs with AVX-512 BF16 or
+    AMX). The first batch also runs in float32 and the difference is logged and kept in
+    manifest.json (checks.bf16_check). Off by default: a cache is reused by every later stage."""
 
     def __post_init__(self) -> None:
         hooks = (self.hooks,) if isinstance(self.hooks, str) else tuple(self.hooks)
@@ -120,6 +128,8 @@ class CacheConfig(RunOptions, DataOptions, ModelOptions):  # flags in --help: mo
             raise unknown("cache dtype (--dtype)", str(self.dtype), DTYPES)
         if self.shard_images is not None:
             positive_int(self.shard_images, "--shard-images")
+        if self.intra_op_threads is not None:
+            positive_int(self.intra_op_threads, "--intra-op-threads")
         super().__post_init__()
 
 
@@ -172,7 +182,14 @@ def cache_activations(cfg: CacheConfig, *, backbone: Backbone | None = None) -> 
         split=cfg.split,
         preprocessing=pre.to_dict(),
         classes=tuple(ds.classes) if ds.classes else None,
+        forward="bfloat16" if cfg.bf16 else "float32",
     )
+    if cfg.bf16:
+        from ..utils import precision
+
+        log.info("model forward in %s", precision.describe(True, bb.device))
+        if bb.device.type == "cpu" and not precision.cpu_bf16_native():
+            log.warning("this CPU has no native bfloat16 (AVX-512 BF16 / AMX): --bf16 runs slower than float32")
     if distributed.world().size > 1:
         _cache_data_parallel(cfg, settings, bb, ds, pre, plan)
         return ActivationCache.open(cfg.out)
@@ -193,6 +210,8 @@ def cache_activations(cfg: CacheConfig, *, backbone: Backbone | None = None) -> 
                 batch_size=cfg.batch_size,
                 workers=cfg.workers,
                 on_bad_image=cfg.on_bad_image,
+                bf16=cfg.bf16,
+                threads=cfg.intra_op_threads,
             )
             writer.finish(ds.labels())
     return ActivationCache.open(cfg.out)
@@ -308,6 +327,8 @@ def _cache_data_parallel(
                     batch_size=cfg.batch_size,
                     workers=cfg.workers,
                     on_bad_image=cfg.on_bad_image,
+                    bf16=cfg.bf16,
+                    threads=cfg.intra_op_threads,
                     start=first,
                     stop=stop,
                     show=rank == 0,
@@ -368,13 +389,19 @@ def _produce(
     batch_size: int,
     workers: int | None,
     on_bad_image: str,
+    bf16: bool = False,
+    threads: int | None = None,
     start: int | None = None,
     stop: int | None = None,
     show: bool = True,
 ) -> None:
     """Forward every image of [start, stop) (default: from `writer.next_image` to the end) and
-    write full shards as they fill."""
+    write full shards as they fill. With `bf16` the forward runs under bfloat16 autocast; the
+    first batch also in float32, and the difference is logged and recorded (`bf16_check`).
+    `threads`: torch's intra-op threads meanwhile (None: its current count)."""
     from ..data.batches import image_batches
+    from ..utils import precision
+    from ..utils import threads as thread_budget
     from ..utils.progress import progress
 
     n_images = writer.settings.n_images if stop is None else stop
@@ -392,17 +419,57 @@ def _produce(
         chunk=shard_images,
         pin_memory=bb.device.type == "cuda",
     )
-    with progress(
-        total=n_images, initial=start, unit="img", desc="cache", smoothing=0.1, disable=None if show else True
-    ) as bar:
+    checked = False
+    with (
+        thread_budget.limited(threads),
+        progress(
+            total=n_images, initial=start, unit="img", desc="cache", smoothing=0.1, disable=None if show else True
+        ) as bar,
+    ):
         for batch in batches:  # batches never straddle a shard boundary (chunk=shard_images)
             for skipped in batch.skipped:
                 writer.add_skipped(skipped.index, skipped.source, skipped.error)
             if len(batch.indices):
-                out = bb.run(batch.pixels, plan.hooks, tokens=plan.tokens)
+                with precision.autocast(bf16, bb.device):
+                    out = bb.run(batch.pixels, plan.hooks, tokens=plan.tokens)
+                if bf16 and not checked:
+                    checked = True
+                    _report_bf16(writer, bb.run(batch.pixels, plan.hooks, tokens=plan.tokens), out)
                 # [B, d] (cls, head) or [B, T, d] -> image-major rows [B * T, d]
                 buf.add({h: out[h].reshape(-1, plan.d[h]).cpu() for h in plan.hooks}, batch.indices)
             if batch.stop == shard_end:
                 buf.flush(writer, shard_end - shard_start)
                 shard_start, shard_end = shard_end, min(shard_end + shard_images, n_images)
             bar.update(batch.stop - batch.start)
+
+
+def bf16_difference(fp32: dict[str, torch.Tensor], bf16: dict[str, torch.Tensor]) -> dict[str, dict[str, float]]:
+    """Per hook, how far activations of a bf16-autocast forward are from the float32 forward's:
+    rows compared, relative RMS difference ||b - a|| / ||a||, largest |b - a|, smallest per-row
+    cosine (float64 arithmetic)."""
+    import torch
+
+    out = {}
+    for h, a in fp32.items():
+        a64 = a.reshape(-1, a.shape[-1]).double().cpu()
+        b64 = bf16[h].reshape(-1, a.shape[-1]).double().cpu()
+        diff = b64 - a64
+        out[h] = {
+            "rows": int(a64.shape[0]),
+            "rel_rms": float(diff.norm() / a64.norm().clamp_min(1e-300)),
+            "max_abs": float(diff.abs().max()),
+            "cos_min": float(torch.nn.functional.cosine_similarity(a64, b64, dim=1).min()),
+        }
+    return out
+
+
+def _report_bf16(writer: Any, fp32: dict[str, torch.Tensor], bf16: dict[str, torch.Tensor]) -> None:
+    check = bf16_difference(fp32, bf16)
+    for h, c in check.items():
+        log.info(
+            "bf16 forward vs float32, first batch, %s (%d rows): relative RMS difference %.2e, max |diff| %.3g, "
+            "min cosine %.6f",
+            h, c["rows"], c["rel_rms"], c["max_abs"], c["cos_min"],
+        )  # fmt: skip
+    if hasattr(writer, "record_check"):  # (a data-parallel rank's part sink logs only)
+        writer.record_check("bf16_check", check)

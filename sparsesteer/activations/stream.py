@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ..utils import distributed
+from ..utils import distributed, precision
 from ..utils.errors import SparsesteerError
 from .produce import plan_hooks
 
@@ -44,7 +44,7 @@ class ModelRows:
         image_batch_size: int = 64,
         workers: int | None = 0,
         images_per_chunk: int | None = None,
-        bf16: bool = False,
+        bf16: bool | None = False,
     ):
         self.backbone, self.dataset = backbone, dataset
         self.plan = plan_hooks(backbone, hooks, tokens)
@@ -71,7 +71,10 @@ class ModelRows:
         self.workers = workers
         # windows are read in whole images: 4 forward batches per chunk unless told
         self.chunk_rows = (images_per_chunk or 4 * image_batch_size) * self.tokens_per_image
-        self.bf16 = bool(bf16) and backbone.device.type == "cuda"  # None (auto) resolves like the SAE step
+        # the forward in bf16: when asked (True), or by default (None) on CUDA; on CPU the default
+        # stays float32, so that rows streamed from the model equal a (float32) cache's rows
+        dev = backbone.device
+        self.bf16 = precision.resolve_bf16(bf16, dev) if bf16 is not None or dev.type == "cuda" else False
         self._labels = np.repeat(dataset.labels().astype(np.int64), self.tokens_per_image)
 
     @property
@@ -80,6 +83,14 @@ class ModelRows:
         the rows are all-gathered: reads are collectives, so the trainer makes them in its own
         thread, in the same order on every rank (no prefetch thread)."""
         return distributed.world().size > 1
+
+    @property
+    def reads_in_caller(self) -> bool:
+        """Whether the trainer must read in its own thread: collectives (above), and model forwards
+        on CPU, which in a prefetch thread would run a second team of intra-op threads beside the
+        SAE step's on the same cores (oversubscribed: `benchmarks/threads.py`); on CUDA the
+        forward's kernels are queued and the prefetch thread overlaps the decoding and the step."""
+        return self.collective_reads or self.backbone.device.type == "cpu"
 
     def read(self, start: int, stop: int) -> torch.Tensor:
         """float32 rows [stop - start, d]: the model run on the images these rows belong to."""
@@ -129,7 +140,7 @@ class ModelRows:
         row = 0
         for batch in batches:
             pixels = batch.pixels.to(self.backbone.device, non_blocking=cuda)
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.bf16):
+            with precision.autocast(self.bf16, self.backbone.device):
                 acts = self.backbone.run(pixels, self.plan.hooks, tokens=self.plan.tokens)
             n = len(batch.indices) * t
             for h, (a, b) in self.column_groups.items():

@@ -15,7 +15,6 @@ same with and without workers (no worker traceback wrapped around it).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -65,10 +64,9 @@ def default_workers() -> int:
 
     The forward pass needs cores too; on a 2-core machine one worker decodes while the model runs.
     """
-    try:
-        cpus = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        cpus = os.cpu_count() or 1
+    from ..utils.threads import available_cpus
+
+    cpus = available_cpus()
     return max(1, min(8, cpus // 2)) if cpus > 1 else 0
 
 

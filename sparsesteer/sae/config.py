@@ -198,7 +198,9 @@ class TrainConfig(DeviceOptions):
     bf16: bool | None = None
     """bfloat16 autocast for the encoder matmul (weights, optimiser state, selected codes and loss
     stay float32); None = on where the hardware runs it fast (CUDA with bf16, CPUs with AVX-512 BF16
-    or AMX), off elsewhere. The run's log and train_config.json say which precision ran."""
+    or AMX), off elsewhere. The run's log and train_config.json say which precision ran. With
+    `train --model`, the model forward too: when True, or by default on CUDA (on CPU the default
+    forward stays float32, like a default cache)."""
     tf32: bool = True
     """Allow TF32 matmuls (CUDA only)."""
     checkpoint_every: int = 1000

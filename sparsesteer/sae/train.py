@@ -36,13 +36,13 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..activations.loader import Batch, RowSource, ShuffledBatches, describe_row, open_source, sample_rows
-from ..utils import distributed, io
+from ..utils import distributed, io, precision
 from ..utils.config import to_dict
 from ..utils.device import resolve_device
 from ..utils.errors import SparsesteerError
 from ..utils.progress import progress
 from ..utils.settings_hash import first_difference
-from . import build, precision, variants
+from . import build, variants
 from .base import SparseAutoencoder
 from .config import FEW_STEPS, SAEConfig, TrainConfig
 from .init import geometric_median
@@ -304,8 +304,9 @@ class Trainer:
         sinks = _open_sinks(cfg, self.out, settings) if step < self.total and writer else []
         end = self.total if stop_at is None else min(self.total, max(stop_at, step))
 
-        # a source whose reads are collectives (`train --model` under torchrun) is read in this thread
-        prefetch = not getattr(self.source, "collective_reads", False)
+        # a source whose reads are collectives or CPU model forwards (`train --model`) is read in
+        # this thread (see ModelRows.reads_in_caller); a cache is prefetched in the background
+        prefetch = not getattr(self.source, "reads_in_caller", False)
         stream = ShuffledBatches(
             self.source, cfg.batch_size, seed=cfg.seed, buffer_bytes=cfg.buffer_mb << 20, prefetch=prefetch
         )

@@ -97,6 +97,9 @@ class CacheSettings:
     classes: tuple[str, ...] | None = None
     """Readable class names, `classes[label]` (format version 2), so that zero-shot needs no dataset on
     disk; None for unlabeled data and in version-1 caches (then absent from the JSON)."""
+    forward: Literal["float32", "bfloat16"] = "float32"
+    """Precision of the model forward that produced the activations: float32, or bfloat16 autocast
+    (`cache --bf16`; absent from the JSON when float32, so older caches keep their hash)."""
 
     def __post_init__(self) -> None:
         def fail(field: str, why: str) -> SparsesteerError:
@@ -160,6 +163,8 @@ class CacheSettings:
 
         if self.dtype not in DTYPES:
             raise unknown("cache dtype", str(self.dtype), DTYPES)
+        if self.forward not in ("float32", "bfloat16"):
+            raise fail("forward", f"expected 'float32' or 'bfloat16', got {self.forward!r}")
         if self.tokens_per_image is None:
             set_("tokens_per_image", len(positions))
         elif self.tokens_per_image != len(positions):
@@ -191,6 +196,8 @@ class CacheSettings:
         data = cfg.to_dict(self)
         if data["classes"] is None:  # version-1 manifests have no such key: keep their hash
             del data["classes"]
+        if data["forward"] == "float32":  # caches made before the field existed keep their hash
+            del data["forward"]
         return data
 
     @classmethod

@@ -232,6 +232,13 @@ class CacheWriter:
 
     # -- writing -----------------------------------------------------------------------------------
 
+    def record_check(self, name: str, value: dict[str, Any]) -> None:
+        """Keep a measurement of how the cache was made in manifest.json (`checks[name]`), e.g. the
+        bf16 forward's difference from float32 (`bf16_check`)."""
+        self._check_open()
+        self._manifest.setdefault("checks", {})[name] = value
+        self._commit()
+
     def add_skipped(self, image: int, source: str, error: str) -> None:
         """Record an unreadable image that gets no rows. It is committed with the shard whose image
         range contains it, so a crash before that re-tries the image instead of recording it twice."""
