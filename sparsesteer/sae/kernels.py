@@ -93,11 +93,12 @@ def row_topk(pre_rn: Tensor, k: int, group: int | None = None) -> tuple[Tensor, 
     instead: if t is the k-th largest group maximum, k groups hold an entry >= t, so no entry of
     another group (all <= t) can exceed the k-th largest entry; the final top-k runs over the
     k * group entries of the k best groups (and the < group columns left over). 1.3-1.7x faster
-    at 3,072 to 49,152 columns. CUDA's top-k (a radix select) is used as it is.
+    at 3,072 to 49,152 columns. CUDA's top-k (a radix select) is used as it is, and so is the CPU's
+    for bfloat16 (its grouped maximum is not vectorised: slower than the top-k it would save).
     """
     R, n = pre_rn.shape
     s = _group_size(n, k) if group is None else group
-    if s < 2 or pre_rn.device.type != "cpu" or n // s < k:
+    if s < 2 or pre_rn.device.type != "cpu" or pre_rn.dtype not in (torch.float32, torch.float64) or n // s < k:
         return pre_rn.topk(k, dim=1, sorted=False)
     G = n // s
     m = G * s
