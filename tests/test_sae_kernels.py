@@ -427,3 +427,50 @@ def test_group_size_rule():
     assert kernels._group_size(3072, 64) == 4
     assert kernels._group_size(49152, 64) == 32
     assert kernels._group_size(1536, 384) == 1  # too few columns per top entry: plain topk
+
+
+@pytest.mark.parametrize("aux_k", [14, 6])  # 4k = 12 candidates per row: merged with the dead top-14, or not
+def test_batchtopk_with_auxk_matches_dense_float64_reference(aux_k):
+    sae = make("batchtopk", k=3, aux_k=aux_k, seed=11)
+    x = torch.randn(24, 12, dtype=torch.float64) * 1.2
+    dead = torch.zeros(48, dtype=torch.bool)
+    dead[torch.randperm(48)[:20]] = True
+    out = sae(x, dead_mask=dead)
+    out.loss.backward()
+    p = dense_params(sae)
+    pre = ref_pre(p, x)
+    recon = ref_batchtopk_codes(pre, 3) @ p["W_dec"] + p["b_dec"]
+    xd = x.double()
+    tv = (xd - xd.mean(0)).pow(2).sum()
+    aux_codes = ref_topk_codes(pre.masked_fill(~dead, -1e30), aux_k).clamp_min(0)
+    aux = min(20 / aux_k, 1.0) * (aux_codes @ p["W_dec"] - (xd - recon).detach()).pow(2).sum() / tv
+    loss = (recon - xd).pow(2).sum() / tv + sae.cfg.aux_coeff * aux
+    loss.backward()
+    torch.testing.assert_close(out.aux_loss, aux.detach())
+    torch.testing.assert_close(out.loss, loss.detach())
+    assert_close_grads(sae, p, rtol=1e-9, atol=1e-9)
+
+
+@pytest.mark.parametrize("path", ["sparse", "dense"])
+def test_auxk_under_bf16_autocast_stays_close_to_float32(path, monkeypatch):
+    """The AuxK kernels under CPU bf16 autocast (the default where the CPU has native bf16):
+    float32 gradients, loss and every gradient close to the float32 step's (bf16 rounding of the
+    matmuls only)."""
+    monkeypatch.setattr(kernels, "_DENSE_AUX_RATIO", 0 if path == "sparse" else 10**6)
+    x = torch.randn(64, 32) * 1.5
+    dead = torch.zeros(128, dtype=torch.bool)
+    dead[torch.randperm(128)[:64]] = True
+    results = []
+    for bf16 in (False, True):
+        sae = make(d=32, n=128, k=8, aux_k=16, dtype=torch.float32, seed=12)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            out = sae(x, dead_mask=dead)
+        out.loss.backward()
+        results.append((out, {name: getattr(sae, name).grad for name in PARAMS}))
+    (o32, g32), (o16, g16) = results
+    assert all(g.dtype == torch.float32 for g in g16.values())
+    assert float(o16.aux_loss.detach()) == pytest.approx(float(o32.aux_loss.detach()), rel=0.03)
+    assert float(o16.loss.detach()) == pytest.approx(float(o32.loss.detach()), rel=0.03)
+    for name in PARAMS:
+        cos = torch.nn.functional.cosine_similarity(g16[name].flatten(), g32[name].flatten(), dim=0)
+        assert float(cos) > 0.98, name
