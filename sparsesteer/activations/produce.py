@@ -200,19 +200,7 @@ def cache_activations(cfg: CacheConfig, *, backbone: Backbone | None = None) -> 
             per_shard = (
                 _resume_shard_images(writer, cfg.shard_images) or cfg.shard_images or shard_images_for(plan, cfg.dtype)
             )
-            _produce(
-                writer,
-                bb,
-                ds,
-                pre,
-                plan,
-                per_shard,
-                batch_size=cfg.batch_size,
-                workers=cfg.workers,
-                on_bad_image=cfg.on_bad_image,
-                bf16=cfg.bf16,
-                threads=cfg.intra_op_threads,
-            )
+            _produce(writer, cfg, bb, ds, pre, plan, per_shard)
             writer.finish(ds.labels())
     return ActivationCache.open(cfg.out)
 
@@ -317,22 +305,7 @@ def _cache_data_parallel(
                 first = starts[mine]
                 stop = min(first + per_shard, settings.n_images)
                 sink = _PartSink(files, first_index + mine, first)
-                _produce(
-                    sink,  # type: ignore[arg-type]
-                    bb,
-                    ds,
-                    pre,
-                    plan,
-                    per_shard,
-                    batch_size=cfg.batch_size,
-                    workers=cfg.workers,
-                    on_bad_image=cfg.on_bad_image,
-                    bf16=cfg.bf16,
-                    threads=cfg.intra_op_threads,
-                    start=first,
-                    stop=stop,
-                    show=rank == 0,
-                )
+                _produce(sink, cfg, bb, ds, pre, plan, per_shard, start=first, stop=stop, show=rank == 0)  # type: ignore[arg-type]
             distributed.barrier()
             if writer is not None:
                 for i in range(r0, min(r0 + size, len(starts))):
@@ -361,6 +334,10 @@ class _PartSink:
         self.settings = writer.settings
         self.skipped: list[dict[str, Any]] = []
 
+    def record_check(self, name: str, value: dict[str, Any]) -> None:
+        """A rank's check (the bf16 difference of its first batch) is logged only; the manifest
+        holds the checks of single-process runs."""
+
     def add_skipped(self, image: int, source: str, error: str) -> None:
         self.skipped.append({"image": int(image), "source": str(source), "error": str(error)})
 
@@ -380,25 +357,21 @@ class _PartSink:
 
 def _produce(
     writer: CacheWriter,
+    cfg: CacheConfig,
     bb: Backbone,
     ds: ImageDataset,
     pre: Any,
     plan: HookPlan,
     shard_images: int,
     *,
-    batch_size: int,
-    workers: int | None,
-    on_bad_image: str,
-    bf16: bool = False,
-    threads: int | None = None,
     start: int | None = None,
     stop: int | None = None,
     show: bool = True,
 ) -> None:
     """Forward every image of [start, stop) (default: from `writer.next_image` to the end) and
-    write full shards as they fill. With `bf16` the forward runs under bfloat16 autocast; the
-    first batch also in float32, and the difference is logged and recorded (`bf16_check`).
-    `threads`: torch's intra-op threads meanwhile (None: its current count)."""
+    write full shards as they fill; batch size, workers, bad-image policy, intra-op threads and
+    precision from `cfg`. With `cfg.bf16` the forward runs under bfloat16 autocast; the first batch
+    also in float32, and the difference is logged and recorded (`bf16_check`)."""
     from ..data.batches import image_batches
     from ..utils import precision
     from ..utils import threads as thread_budget
@@ -411,17 +384,17 @@ def _produce(
     batches = image_batches(
         ds,
         pre,
-        batch_size=batch_size,
-        workers=workers,
+        batch_size=cfg.batch_size,
+        workers=cfg.workers,
         start=start,
         stop=n_images,
-        on_bad_image=on_bad_image,
+        on_bad_image=cfg.on_bad_image,
         chunk=shard_images,
         pin_memory=bb.device.type == "cuda",
     )
     checked = False
     with (
-        thread_budget.limited(threads),
+        thread_budget.limited(cfg.intra_op_threads),
         progress(
             total=n_images, initial=start, unit="img", desc="cache", smoothing=0.1, disable=None if show else True
         ) as bar,
@@ -430,9 +403,9 @@ def _produce(
             for skipped in batch.skipped:
                 writer.add_skipped(skipped.index, skipped.source, skipped.error)
             if len(batch.indices):
-                with precision.autocast(bf16, bb.device):
+                with precision.autocast(cfg.bf16, bb.device):
                     out = bb.run(batch.pixels, plan.hooks, tokens=plan.tokens)
-                if bf16 and not checked:
+                if cfg.bf16 and not checked:
                     checked = True
                     _report_bf16(writer, bb.run(batch.pixels, plan.hooks, tokens=plan.tokens), out)
                 # [B, d] (cls, head) or [B, T, d] -> image-major rows [B * T, d]
@@ -471,5 +444,4 @@ def _report_bf16(writer: Any, fp32: dict[str, torch.Tensor], bf16: dict[str, tor
             "min cosine %.6f",
             h, c["rows"], c["rel_rms"], c["max_abs"], c["cos_min"],
         )  # fmt: skip
-    if hasattr(writer, "record_check"):  # (a data-parallel rank's part sink logs only)
-        writer.record_check("bf16_check", check)
+    writer.record_check("bf16_check", check)
