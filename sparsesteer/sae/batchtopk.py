@@ -29,7 +29,7 @@ class BatchTopKSAE(TopKSAE, arch="batchtopk"):
                 raise SparsesteerError("this BatchTopK SAE has no inference threshold yet: train it first")
             x_c = (x_bd - self.b_dec).detach()
             vals, idx = kernels.threshold_select(x_c, self.W_enc, self.b_enc, self.threshold)
-            pre = kernels.gather_linear(vals, x_bd, self.W_enc, self.b_enc, idx, center=self.b_dec)
+            pre = kernels.gather_linear(vals, x_bd, self.W_enc, self.b_enc, idx, center=self.b_dec, centered=x_c)
             return SparseCodes(torch.relu(pre) * (vals != 0), idx), None
         return self._batch_select(x_bd, dead_mask)
 
@@ -64,12 +64,12 @@ class BatchTopKSAE(TopKSAE, arch="batchtopk"):
                     self.threshold.copy_(batch_min)
                 else:
                     self.threshold.mul_(self.cfg.threshold_ema).add_((1 - self.cfg.threshold_ema) * batch_min)
-        pre = kernels.gather_linear(vals, x_bd, self.W_enc, self.b_enc, idx, center=self.b_dec)
+        pre = kernels.gather_linear(vals, x_bd, self.W_enc, self.b_enc, idx, center=self.b_dec, centered=x_c)
         codes = SparseCodes(torch.relu(pre) * keep, idx)
         aux = None
         if sel.aux_values is not None:
             aux_pre = kernels.gather_linear(
-                sel.aux_values, x_bd, self.W_enc, self.b_enc, sel.aux_indices, center=self.b_dec
+                sel.aux_values, x_bd, self.W_enc, self.b_enc, sel.aux_indices, center=self.b_dec, centered=x_c
             )
             aux = SparseCodes(torch.relu(aux_pre), sel.aux_indices)
         return codes, aux

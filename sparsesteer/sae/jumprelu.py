@@ -23,7 +23,7 @@ class JumpReLUSAE(SparseAutoencoder, arch="jumprelu"):
     def _encode(self, x_bd, *, dead_mask=None, training=False):
         x_c = (x_bd - self.b_dec).detach()
         vals, idx = kernels.threshold_select(x_c, self.W_enc, self.b_enc, self.threshold.expand(self.n_latents))
-        pre = kernels.gather_linear(vals, x_bd, self.W_enc, self.b_enc, idx, center=self.b_dec)
+        pre = kernels.gather_linear(vals, x_bd, self.W_enc, self.b_enc, idx, center=self.b_dec, centered=x_c)
         return SparseCodes(torch.relu(pre) * (vals != 0), idx), None
 
     def forward(self, x, *, dead_mask=None):  # type: ignore[override]

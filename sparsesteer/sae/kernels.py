@@ -319,8 +319,8 @@ class _GatherLinear(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, values_bk, x_bd, W_nd, b_n, idx_bk, lo, center_d):  # type: ignore[override]
-        x_c = x_bd.detach() if center_d is None else x_bd.detach() - center_d.detach()
+    def forward(ctx, values_bk, x_bd, W_nd, b_n, idx_bk, lo, center_d, centered):  # type: ignore[override]
+        x_c = _centered(x_bd, center_d, centered)
         ctx.save_for_backward(x_c, W_nd, idx_bk)
         ctx.b_dtype = b_n.dtype
         ctx.lo = lo
@@ -345,7 +345,15 @@ class _GatherLinear(torch.autograd.Function):
         if need_W:
             lo = ctx.lo if ctx.lo is not None else latent_order(idx_bk, n)
             grad_W = per_latent_sum(lo, g, x_c.to(W_nd.dtype))
-        return None, grad_x, grad_W, grad_b, None, None, grad_c
+        return None, grad_x, grad_W, grad_b, None, None, grad_c, None
+
+
+def _centered(x_bd: Tensor, center_d: Tensor | None, centered: Tensor | None) -> Tensor:
+    """x - center, detached: the rows the weight gradients need (`centered` when the caller has
+    them already: the encoder's selection is computed on the same rows)."""
+    if centered is not None:
+        return centered.detach()
+    return x_bd.detach() if center_d is None else x_bd.detach() - center_d.detach()
 
 
 def latent_rows_weighted_sum(cols: Tensor, weights: Tensor, rows_bd: Tensor, k: int, n: int) -> Tensor:
@@ -366,11 +374,12 @@ def gather_linear(
     lo: LatentOrder | None = None,
     *,
     center: Tensor | None = None,
+    centered: Tensor | None = None,
 ) -> Tensor:
     """Attach sparse autograd to precomputed selected pre-activations of `x - center` (see
     `_GatherLinear`); `lo`: the selection's `latent_order`, when already computed (else made in
-    the backward)."""
-    return _GatherLinear.apply(values_bk, x_bd, W_nd, b_n, idx_bk, lo, center)
+    the backward); `centered`: x - center, when already computed."""
+    return _GatherLinear.apply(values_bk, x_bd, W_nd, b_n, idx_bk, lo, center, centered)
 
 
 class _SparseDecode(torch.autograd.Function):
@@ -428,8 +437,8 @@ class _PrecomputedLinear(torch.autograd.Function):
     gradient unless x needs one)."""
 
     @staticmethod
-    def forward(ctx, pre_bm, x_bd, W_md, b_m, center_d):  # type: ignore[override]
-        x_c = x_bd.detach() if center_d is None else x_bd.detach() - center_d.detach()
+    def forward(ctx, pre_bm, x_bd, W_md, b_m, center_d, centered):  # type: ignore[override]
+        x_c = _centered(x_bd, center_d, centered)
         ctx.save_for_backward(x_c, W_md)
         ctx.compute_dtype = pre_bm.dtype
         ctx.b_dtype = b_m.dtype
@@ -449,7 +458,7 @@ class _PrecomputedLinear(torch.autograd.Function):
             g_sum = g_bm.sum(0, dtype=W_md.dtype)
             grad_b = g_sum.to(ctx.b_dtype) if need_b else None
             grad_c = -(g_sum @ W_md) if need_c else None
-        return None, grad_x, grad_W, grad_b, grad_c
+        return None, grad_x, grad_W, grad_b, grad_c, None
 
 
 def dense_aux(
@@ -460,6 +469,8 @@ def dense_aux(
     W_enc_nd: Tensor,
     b_enc_n: Tensor,
     W_dec_nd: Tensor,
+    *,
+    centered: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """AuxK codes and reconstruction by dense matmuls over the dead latents only.
 
@@ -474,7 +485,7 @@ def dense_aux(
     position = torch.empty(dead_mask_n.shape[0], dtype=torch.long, device=dead.device)
     position[dead] = torch.arange(dead.numel(), device=dead.device)
     local = position[sel.aux_indices]
-    pre = _PrecomputedLinear.apply(sel.dead_pre, x_bd, W_enc_nd[dead], b_enc_n[dead], center_d)
+    pre = _PrecomputedLinear.apply(sel.dead_pre, x_bd, W_enc_nd[dead], b_enc_n[dead], center_d, centered)
     chosen = torch.zeros_like(pre, dtype=torch.bool).scatter_(1, local, True)
     codes = torch.relu(pre) * chosen
     recon = codes @ W_dec_nd[dead].to(codes.dtype)

@@ -39,8 +39,9 @@ class TopKSAE(SparseAutoencoder, arch="topk"):
         backward; None when no gradient will be taken), the AuxK reconstruction)."""
         mask, k_aux = self._aux_request(dead_mask)
         dense_aux = mask is not None and kernels.dense_aux_is_cheaper(int(mask.sum()), k_aux)
+        x_c = (x_bd - self.b_dec).detach()  # computed once: the selection and every weight gradient
         sel = kernels.encode_select(
-            (x_bd - self.b_dec).detach(),
+            x_c,
             self.W_enc,
             self.b_enc,
             self.cfg.k,
@@ -51,19 +52,21 @@ class TopKSAE(SparseAutoencoder, arch="topk"):
         )
         grad = training and torch.is_grad_enabled()
         lo = kernels.latent_order(sel.indices, self.n_latents) if grad else None
-        pre = kernels.gather_linear(sel.values, x_bd, self.W_enc, self.b_enc, sel.indices, lo, center=self.b_dec)
+        pre = kernels.gather_linear(
+            sel.values, x_bd, self.W_enc, self.b_enc, sel.indices, lo, center=self.b_dec, centered=x_c
+        )
         codes = SparseCodes(self._activate(pre), sel.indices)
         aux, aux_recon = None, None
         if dense_aux:
             assert mask is not None
             aux_values, aux_indices, aux_recon = kernels.dense_aux(
-                sel, mask, x_bd, self.b_dec, self.W_enc, self.b_enc, self.W_dec
+                sel, mask, x_bd, self.b_dec, self.W_enc, self.b_enc, self.W_dec, centered=x_c
             )
             aux = SparseCodes(aux_values, aux_indices)
         elif sel.aux_values is not None and sel.aux_indices is not None:
             aux_lo = kernels.latent_order(sel.aux_indices, self.n_latents) if grad else None
             aux_pre = kernels.gather_linear(
-                sel.aux_values, x_bd, self.W_enc, self.b_enc, sel.aux_indices, aux_lo, center=self.b_dec
+                sel.aux_values, x_bd, self.W_enc, self.b_enc, sel.aux_indices, aux_lo, center=self.b_dec, centered=x_c
             )
             aux = SparseCodes(torch.relu(aux_pre), sel.aux_indices)
             aux_recon = kernels.sparse_decode(aux.values, aux.indices, self.W_dec, aux_lo)
