@@ -51,17 +51,9 @@ def env() -> dict[str, str]:
 
 # ------------------------------------------------------------------------------------------ inputs
 def _class_folders(root: Path, splits: dict[str, int], classes=CLASSES, seed=0) -> Path:
-    rng = np.random.default_rng(seed)
-    for split, n in splits.items():
-        for ci, name in enumerate(classes):
-            folder = root / split / name
-            folder.mkdir(parents=True, exist_ok=True)
-            for i in range(n):
-                base = np.zeros((32, 32, 3))
-                base[..., ci % 3] = 100 + 40 * ci
-                img = (base + rng.normal(0, 40, (32, 32, 3))).clip(0, 255).astype("uint8")
-                Image.fromarray(img).save(folder / f"{i}.png")
-    return root
+    from helpers import make_class_images
+
+    return make_class_images(root, splits, classes, seed=seed)
 
 
 def build_workspace(ws: Path, clip: Path) -> Path:

@@ -31,6 +31,24 @@ def make_folder_dataset(root: Path, n_per_class=(3, 2, 2), *, split="train", siz
     return root
 
 
+def make_class_images(
+    root: Path, splits: dict[str, int], classes, *, seed: int = 0, level: float | None = None
+) -> Path:
+    """root/split/class/i.png, 32 x 32: noise around a colour per class (channel class % 3, at
+    `level`, or 100 + 40 * class index when None), so that classes are linearly separable."""
+    rng = np.random.default_rng(seed)
+    for split, n in splits.items():
+        for ci, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                base = np.zeros((32, 32, 3))
+                base[..., ci % 3] = 100 + 40 * ci if level is None else level
+                img = (base + rng.normal(0, 40, (32, 32, 3))).clip(0, 255).astype("uint8")
+                Image.fromarray(img).save(folder / f"{i}.png")
+    return root
+
+
 def help_defaults(command: str) -> dict[str, str]:
     """Option -> its help text as --help prints it, for every option of `command`."""
     from sparsesteer.cli import HelpFormatter, build_parser

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
+from helpers import make_class_images
 
 from sparsesteer.cli import main
 from sparsesteer.experiments.clipsteer.sparsity import reference
@@ -32,17 +32,7 @@ CONFIGS = [(b, t) for b in range(3) for t in ("all", "cls", "patch")]
 
 
 def make_dataset(root: Path, classes=CLASSES) -> Path:
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 8), ("test", 4)):
-        for ci, name in enumerate(classes):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(n):
-                base = np.zeros((32, 32, 3))
-                base[..., ci % 3] = 120
-                img = (base + rng.normal(0, 40, (32, 32, 3))).clip(0, 255).astype("uint8")
-                Image.fromarray(img).save(folder / f"{i}.png")
-    return root
+    return make_class_images(root, {"train": 8, "test": 4}, classes, level=120)
 
 
 def args(model: Path, data: Path, out: Path, *extra: str) -> list[str]:

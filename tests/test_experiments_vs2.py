@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from helpers import make_class_images
 
 from sparsesteer.cli import main
 from sparsesteer.experiments.vs2 import paper as vs2_paper
@@ -32,17 +32,7 @@ ROWS = {
 
 
 def make_dataset(root: Path) -> Path:
-    rng = np.random.default_rng(0)
-    for split, n in (("train", 24), ("test", 8)):
-        for ci, name in enumerate(CLASSES):
-            folder = root / split / name
-            folder.mkdir(parents=True)
-            for i in range(n):
-                base = np.zeros((32, 32, 3))
-                base[..., ci % 3] = 100 + 40 * ci
-                img = (base + rng.normal(0, 40, (32, 32, 3))).clip(0, 255).astype("uint8")
-                Image.fromarray(img).save(folder / f"{i}.png")
-    return root
+    return make_class_images(root, {"train": 24, "test": 8}, CLASSES)
 
 
 def args(tmp: Path, out: Path, *extra: str) -> list[str]:

@@ -282,13 +282,7 @@ def test_topk_auxk_float32_matches_dense_float64_reference(path, monkeypatch):
     out.loss.backward()
 
     p = dense_params(sae)
-    pre = ref_pre(p, x)
-    recon = ref_topk_codes(pre, 5) @ p["W_dec"] + p["b_dec"]
-    xd = x.double()
-    tv = (xd - xd.mean(0)).pow(2).sum()
-    aux_codes = ref_topk_codes(pre.masked_fill(~dead, -1e30), 7).clamp_min(0)
-    aux = (aux_codes @ p["W_dec"] - (xd - recon).detach()).pow(2).sum() / tv  # scale min(32/7, 1) = 1
-    loss = (recon - xd).pow(2).sum() / tv + sae.cfg.aux_coeff * aux
+    loss, aux = reference_auxk_loss(sae, p, x, dead, 7)  # scale min(32/7, 1) = 1
     loss.backward()
     torch.testing.assert_close(out.aux_loss.double(), aux.detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(out.loss.double(), loss.detach(), rtol=1e-5, atol=1e-6)
@@ -337,11 +331,12 @@ def test_bf16_autocast_selection_has_float32_values():
     assert int(same.sum()) >= 0.97 * 256 * 8
 
 
-def reference_auxk_loss(sae, p, x, dead, k_aux):
-    """The TopK + AuxK objective in float64 by dense ops, on the parameters `p`."""
+def reference_auxk_loss(sae, p, x, dead, k_aux, codes=None):
+    """The TopK (or `codes(pre)`) + AuxK objective in float64 by dense ops, on the parameters `p`."""
     pre = ref_pre(p, x)
-    by_abs = sae.cfg.select == "abs"
-    recon = ref_topk_codes(pre, sae.cfg.k, by_abs) @ p["W_dec"] + p["b_dec"]
+    if codes is None:
+        codes = lambda pre: ref_topk_codes(pre, sae.cfg.k, sae.cfg.select == "abs")  # noqa: E731
+    recon = codes(pre) @ p["W_dec"] + p["b_dec"]
     xd = x.double()
     tv = (xd - xd.mean(0)).pow(2).sum()
     aux_codes = ref_topk_codes(pre.masked_fill(~dead, -1e30), k_aux).clamp_min(0)
@@ -438,13 +433,7 @@ def test_batchtopk_with_auxk_matches_dense_float64_reference(aux_k):
     out = sae(x, dead_mask=dead)
     out.loss.backward()
     p = dense_params(sae)
-    pre = ref_pre(p, x)
-    recon = ref_batchtopk_codes(pre, 3) @ p["W_dec"] + p["b_dec"]
-    xd = x.double()
-    tv = (xd - xd.mean(0)).pow(2).sum()
-    aux_codes = ref_topk_codes(pre.masked_fill(~dead, -1e30), aux_k).clamp_min(0)
-    aux = min(20 / aux_k, 1.0) * (aux_codes @ p["W_dec"] - (xd - recon).detach()).pow(2).sum() / tv
-    loss = (recon - xd).pow(2).sum() / tv + sae.cfg.aux_coeff * aux
+    loss, aux = reference_auxk_loss(sae, p, x, dead, aux_k, codes=lambda pre: ref_batchtopk_codes(pre, 3))
     loss.backward()
     torch.testing.assert_close(out.aux_loss, aux.detach())
     torch.testing.assert_close(out.loss, loss.detach())
