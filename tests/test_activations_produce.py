@@ -299,6 +299,10 @@ def _cache_argv(clip, data, out, *extra):
         (["--hook", "blocks.0.resid_post", "--hook", "blocks.0.resid_post", "--tokens", "cls"], "more than once"),
         (["--hook", "blocks.0.resid_post", "--tokens", "cls", "--batch-size", "0"], "--batch-size must be a positive"),
         (
+            ["--hook", "blocks.0.resid_post", "--tokens", "cls", "--intra-op-threads", "0"],
+            "--intra-op-threads must be a positive",
+        ),
+        (
             ["--hook", "blocks.0.resid_post", "--tokens", "cls", "--device", "cuda:0"]
             if not torch.cuda.is_available()
             else ["--hook", "blocks.0.resid_post", "--tokens", "cls", "--device", "tpu"],
