@@ -1,8 +1,10 @@
 """The feature browser in a real browser: headless Chromium (Debian's `chromium`) driven by
 Playwright. From file://: the index loads, pages, sorts, filters and searches; a latent page loads
 with every image; out-of-range ids say so. Against the server with a model: one steering request
-and one patch click. Skips, saying why, when Playwright or Chromium is missing. Screenshots go to
-the test's tmp dir."""
+and one patch click. Slow answers (a data file or API call held by `page.route` until released):
+the page never shows a page number over another page's rows, one latent under another's title, or
+an older patch's answer. Tests wait for the state they assert, never for a time. Skips, saying why,
+when Playwright or Chromium is missing. Screenshots go to the test's tmp dir."""
 
 from __future__ import annotations
 
@@ -66,6 +68,56 @@ def _ids(pg) -> list[int]:
     return [int(x) for x in pg.eval_on_selector_all("#latents tbody tr", "rs => rs.map(r => r.dataset.latent)")]
 
 
+def _view(pg) -> tuple[str, list[int]]:
+    """The pager's text and the latent ids of the rows, read together."""
+    info, ids = pg.evaluate(
+        "() => [document.querySelector('#pageinfo').textContent,"
+        " [...document.querySelectorAll('#latents tbody tr')].map(r => Number(r.dataset.latent))]"
+    )
+    return info, ids
+
+
+def _wait_view(pg, info: str, ids: list[int]) -> None:
+    """Waits until the pager says `info` over exactly the rows `ids`; on a timeout, shows what the page showed."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        pg.wait_for_function(
+            """([info, ids]) => document.querySelector('#pageinfo').textContent === info &&
+            JSON.stringify([...document.querySelectorAll('#latents tbody tr')].map(r => Number(r.dataset.latent)))
+            === JSON.stringify(ids)""",
+            arg=[info, ids],
+        )
+    except PlaywrightTimeout:
+        pass
+    assert _view(pg) == (info, ids)
+
+
+def _held(pg, routes: list):
+    """The one request held back by a route handler that appends it to `routes` (the handler runs when
+    Playwright next reads the browser's messages: a few round trips, not a time)."""
+    for _ in range(50):
+        if routes:
+            break
+        pg.evaluate("0")
+    assert len(routes) == 1
+    return routes[0]
+
+
+# Records every (pager text, row ids) the index ever shows, at each batch of DOM changes (a mutation
+# observer runs before any await resumes, so a page number set before its rows arrive is caught).
+_RECORD_VIEWS = """
+window.__views = [];
+new MutationObserver(() => {
+  const info = document.querySelector('#pageinfo');
+  if (!info) return;
+  const v = [info.textContent, [...document.querySelectorAll('#latents tbody tr')].map(r => Number(r.dataset.latent))];
+  const last = window.__views[window.__views.length - 1];
+  if (JSON.stringify(v) !== JSON.stringify(last)) window.__views.push(v);
+}).observe(document, {subtree: true, childList: true, characterData: true});
+"""
+
+
 def _check_images(pg) -> int:
     """Every <img> finished loading with pixels (no broken image); returns how many."""
     pg.wait_for_function("[...document.images].every(i => i.complete)")
@@ -81,14 +133,11 @@ def test_static_site_from_the_file_system(site, page, tmp_path):
     freq = stats.fire_count / stats.n_rows
     by_freq = sorted(range(L), key=lambda j: (-freq[j], j))
     pg.goto((out / "index.html").as_uri())
-    pg.wait_for_selector("#latents tbody tr")
-    assert _ids(pg) == by_freq[:10]
-    assert pg.inner_text("#pageinfo") == "page 1 of 5"
+    _wait_view(pg, "page 1 of 5", by_freq[:10])
     pg.screenshot(path=str(tmp_path / "index.png"), full_page=True)
     # paging
     pg.click("#next")
-    pg.wait_for_function("document.querySelector('#pageinfo').textContent === 'page 2 of 5'")
-    assert _ids(pg) == by_freq[10:20]
+    _wait_view(pg, "page 2 of 5", by_freq[10:20])
     # sorting by max activation
     pg.select_option("#order", "max")
     pg.wait_for_function("document.querySelector('#pageinfo').textContent === 'page 1 of 5'")
@@ -108,15 +157,14 @@ def test_static_site_from_the_file_system(site, page, tmp_path):
     pg.dispatch_event("#thr", "change")
     # search by id, then by a word (the latents with it among their first lens words)
     pg.fill("#q", "17")
-    pg.wait_for_function("document.querySelector('#pageinfo').textContent === 'latent 17'")
-    assert _ids(pg) == [17]
+    _wait_view(pg, "latent 17", [17])
     pg.fill("#q", "999")
     pg.wait_for_function("document.querySelector('#status').textContent.includes('no latent 999')")
     word = stats.lens.words[1]
     pg.fill("#q", word)
-    pg.wait_for_function("document.querySelector('#pageinfo').textContent === 'search'")
     w = stats.lens.words.index(word)
     with_word = {j for j in range(L) if w in stats.lens.indices[j, :3].tolist()}
+    pg.wait_for_function("document.querySelector('#pageinfo').textContent === 'search'")
     assert set(_ids(pg)) == with_word
     # open a latent page from the results
     j = _ids(pg)[0]
@@ -157,6 +205,71 @@ def test_static_site_from_the_file_system(site, page, tmp_path):
     assert meta["chunk_size"] >= 1
 
 
+def test_index_shows_a_page_number_only_over_its_rows(site, page):
+    """Data files held back (Playwright routes released by the test): the pager changes only with the
+    rows it describes, and a late answer of an older navigation does not replace a newer one."""
+    out, stats = site
+    pg, errors = page
+    freq = stats.fire_count / stats.n_rows
+    by_freq = sorted(range(stats.n_latents), key=lambda j: (-freq[j], j))
+    pages = {f"page {p + 1} of 5": by_freq[10 * p : 10 * p + 10] for p in range(5)}
+    pg.add_init_script(_RECORD_VIEWS)
+    page2: list = []
+    pg.route("**/data/pages/frequency-1.js", lambda route: page2.append(route))
+    pg.goto((out / "index.html").as_uri())
+    _wait_view(pg, "page 1 of 5", pages["page 1 of 5"])
+    with pg.expect_request("**/data/pages/frequency-1.js"):
+        pg.click("#next")
+    assert _view(pg) == ("page 1 of 5", pages["page 1 of 5"])  # page 2's rows are on their way
+    pg.click("#next")  # a newer navigation, whose data comes at once
+    _wait_view(pg, "page 3 of 5", pages["page 3 of 5"])
+    _held(pg, page2).continue_()
+    pg.wait_for_function("SS.idle()")  # page 2's late rows have arrived and been handled
+    assert _view(pg) == ("page 3 of 5", pages["page 3 of 5"])
+    pg.click("#prev")
+    _wait_view(pg, "page 2 of 5", pages["page 2 of 5"])
+    # the same for a search: "latent 17" only over latent 17's row
+    ids1: list = []
+    pg.route("**/data/pages/id-1.js", lambda route: ids1.append(route))
+    with pg.expect_request("**/data/pages/id-1.js"):
+        pg.fill("#q", "17")
+    assert _view(pg) == ("page 2 of 5", pages["page 2 of 5"])
+    _held(pg, ids1).continue_()
+    _wait_view(pg, "latent 17", [17])
+    shown = [(info, ids) for info, ids in pg.evaluate("window.__views")]
+    assert shown and all(ids == {**pages, "latent 17": [17], "": []}.get(info) for info, ids in shown), shown
+    assert errors == []
+
+
+def test_latent_page_shows_only_the_latest_latent(site, page):
+    """A latent's data held back while the reader moves on to another latent: when it arrives late it
+    is dropped; the page shows the newer latent alone, under its own title."""
+    out, stats = site
+    pg, errors = page
+    meta = read_data(out, "meta")
+    first, last = 0, stats.n_latents - 1
+    chunk: list = []
+    pg.route(f"**/data/latents/{first // meta['chunk_size']}.js", lambda route: chunk.append(route))
+    with pg.expect_request(f"**/data/latents/{first // meta['chunk_size']}.js"):
+        pg.goto((out / "latent.html").as_uri() + f"#{first}", wait_until="commit")
+    # the page's own hashchange listener was added first, so it has started the render of `last`
+    pg.evaluate(
+        f"""() => new Promise(done => {{
+        window.addEventListener('hashchange', () => done(), {{once: true}}); location.hash = '{last}'; }})"""
+    )
+    _held(pg, chunk).continue_()
+    pg.wait_for_selector(f"body[data-ready='{last}']")
+    pg.wait_for_function("SS.idle()")  # every load has arrived and been handled
+    assert pg.inner_text("#title") == f"Latent {last}" and pg.title() == f"Latent {last}"
+    assert pg.eval_on_selector_all("#facts", "fs => fs.length") == 1
+    fact = "b => [...document.querySelectorAll('#facts div')].find(d => d.firstChild.textContent === b).lastChild.textContent"
+    assert pg.evaluate(fact, "active tokens") == str(int(stats.fire_count[last]))
+    n_top = sum(int((t.images[last] >= 0).sum()) for t in stats.top.values())
+    assert pg.eval_on_selector_all("#main .thumb", "ts => ts.length") == n_top
+    assert pg.get_attribute("body", "data-ready") == str(last)
+    assert errors == []
+
+
 def test_server_with_a_model_steers_and_explores_patches(site, page, request, tmp_path):
     from sparsesteer.experiments.browse import BrowseConfig, LiveModel
 
@@ -177,15 +290,25 @@ def test_server_with_a_model_steers_and_explores_patches(site, page, request, tm
         pg.fill("#steer-strength", "40")
         pg.select_option("#steer-mode", "add")
         pg.click("#steer-go")
-        pg.wait_for_function("document.querySelector('#steer-out').textContent !== 'running…'")
+        pg.wait_for_selector("#steer-out p")  # the answer: a summary line, or an error
         assert pg.locator("#steer-table").count() == 1, pg.inner_text("#steer-out")
         n = min(int((stats.top["max"].images[j] >= 0).sum()), 4)
         assert pg.eval_on_selector_all("#steer-table tr", "rs => rs.length") == n + 1
-        # click the patch in row 1, column 2 of the 4 x 4 grid of the first dataset image shown
+        # click the patch in row 2, column 3 of the 4 x 4 grid of the first dataset image shown, and
+        # while its answer is held back, the patch in row 1, column 2: the late answer about (2, 3) is
+        # dropped, the output stays that of the marked patch (1, 2)
         pg.wait_for_function("document.querySelector('#patch-view').naturalWidth > 0")
         box = pg.locator("#patch-view").bounding_box()
+        held: list = []
+        pg.route("**/api/patch", lambda route: route.continue_() if held else held.append(route))
+        with pg.expect_request("**/api/patch"):
+            pg.locator("#patch-view").click(position={"x": box["width"] * 3.5 / 4, "y": box["height"] * 2.5 / 4})
         pg.locator("#patch-view").click(position={"x": box["width"] * 2.5 / 4, "y": box["height"] * 1.5 / 4})
-        pg.wait_for_function("!['', 'running…'].includes(document.querySelector('#patch-out').textContent)")
+        pg.wait_for_selector("#patch-latents")
+        assert "patch (1, 2)" in pg.inner_text("#patch-out")
+        _held(pg, held).continue_()
+        pg.wait_for_function("SS.idle()")  # the late answer has arrived and been handled
+        pg.unroute("**/api/patch")
         assert "patch (1, 2)" in pg.inner_text("#patch-out")
         image = int(stats.top["max"].images[j, 0])
         from sparsesteer.interpret.browser.server import ApiRequest

@@ -4,11 +4,15 @@
 window.SS = (function () {
   const loaded = {};
   const pending = {};
+  // Data loads and API calls under way. Pages drop answers that a newer navigation made stale, so a
+  // test that wants to see that an answer was dropped waits for idle(): 0 outstanding means every
+  // answer has been handled (the code after an `await` runs in the same microtask checkpoint).
+  let busy = 0;
 
   // Data files are scripts that call SS.put(key, payload).
   function put(key, data) {
     loaded[key] = data;
-    if (pending[key]) pending[key].resolve(data);
+    if (pending[key]) pending[key].settle(true, data);
   }
 
   function load(key) {
@@ -16,26 +20,31 @@ window.SS = (function () {
     if (pending[key]) return pending[key].promise;
     const entry = {};
     entry.promise = new Promise((resolve, reject) => {
-      entry.resolve = resolve;
-      entry.reject = reject;
+      entry.settle = (ok, value) => {
+        delete pending[key];
+        busy--;
+        if (ok) resolve(value);
+        else reject(value);
+      };
     });
     pending[key] = entry;
+    busy++;
     const s = document.createElement("script");
     s.src = "data/" + key + ".js";
     s.onload = () => {
       s.remove();
-      if (!(key in loaded)) {
-        delete pending[key];
-        entry.reject(new Error("data/" + key + ".js did not deliver its data"));
-      }
+      if (pending[key] === entry) entry.settle(false, new Error("data/" + key + ".js did not deliver its data"));
     };
     s.onerror = () => {
       s.remove();
-      delete pending[key];
-      entry.reject(new Error("cannot load data/" + key + ".js"));
+      if (pending[key] === entry) entry.settle(false, new Error("cannot load data/" + key + ".js"));
     };
     document.head.appendChild(s);
     return entry.promise;
+  }
+
+  function idle() {
+    return busy === 0;
   }
 
   // el("a", {href: "x", class: "y"}, "text", child): text is always set as text, never as HTML.
@@ -103,15 +112,20 @@ window.SS = (function () {
     const opts = body === undefined ? {} : {
       method: "POST", headers: {"Content-Type": "application/json"}, body: JSON.stringify(body),
     };
-    const r = await fetch("api/" + path, opts);
-    let data = null;
+    busy++;
     try {
-      data = await r.json();
-    } catch (e) {
-      data = null;
+      const r = await fetch("api/" + path, opts);
+      let data = null;
+      try {
+        data = await r.json();
+      } catch (e) {
+        data = null;
+      }
+      if (!r.ok) throw new Error((data && data.error) || ("HTTP " + r.status));
+      return data;
+    } finally {
+      busy--;
     }
-    if (!r.ok) throw new Error((data && data.error) || ("HTTP " + r.status));
-    return data;
   }
 
   async function liveInfo() {
@@ -124,5 +138,5 @@ window.SS = (function () {
     }
   }
 
-  return {put, load, el, fmt, thumbPath, drawHeatmap, latentHref, showError, api, liveInfo};
+  return {put, load, idle, el, fmt, thumbPath, drawHeatmap, latentHref, showError, api, liveInfo};
 })();

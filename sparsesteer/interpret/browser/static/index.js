@@ -25,12 +25,12 @@
     history.replaceState(null, "", "#" + h.toString());
   }
 
-  // Pages that hold at least one latent at or below the frequency limit.
-  function visiblePages() {
-    const o = meta.orders[state.order];
+  // Pages of order `s.order` that hold at least one latent at or below the frequency limit.
+  function visiblePages(s) {
+    const o = meta.orders[s.order];
     const out = [];
     for (let p = 0; p < o.n_pages; p++) {
-      if (state.thr === null || o.min_freq[p] <= state.thr) out.push(p);
+      if (s.thr === null || o.min_freq[p] <= s.thr) out.push(p);
     }
     return out;
   }
@@ -43,34 +43,34 @@
       el("td", {}, fmt(freq)), el("td", {}, fmt(max)), el("td", {}, fmt(purity)));
   }
 
-  let token = 0; // the newest render; older ones (slower data loads) do not overwrite it
+  let token = 0; // the newest navigation; an older one whose data arrives later is dropped
 
-  function show(rows, info, my) {
+  // The pager, the rows and the status line are set together, from one finished view, once its data
+  // has arrived: the page number never stands over another page's rows (a slow data file used to
+  // leave "page 2" above page 1's rows).
+  function show(my, view) {
     if (my !== token) return;
-    const body = document.querySelector("#latents tbody");
-    body.replaceChildren(...rows.map(row));
-    document.getElementById("status").textContent = info;
+    document.getElementById("pageinfo").textContent = view.info;
+    document.getElementById("prev").disabled = !view.prev;
+    document.getElementById("next").disabled = !view.next;
+    document.querySelector("#latents tbody").replaceChildren(...view.rows.map(row));
+    document.getElementById("status").textContent = view.status;
   }
 
-  function keep(r) {
-    return state.thr === null || (r[1] !== null && r[1] <= state.thr);
+  function keep(s, r) {
+    return s.thr === null || (r[1] !== null && r[1] <= s.thr);
   }
 
-  async function showPage(my) {
-    const pages = visiblePages();
-    document.getElementById("prev").disabled = state.page <= 0;
-    document.getElementById("next").disabled = state.page >= pages.length - 1;
-    if (!pages.length) {
-      document.getElementById("pageinfo").textContent = "no pages";
-      show([], "every latent is denser than the limit", my);
-      return;
-    }
-    state.page = Math.min(state.page, pages.length - 1);
-    const p = pages[state.page];
-    document.getElementById("pageinfo").textContent = "page " + (state.page + 1) + " of " + pages.length;
-    const rows = await load("pages/" + state.order + "-" + p);
-    const kept = rows.filter(keep);
-    show(kept, (rows.length - kept.length) ? (rows.length - kept.length) + " latents on this page hidden by the limit" : "", my);
+  // The view of page `s.page` of the visible pages.
+  async function pageView(s) {
+    const pages = visiblePages(s);
+    if (!pages.length) return {info: "no pages", prev: false, next: false, rows: [], status: "every latent is denser than the limit"};
+    const i = s.page;
+    const rows = await load("pages/" + s.order + "-" + pages[i]);
+    const kept = rows.filter((r) => keep(s, r));
+    const hidden = rows.length - kept.length;
+    return {info: "page " + (i + 1) + " of " + pages.length, prev: i > 0, next: i < pages.length - 1, rows: kept,
+      status: hidden ? hidden + " latents on this page hidden by the limit" : ""};
   }
 
   // Rows of the given latent ids, read from the id-ordered pages.
@@ -84,19 +84,15 @@
     return out;
   }
 
-  async function search(my) {
-    const q = state.q.trim();
-    document.getElementById("prev").disabled = true;
-    document.getElementById("next").disabled = true;
+  async function searchView(s) {
+    const q = s.q.trim();
     if (/^\d+$/.test(q)) {
       const j = parseInt(q, 10);
-      document.getElementById("pageinfo").textContent = "latent " + j;
       if (j >= meta.n_latents) {
-        show([], "no latent " + j + ": this SAE has " + meta.n_latents + " latents (0.." + (meta.n_latents - 1) + ")", my);
-        return;
+        return {info: "latent " + j, prev: false, next: false, rows: [],
+          status: "no latent " + j + ": this SAE has " + meta.n_latents + " latents (0.." + (meta.n_latents - 1) + ")"};
       }
-      show(await rowsOf([j]), "", my);
-      return;
+      return {info: "latent " + j, prev: false, next: false, rows: await rowsOf([j]), status: ""};
     }
     const words = await load("words");
     const needle = q.toLowerCase();
@@ -112,21 +108,23 @@
       for (const j of group[String(w)] || []) if (!ids.includes(j)) ids.push(j);
       if (ids.length >= 50) break;
     }
-    const rows = (await rowsOf(ids.slice(0, 50))).filter(keep);
-    document.getElementById("pageinfo").textContent = "search";
+    const rows = (await rowsOf(ids.slice(0, 50))).filter((r) => keep(s, r));
     const words_shown = hits.slice(0, 5).map(([, w]) => words[w]).join(", ");
-    show(rows, hits.length ? rows.length + " latents for " + words_shown + (hits.length > 5 ? ", …" : "")
-      : "no word contains \u201c" + q + "\u201d", my);
+    return {info: "search", prev: false, next: false, rows,
+      status: hits.length ? rows.length + " latents for " + words_shown + (hits.length > 5 ? ", …" : "")
+        : "no word contains \u201c" + q + "\u201d"};
   }
 
+  // Renders a copy of the state as it is now: later changes start a newer render instead.
   async function render() {
+    state.page = Math.max(0, Math.min(state.page, visiblePages(state).length - 1));
     writeHash();
     const my = ++token;
+    const s = {...state};
     try {
-      if (state.q.trim()) await search(my);
-      else await showPage(my);
+      show(my, s.q.trim() ? await searchView(s) : await pageView(s));
     } catch (e) {
-      SS.showError(e);
+      if (my === token) SS.showError(e);
     }
   }
 

@@ -73,35 +73,60 @@
         link ? el("a", {href: link}, name) : name, el("span", {class: "muted"}, fmt(v)))));
   }
 
+  let token = 0; // the newest latent asked for; an older render whose data arrives later is dropped
+
+  function setTitle(text) {
+    document.title = text;
+    document.getElementById("title").textContent = text;
+  }
+
+  // Title, links, body and live panel change together, once the latent's data has arrived, so a
+  // slow load never puts one latent's content under another's title (or two latents on one page).
   async function render() {
-    const main = document.getElementById("main");
-    main.replaceChildren();
-    document.getElementById("error").hidden = true;
-    document.getElementById("live").hidden = true;
+    const my = ++token;
     const text = decodeURIComponent(location.hash.slice(1));
     const j = /^\d+$/.test(text) ? parseInt(text, 10) : NaN;
+    const main = document.getElementById("main");
     if (!(j >= 0 && j < meta.n_latents)) {
-      document.title = "No such latent";
-      document.getElementById("title").textContent = "No such latent";
+      setTitle("No such latent");
+      main.replaceChildren();
+      document.getElementById("live").hidden = true;
       SS.showError("no latent \u201c" + text + "\u201d: this SAE has " + meta.n_latents + " latents (0.." +
         (meta.n_latents - 1) + ")");
       return;
     }
-    document.title = "Latent " + j;
-    document.getElementById("title").textContent = "Latent " + j;
+    let rec, words, info;
+    try {
+      const chunk = await load("latents/" + Math.floor(j / meta.chunk_size));
+      rec = chunk[j - Math.floor(j / meta.chunk_size) * meta.chunk_size];
+      words = rec.lens ? await load("words") : null;
+      info = await SS.liveInfo();
+    } catch (e) {
+      if (my === token) SS.showError(e);
+      return;
+    }
+    if (my !== token) return;
+    setTitle("Latent " + j);
+    document.getElementById("error").hidden = true;
     document.getElementById("prevlat").href = SS.latentHref(Math.max(0, j - 1));
     document.getElementById("nextlat").href = SS.latentHref(Math.min(meta.n_latents - 1, j + 1));
-    const chunk = await load("latents/" + Math.floor(j / meta.chunk_size));
-    const rec = chunk[j - Math.floor(j / meta.chunk_size) * meta.chunk_size];
-    main.appendChild(el("div", {class: "facts", id: "facts"},
+    main.replaceChildren(...content(rec, words));
+    document.getElementById("live").hidden = true;
+    if (info) live(info, j, rec);
+    document.body.dataset.ready = String(j);
+  }
+
+  // The elements of latent record `rec` (`words`: the lens vocabulary, when it has a lens).
+  function content(rec, words) {
+    const out = [el("div", {class: "facts", id: "facts"},
       fact("frequency (tokens)", fmt(rec.frequency)), fact("image frequency", fmt(rec.image_frequency)),
       fact("mean when active", fmt(rec.mean_active)), fact("mean", fmt(rec.mean)), fact("max", fmt(rec.max)),
       fact("active tokens", rec.fire_count), fact("active images", rec.image_count),
-      fact("label purity (top images)", fmt(rec.purity))));
+      fact("label purity (top images)", fmt(rec.purity)))];
     for (const name of meta.rankings) {
       const items = rec.top[name];
-      main.appendChild(el("h2", {}, "Top images by " + name + (name === "max" ? " over tokens" : name === "cls" ? " (CLS activation)" : " (best patch)")));
-      main.appendChild(items.length
+      out.push(el("h2", {}, "Top images by " + name + (name === "max" ? " over tokens" : name === "cls" ? " (CLS activation)" : " (best patch)")));
+      out.push(items.length
         ? el("div", {class: "thumbs", "data-ranking": name}, items.map(([img, v, lab, grid]) => thumb(img, v, lab, grid)))
         : el("p", {class: "muted"}, "never active"));
     }
@@ -111,7 +136,6 @@
     cols.appendChild(el("section", {id: "labels"}, el("h2", {}, "Labels of the top images"),
       labs.length ? bars(labs.map(([l, c]) => [className(l), c])) : el("p", {class: "muted"}, "no labels")));
     if (rec.lens) {
-      const words = await load("words");
       cols.appendChild(el("section", {id: "words"}, el("h2", {}, "Top words (concept lens)"),
         bars(rec.lens.map(([w, c]) => [words[w], c]))));
     }
@@ -119,10 +143,8 @@
       cols.appendChild(el("section", {id: "neighbours"}, el("h2", {}, "Decoder neighbours (cosine)"),
         bars(rec.neighbours.map(([i, c]) => ["latent " + i, c, SS.latentHref(i)]))));
     }
-    main.appendChild(cols);
-    const info = await SS.liveInfo();
-    if (info) live(info, j, rec);
-    document.body.dataset.ready = String(j);
+    out.push(cols);
+    return out;
   }
 
   // ---- served with a model: steering and the patch explorer ----
@@ -138,10 +160,13 @@
     const strength = el("input", {id: "steer-strength", type: "number", step: "any", value: String(rec.max || 1)});
     const out = el("div", {id: "steer-out"});
     const go = el("button", {type: "button", id: "steer-go"}, "Steer");
+    let asked = 0; // the newest request: an older answer arriving after it is dropped
     go.addEventListener("click", async () => {
+      const my = ++asked;
       out.replaceChildren("running…");
       try {
         const r = await SS.api("steer", {latent: j, strength: parseFloat(strength.value), mode: mode.value, images});
+        if (my !== asked) return;
         out.replaceChildren(el("p", {class: "muted"}, r.readout + ", " + r.hook + ", tokens " + r.tokens +
           "; top-1 changed on " + r.changed + " of " + r.images.length + " images"),
           el("table", {id: "steer-table"}, el("tr", {}, el("th", {}, "image"), el("th", {class: "word"}, "before"),
@@ -149,7 +174,7 @@
           r.images.map((x) => el("tr", {}, el("td", {}, "#" + x.image), el("td", {class: "word"}, probsList(x.before)),
             el("td", {class: "word"}, probsList(x.after))))));
       } catch (e) {
-        out.replaceChildren(el("p", {class: "error"}, String(e.message || e)));
+        if (my === asked) out.replaceChildren(el("p", {class: "error"}, String(e.message || e)));
       }
     });
     box.replaceChildren(el("h2", {}, "Steer this latent (model " + info.model + ")"),
@@ -165,28 +190,41 @@
     const mark = el("div", {class: "mark", hidden: true});
     const wrap = el("div", {class: "view"}, view, mark);
     const out = el("div", {id: "patch-out"});
+    // The newest image asked for and the newest patch clicked: an answer that arrives after a newer
+    // request is dropped, so the output always belongs to the marked patch of the image shown.
     let source = {image: first};
+    let sourceAsked = 0;
+    let patchAsked = 0;
+    const setSource = (s, src) => {
+      source = s;
+      view.src = src;
+      patchAsked++;
+      mark.hidden = true;
+      out.replaceChildren();
+    };
     const showIndex = () => {
-      source = {image: parseInt(index.value, 10)};
-      view.src = "api/image?index=" + source.image;
+      sourceAsked++;
+      const i = parseInt(index.value, 10);
+      setSource({image: i}, "api/image?index=" + i);
     };
     index.addEventListener("change", showIndex);
     upload.addEventListener("change", () => {
       const f = upload.files[0];
       if (!f) return;
+      const my = ++sourceAsked;
       const reader = new FileReader();
       reader.onload = async () => {
         try {
           const r = await SS.api("patch", {upload: reader.result, view: true});
-          source = {upload: reader.result};
-          view.src = r.view;
+          if (my === sourceAsked) setSource({upload: reader.result}, r.view);
         } catch (e) {
-          out.replaceChildren(String(e.message || e));
+          if (my === sourceAsked) out.replaceChildren(String(e.message || e));
         }
       };
       reader.readAsDataURL(f);
     });
     view.addEventListener("click", async (ev) => {
+      const my = ++patchAsked;
       const [gh, gw] = info.grid;
       const rect = view.getBoundingClientRect();
       const col = Math.min(gw - 1, Math.floor(((ev.clientX - rect.left) / rect.width) * gw));
@@ -199,11 +237,12 @@
       out.replaceChildren("running…");
       try {
         const r = await SS.api("patch", {...source, patch: row * gw + col});
+        if (my !== patchAsked) return;
         out.replaceChildren(el("p", {}, "patch (" + row + ", " + col + "): " + r.latents.length + " latents fire"),
           el("ol", {id: "patch-latents"}, r.latents.map(([l, a]) =>
             el("li", {}, el("a", {href: SS.latentHref(l)}, "latent " + l), " " + fmt(a)))));
       } catch (e) {
-        out.replaceChildren(String(e.message || e));
+        if (my === patchAsked) out.replaceChildren(String(e.message || e));
       }
     });
     showIndex();
