@@ -28,6 +28,7 @@ COMMAND_MODULES = [
     "sparsesteer.interpret.commands",  # interpret
     "sparsesteer.experiments.browse_commands",  # browse (--serve --model chains models, sae, steering)
     "sparsesteer.experiments.commands",  # reproduce
+    "sparsesteer.experiments.testbed.commands",  # testbed build|measure
 ]
 
 

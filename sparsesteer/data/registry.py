@@ -4,6 +4,7 @@
     folder:PATH           PATH/SPLIT/CLASS/*.jpg|png
     hf:REPO_ID            a Hugging Face `datasets` repository
     typo:[OPTIONS:]SPEC   SPEC with a misleading class word rendered on every image (`typographic.py`)
+    planted:[OPTIONS:]SPEC  SPEC with words and a spurious cue planted, ground truth per image (`planted.py`)
 
 `open_dataset` opens a split; `ensure_dataset` also downloads a missing built-in first;
 `available_splits` lists a spec's splits. All of them go through `parse_spec`.
@@ -22,16 +23,18 @@ from .datasets import ImageDataset, default_data_root
 
 log = logging.getLogger(__name__)
 
-PREFIXES = ("folder:", "hf:", "typo:")
+PREFIXES = ("folder:", "hf:", "typo:", "planted:")
+WRAPPERS = {"typo": "typographic", "planted": "planted"}
+"""Spec kinds that wrap another spec -> the module that holds their `split_spec` and `open_wrapped`."""
 
 
 class Spec(NamedTuple):
     """A parsed dataset spec."""
 
     kind: str
-    """'builtin', 'folder', 'hf' or 'typo'."""
+    """'builtin', 'folder', 'hf', or a wrapper kind ('typo', 'planted')."""
     arg: str
-    """The built-in name, the folder path, the hub repository id, or (typo) `[OPTIONS:]SPEC`."""
+    """The built-in name, the folder path, the hub repository id, or (a wrapper) `[OPTIONS:]SPEC`."""
 
 
 def _builtins() -> dict[str, type[ImageDataset]]:
@@ -43,20 +46,25 @@ def _builtins() -> dict[str, type[ImageDataset]]:
 
 def dataset_names() -> list[str]:
     """Built-in dataset names plus the prefix forms."""
-    return [*_builtins(), "folder:PATH", "hf:REPO_ID", "typo:SPEC"]
+    return [*_builtins(), "folder:PATH", "hf:REPO_ID", "typo:SPEC", "planted:SPEC"]
+
+
+def _wrapper(kind: str) -> Any:
+    import importlib
+
+    return importlib.import_module(f".{WRAPPERS[kind]}", __package__)
 
 
 def parse_spec(spec: str) -> Spec:
     """'folder:/x' -> Spec('folder', '/x'); an unknown built-in name is an error with a suggestion.
-    For 'typo:[OPTIONS:]SPEC' the options and the inner SPEC are checked too."""
+    For a wrapper ('typo:[OPTIONS:]SPEC', 'planted:[OPTIONS:]SPEC') the options and the inner SPEC are
+    checked too."""
     spec = spec.strip()
     for prefix in PREFIXES:
         if spec.startswith(prefix):
             arg = spec[len(prefix) :]
-            if prefix == "typo:":
-                from .typographic import split_spec
-
-                parse_spec(split_spec(arg)[1])
+            if prefix[:-1] in WRAPPERS:
+                parse_spec(_wrapper(prefix[:-1]).split_spec(arg)[1])
             return Spec(prefix[:-1], arg)
     if spec not in _builtins():
         raise unknown("dataset", spec, dataset_names())
@@ -98,10 +106,9 @@ def open_dataset(spec: str, split: str, *, data_root: str | Path | None = None, 
     font; any other option goes to SPEC's dataset).
     """
     kind, arg = parse_spec(spec)
-    if kind == "typo":
-        from .typographic import open_typographic
-
-        return open_typographic(arg, split, lambda s, sp, **o: open_dataset(s, sp, data_root=data_root, **o), **options)
+    if kind in WRAPPERS:
+        inner = lambda s, sp, **o: open_dataset(s, sp, data_root=data_root, **o)  # noqa: E731
+        return _wrapper(kind).open_wrapped(arg, split, inner, **options)
     cls = _dataset_class(kind, arg)
     if kind == "builtin":
         root = Path(data_root).expanduser() if data_root is not None else default_data_root()
@@ -113,12 +120,10 @@ def ensure_dataset(spec: str, split: str, *, data_root: str | Path | None = None
     """`open_dataset`, downloading a built-in dataset first when it is not under the data root."""
     from . import download as dl
 
-    if parse_spec(spec).kind == "typo":
-        from .typographic import open_typographic
-
-        return open_typographic(
-            parse_spec(spec).arg, split, lambda s, sp, **o: ensure_dataset(s, sp, data_root=data_root, **o), **options
-        )
+    kind, arg = parse_spec(spec)
+    if kind in WRAPPERS:
+        inner = lambda s, sp, **o: ensure_dataset(s, sp, data_root=data_root, **o)  # noqa: E731
+        return _wrapper(kind).open_wrapped(arg, split, inner, **options)
     try:
         return open_dataset(spec, split, data_root=data_root, **options)
     except SparsesteerError:
@@ -134,10 +139,8 @@ def ensure_dataset(spec: str, split: str, *, data_root: str | Path | None = None
 def available_splits(spec: str, data_root: str | Path | None = None) -> list[str]:
     """Splits `open_dataset(spec, split)` accepts."""
     kind, arg = parse_spec(spec)
-    if kind == "typo":
-        from .typographic import split_spec
-
-        return available_splits(split_spec(arg)[1], data_root)
+    if kind in WRAPPERS:
+        return available_splits(_wrapper(kind).split_spec(arg)[1], data_root)
     cls = _dataset_class(kind, arg)
     if kind == "builtin":
         return list(cls.SPLITS)  # type: ignore[attr-defined]

@@ -370,3 +370,7 @@ def open_typographic(arg: str, split: str, open_inner: Any, **options: Any) -> T
                 f"{PREFIX}{arg}: option {key} is {spec_options[key]!r} in the spec but {value!r} as a keyword"
             )
     return TypographicDataset(open_inner(inner, split, **options), **{**spec_options, **mine})
+
+
+open_wrapped = open_typographic
+"""The registry's name for a wrapper's opener (see `registry.WRAPPERS`)."""
