@@ -34,6 +34,18 @@ def test_each_epoch_visits_every_row_exactly_once(buffer_rows):
         assert torch.equal(b.labels, torch.from_numpy(b.rows % 7))
 
 
+def test_a_source_with_labels_for_some_reads_only_is_an_error():
+    """Labels for some chunks and None for others is a broken source, never a silently unlabeled stream."""
+
+    class Patchy(TensorSource):
+        def labels(self, start, stop):
+            return None if start == 0 else super().labels(start, stop)
+
+    src = Patchy(torch.zeros(100, 2), labels=np.arange(100))
+    with pytest.raises(RuntimeError, match="labels for some reads and None for others"):
+        next(ShuffledBatches(src, 10, chunk_bytes=10 * 2 * 4, prefetch=False).iter_from(0))
+
+
 def test_windows_are_bounded_and_deterministic():
     n, d = 3000, 8
     src = TensorSource(torch.randn(n, d))

@@ -213,8 +213,8 @@ class ShuffledBatches:
         perm = np.random.default_rng([self.seed, win.epoch, win.index + 1]).permutation(win.n_rows)
         acts = torch.cat(parts).index_select(0, torch.from_numpy(perm))  # faster than [perm] on CPU
         row_ids = np.concatenate(rows)[perm]
-        labels = None if labs[0] is None else np.concatenate(labs)[perm]
-        return acts, labels, row_ids
+        labels = _concat_labels(labs)
+        return acts, None if labels is None else labels[perm], row_ids
 
     def iter_from(self, position: int = 0) -> Iterator[Batch]:
         """Infinite stream of batches starting at sample `position` of the stream."""
@@ -256,7 +256,7 @@ class ShuffledBatches:
                     if have == self.batch_size:
                         yield _make_batch(pend_acts, pend_labels, pend_rows)
                         pend_acts, pend_labels, pend_rows, have = [], [], [], 0
-                if pending is not None:
+                if pool is not None and pending is not None:  # both or neither (prefetch)
                     current = pending.result()
                     pending = pool.submit(self._load, next(wins))
                 else:
@@ -268,8 +268,19 @@ class ShuffledBatches:
 
 def _make_batch(acts: list[Tensor], labels: list[np.ndarray | None], rows: list[np.ndarray]) -> Batch:
     x = (torch.cat(acts) if len(acts) > 1 else acts[0]).to(torch.float32)
-    lab = None if labels[0] is None else torch.from_numpy(np.concatenate(labels))
-    return Batch(x, lab, np.concatenate(rows))
+    lab = _concat_labels(labels)
+    return Batch(x, None if lab is None else torch.from_numpy(lab), np.concatenate(rows))
+
+
+def _concat_labels(parts: list[np.ndarray | None]) -> np.ndarray | None:
+    """The labels of consecutive reads joined, or None from a source without labels (a source has
+    labels for every read or for none: a mix is a bug in the source, not unlabeled data)."""
+    present = [p for p in parts if p is not None]
+    if not present:
+        return None
+    if len(present) != len(parts):
+        raise RuntimeError("a row source gave labels for some reads and None for others")
+    return np.concatenate(present)
 
 
 def sample_rows(source: RowSource, n: int, *, seed: int = 0, chunk_rows: int = 4096) -> Tensor:

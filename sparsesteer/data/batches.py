@@ -16,7 +16,7 @@ same with and without workers (no worker traceback wrapped around it).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, cast
 
 import numpy as np
 
@@ -34,7 +34,8 @@ ON_BAD_IMAGE = ("error", "skip")
 class SkippedImage(NamedTuple):
     """An image left out of a batch because it could not be read (`on_bad_image="skip"`)."""
 
-    index: int
+    # the public name (steering reports write it) shadows tuple.index(), which mypy flags
+    index: int  # type: ignore[assignment]
     """Dataset index of the image."""
     source: str
     """File path or archive member (`dataset.source(index)`)."""
@@ -71,7 +72,7 @@ def default_workers() -> int:
 
 
 class _Item(NamedTuple):
-    index: int
+    image: int
     label: int
     pixels: np.ndarray | None
     error: Exception | None
@@ -108,23 +109,24 @@ class _Collate:
         import torch
 
         good = [it for it in items if it.error is None]
-        if good:
-            shapes = {it.pixels.shape for it in good}
+        arrays = [it.pixels for it in good if it.pixels is not None]  # a readable item always has pixels
+        if arrays:
+            shapes = {a.shape for a in arrays}
             if len(shapes) > 1:
                 raise SparsesteerError(
                     f"preprocessed images have different sizes {sorted(shapes)}: the preprocessor keeps aspect "
                     "ratios (no centre crop), so the images cannot be batched"
                 )
-            pixels = torch.from_numpy(np.stack([it.pixels for it in good]))
+            pixels = torch.from_numpy(np.stack(arrays))
         else:
             pixels = torch.zeros((0, 3, *self.empty_hw), dtype=torch.float32)
         return {
             "pixels": pixels,
             "labels": torch.tensor([it.label for it in good], dtype=torch.int64),
-            "indices": np.array([it.index for it in good], dtype=np.int64),
-            "failed": [(it.index, it.error) for it in items if it.error is not None],
-            "start": items[0].index,
-            "stop": items[-1].index + 1,
+            "indices": np.array([it.image for it in good], dtype=np.int64),
+            "failed": [(it.image, it.error) for it in items if it.error is not None],
+            "start": items[0].image,
+            "stop": items[-1].image + 1,
         }
 
 
@@ -134,11 +136,11 @@ class _BatchRanges:
     def __init__(self, start: int, stop: int, batch_size: int, chunk: int):
         self.start, self.stop, self.batch_size, self.chunk = start, stop, batch_size, chunk
 
-    def __iter__(self) -> Iterator[range]:
+    def __iter__(self) -> Iterator[list[int]]:
         for c in range(self.start, self.stop, self.chunk):
             end = min(c + self.chunk, self.stop)
             for a in range(c, end, self.batch_size):
-                yield range(a, min(a + self.batch_size, end))
+                yield list(range(a, min(a + self.batch_size, end)))
 
     def __len__(self) -> int:
         full, rest = divmod(self.stop - self.start, self.chunk)
@@ -170,7 +172,7 @@ def image_batches(
         the batches an uninterrupted run would (same kernels, same bits).
     """
     import torch
-    from torch.utils.data import DataLoader
+    from torch.utils.data import DataLoader, Dataset
 
     if on_bad_image not in ON_BAD_IMAGE:
         raise unknown("--on-bad-image value", str(on_bad_image), ON_BAD_IMAGE)
@@ -190,8 +192,10 @@ def image_batches(
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
     ranges = _BatchRanges(start, stop, batch_size, chunk or (stop - start))
     workers = min(workers, len(ranges))
+    # DataLoader needs only __getitem__ and __len__ of a map-style dataset; _Decode avoids importing torch
+    items = cast("Dataset[_Item]", _Decode(dataset, preprocessor))
     loader = DataLoader(
-        _Decode(dataset, preprocessor),
+        items,
         batch_sampler=ranges,
         num_workers=workers,
         collate_fn=_Collate(preprocessor.output_size or (0, 0)),

@@ -158,7 +158,7 @@ class Preprocessor:
                 f"{where}: unsupported key(s) {', '.join(extra)}; sparsesteer reproduces "
                 f"CLIP/SigLIP/DINOv2-style processors with keys {', '.join(_FIELDS)}"
             )
-        merged = {k: config.get(k, defaults.get(k)) for k in _FIELDS}
+        merged: dict[str, Any] = {k: config.get(k, defaults.get(k)) for k in _FIELDS}  # JSON values, checked below
         square = config.get("default_to_square", defaults.get("default_to_square", True))
         try:
             merged["size"] = _size_dict(merged["size"], square=bool(square), where=f"{where}: size")

@@ -48,7 +48,8 @@ DISENTANGLING_DRIVE = "https://drive.google.com/drive/folders/17v74pmQs2zHrs9sJ_
 def scan_label_text(folder: Path) -> tuple[list[str], list[str]]:
     """(parsed, skipped): relative paths of the image files under `folder` (sorted) whose names do /
     do not follow `label=<object>_text=<word>.<ext>`."""
-    parsed, skipped = [], []
+    parsed: list[str] = []
+    skipped: list[str] = []
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d not in SKIP_DIRS)
         rel = Path(dirpath).relative_to(folder)

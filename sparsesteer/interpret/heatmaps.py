@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -39,7 +40,7 @@ def stats_dataset(stats: LatentStats, *, dataset: str | None = None, data_root: 
             "the statistics record no dataset spec and split (the cache did not record them): pass --dataset"
         )
     try:
-        ds = open_dataset(spec, split, data_root=data_root)
+        ds = open_dataset(spec, split, data_root=None if data_root is None else Path(data_root))
     except (OSError, SparsesteerError) as e:
         raise SparsesteerError(
             f"the images of these statistics ({spec!r}, split {split!r}) cannot be opened: {e}"
@@ -89,7 +90,7 @@ def overlay(image: Image.Image, grid: np.ndarray, vmax: float, *, alpha: float =
     from PIL import Image
 
     h = np.clip(grid / vmax, 0, 1) if vmax > 0 else np.zeros_like(grid)
-    mask = Image.fromarray((h * 255).astype(np.uint8), mode="L").resize(image.size, Image.BILINEAR)
+    mask = Image.fromarray((h * 255).astype(np.uint8), mode="L").resize(image.size, Image.Resampling.BILINEAR)
     a = np.asarray(mask, np.float32)[..., None] / 255 * alpha
     base = np.asarray(image, np.float32)
     red = np.zeros_like(base)
@@ -107,7 +108,7 @@ def heatmap(
     img = int(top.images[latent, rank])
     if img < 0:
         raise SparsesteerError(f"latent {latent} has fewer than {rank + 1} top images under {ranking!r}")
-    image = load_image(dataset, img).resize((size, size), Image.BICUBIC)
+    image = load_image(dataset, img).resize((size, size), Image.Resampling.BICUBIC)
     vmax = float(top.tokens[latent].max())
     return overlay(image, patch_grid(stats, top.tokens[latent, rank]), vmax)
 
@@ -128,7 +129,7 @@ def montage(
         except SparsesteerError as e:
             if "square grid" not in str(e):
                 raise
-            tile = load_image(dataset, int(top.images[latent, r])).resize((size, size), Image.BICUBIC)
+            tile = load_image(dataset, int(top.images[latent, r])).resize((size, size), Image.Resampling.BICUBIC)
         sheet.paste(tile, ((r % cols) * size, (r // cols) * size))
     return sheet
 
@@ -137,8 +138,6 @@ def write_montages(
     stats: LatentStats, latents, dataset: ImageDataset, out: str | os.PathLike, *, ranking: str = "max"
 ) -> list[str]:
     """OUT/latent_{j}.png for each latent with at least one top image; return the file names."""
-    from pathlib import Path
-
     from ..utils import io
 
     out = Path(out)

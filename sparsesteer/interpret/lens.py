@@ -21,12 +21,12 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from ..data.vocab import Vocabulary
 from ..utils.errors import SparsesteerError
 
 if TYPE_CHECKING:
     import torch
 
-    from ..data.vocab import Vocabulary
     from ..models.backbone import Backbone
     from ..sae.base import SparseAutoencoder
 
@@ -81,14 +81,14 @@ def concept_lens(
             f"concept lens: the SAE reads {prov.describe(('hook', 'tokens'))}; the lens maps directions through "
             f"the CLIP head, so it is for SAEs on the final-layer CLS ({final}, tokens cls)"
         )
-    words = tuple(getattr(vocab, "concepts", vocab))
+    words = vocab.concepts if isinstance(vocab, Vocabulary) else tuple(vocab)
     if not 1 <= k <= len(words):
         raise SparsesteerError(f"concept lens: k must be in 1..{len(words)} (the vocabulary size), got {k}")
     with torch.no_grad():
         text = ZeroShotClassifier.build(backbone, words, (template,), cache_dir=cache_dir).weights.float().cpu()
         text = text / text.norm(dim=1, keepdim=True).clamp_min(1e-12)
-        ln = backbone.vision.post_layernorm.weight.detach().cpu()
-        proj = backbone.model.visual_projection.weight.detach().cpu()
+        ln = backbone.vision.get_parameter("post_layernorm.weight").detach().cpu()
+        proj = backbone.model.get_parameter("visual_projection.weight").detach().cpu()
         W = sae.W_dec.detach().cpu()
         n = W.shape[0]
         idx = np.empty((n, k), np.int64)

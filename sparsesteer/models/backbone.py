@@ -16,7 +16,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -25,6 +25,9 @@ from torch import Tensor, nn
 from ..utils.errors import SparsesteerError
 from . import hooks
 from .hooks import HookPoint, Intervention, Tokens
+
+if TYPE_CHECKING:
+    from transformers import PretrainedConfig, PreTrainedModel
 
 
 @dataclass(frozen=True)
@@ -119,8 +122,8 @@ def _resolve_revision(model: str, revision: str | None) -> str:
         from transformers.utils import cached_file
 
         cfg = cached_file(model, "config.json", revision=revision)
-        parts = Path(cfg).parts
-        if cfg and "snapshots" in parts:
+        parts = Path(cfg).parts if cfg else ()
+        if "snapshots" in parts:
             return parts[parts.index("snapshots") + 1]
     return revision or "unknown"
 
@@ -210,7 +213,7 @@ class Backbone:
     `random_init_seed` (None, or the seed of a `random_init_copy`).
     """
 
-    def __init__(self, model: nn.Module, *, model_id: str, requested_revision: str | None, arch: _Arch):
+    def __init__(self, model: PreTrainedModel, *, model_id: str, requested_revision: str | None, arch: _Arch):
         self.model = model
         self.model_id = model_id
         self.requested_revision = requested_revision
@@ -219,7 +222,7 @@ class Backbone:
         self.arch = arch.name
         self.vision: nn.Module = getattr(model, "vision_model", model)
         self.blocks: nn.ModuleList = _get(self.vision, arch.layers)
-        vcfg = self.vision.config
+        vcfg = self.vision_config
         self.n_blocks = len(self.blocks)
         self.d_model = int(vcfg.hidden_size)
         self.patch_size = int(vcfg.patch_size)
@@ -241,7 +244,7 @@ class Backbone:
         them and is run at its processor's crop size (224 for facebook/dinov2-*, while its config says
         518), so read that from preprocessor_config.json.
         """
-        size = int(self.vision.config.image_size)
+        size = int(self.vision_config.image_size)
         if self.arch == "dinov2":
             pp = _read_json(self.model_id, "preprocessor_config.json", self.requested_revision) or {}
             crop = pp.get("crop_size") if pp.get("do_center_crop", True) else pp.get("size")
@@ -250,6 +253,12 @@ class Backbone:
             elif isinstance(crop, int):
                 size = crop
         return size
+
+    @property
+    def vision_config(self) -> PretrainedConfig:
+        """The vision tower's transformers config (CLIP/SigLIP: the model's `vision_config`)."""
+        # every transformers vision tower keeps its config; nn.Module's __getattr__ types it Tensor | Module
+        return cast("PretrainedConfig", self.vision.config)
 
     def __repr__(self) -> str:
         random = "" if self.random_init_seed is None else f", random_init_seed={self.random_init_seed}"
@@ -380,7 +389,7 @@ class Backbone:
     def _positions(self, tokens: Tokens, n_tokens: int) -> Tensor | None:
         return hooks.token_positions(tokens, n_tokens, n_prefix=self.n_prefix, has_cls=self.has_cls)
 
-    def _check_pixels(self, pixel_values: Tensor | np.ndarray) -> Tensor:
+    def _check_pixels(self, pixel_values: Tensor | np.ndarray | None) -> Tensor:
         if isinstance(pixel_values, np.ndarray):  # e.g. from sparsesteer.data's Preprocessor.batch
             pixel_values = torch.from_numpy(pixel_values)
         if not isinstance(pixel_values, Tensor) or pixel_values.dim() != 4 or pixel_values.shape[1] != 3:
@@ -408,14 +417,14 @@ class Backbone:
         if not head:
             return
         if self.arch == "clip":
-            self.model.visual_projection(self.vision.post_layernorm(h[:, 0]))
+            self.model.get_submodule("visual_projection")(self.vision.get_submodule("post_layernorm")(h[:, 0]))
         elif self.arch == "dinov2":
-            self.vision.layernorm(h)
+            self.vision.get_submodule("layernorm")(h)
         else:
-            self._head_module()(self.vision.post_layernorm(h))
+            self._head_module()(self.vision.get_submodule("post_layernorm")(h))
 
     def _forward(self, pixel_values: Tensor, *, head: bool) -> None:
         """One forward pass of the vision tower (+ CLIP's projection when `head` is needed)."""
         out = self.vision(pixel_values=pixel_values)
         if head and self.arch == "clip":
-            self.model.visual_projection(out.pooler_output)
+            self.model.get_submodule("visual_projection")(out.pooler_output)

@@ -35,5 +35,5 @@ def clip_head(backbone: Backbone, cls_bd: Tensor) -> Tensor:
         )
     x = cls_bd.to(device=backbone.device, dtype=backbone.dtype)
     if backbone.arch == "clip":
-        return backbone.model.visual_projection(backbone.vision.post_layernorm(x))
-    return backbone.vision.layernorm(x)
+        return backbone.model.get_submodule("visual_projection")(backbone.vision.get_submodule("post_layernorm")(x))
+    return backbone.vision.get_submodule("layernorm")(x)

@@ -57,7 +57,7 @@ def out_proj(backbone: Backbone, block: int) -> nn.Linear:
 
 
 def n_heads(backbone: Backbone) -> int:
-    return int(backbone.vision.config.num_attention_heads)
+    return int(backbone.vision_config.num_attention_heads)
 
 
 def _check_heads(backbone: Backbone, heads: Sequence[int]) -> list[int]:

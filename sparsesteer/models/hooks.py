@@ -145,7 +145,7 @@ class _HookSite:
     def __init__(self, backbone: Backbone, hp: HookPoint):
         self.hp = hp
         self.backbone = backbone
-        if hp.kind == "head":
+        if hp.block is None:  # `head` (HookPoint gives every other kind a block)
             self.module = backbone._head_module()
         else:
             block = backbone.blocks[hp.block]
@@ -225,7 +225,7 @@ def intervene(backbone: Backbone, *interventions: Intervention) -> Iterator[None
 
 def run(
     backbone: Backbone,
-    pixel_values: Tensor,
+    pixel_values: Tensor | None,
     capture: Sequence[str],
     tokens: Tokens = "all",
     interventions: Sequence[Intervention] = (),
@@ -244,8 +244,8 @@ def run(
         raise SparsesteerError("nothing to capture: pass at least one hook point")
     ivs = _group(backbone, interventions)
     if start is None:
-        pixel_values = backbone._check_pixels(pixel_values)
-        n_tokens = backbone.tokens_for(pixel_values)
+        pixels = backbone._check_pixels(pixel_values)
+        n_tokens = backbone.tokens_for(pixels)
     else:
         first, hidden = start
         hidden = _check_start(backbone, first, hidden, [*hps, *ivs])
@@ -276,7 +276,7 @@ def run(
         with grad_ctx:
             try:
                 if start is None:
-                    backbone._forward(pixel_values, head=deepest.kind == "head")
+                    backbone._forward(pixels, head=deepest.kind == "head")
                 else:
                     backbone._forward_from(first, hidden, head=deepest.kind == "head")
             except _Stop:

@@ -8,7 +8,7 @@ order) from the OpenAI CLIP repository, notebooks/Prompt_Engineering_for_ImageNe
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, get_args
 
 from ..utils.errors import unknown
 
@@ -124,4 +124,4 @@ def get_templates(name: str) -> tuple[str, ...]:
     return TEMPLATE_SETS[name]
 
 
-assert tuple(TEMPLATE_SETS) == TemplateSet.__args__  # one list of names
+assert tuple(TEMPLATE_SETS) == get_args(TemplateSet)  # one list of names

@@ -20,9 +20,12 @@ from __future__ import annotations
 import contextlib
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..utils.errors import unknown
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 # ImageNet statistics used by DINOv2's BitImageProcessor config on the hub.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -54,7 +57,8 @@ def tiny_clip_tokenizer(model_max_length: int = 77):
         vocab[a + b] = len(vocab)
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=list(_MERGES), model_max_length=model_max_length)
+    # transformers annotates `merges` as list[str]; tokenizers' BPE takes the (a, b) pairs given here
+    return CLIPTokenizer(vocab=vocab, merges=list(_MERGES), model_max_length=model_max_length)  # type: ignore[arg-type]
 
 
 @contextlib.contextmanager
@@ -174,7 +178,7 @@ def make_tiny_siglip(
     """
     from transformers import SiglipConfig, SiglipImageProcessorPil, SiglipModel, SiglipVisionConfig, SiglipVisionModel
 
-    vision = dict(
+    vision: dict[str, Any] = dict(
         hidden_size=hidden,
         intermediate_size=4 * hidden,
         num_hidden_layers=layers,
@@ -185,8 +189,8 @@ def make_tiny_siglip(
     processor = SiglipImageProcessorPil(size={"height": image_size, "width": image_size})
     if not text:
         with _seeded(seed):
-            model = SiglipVisionModel(SiglipVisionConfig(**vision))
-        return _save(model, out, processor)
+            vision_model = SiglipVisionModel(SiglipVisionConfig(**vision))
+        return _save(vision_model, out, processor)
     tok = tiny_clip_tokenizer(64)
     config = SiglipConfig(text_config=_text_config(tok, hidden, heads, 2, 64), vision_config=vision)
     with _seeded(seed):
@@ -215,7 +219,7 @@ def make_tiny_dinov2(
     import torch
     from transformers import BitImageProcessorPil, Dinov2Config, Dinov2Model
 
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         hidden_size=hidden,
         num_hidden_layers=layers,
         num_attention_heads=heads,
@@ -224,12 +228,6 @@ def make_tiny_dinov2(
         patch_size=patch_size,
         layerscale_value=0.5,
     )
-    if registers:
-        from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
-
-        config, cls = Dinov2WithRegistersConfig(num_register_tokens=registers, **kwargs), Dinov2WithRegistersModel
-    else:
-        config, cls = Dinov2Config(**kwargs), Dinov2Model
     processor = BitImageProcessorPil(
         size={"shortest_edge": round(image_size * 256 / 224)},
         crop_size={"height": image_size, "width": image_size},
@@ -237,8 +235,14 @@ def make_tiny_dinov2(
         image_mean=list(IMAGENET_MEAN),
         image_std=list(IMAGENET_STD),
     )
+    model: PreTrainedModel
     with _seeded(seed):
-        model = cls(config)
+        if registers:
+            from transformers import Dinov2WithRegistersConfig, Dinov2WithRegistersModel
+
+            model = Dinov2WithRegistersModel(Dinov2WithRegistersConfig(num_register_tokens=registers, **kwargs))
+        else:
+            model = Dinov2Model(Dinov2Config(**kwargs))
         with torch.no_grad():
             for name, p in model.named_parameters():
                 if name.endswith("lambda1"):

@@ -18,7 +18,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NamedTuple
+from typing import TYPE_CHECKING, NamedTuple, cast
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +30,8 @@ from ..utils.progress import progress
 from .hooks import Intervention
 
 if TYPE_CHECKING:
+    from transformers import CLIPModel, SiglipModel
+
     from .backbone import Backbone
 
 CACHE_FORMAT = 1
@@ -58,7 +60,9 @@ def encode_text(backbone: Backbone, texts: Sequence[str], *, batch_size: int = 2
         for start in range(0, len(texts), batch_size):
             batch = list(texts[start : start + batch_size])
             ids = tok(batch, padding="max_length", max_length=max_len, truncation=True, return_tensors="pt")
-            feats = backbone.model.get_text_features(input_ids=ids["input_ids"].to(backbone.device))
+            # has_text: AutoModel built a two-tower CLIPModel or SiglipModel
+            text_model = cast("CLIPModel | SiglipModel", backbone.model)
+            feats = text_model.get_text_features(input_ids=ids["input_ids"].to(backbone.device))
             feats = feats if isinstance(feats, Tensor) else feats.pooler_output
             out.append(feats.float().cpu())
     return torch.cat(out)
@@ -121,8 +125,8 @@ class ZeroShotClassifier:
             encode_text(backbone, [])  # raises the explanatory error
         scale, bias = 100.0, 0.0
         if backbone.arch == "siglip":
-            scale = float(backbone.model.logit_scale.exp())
-            bias = float(backbone.model.logit_bias)
+            scale = float(backbone.model.get_parameter("logit_scale").exp())
+            bias = float(backbone.model.get_parameter("logit_bias"))
 
         path = None
         if cache_dir is not None:

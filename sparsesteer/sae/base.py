@@ -239,7 +239,7 @@ class SparseAutoencoder(nn.Module):
     # ---------------------------------------------------------------- decoder constraint
     @torch.no_grad()
     def set_decoder_norm_to_unit_norm(self) -> None:
-        self.W_dec /= self.W_dec.norm(dim=1, keepdim=True).clamp_min(torch.finfo(self.dtype).eps)
+        self.W_dec.div_(self.W_dec.norm(dim=1, keepdim=True).clamp_min(torch.finfo(self.dtype).eps))
 
     @torch.no_grad()
     def remove_gradient_parallel_to_decoder_directions(self) -> None:
@@ -255,9 +255,9 @@ class SparseAutoencoder(nn.Module):
     def fold_input_scale(self, scale: float) -> None:
         """Fold a fixed input scale s (the SAE was trained on s * x) into the weights, so that the
         SAE takes raw x: W_enc <- s W_enc, b_dec <- b_dec / s, W_dec <- W_dec / s."""
-        self.W_enc *= scale
-        self.b_dec /= scale
-        self.W_dec /= scale
+        self.W_enc.mul_(scale)  # in place: the attributes stay Parameters
+        self.b_dec.div_(scale)
+        self.W_dec.div_(scale)
         self._fold_extra(scale)
 
     def _fold_extra(self, scale: float) -> None:

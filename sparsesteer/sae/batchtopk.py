@@ -19,6 +19,9 @@ _CANDIDATE_FACTOR = 4
 
 
 class BatchTopKSAE(TopKSAE, arch="batchtopk"):
+    threshold: Tensor
+    """Scalar inference threshold (a buffer); -1 until the first training batch sets it."""
+
     def __init__(self, cfg, **kwargs):
         super().__init__(cfg, **kwargs)
         self.register_buffer("threshold", torch.tensor(-1.0, device=self.W_dec.device, dtype=self.W_dec.dtype))
@@ -67,7 +70,7 @@ class BatchTopKSAE(TopKSAE, arch="batchtopk"):
         pre = kernels.gather_linear(vals, x_bd, self.W_enc, self.b_enc, idx, center=self.b_dec, centered=x_c)
         codes = SparseCodes(torch.relu(pre) * keep, idx)
         aux = None
-        if sel.aux_values is not None:
+        if sel.aux_values is not None and sel.aux_indices is not None:
             aux_pre = kernels.gather_linear(
                 sel.aux_values, x_bd, self.W_enc, self.b_enc, sel.aux_indices, center=self.b_dec, centered=x_c
             )

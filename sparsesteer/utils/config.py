@@ -25,11 +25,14 @@ import tomllib
 import types
 import typing
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import SparsesteerError, did_you_mean
 
-C = TypeVar("C")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+C = TypeVar("C", bound="DataclassInstance")  # a config dataclass (its fields are read)
 
 
 @functools.cache
@@ -85,7 +88,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
                 f"{where}: {value!r} is not one of {', '.join(map(repr, args))}{did_you_mean(str(value), map(str, args))}"
             )
         return value
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         if isinstance(value, tp):
             return value
         if not isinstance(value, dict):
@@ -141,7 +144,7 @@ def _coerce(value: Any, tp: Any, where: str) -> Any:
 def from_dict(cls: type[C], data: dict[str, Any], *, where: str | None = None) -> C:
     """Build dataclass `cls` from a mapping; unknown keys and bad types are clear errors."""
     where = where or cls.__name__
-    names = [f.name for f in dataclasses.fields(cls) if f.init]  # type: ignore[arg-type]
+    names = [f.name for f in dataclasses.fields(cls) if f.init]
     unknown_keys = [k for k in data if k not in names]
     if unknown_keys:
         k = unknown_keys[0]

@@ -24,11 +24,8 @@ def md_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], align: str |
     `str`; a `|` inside a cell is escaped.
     """
     n = len(columns)
-    if align is None:
-        align = "l" * n
-    elif len(align) == 1:
-        align = align * n
-    if len(align) != n or any(a not in _RULES for a in align):
+    letters: Sequence[str] = "l" * n if align is None else [*align] * n if len(align) == 1 else align
+    if len(letters) != n or any(a not in _RULES for a in letters):
         raise ValueError(f"align must give one of l, r, c for each of the {n} columns, got {align!r}")
 
     def line(cells: Sequence[Any]) -> str:
@@ -36,7 +33,7 @@ def md_table(columns: Sequence[str], rows: Iterable[Sequence[Any]], align: str |
             raise ValueError(f"a table row has {len(cells)} cells for {n} columns: {cells!r}")
         return "| " + " | ".join(str(c).replace("|", "\\|") for c in cells) + " |"
 
-    out = [line(columns), "|" + "".join(_RULES[a] + "|" for a in align)]
+    out = [line(columns), "|" + "".join(_RULES[a] + "|" for a in letters)]
     out += [line(r) for r in rows]
     return "\n".join(out)
 

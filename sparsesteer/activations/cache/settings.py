@@ -251,6 +251,7 @@ def read_manifest(path: Path) -> tuple[dict[str, Any], CacheSettings]:
             f"{mpath}: settings do not match settings_sha256 (the manifest was edited by hand?); re-create the cache"
         )
     roles = {acts_role(h) for h in settings.hooks} | {INDEX_ROLE}
+    tpi = len(settings.token_positions)  # = tokens_per_image (checked in __post_init__)
     next_image = 0
     for i, shard in enumerate(manifest["shards"]):
         where = f"{mpath}: shards[{i}]"
@@ -260,8 +261,8 @@ def read_manifest(path: Path) -> tuple[dict[str, Any], CacheSettings]:
                 and shard["first_image"] == next_image
                 and isinstance(shard["n_images"], int)
                 and isinstance(shard["rows"], int)
-                and shard["rows"] % settings.tokens_per_image == 0
-                and shard["rows"] // settings.tokens_per_image <= shard["n_images"]
+                and shard["rows"] % tpi == 0
+                and shard["rows"] // tpi <= shard["n_images"]
                 and set(shard["files"]) == roles
                 and all({"name", "sha256", "bytes"} <= set(f) for f in shard["files"].values())
             )

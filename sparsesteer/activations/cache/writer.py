@@ -438,7 +438,7 @@ class CacheWriter:
         """Rows must be image-major with `token_positions` per image; every image of the range has
         rows or was recorded as skipped."""
         s = self.settings
-        tpi = s.tokens_per_image
+        tpi = len(s.token_positions)  # = tokens_per_image (CacheSettings checks), typed int
         rows = len(image_idx)
         if rows % tpi:
             raise SparsesteerError(f"write_shard: {rows} rows is not a multiple of tokens_per_image {tpi}")
