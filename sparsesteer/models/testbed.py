@@ -80,7 +80,8 @@ def testbed_tokenizer(words: Iterable[str], model_max_length: int = 32) -> Any:
         vocab.setdefault(a + b, len(vocab))
     vocab["<|startoftext|>"] = len(vocab)
     vocab["<|endoftext|>"] = len(vocab)
-    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)
+    # transformers annotates merges as list[str]; tokenizers' BPE takes the (a, b) pairs given here
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=model_max_length)  # type: ignore[arg-type]
 
 
 def make_testbed_clip(out: str | os.PathLike, shape: TestbedShape, words: Iterable[str], *, seed: int = 0) -> Path:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar, overload
 
 from tqdm.auto import tqdm
 
@@ -16,7 +16,11 @@ def quiet() -> bool:
     return os.environ.get("SPARSESTEER_QUIET", "") not in ("", "0")
 
 
-def progress(iterable: Iterable[T] | None = None, *, disable: bool | None = None, **kwargs: Any) -> tqdm[T]:
+@overload
+def progress(iterable: Iterable[T], *, disable: bool | None = None, **kwargs: Any) -> tqdm[T]: ...
+@overload
+def progress(iterable: None = None, *, disable: bool | None = None, **kwargs: Any) -> tqdm[NoReturn]: ...
+def progress(iterable: Iterable[T] | None = None, *, disable: bool | None = None, **kwargs: Any) -> tqdm[Any]:
     """A tqdm bar on stderr; `disable=None` means: off when SPARSESTEER_QUIET is set."""
     if disable is None:
         disable = quiet()

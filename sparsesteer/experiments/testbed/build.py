@@ -177,7 +177,8 @@ class TestbedTrainer:
             return_tensors="pt",
         )["input_ids"]
         self.caption_ids = ids.view(len(self.templates), len(self.classes), ctx)
-        decay, no_decay = [], []
+        decay: list[Any] = []
+        no_decay: list[Any] = []
         for name, p in self.model.named_parameters():
             (no_decay if p.ndim < 2 or "embedding" in name or "logit_scale" in name else decay).append(p)
         self.optimizer = torch.optim.AdamW(

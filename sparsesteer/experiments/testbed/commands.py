@@ -58,7 +58,11 @@ def run_build(args: argparse.Namespace) -> int:
     model = build(cfg)
     figures = measure(
         MeasureConfig(
-            model=str(model), dataset=cfg.dataset, data_root=cfg.data_root, out=str(model.parent / "eval"), limit=cfg.limit
+            model=str(model),
+            dataset=cfg.dataset,
+            data_root=cfg.data_root,
+            out=str(model.parent / "eval"),
+            limit=cfg.limit,
         )
     )
     print(f"wrote {model} (give it as --model); targets: {model.parent / 'eval' / 'testbed_metrics.md'}")

@@ -65,7 +65,7 @@ def measure(cfg: MeasureConfig) -> dict[str, Any]:
     }
     top1: dict[str, float] = {}
     for name, spec in specs.items():
-        cfg = ZeroShotConfig(
+        run_cfg = ZeroShotConfig(
             model=str(model),
             dataset=spec,
             split=split,
@@ -77,11 +77,11 @@ def measure(cfg: MeasureConfig) -> dict[str, Any]:
             batch_size=cfg.batch_size,
             workers=0,
         )
-        top1[name] = zeroshot(cfg).result.top1
+        top1[name] = zeroshot(run_cfg).result.top1
     grouped = open_dataset(specs["groups"], split, data_root=cfg.data_root)
     index, preds = _predictions(out / "groups")
     ga = group_accuracy(preds, grouped.labels()[index], grouped.attribute_array("group")[index])
-    figures = {
+    figures: dict[str, Any] = {
         "clean_top1": top1["clean"],
         "misleading_top1": top1["misleading"],
         "word_drop": top1["clean"] - top1["misleading"],
@@ -91,8 +91,8 @@ def measure(cfg: MeasureConfig) -> dict[str, Any]:
         "group_gap": ga.average - ga.worst_group,
         "per_group": {str(g): {"n": n, "accuracy": a} for g, n, a in zip(ga.groups, ga.n, ga.accuracy)},
     }
-    rows = [
-        {"target": name, "measured": figures[name], "needed": need, "pass": figures[name] >= need}
+    rows: list[dict[str, Any]] = [
+        {"target": name, "measured": float(figures[name]), "needed": need, "pass": float(figures[name]) >= need}
         for name, need in TARGETS.items()
     ]
     table = md_table(
