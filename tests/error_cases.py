@@ -146,6 +146,16 @@ COMMANDS: dict[str, list[str]] = {
     # non-finite numbers
     "nan-learning-rate": [*_train(), "--lr", "nan"],
     "inf-strength": _steer("--latent", "0", "--strength", "inf"),
+    "strength-out-of-range": _steer("--latent", "0", "--strength", "1e30"),
+    "steer-overflow": [*_steer("--latent", "0", "--strength", "1e4"), "--sae", "{ws}/sae-huge-row"],
+    "strength-unit-of-a-factor": _steer(
+        "--latent", "0", "--strength", "2", "--mode", "scale", "--strength-unit", "max"
+    ),
+    "strength-unit-silent-latent": [
+        *_steer("--latent", "0", "--strength", "2", "--strength-unit", "p99"),
+        "--sae",
+        "{ws}/sae-dead-latent",
+    ],
     "nan-in-activations": _train("{ws}/rows-nan.npy"),
     "nan-grid": ["reproduce", "vs2", *CLIP, *DATA, "--lams", "0,nan", "--out", "{ws}/new/v"],
     # empty inputs
@@ -217,7 +227,32 @@ def _api_cache_missing(ws: Path) -> None:
 
 
 # id -> a library call that must raise SparsesteerError with the documented message
+def _api_steer_non_finite_input(ws: Path) -> None:
+    import torch
+
+    from sparsesteer.steering.vs2 import steer
+
+    steer(torch.tensor([[float("nan"), 1.0]]), torch.ones(1, 2), 0.5)
+
+
+def _api_stats_no_dataset(ws: Path) -> None:
+    from types import SimpleNamespace
+
+    from sparsesteer.interpret.heatmaps import stats_dataset
+
+    stats_dataset(SimpleNamespace(meta={}))  # statistics of rows that name no dataset
+
+
+def _api_subset_replay(ws: Path) -> None:
+    from sparsesteer.data import open_dataset
+    from sparsesteer.data.subset import replay
+
+    record = {"rule": "class-stratified", "n": 2, "limit": 2, "seed": 0, "of": 4, "indices_sha256": "0" * 64}
+    replay(open_dataset(f"folder:{ws / 'data'}", "train"), record)  # a record of other images
+
+
 API = {
+    "api-steer-non-finite-input": _api_steer_non_finite_input,
     "api-stats-edited": _api_stats_edited,
     "api-sae-wrong-width": _api_sae_wrong_width,
     "api-unknown-arch": _api_unknown_arch,
@@ -269,6 +304,12 @@ def build_error_workspace(ws: Path, clip: Path) -> Path:
     argv = ["-q", *_cache(out=str(ws / "cache-cls"))]
     assert main([a.replace("{ws}", str(ws)) for a in argv]) == 0
     _damaged(ws)
+    huge, dead = (build(SAEConfig(arch="topk", d_in=32, n_latents=64, k=6)) for _ in range(2))
+    with torch.no_grad():
+        huge.W_dec[0] *= 1e35  # latent 0's decoder row 1e35 long: setting it overflows float32
+        dead.b_enc[0] = -1e4  # latent 0 never fires
+    huge.save(ws / "sae-huge-row", hook="blocks.2.resid_post", tokens="all")
+    dead.save(ws / "sae-dead-latent", hook="blocks.2.resid_post", tokens="all")
     return ws
 
 

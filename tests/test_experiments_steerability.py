@@ -129,6 +129,9 @@ def test_bad_input(run, capsys):
     cases = [
         (["--vocab", str(tmp / "one.txt")], "single distinct concept 'cat'"),
         (["--strengths=0,nan"], "--strengths must be a finite number"),
+        (["--strengths=0,1e30"], "--strengths 1e+30 is out of range: steering values must lie within +-1e+06"),
+        (["--at-strength=-2e6"], "--at-strength -2e+06 is out of range"),
+        (["--mode", "scale", "--strength-unit", "p99"], "--mode scale takes factors: use --strength-unit absolute"),
         (["--latent-fraction", "0"], "--latent-fraction must be in (0, 1]"),
     ]
     for extra, message in cases:
@@ -137,7 +140,88 @@ def test_bad_input(run, capsys):
         assert message in err and len(err.strip().splitlines()) == 1, err
     cls_sae = build(SAEConfig(arch="topk", d_in=32, n_latents=16, k=2))
     cls_sae.save(tmp / "sae-cls", hook=HOOK, tokens="cls")
-    argv = args(tmp, tmp / "bad2", "--no-control", "--no-neurons")
+    argv = args(tmp, tmp / "bad2", "--no-control", "--no-neurons", "--tokens", "all")
     argv[argv.index(str(tmp / "sae"))] = str(tmp / "sae-cls")
     assert main(argv) == 2
     assert "trained on tokens 'cls' but the edit selects 'all'" in capsys.readouterr().err
+
+
+def test_tokens_follow_each_sae_unless_given(run):
+    """Item 11: without --tokens a CLS SAE is steered (and measured) on the CLS token, like its hook is
+    followed; the neurons at its hook on the same tokens. The score equals a full forward steering CLS only."""
+    tmp, _, _ = run
+    torch.manual_seed(3)
+    cls_sae = build(SAEConfig(arch="topk", d_in=32, n_latents=16, k=2)).eval()
+    cls_sae.save(tmp / "sae-cls-only", hook=HOOK, tokens="cls")
+    out = tmp / "run-cls"
+    argv = args(tmp, out, "--no-control", "--latent-fraction", "0.125")
+    argv[argv.index(str(tmp / "sae"))] = str(tmp / "sae-cls-only")
+    assert main(argv) == 0
+    features, neurons = (
+        json.loads((out / "measurements" / f"{k}.json").read_text())[0] for k in ("features", "neurons")
+    )
+    assert features["tokens"] == neurons["tokens"] == "cls"
+    assert "tokens each SAE's own (cls)" in (out / "results.md").read_text()
+    bb = load_backbone(tmp / "clip")
+    ds = limit_dataset(open_dataset(f"folder:{tmp / 'data'}", "test"), 6, 0)
+    px = torch.from_numpy(bb.preprocessor.batch([ds[i].image for i in range(len(ds))]))
+    V = torch.nn.functional.normalize(encode_text(bb, WORDS), dim=-1)
+    j, col = features["units"][0], features["strengths"].index(150.0)
+    with torch.no_grad():
+        e0 = bb.embed_images(px)
+        e = bb.embed_images(px, interventions=[Fe.feature_edit(HOOK, cls_sae, j, 150.0, "set", tokens="cls")])
+    p0, p = (torch.softmax(100 * torch.nn.functional.normalize(x, dim=-1) @ V.T, -1) for x in (e0, e))
+    assert features["score"][0][col] == pytest.approx(float(((p - p0).double().mean(0) ** 2).sum()), abs=1e-5)
+
+
+def test_relative_strengths_and_the_units_scale(run):
+    """Item 10: every row records each unit's own max / p99 on the steered tokens; with --strength-unit max
+    the S at s equals the absolute run's S at s x max (the same unit, the same images)."""
+    tmp, out, sae = run
+    raw = json.loads((out / "measurements" / "features.json").read_text())[0]
+    bb = load_backbone(tmp / "clip")
+    ds = limit_dataset(open_dataset(f"folder:{tmp / 'data'}", "test"), 6, 0)
+    px = torch.from_numpy(bb.preprocessor.batch([ds[i].image for i in range(len(ds))]))
+    with torch.no_grad():
+        f = sae.encode_dense(bb.run(px, [HOOK])[HOOK].reshape(-1, 32))[:, raw["units"]]
+    assert raw["scale_max"] == pytest.approx(f.max(0).values.tolist(), abs=1e-5)
+    active = [(f[:, k][f[:, k] > 0]) for k in range(f.shape[1])]
+    p99 = [float(torch.quantile(a, 0.99)) if len(a) else 0.0 for a in active]
+    assert raw["scale_p99"] == pytest.approx(p99, abs=1e-5)
+    assert "unit scale: median max / p99" in (out / "results.md").read_text()
+    fired = [k for k, m in enumerate(raw["scale_max"]) if m > 0]
+    k = fired[0]
+    rel = tmp / "run-rel"
+    assert main(args(tmp, rel, "--no-control", "--no-neurons", "--strength-unit", "max", "--strengths=0.5",
+                     "--at-strength", "2")) == 0  # fmt: skip
+    row = json.loads((rel / "measurements" / "features.json").read_text())[0]
+    assert row["strength_unit"] == "max" and row["units"] == raw["units"]
+    V = torch.nn.functional.normalize(encode_text(bb, WORDS), dim=-1)
+    j, s = raw["units"][k], 2.0 * raw["scale_max"][k]
+    with torch.no_grad():
+        e0 = bb.embed_images(px)
+        e = bb.embed_images(px, interventions=[Fe.feature_edit(HOOK, sae, j, s, "set")])
+    p0, p = (torch.softmax(100 * torch.nn.functional.normalize(x, dim=-1) @ V.T, -1) for x in (e0, e))
+    expected = float(((p - p0).double().mean(0) ** 2).sum())
+    assert row["score"][k][row["strengths"].index(2.0)] == pytest.approx(expected, abs=1e-5)
+    md = (rel / "results.md").read_text()
+    assert "multiples of each unit's max" in md
+
+
+def test_sae_checks_come_before_the_model(run, monkeypatch, capsys):
+    """Item 13: what needs only the SAEs is refused before the model is loaded."""
+    tmp, _, _ = run
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before a check that needs only the flags or the SAE")
+
+    monkeypatch.setattr("sparsesteer.models.backbone.load_backbone", no_model)
+    bare = build(SAEConfig(arch="topk", d_in=32, n_latents=16, k=2))
+    bare.save(tmp / "sae-nohook", tokens="all")
+    argv = args(tmp, tmp / "bad3")
+    argv[argv.index(str(tmp / "sae"))] = str(tmp / "sae-nohook")
+    assert main(argv) == 2
+    assert "records no hook point" in capsys.readouterr().err
+    argv[argv.index(str(tmp / "sae-nohook"))] = str(tmp / "no-such-sae")
+    assert main(argv) == 2
+    assert "SAE directory not found" in capsys.readouterr().err

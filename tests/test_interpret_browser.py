@@ -302,6 +302,39 @@ def test_live_steer_matches_a_direct_forward(live, site):
         assert e.value.status == status
 
 
+def test_live_steer_answers_400_for_huge_or_overflowing_strengths(live, site):
+    """Item 7 through HTTP: a strength beyond +-1e6, a non-finite one (JSON's Infinity), or one that
+    overflows the model (a 1e35-long decoder row) is a 400 with a JSON error, never a dropped connection;
+    an answer that cannot be JSON (NaN) is a 500 with a JSON error."""
+    srv = make_server(site[0], port=0, api={**live.handlers(), "nan": lambda req: {"x": float("nan")}})
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    try:
+        for body, message in (
+            (b'{"latent": 5, "strength": 1e30, "mode": "set", "images": [0]}', "strength 1e+30 is out of range"),
+            (b'{"latent": 5, "strength": -Infinity, "mode": "add", "images": [0]}', "must be a finite number"),
+            (b'{"latent": 5, "strength": 2e6, "mode": "scale", "images": [0]}', "strength 2e+06 is out of range"),
+        ):
+            status, reply, _ = _get(srv, "/api/steer", "POST", body)
+            assert status == 400 and message in json.loads(reply)["error"], reply
+        W = live.sae.W_dec
+        row = W[5].detach().clone()
+        with torch.no_grad():
+            W[5] *= 1e35
+        try:
+            status, reply, _ = _get(srv, "/api/steer", "POST", b'{"latent": 5, "strength": 1e4, "images": [0]}')
+        finally:
+            with torch.no_grad():
+                W[5] = row
+        assert status == 400 and "strength 10000 made the results non-finite" in json.loads(reply)["error"]
+        status, reply, _ = _get(srv, "/api/steer", "POST", b'{"latent": 5, "strength": 1e6, "images": [0]}')
+        assert status == 200 and json.loads(reply)["strength"] == 1e6  # the bound itself is accepted
+        status, reply, _ = _get(srv, "/api/nan")
+        assert status == 500 and "not valid JSON" in json.loads(reply)["error"]
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 def test_live_patch_lists_the_latents_of_that_token(live):
     import base64
     import io

@@ -9,7 +9,7 @@ from PIL import Image
 from sparsesteer.activations.produce import CacheConfig, cache_activations
 from sparsesteer.cli import main
 from sparsesteer.models.zeroshot_run import ZeroShotConfig, zeroshot
-from sparsesteer.sae import SAEConfig
+from sparsesteer.sae import SAEConfig, build
 from sparsesteer.sae.train import TrainConfig, train
 
 
@@ -127,6 +127,8 @@ def test_steer_vs2_errors(setup, capsys):
     assert "trained on blocks.1.resid_post, but steering needs an SAE on blocks.2.resid_post" in capsys.readouterr().err
     assert main(base(tmp, clip) + ["--lam", "inf", "--gamma", "2"]) == 2
     assert "finite" in capsys.readouterr().err
+    assert main(base(tmp, clip) + ["--lam", "1e30", "--gamma", "2"]) == 2
+    assert "--lam 1e+30 is out of range: steering values must lie within +-1e+06" in capsys.readouterr().err
     # fixed strengths and tuning exclude each other (one of them used to be ignored silently)
     for given in (["--lam", "1", "--gamma", "2"], ["--lam", "1"], ["--gamma", "2"]):
         assert main(base(tmp, clip) + given + ["--tune-on", str(tmp / "cache-train")]) == 2
@@ -158,3 +160,25 @@ def test_steer_vs2pp_rows(setup, tmp_path):
     assert set(rep["rows"]) == {"vs2pp_pseudo", "clip_steer_pseudo", "rag_pseudo"}
     assert all(0 <= r["top1"] <= 100 for r in rep["rows"].values())
     assert rep["tuning"]["vs2pp_pseudo"]["n"] == 18
+
+
+def test_steer_vs2_checks_the_sae_and_caches_before_the_model(setup, tmp_path, monkeypatch, capsys):
+    """Item 13: an SAE of the wrong token selection, or a cache path that is no cache, is refused before
+    the model is loaded (a loader that fails the test proves the order)."""
+    tmp, clip, _ = setup
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before a check that needs only the flags, the SAE or a cache")
+
+    monkeypatch.setattr("sparsesteer.models.backbone.load_backbone", no_model)
+    all_tokens = build(SAEConfig(k=4, n_latents=64, d_in=32)).save(
+        tmp_path / "sae-all", hook="blocks.2.resid_post", tokens="all"
+    )
+    argv = base(tmp, clip) + ["--lam", "1", "--gamma", "2"]
+    argv[argv.index(str(tmp / "sae"))] = str(all_tokens)
+    assert main(argv) == 2
+    assert "the SAE was trained on 'all' tokens; VS2 steers the CLS token" in capsys.readouterr().err
+    argv = base(tmp, clip) + ["--lam", "1", "--gamma", "2"]
+    argv[argv.index(str(tmp / "cache-test"))] = str(tmp / "data")
+    assert main(argv) == 2
+    assert "not an activation cache" in capsys.readouterr().err

@@ -317,7 +317,7 @@ def test_sae_that_does_not_match_the_model_hook_width_or_tokens(bb):
     patch_sae = make_sae(tokens="patch")
     Fe.steer_features(bb, patch_sae, 0, 1.0, tokens=[0, 15])
     with pytest.raises(SparsesteerError, match="trained on tokens 'patch' but the edit selects 'all'"):
-        Fe.steer_features(bb, patch_sae, 0, 1.0)
+        Fe.steer_features(bb, patch_sae, 0, 1.0, tokens="all")
     other = make_sae()
     other.metadata["model"] = {"id": "other/model", "revision": "abc"}
     with pytest.raises(SparsesteerError, match=r"model: 'other/model' vs .*model revision: 'abc' vs"):

@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from sparsesteer.cli import main
+from sparsesteer.data import limit_dataset, open_dataset
 from sparsesteer.models.backbone import load_backbone
 from sparsesteer.models.zeroshot import encode_text
 from sparsesteer.sae import SAEConfig, build
@@ -133,6 +134,9 @@ def test_mismatched_sae_is_refused_and_allow_mismatch_says_so(setup, capsys):
         (["--latent", "64", "--strength", "1"], r"latent indices [64] out of range: the SAE has n_latents=64"),
         (["--latent", "1", "--strength", "nan"], "--strength must be a finite number, got nan"),
         (["--latent", "1", "--strength", "inf"], "--strength must be a finite number, got inf"),
+        (["--latent", "1", "--strength", "1e30"], "--strength 1e+30 is out of range: steering values must lie within"),
+        (["--latent", "1", "--strength=-2e6", "--mode", "add"], "--strength -2e+06 is out of range"),
+        (["--latent", "1", "--strength", "2", "--mode", "scale", "--strength-unit", "max"], "takes a factor"),
         (["--latent", "1"], "--mode set needs --strength S"),
         (["--latent", "1", "--mode", "zero", "--strength", "2"], "--mode zero takes no --strength"),
         (["--latent", "1", "--strength", "1", "--tokens", "patch:3,99"], "patch indices [99] out of range"),
@@ -166,3 +170,116 @@ def test_help_builds_without_torch():
     code = "import sys, sparsesteer.cli as c; c.build_parser(); print('torch' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "False"
+
+
+def huge_decoder_sae(tmp, name="sae-huge"):
+    """An SAE whose decoder row 0 is 1e35 long (as after folding a tiny input scale): within the strength
+    bound, setting latent 0 overflows float32."""
+    torch.manual_seed(1)
+    sae = build(SAEConfig(arch="topk", d_in=32, n_latents=64, k=6)).eval()
+    with torch.no_grad():
+        sae.W_dec[0] *= 1e35
+    sae.save(tmp / name, hook=HOOK, tokens="all")
+    return tmp / name
+
+
+def test_an_edit_that_overflows_is_refused_not_reported(setup, capsys):
+    """Item 7: finite strengths within the bound can still overflow (here a huge decoder row); the
+    result is checked and the command refuses, naming the strength, instead of printing NaN with exit 0."""
+    tmp, clip, _, _ = setup
+    out = tmp / "out-overflow"
+    argv = base(tmp, clip, "features", "--sae", str(huge_decoder_sae(tmp)), "--latent", "0", "--strength", "1e4",
+                "--out", str(out))  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "--mode set --strength 10000 made the results non-finite (an overflow in float32)" in err, err
+    assert len(err.splitlines()) == 1 and not (out / "steer_features.json").exists()
+
+
+def test_each_strength_is_printed_beside_the_units_own_scale_and_can_be_relative(setup, capsys):
+    """Item 10: the report gives each latent's max and p99 (of its non-zero values) on the steered tokens of
+    these images; --strength-unit max sets the latent to a multiple of its own max (checked by a full forward)."""
+    tmp, clip, bb, sae = setup
+    ds = limit_dataset(open_dataset(f"folder:{tmp / 'data'}", "test"), 4, 0)  # the command's --limit 4 sample
+    px = torch.from_numpy(bb.preprocessor.batch([ds[i].image for i in range(len(ds))]))
+    with torch.no_grad():
+        f = sae.encode_dense(bb.run(px, [HOOK])[HOOK].reshape(-1, 32))
+    fired = (f > 0).any(0).nonzero().flatten().tolist()
+    latents, silent = fired[:2], int((f > 0).any(0).logical_not().nonzero()[0, 0])
+    out = tmp / "out-relative"
+    argv = base(tmp, clip, "features", "--sae", str(tmp / "sae"), "--latent", f"{latents[0]},{latents[1]}",
+                "--strength", "2", "--strength-unit", "max", "--limit", "4", "--out", str(out))  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "steer_features.json").read_text())
+    assert torch.equal(images(bb, report), px)
+    units = report["edit"]["units"]
+    assert [u["index"] for u in units] == latents and report["edit"]["strength_unit"] == "max"
+    for u in units:
+        v = f[:, u["index"]]
+        assert u["max"] == pytest.approx(float(v.max()), abs=1e-5)
+        assert u["p99"] == pytest.approx(float(torch.quantile(v[v > 0], 0.99)), abs=1e-5)
+        assert u["active"] == pytest.approx(float((v > 0).double().mean()))
+        assert u["strength"] == pytest.approx(2 * u["max"], rel=1e-6)
+    iv = Fe.feature_edit(HOOK, sae, latents, [u["strength"] for u in units], "set")
+    with torch.no_grad():
+        p1 = zeroshot_probs(bb, bb.embed_images(px, interventions=[iv]), CLASSES)
+    for c, name in enumerate(CLASSES):
+        assert report["mean_after"][name] == pytest.approx(float(p1[:, c].mean()), abs=1e-5)
+    u = units[0]
+    assert f"| {u['index']} | {u['strength']:.4g} (= 2 x max) | {u['max']:.4g} | {u['p99']:.4g} |" in printed
+    assert main([*argv[:-1], str(tmp / "out-silent"), "--latent", str(silent)]) == 2
+    err = capsys.readouterr().err
+    assert f"--strength-unit max: latent {silent} is never active on the steered tokens of these images" in err
+
+
+def test_tokens_follow_the_sae_unless_given(setup, capsys):
+    """Item 11: like the hook, the token selection defaults to the SAE's: a CLS SAE steers the CLS token
+    (checked by a full forward); --tokens all on it is refused as tokens it never saw."""
+    tmp, clip, bb, _ = setup
+    torch.manual_seed(2)
+    cls_sae = build(SAEConfig(arch="topk", d_in=32, n_latents=16, k=2)).eval()
+    cls_sae.save(tmp / "sae-cls", hook=HOOK, tokens="cls")
+    out = tmp / "out-cls"
+    argv = base(tmp, clip, "features", "--sae", str(tmp / "sae-cls"), "--latent", "5", "--strength", "30", "--out",
+                str(out))  # fmt: skip
+    assert main(argv) == 0
+    printed = capsys.readouterr().out
+    report = json.loads((out / "steer_features.json").read_text())
+    assert report["edit"]["tokens"] == "cls" and report["edit"]["tokens_from_sae"]
+    assert "tokens cls (the SAE's own)" in printed
+    px = images(bb, report)
+    with torch.no_grad():
+        p1 = zeroshot_probs(bb, bb.embed_images(px, interventions=[Fe.feature_edit(HOOK, cls_sae, 5, 30.0, "set",
+                                                                                   tokens="cls")]), CLASSES)  # fmt: skip
+    for c, name in enumerate(CLASSES):
+        assert report["mean_after"][name] == pytest.approx(float(p1[:, c].mean()), abs=1e-5)
+    assert main([*argv[:-2], "--tokens", "all"]) == 2  # (no --out)
+    assert "trained on tokens 'cls' but the edit selects 'all'" in capsys.readouterr().err
+
+
+def test_checks_on_flags_and_the_sae_come_before_the_model(setup, monkeypatch, capsys):
+    """Item 13: docs/errors.md promises that what can be seen from the flags and the SAE is refused before
+    the model is loaded; a loader that fails the test proves the order."""
+    tmp, clip, _, _ = setup
+
+    def no_model(*a, **k):
+        raise AssertionError("the model was loaded before a check that needs only the flags or the SAE")
+
+    monkeypatch.setattr("sparsesteer.models.backbone.load_backbone", no_model)
+    bare = build(SAEConfig(arch="topk", d_in=32, n_latents=64, k=6))
+    bare.save(tmp / "sae-nohook", tokens="all")
+    sae = ["--sae", str(tmp / "sae")]
+    cases = [
+        ([*sae, "--latent", "64", "--strength", "1"], "latent indices [64] out of range: the SAE has n_latents=64"),
+        ([*sae, "--latent", "1", "--strength", "1", "--vocab", str(tmp / "no-words.txt")], "no such file"),
+        (["--sae", str(tmp / "sae-nohook"), "--latent", "1", "--strength", "1"], "the SAE records no hook point"),
+        ([*sae, "--latent", "1", "--strength", "1e7"], "--strength 1e+07 is out of range"),
+    ]
+    for extra, message in cases:
+        assert main(base(tmp, clip, "features", *extra)) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+    assert main(base(tmp, clip, "neurons", "--hook", HOOK, "--neuron", "1", "--strength", "1", "--vocab",
+                     str(tmp / "no-words.txt"))) == 2  # fmt: skip
+    assert "no such file" in capsys.readouterr().err

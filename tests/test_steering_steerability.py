@@ -112,7 +112,7 @@ def test_runner_equals_the_naive_loop(bb, hook, kw):
     settings = SteerabilitySettings(**{"strengths": (-5.0, 0.0, 4.0), "at_strength": 20.0, "steer_batch": 4, **kw})
     sae = make_sae(hook, unit=not kw.get("unit_direction"))
     units = [1, 7, 30]
-    tokens = Fe.steer_positions(bb, parse_tokens(settings.tokens))
+    tokens = Fe.steer_positions(bb, parse_tokens(settings.tokens or "all"))  # None: the SAE's ('all')
     cur = St.measure_steerability(bb, hook, [px[:2], px[2:]], V, sae=sae, units=units, settings=settings)
     assert cur.strengths == (-5.0, 0.0, 4.0, 20.0) and cur.units.tolist() == units and cur.n_images == 5
 
@@ -162,6 +162,49 @@ def test_runner_bad_input(bb):
         SteerabilitySettings(mode="zero")
     with pytest.raises(SparsesteerError, match="sample fraction"):
         St.sample_units(10, 0.0)
+
+
+def test_steering_numbers_are_bounded_and_overflow_is_refused(bb):
+    """Item 7: strengths beyond +-MAX_STEER are refused up front; a strength within it that still overflows
+    (a 1e35-long decoder row) is refused naming the unit and the strength, instead of NaN scores."""
+    with pytest.raises(SparsesteerError, match=r"--strengths 1e\+30 is out of range: .* within \+-1e\+06"):
+        SteerabilitySettings(strengths=(0.0, 1e30))
+    with pytest.raises(SparsesteerError, match=r"--at-strength -1e\+07 is out of range"):
+        SteerabilitySettings(at_strength=-1e7)
+    sae = make_sae(hook_name(1))
+    with torch.no_grad():
+        sae.W_dec[7] *= 1e35
+    px = [torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(4))]
+    settings = SteerabilitySettings(strengths=(0.0, 1e4), at_strength=1e4, mode="add")  # add 0: no change
+    with pytest.raises(SparsesteerError, match=r"steering latent 7 at s = 10000 made the results non-finite"):
+        St.measure_steerability(bb, hook_name(1), px, torch.randn(3, 16), sae=sae, units=[1, 7], settings=settings)
+
+
+@pytest.mark.parametrize("unit", ["max", "p99"])
+@torch.no_grad()
+def test_relative_strengths_multiply_each_units_own_scale(bb, unit):
+    """Item 10: with strength_unit max / p99 the runner steers unit k at s x its scale, the scale being
+    measured on the steered tokens of the same images (here by hand: codes at the hook, non-zero p99)."""
+    hook = hook_name(1)
+    px = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    V = torch.nn.functional.normalize(torch.randn(6, 16, generator=torch.Generator().manual_seed(1)), dim=-1)
+    settings = SteerabilitySettings(strengths=(0.5,), at_strength=3.0, strength_unit=unit, tokens="patch")
+    sae = make_sae(hook)
+    acts = bb.run(px, [hook])[hook][:, 1:].reshape(-1, 32)  # the patch tokens
+    for values, kw, make in (
+        (sae.encode_dense(acts), {"sae": sae}, lambda j, s: Fe.feature_edit(hook, sae, j, s, "set", tokens="patch")),
+        (acts, {}, lambda j, s: Fe.neuron_edit(hook, 32, j, s, "set", tokens="patch")),
+    ):
+        fired = (values != 0).any(0).nonzero().flatten()[:3].tolist()
+        cur = St.measure_steerability(bb, hook, [px[:3], px[3:]], V, units=fired, settings=settings, **kw)
+        a = values[:, fired].abs()
+        scale = a.max(0).values if unit == "max" else torch.stack([torch.quantile(c[c > 0], 0.99) for c in a.T])
+        torch.testing.assert_close(cur.scale.unit(unit), scale, rtol=1e-6, atol=1e-6)
+        for k, j in enumerate(fired):
+            for si, s in enumerate(cur.strengths):
+                e0, e = bb.embed_images(px), bb.embed_images(px, interventions=[make(j, s * float(scale[k]))])
+                expected = (St.mean_prob_change(e0, e, V, 100.0) ** 2).sum()
+                assert float(cur.score[k, si]) == pytest.approx(float(expected), abs=2e-5)
 
 
 # ----------------------------------------------------------------------------- control and text

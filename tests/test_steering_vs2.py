@@ -74,6 +74,24 @@ def test_non_finite_strengths_are_refused(sae):
             V.vs2(sae, x, lam, gamma)
 
 
+def test_huge_strengths_are_bounded_and_overflow_is_refused(sae):
+    """Item 7: lam / gamma beyond +-1e6 are refused; within the bound a result that overflows (float16
+    vectors) is refused naming lam and gamma: an infinite norm used to rescale the vector to 0 or NaN."""
+    x = torch.randn(4, 16, dtype=torch.float64)
+    with pytest.raises(SparsesteerError, match=r"lam 1e\+30 is out of range"):
+        V.vs2(sae, x, 1e30, 1.5)
+    with pytest.raises(SparsesteerError, match=r"gamma -2e\+06 is out of range"):
+        V.vs2(sae, x, 1.0, -2e6)
+    with torch.no_grad():
+        u = V.sae_direction(sae, x).half()
+    with pytest.raises(
+        SparsesteerError, match=r"VS2 with lam = 1e\+06, gamma = 1000 made the results non-finite .*float16"
+    ):
+        V.vs2(sae, x.half(), 1e6, 1e3, u_bd=u)
+    with pytest.raises(SparsesteerError, match=r"steering with lam = 1e\+06 made the results non-finite"):
+        V.steer(x.half(), 1e3 * u, 1e6)
+
+
 def test_fvu_gate_threshold_and_coverage(sae):
     torch.manual_seed(1)
     train = torch.randn(400, 16, dtype=torch.float64)

@@ -257,11 +257,12 @@ class LiveModel:
         }
 
     def steer(self, req: ApiRequest) -> dict[str, Any]:
-        """Top-5 readout of a few images without and with latent `latent` steered (`mode`, `strength`)."""
-        import math
-
+        """Top-5 readout of a few images without and with latent `latent` steered (`mode`, `strength`).
+        A strength that is not a finite number within +-MAX_STEER, or an edit that overflows, is a 400."""
         from ..interpret.browser.server import ApiError
+        from ..steering.edits import check_finite_result
         from ..steering.features import embed_steered, feature_edit
+        from ..steering.settings import check_steer_value
 
         b = req.body
         if req.method != "POST":
@@ -270,11 +271,10 @@ class LiveModel:
         mode = b.get("mode", "set")
         if mode not in MODES:
             raise ApiError(400, f"mode must be one of {', '.join(MODES)}, got {mode!r}")
-        strength = b.get("strength")
-        if mode == "zero":
-            strength = None
-        elif isinstance(strength, bool) or not isinstance(strength, (int, float)) or not math.isfinite(strength):
-            raise ApiError(400, f"strength must be a finite number, got {strength!r}")
+        try:
+            strength = None if mode == "zero" else check_steer_value("strength", b.get("strength"))
+        except SparsesteerError as e:
+            raise ApiError(400, str(e)) from None
         images = b.get("images")
         if not isinstance(images, list) or not images:
             raise ApiError(400, "images must be a non-empty list of dataset indices")
@@ -285,6 +285,11 @@ class LiveModel:
             iv = feature_edit(self.hook, self.sae, [j], strength, mode, tokens=self.tokens, check_hook=False)
             pixels = self._pixels([self._dataset_image(i) for i in ids])
             emb = embed_steered(self.bb, pixels, [iv])
+            what = f"steering latent {j} with mode {mode}" + ("" if strength is None else f", strength {strength:g}")
+            try:
+                check_finite_result(emb.steered, what, emb.unsteered)
+            except SparsesteerError as e:
+                raise ApiError(400, str(e)) from None
             before, after = self.readout.probs(emb.unsteered).cpu(), self.readout.probs(emb.steered).cpu()
         names = self.readout.names
 

@@ -235,6 +235,7 @@ class _Scored(NamedTuple):
 
 
 def _load_scored(cfg: ScoredSplit, templates: str = "single") -> _Scored:
+    from ..activations.cache import ActivationCache
     from ..models import load_backbone
     from ..models.templates import get_templates
     from ..models.zeroshot import ZeroShotClassifier
@@ -245,8 +246,13 @@ def _load_scored(cfg: ScoredSplit, templates: str = "single") -> _Scored:
     from .classify import CLSClassifier
 
     device = resolve_device(cfg.device)
-    bb = load_backbone(cfg.model, device=device, revision=cfg.revision)
+    # what needs only the flags, the SAE and the caches' manifests is refused before the model is loaded
     sae = SparseAutoencoder.load(cfg.sae, device=device)
+    V.check_sae_for_cls(sae, sae.d_in)  # its token selection (its width and hook are checked against the model)
+    for name in ("activations", "tune_on", "gate_on", "database", "retrieval_activations", "retrieval_database"):
+        if getattr(cfg, name, None):
+            ActivationCache.open(getattr(cfg, name))
+    bb = load_backbone(cfg.model, device=device, revision=cfg.revision)
     V.check_sae_for_cls(sae, bb.d_model, bb.n_blocks)
     notes = check_agree(
         f"the SAE ({cfg.sae})",

@@ -22,7 +22,6 @@ A saved SAE takes raw activations (a training-time input scale is folded into it
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -32,6 +31,7 @@ from ..models.hook_names import HookPoint, Tokens
 from ..models.hooks import Intervention
 from ..sae.base import SparseAutoencoder
 from ..utils.errors import SparsesteerError
+from .settings import check_steer_value
 
 CodeEdit = Callable[[Tensor], Tensor]
 """edit_fn(f) -> f': dense codes [rows, n_latents] -> edited codes of the same shape. It receives its own
@@ -44,10 +44,24 @@ _DENSE_BUDGET = 1 << 24  # elements of dense codes per chunk of rows (64 MiB in 
 
 
 def check_finite(**values: float) -> None:
-    """Steering strengths must be finite numbers (NaN/inf would silently poison every prediction)."""
+    """Steering strengths must be finite numbers within +-MAX_STEER (`settings.check_steer_value`): NaN, inf
+    or an overflowing value would silently poison every prediction."""
     for name, v in values.items():
-        if not isinstance(v, (int, float)) or not math.isfinite(v):
-            raise SparsesteerError(f"{name} must be a finite number, got {v!r}")
+        check_steer_value(name, v)
+
+
+def check_finite_result(t: Tensor, what: str, before: Tensor | None = None) -> Tensor:
+    """`t` itself when every value is finite; else a one-line error saying that `what` (an edit, naming its
+    value) overflowed. A value within the bound can still overflow a float16 model or an SAE with huge
+    decoder rows, and NaN would otherwise flow into every score with exit status 0. `before`: the same
+    quantity without the edit, to tell an overflow from inputs that were already non-finite."""
+    if bool(torch.isfinite(t).all()):
+        return t
+    if before is not None and not bool(torch.isfinite(before).all()):
+        raise SparsesteerError(f"the values are non-finite even without the edit ({what}): check the model and inputs")
+    raise SparsesteerError(
+        f"{what} made the results non-finite (an overflow in {str(t.dtype).removeprefix('torch.')}): use a smaller value"
+    )
 
 
 def latent_indices(sae: SparseAutoencoder, latents: Latents) -> Tensor:

@@ -120,18 +120,33 @@ def token_indices(backbone: Backbone, tokens: Tokens) -> list[int]:
 
 
 # ----------------------------------------------------------------------------- modes
-def check_strength(mode: str, strength: float | None) -> float:
-    """The strength a mode uses: finite for set/add/scale; 'zero' takes none (0 is accepted)."""
+Strength = float | Sequence[float] | Tensor
+"""One strength for every unit, or one per unit (in the sorted order of the unit indices)."""
+
+
+def check_strength(mode: str, strength: Strength | None, n_units: int | None = None) -> float | Tensor:
+    """The strength a mode uses: finite and bounded for set/add/scale; 'zero' takes none (0 is accepted).
+    Several strengths (one per unit, `n_units` of them) come back as a float32 tensor."""
     if mode not in STEER_MODES:
         raise unknown("steering mode", str(mode), STEER_MODES)
+    if isinstance(strength, Tensor) and strength.ndim == 0:
+        strength = float(strength)
+    several = isinstance(strength, (Tensor, list, tuple))
     if mode == "zero":
-        if strength not in (None, 0, 0.0):
+        if strength is not None and (several or strength != 0):
             raise SparsesteerError(f"mode 'zero' takes no strength (got {strength!r}); use set with a strength instead")
         return 0.0
     if strength is None:
         raise SparsesteerError(f"mode {mode!r} needs a strength")
-    check_finite(strength=strength)
-    return float(strength)
+    if not several:
+        check_finite(strength=strength)  # type: ignore[arg-type]
+        return float(strength)  # type: ignore[arg-type]
+    values = [float(v) for v in (strength.tolist() if isinstance(strength, Tensor) else strength)]  # type: ignore[union-attr]
+    if n_units is not None and len(values) != n_units:
+        raise SparsesteerError(f"{len(values)} strengths for {n_units} units: give one, or one per unit")
+    for v in values:
+        check_finite(strength=v)
+    return torch.tensor(values, dtype=torch.float32)
 
 
 def apply_rule(mode: str, value: Tensor, strength: float | Tensor) -> Tensor:
@@ -148,21 +163,24 @@ def apply_rule(mode: str, value: Tensor, strength: float | Tensor) -> Tensor:
 
 
 def latent_edit(
-    sae: SparseAutoencoder, latents: Latents, strength: float | None, mode: str = "set", *, unit_direction: bool = False
-) -> CodeEdit:
-    """The code edit f -> f' of `mode` on `latents` (see the module docstring)."""
-    s = check_strength(mode, strength)
+    sae: SparseAutoencoder, latents: Latents, strength: Strength | None, mode: str = "set", *,
+    unit_direction: bool = False,
+) -> CodeEdit:  # fmt: skip
+    """The code edit f -> f' of `mode` on `latents` (see the module docstring). `strength`: one for all, or
+    one per latent of `edits.latent_indices(sae, latents)` (sorted, without repeats)."""
     idx = edits.latent_indices(sae, latents)
+    s = check_strength(mode, strength, len(idx))
     norms = sae.W_dec.detach()[idx].norm(dim=-1) if unit_direction else None
 
     def edit(f: Tensor) -> Tensor:
         cols = idx.to(f.device)
         value = f[:, cols]
+        s_f = s.to(f.device, f.dtype) if isinstance(s, Tensor) else s
         if norms is None:
-            f[:, cols] = apply_rule(mode, value, s)
+            f[:, cols] = apply_rule(mode, value, s_f)
         else:  # the same rule on the value along the unit direction, f_j |W_dec[j]|
             n = norms.to(f.device, f.dtype)
-            f[:, cols] = apply_rule(mode, value * n, s) / n
+            f[:, cols] = apply_rule(mode, value * n, s_f) / n
         return f
 
     return edit
@@ -172,7 +190,7 @@ def feature_edit(
     hook: str | HookPoint,
     sae: SparseAutoencoder,
     latents: Latents,
-    strength: float | None,
+    strength: Strength | None,
     mode: str = "set",
     *,
     tokens: Tokens = "all",
@@ -203,12 +221,13 @@ def neuron_indices(d: int, neurons: int | Sequence[int]) -> Tensor:
 
 
 def neuron_edit(
-    hook: str | HookPoint, d_model: int, neurons: int | Sequence[int], strength: float | None, mode: str = "set",
+    hook: str | HookPoint, d_model: int, neurons: int | Sequence[int], strength: Strength | None, mode: str = "set",
     *, tokens: Tokens = "all",
 ) -> Intervention:  # fmt: skip
-    """Steer residual dimensions `neurons` of the activation at `hook` directly (x_j := s, += s, *= s, := 0)."""
-    s = check_strength(mode, strength)
+    """Steer residual dimensions `neurons` of the activation at `hook` directly (x_j := s, += s, *= s, := 0);
+    `strength`: one for all, or one per neuron of `neuron_indices(d_model, neurons)` (sorted)."""
     idx = neuron_indices(d_model, neurons)
+    s = check_strength(mode, strength, len(idx))
     name = str(HookPoint.parse(hook))
 
     def fn(acts_btd: Tensor, positions_t: Tensor) -> Tensor:
@@ -218,7 +237,8 @@ def neuron_edit(
             )
         out = acts_btd.clone()
         cols = idx.to(out.device)
-        out[..., cols] = apply_rule(mode, out[..., cols], s).to(out.dtype)
+        s_f = s.to(out.device) if isinstance(s, Tensor) else s
+        out[..., cols] = apply_rule(mode, out[..., cols], s_f).to(out.dtype)
         return out
 
     return Intervention(name, fn, tokens)
@@ -295,19 +315,20 @@ def steer_features(
     backbone: Backbone,
     sae: SparseAutoencoder,
     latents: Latents,
-    strength: float | None,
+    strength: Strength | None,
     *,
     mode: str = "set",
     hook: str | HookPoint | None = None,
-    tokens: TokenSpec = "all",
+    tokens: TokenSpec | None = None,
     keep_error: bool = True,
     unit_direction: bool = False,
     allow_mismatch: bool = False,
 ) -> Intervention:
-    """`feature_edit` checked against the model: `hook` defaults to the SAE's; `tokens` may be patch
-    indices or a patch mask; the SAE must match the model, hook, width and tokens (`check_sae`)."""
+    """`feature_edit` checked against the model: `hook` and `tokens` default to the SAE's (`sae_tokens`);
+    `tokens` may be patch indices or a patch mask; the SAE must match the model, hook, width and tokens
+    (`check_sae`)."""
     hook = sae_hook(sae, hook)
-    selection = steer_positions(backbone, tokens, hook)
+    selection = sae_tokens(backbone, sae, hook) if tokens is None else steer_positions(backbone, tokens, hook)
     check_sae(backbone, sae, hook, selection, allow_mismatch=allow_mismatch)
     return feature_edit(
         str(backbone.hook_point(hook)), sae, latents, strength, mode,
@@ -319,7 +340,7 @@ def steer_neurons(
     backbone: Backbone,
     hook: str | HookPoint,
     neurons: int | Sequence[int],
-    strength: float | None,
+    strength: Strength | None,
     *,
     mode: str = "set",
     tokens: TokenSpec = "all",
@@ -338,6 +359,16 @@ def sae_hook(sae: SparseAutoencoder, hook: str | HookPoint | None) -> str:
     if not trained_on:
         raise SparsesteerError("the SAE records no hook point: give the hook to steer at (--hook)")
     return str(trained_on)
+
+
+def sae_tokens(backbone: Backbone, sae: SparseAutoencoder, hook: str | HookPoint) -> Tokens:
+    """The token selection the SAE was trained on, resolved on the model: the default of every SAE edit,
+    like its hook (an SAE steered on tokens it never saw reads codes off its training distribution).
+    'all' when the SAE records none; its token indices when it records some."""
+    trained = sae.provenance.tokens
+    if isinstance(trained, tuple):
+        return trained
+    return steer_positions(backbone, trained or "all", hook)
 
 
 # ----------------------------------------------------------------------------- resumed forwards

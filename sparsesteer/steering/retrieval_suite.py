@@ -20,6 +20,7 @@ from ..utils.errors import SparsesteerError, unknown
 from .baselines import clip_steering, tune_clip_steering, tune_weighted_rag, weighted_rag
 from .neighbours import LABEL_MODES, RULES, LabelMode, NeighbourSets, Rule, group_weights, neighbour_sets
 from .retrieval import Neighbours, knn
+from .settings import check_steer_value
 from .tuning import DEFAULT_ALPHAS, DEFAULT_CLIP_LAMS, DEFAULT_GAMMAS, DEFAULT_LAMS, N_NEIGHBOURS
 from .vs2 import sae_direction
 from .vs2pp import tune_vs2pp, vs2pp
@@ -71,6 +72,8 @@ class RetrievalSuiteSettings:
                 raise SparsesteerError(f"the {name} grid is empty")
             if not all(math.isfinite(v) for v in grid):
                 raise SparsesteerError(f"{name} must be finite numbers, got {tuple(grid)}")
+            for v in grid:
+                check_steer_value(name, v)
 
 
 class RetrievalRows(NamedTuple):

@@ -27,6 +27,43 @@ SteerabilityMode = Literal["set", "add", "scale"]
 DEFAULT_STRENGTHS = (-20.0, -5.0, 0.0, 5.0, 10.0, 20.0, 50.0, 150.0)
 """The paper's steering-curve strengths."""
 
+StrengthUnit = Literal["absolute", "max", "p99"]
+"""What a strength is measured in: `absolute` = the value of the latent (neuron) itself, in whatever
+scale the SAE's (model's) activations have; `max` / `p99` = a multiple of that unit's own scale on the
+steered tokens of the images: its largest |value|, or the 99th percentile of |value| where it is non-zero."""
+STRENGTH_UNITS: tuple[str, ...] = get_args(StrengthUnit)
+
+MAX_STEER = 1e6
+"""The largest |value| a steering number may take: --strength(s), --at-strength, VS2's --lam / --gamma and
+the tuning grids, the browser's steering API. ViT activations and SAE codes are orders of magnitude
+smaller; a larger edit only saturates the model's softmaxes (the outputs stop changing), and beyond about
+1e20 (a unit decoder row, a tiny CLIP) the next layer norm overflows float32 into NaN probabilities. Within
+the bound the results are still checked for finiteness (a float16 model, or an SAE with huge decoder rows,
+overflows earlier)."""
+
+
+def check_steer_value(name: str, value: Any) -> float:
+    """A steering number as a float: finite and within +-MAX_STEER, else a one-line error naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise SparsesteerError(f"{name} must be a finite number, got {value!r}")
+    if abs(value) > MAX_STEER:
+        raise SparsesteerError(
+            f"{name} {value:g} is out of range: steering values must lie within +-{MAX_STEER:g} (activations and "
+            "SAE codes are far smaller; a larger edit only saturates or overflows the model)"
+        )
+    return float(value)
+
+
+def _check_unit(unit: Any, mode: str, given: str) -> None:
+    """A relative strength multiplies the unit's scale: it applies to the modes that take a value."""
+    if unit not in STRENGTH_UNITS:
+        raise SparsesteerError(f"--strength-unit must be one of {', '.join(STRENGTH_UNITS)}, got {unit!r}")
+    if unit != "absolute" and mode not in ("set", "add"):
+        raise SparsesteerError(
+            f"--strength-unit {unit} measures a value set or added in multiples of the unit's {unit} on the images; "
+            f"--mode {mode} takes {given}: use --strength-unit absolute"
+        )
+
 
 def parse_tokens(text: Any) -> str | tuple[int, ...] | np.ndarray:
     """The --tokens grammar: 'cls' | 'patch' | 'all', 'patch:I,J,...' (patch indices, 0-based, row-major
@@ -88,8 +125,12 @@ class SteerabilitySettings:
     """T in p = softmax(T * cos(image embedding, concept)) (CLIP's logit scale)."""
     mode: SteerabilityMode = "set"
     """set the latent / neuron to s (the paper), add s (s times the decoder direction), or scale it by s."""
-    tokens: str = "all"
-    """Tokens steered: cls, patch, all, patch:I,J,... or mask:FILE."""
+    strength_unit: StrengthUnit = "absolute"
+    """Unit of --strengths and --at-strength: absolute (the unit's own value), or a multiple of each unit's
+    max or p99 (of its non-zero |values|) on the steered tokens of the images (set and add modes)."""
+    tokens: str | None = None
+    """Tokens steered: cls, patch, all, patch:I,J,... or mask:FILE; None = the tokens each SAE was trained on
+    (neurons: those of the SAE at their hook; 'all' without an SAE)."""
     keep_error: bool = True
     """Keep the SAE error term x - decode(encode(x)) (only the latent's change enters)."""
     unit_direction: bool = False
@@ -103,8 +144,9 @@ class SteerabilitySettings:
         if not self.strengths:
             raise SparsesteerError("--strengths: give at least one strength")
         for s in self.strengths:
-            _finite("strengths", s)
-        for name in ("at_strength", "threshold", "temperature"):
+            check_steer_value("--strengths", s)
+        check_steer_value("--at-strength", self.at_strength)
+        for name in ("threshold", "temperature"):
             _finite(name, getattr(self, name))
         if self.temperature <= 0:
             raise SparsesteerError(f"--temperature must be > 0, got {self.temperature}")
@@ -112,9 +154,11 @@ class SteerabilitySettings:
             raise SparsesteerError(f"--threshold must be >= 0, got {self.threshold}")
         if self.mode not in get_args(SteerabilityMode):
             raise SparsesteerError(f"--mode must be one of {', '.join(get_args(SteerabilityMode))}, got {self.mode!r}")
+        _check_unit(self.strength_unit, self.mode, "factors")
         positive_int(self.steer_batch, "--steer-batch")
         positive_int(self.top, "--top")
-        parse_tokens(self.tokens)
+        if self.tokens is not None:
+            parse_tokens(self.tokens)
         _chain(self, SteerabilitySettings)
 
     @property
@@ -132,13 +176,17 @@ class SteerImages(RunOptions, DataOptions, ModelOptions):
     hook: str | None = None
     """Hook point to steer at (blocks.{i}.resid_pre|attn_out|mlp_out|resid_post); features: None = the SAE's
     hook; neurons: required."""
-    tokens: str = "all"
+    tokens: str | None = None
     """Tokens steered: cls, patch, all, patch:I,J,... (patch indices, 0-based, row-major over the patch
-    grid) or mask:FILE (.npy or text 0/1 grid shaped like the patch grid)."""
+    grid) or mask:FILE (.npy or text 0/1 grid shaped like the patch grid); None = the SAE's own tokens
+    (features) or all (neurons)."""
     mode: SteerMode = "set"
     """set to s (the paper's rule), add s (s times the decoder direction), scale by s, or zero (no strength)."""
     strength: float | None = None
     """Steering strength s (not with --mode zero)."""
+    strength_unit: StrengthUnit = "absolute"
+    """Unit of --strength: absolute (the latent's / neuron's own value), or a multiple of each one's max or
+    p99 (of its non-zero |values|) on the steered tokens of these images (set and add modes)."""
     vocab: str | None = None
     """Read out against a concept vocabulary (a text file, one concept per line, or imagenet1k / cifar100)
     instead of the dataset's classes; None = zero-shot over the classes."""
@@ -168,7 +216,8 @@ class SteerImages(RunOptions, DataOptions, ModelOptions):
         elif self.strength is None:
             raise SparsesteerError(f"--mode {self.mode} needs --strength S")
         else:
-            _finite("strength", self.strength)
+            check_steer_value("--strength", self.strength)
+        _check_unit(self.strength_unit, self.mode, "a factor" if self.mode == "scale" else "no strength")
         _finite("temperature", self.temperature)
         if self.temperature <= 0:
             raise SparsesteerError(f"--temperature must be > 0, got {self.temperature}")
@@ -179,7 +228,8 @@ class SteerImages(RunOptions, DataOptions, ModelOptions):
         positive_int(self.top, "--top")
         if isinstance(self.show, bool) or not isinstance(self.show, int) or self.show < 0:
             raise SparsesteerError(f"--show must be >= 0, got {self.show!r}")
-        parse_tokens(self.tokens)
+        if self.tokens is not None:
+            parse_tokens(self.tokens)
         super().__post_init__()
 
 
@@ -281,8 +331,8 @@ class SteerVS2Config(ScoredSplit):
             raise SparsesteerError("give --lam and --gamma, or --tune-on TRAIN_CACHE to tune them on validation")
         for name in ("lam", "gamma"):
             value = getattr(self, name)
-            if value is not None and not math.isfinite(value):
-                raise SparsesteerError(f"--{name} must be finite, got {value}")
+            if value is not None:
+                check_steer_value(f"--{name}", value)
         if self.gate_on and self.tune_on:
             raise SparsesteerError(
                 "--gate-on and --tune-on exclude each other: with --tune-on the gate uses its fit part"

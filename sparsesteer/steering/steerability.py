@@ -32,12 +32,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..models.hook_names import Tokens
 from ..models.hooks import Intervention
 from ..sae.base import SparseAutoencoder
 from ..utils.errors import SparsesteerError
 from ..utils.progress import progress
 from . import edits
-from .features import apply_rule, neuron_indices, resume_point, steer_positions
+from .features import apply_rule, neuron_indices, resume_point, sae_tokens, steer_positions
 from .settings import SteerabilitySettings
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ if TYPE_CHECKING:
     from ..models.backbone import Backbone
 
 _DENSE_BUDGET = 1 << 24  # elements of dense codes per chunk when reading the units' codes
+_QUANTILE_BUDGET = 1 << 24  # torch.quantile refuses larger inputs
 
 
 # ----------------------------------------------------------------------------- the metric on tensors
@@ -195,6 +197,44 @@ class NeuronUnits(Units):
         return x_nd[:, self.indices.to(x_nd.device)].float()
 
 
+class UnitScale(NamedTuple):
+    """Each unit's own activation scale on data: what a strength means for it. SAE codes carry the scale the
+    SAE was trained at (a folded input normalisation, or none: raw activation units), residual dimensions
+    the model's; "set f_j to 150" is large for one latent and small for another."""
+
+    max: Tensor
+    """[K] largest |value| over the rows."""
+    p99: Tensor
+    """[K] 99th percentile of |value| over the rows where the unit is non-zero (0 when it never is)."""
+    active: Tensor
+    """[K] fraction of the rows where the unit is non-zero."""
+
+    @classmethod
+    @torch.no_grad()
+    def of(cls, parts: Sequence[Tensor]) -> UnitScale:
+        """The scale of K units from their values on the rows of several batches ([n_i, K] each)."""
+        n, K = sum(len(p) for p in parts), parts[0].shape[1]
+        if n == 0:
+            raise SparsesteerError("no activation rows to measure the units' scale on")
+        step = max(1, _QUANTILE_BUDGET // n)
+        out: list[list[Tensor]] = [[], [], []]
+        for k in range(0, K, step):
+            a = torch.cat([p[:, k : k + step].float() for p in parts]).abs()
+            on = a != 0
+            out[0].append(a.max(0).values.cpu())
+            out[1].append(torch.nanquantile(a.masked_fill(~on, float("nan")), 0.99, dim=0).nan_to_num(0.0).cpu())
+            out[2].append(on.double().mean(0).cpu())
+        return cls(*(torch.cat(o) for o in out))
+
+    def unit(self, strength_unit: str) -> Tensor:
+        """[K] what a strength in `strength_unit` multiplies: 1 (absolute), the max or the p99."""
+        if strength_unit == "absolute":
+            return torch.ones_like(self.max)
+        if strength_unit in ("max", "p99"):
+            return getattr(self, strength_unit)
+        raise SparsesteerError(f"unknown strength unit {strength_unit!r}; valid: absolute, max, p99")
+
+
 # ----------------------------------------------------------------------------- the runner
 class SteerabilityCurves(NamedTuple):
     """Steering curves of K units over nS strengths on one image set."""
@@ -211,6 +251,8 @@ class SteerabilityCurves(NamedTuple):
     """[K, nS, top] int64 concepts with the largest Delta, largest first."""
     n_images: int
     """Images the means run over."""
+    scale: UnitScale | None = None
+    """The units' own scale on the steered tokens of the images (what a relative strength multiplies)."""
 
     def column(self, strength: float) -> int:
         """Index of `strength` in `strengths`."""
@@ -289,11 +331,16 @@ def measure_steerability(
     sae: SparseAutoencoder | None = None,
     units: Tensor | Sequence[int] | None = None,
     settings: SteerabilitySettings | None = None,
+    tokens: Tokens | None = None,
     desc: str = "steerability",
 ) -> SteerabilityCurves:
     """Steering curves of SAE latents (`sae` given) or residual neurons (`sae=None`) at `hook`, over
-    the images of `pixel_batches` and every strength of `settings.all_strengths`; `units` = latent or
-    neuron indices (None = all). The SAE is not checked against the model here (see `features.check_sae`)."""
+    the images of `pixel_batches` and every strength of `settings.all_strengths` (in
+    `settings.strength_unit`: a relative strength multiplies each unit's own scale, measured on the same
+    tokens of the same images); `units` = latent or neuron indices (None = all). `tokens`: the selection
+    steered, resolved (`features.steer_positions` or `features.sae_tokens`); None = `settings.tokens`, or
+    when that is None too the SAE's own tokens ('all' for neurons).
+    The SAE is not checked against the model here (see `features.check_sae`)."""
     from ..models.hook_names import hook_name
     from .settings import parse_tokens
 
@@ -309,7 +356,10 @@ def measure_steerability(
         if sae is not None
         else NeuronUnits(backbone.d_model, units)
     )
-    tokens = steer_positions(backbone, parse_tokens(cfg.tokens), hp)
+    if tokens is None and cfg.tokens is not None:
+        tokens = steer_positions(backbone, parse_tokens(cfg.tokens), hp)
+    elif tokens is None:
+        tokens = sae_tokens(backbone, sae, hp) if sae is not None else "all"
     vocab_ce = vocab_ce.to(backbone.device)
     strengths = cfg.all_strengths
     pre = hook_name(start.block, "resid_pre")
@@ -328,6 +378,8 @@ def measure_steerability(
     if n_images == 0:
         raise SparsesteerError("steerability: no images")
 
+    scale = UnitScale.of([b.values_rk for b in batches])
+    per_unit = scale.unit(cfg.strength_unit).to(backbone.device, torch.float32)
     K, nS = len(unit_set.indices), len(strengths)
     pairs = [(k, si) for k in range(K) for si in range(nS)]
     score = torch.zeros(K, nS, dtype=torch.float64)
@@ -339,18 +391,35 @@ def measure_steerability(
     for group in progress(groups, desc=desc, unit="forward group"):
         k_g = torch.tensor([k for k, _ in group], device=backbone.device)
         s_g = strength_t[torch.tensor([si for _, si in group], device=backbone.device)]
+        if cfg.strength_unit != "absolute":
+            s_g = s_g * per_unit[k_g]
         delta_sum = torch.zeros(len(group), vocab_ce.shape[0], dtype=torch.float64, device=backbone.device)
         for b in batches:
             iv = Intervention(start.hook, _pair_edit(cfg.mode, b, k_g, s_g, dirs), tokens)
             G, B = len(group), len(b.hidden_btd)
             hidden = b.hidden_btd.repeat(G, 1, 1)
             e = backbone.embed_from(start.block, hidden, interventions=[iv]).reshape(G, B, -1)
+            _check_pairs(e, group, unit_set, strengths, s_g, cfg.strength_unit)
             p = concept_probs(e, vocab_ce, cfg.temperature)
             delta_sum += (p.double() - b.p0_bc.double()).sum(dim=1)
         m = steerability(delta_sum / n_images, cfg.top)
         for g, (k, si) in enumerate(group):
             score[k, si], power[k, si], top[k, si] = m.score[g].cpu(), m.power[g].cpu(), m.top[g].cpu()
-    return SteerabilityCurves(unit_set.indices.cpu(), strengths, score, power, top, n_images)
+    return SteerabilityCurves(unit_set.indices.cpu(), strengths, score, power, top, n_images, scale)
+
+
+def _check_pairs(
+    e_gbe: Tensor, group: list[tuple[int, int]], units: Units, strengths: tuple[float, ...], s_g: Tensor, unit: str
+) -> None:
+    """Refuse the first (unit, strength) pair of a forward whose embeddings overflowed, naming both."""
+    bad = (~torch.isfinite(e_gbe)).reshape(len(group), -1).any(1)
+    if not bool(bad.any()):
+        return
+    g = int(bad.nonzero()[0, 0])
+    k, si = group[g]
+    name = "latent" if units.kind == "sae" else "neuron"
+    given = f"{strengths[si]:g}" + ("" if unit == "absolute" else f" x {unit} = {float(s_g[g]):g}")
+    edits.check_finite_result(e_gbe[g], f"steering {name} {int(units.indices[k])} at s = {given}")
 
 
 def _pair_edit(mode: str, batch: _Batch, k_g: Tensor, s_g: Tensor, dirs_kd: Tensor):

@@ -28,7 +28,7 @@ from torch import Tensor
 from ..models.hook_names import final_resid, hook_name
 from ..sae.base import SparseAutoencoder, SparseCodes
 from ..utils.errors import SparsesteerError
-from .edits import check_finite
+from .edits import check_finite, check_finite_result
 from .tuning import DEFAULT_GAMMAS, DEFAULT_LAMS, GridSearch, grid_search
 
 if TYPE_CHECKING:
@@ -82,12 +82,16 @@ def sae_direction(sae: SparseAutoencoder, x_bd: Tensor) -> Tensor:
     return _chunked(u, x_bd)
 
 
-def steer(x_bd: Tensor, v_bd: Tensor, lam: float, *, rescale: bool = True) -> Tensor:
-    """x + lam * v, rescaled to the norm of x when `rescale`."""
+def steer(x_bd: Tensor, v_bd: Tensor, lam: float, *, rescale: bool = True, what: str | None = None) -> Tensor:
+    """x + lam * v, rescaled to the norm of x when `rescale`. A result (or norm) that overflows is refused,
+    naming `what` (default: the lam): an infinite norm would otherwise rescale the vector to 0 silently."""
     check_finite(lam=lam)
-    z = x_bd + lam * v_bd
+    what = what or f"steering with lam = {lam:g}"
+    z = check_finite_result(x_bd + lam * v_bd, what, before=x_bd)
     if rescale:
-        z = z * (x_bd.norm(dim=-1, keepdim=True) / z.norm(dim=-1, keepdim=True).clamp_min(1e-12))
+        z = z * (
+            x_bd.norm(dim=-1, keepdim=True) / check_finite_result(z.norm(dim=-1, keepdim=True), what).clamp_min(1e-12)
+        )
     return z
 
 
@@ -105,7 +109,7 @@ def vs2(
     `u_bd` reuses a precomputed `sae_direction` (it does not depend on lam or gamma)."""
     check_finite(lam=lam, gamma=gamma)
     u = sae_direction(sae, x_bd) if u_bd is None else u_bd
-    out = steer(x_bd, (gamma - 1.0) * u, lam, rescale=rescale)
+    out = steer(x_bd, (gamma - 1.0) * u, lam, rescale=rescale, what=f"VS2 with lam = {lam:g}, gamma = {gamma:g}")
     if mask_b is not None:
         out = torch.where(mask_b[:, None], out, x_bd)
     return out

@@ -94,7 +94,7 @@ def vs2pp(
     gd = vs2pp_direction(sets, u_db_nd, fallback=fallback, sae=sae, x_qd=x_qd)
     v_qd = (gamma - 1.0) * gd.direction_qd.to(x_qd)
     return SteeringResult(
-        steered_qd=steer(x_qd, v_qd, lam, rescale=rescale),
+        steered_qd=steer(x_qd, v_qd, lam, rescale=rescale, what=f"VS2++ with lam = {lam:g}, gamma = {gamma:g}"),
         direction_qd=v_qd,
         neighbours_qn=sets.indices_qn,
         n_positive_q=sets.n_positive_q,
@@ -125,6 +125,9 @@ def tune_vs2pp(
     dir_qd = vs2pp_direction(sets, u_db_nd, fallback=fallback, sae=sae, x_qd=x_val_qd).direction_qd.to(x_val_qd)
 
     def score(lam: float, gamma: float) -> float:
-        return classifier.accuracy(steer(x_val_qd, (gamma - 1.0) * dir_qd, lam, rescale=rescale), labels_val_q)
+        what = f"VS2++ with lam = {lam:g}, gamma = {gamma:g}"
+        return classifier.accuracy(
+            steer(x_val_qd, (gamma - 1.0) * dir_qd, lam, rescale=rescale, what=what), labels_val_q
+        )
 
     return grid_search(score, lams, gammas, split=split, n=sets.n_queries)

@@ -6,6 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+from ...steering.settings import check_steer_value
 from ...steering.tuning import DEFAULT_ALPHAS, DEFAULT_CLIP_LAMS, DEFAULT_GAMMAS, DEFAULT_LAMS, N_NEIGHBOURS
 from ...utils.errors import SparsesteerError
 from ...utils.options import RunOptions
@@ -83,3 +84,5 @@ class VS2Config(RunOptions):
         for name in ("lams", "gammas", "clip_lams", "alphas"):
             if not all(math.isfinite(v) for v in getattr(self, name)):
                 raise SparsesteerError(f"{name} must be finite numbers")
+            for v in getattr(self, name):
+                check_steer_value(f"--{name.replace('_', '-')}", v)

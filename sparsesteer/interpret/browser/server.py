@@ -111,7 +111,11 @@ class SiteHandler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _json(self, status: int, obj: Any) -> None:
-        self._send(status, json.dumps(obj, allow_nan=False).encode(), "application/json")
+        try:
+            body = json.dumps(obj, allow_nan=False).encode()
+        except (TypeError, ValueError) as e:  # NaN/inf or a non-JSON object: a bug of the handler, still answered
+            status, body = 500, json.dumps({"error": f"internal error: the answer is not valid JSON ({e})"}).encode()
+        self._send(status, body, "application/json")
 
     def _page(self, status: int, title: str, message: str, head: bool = False) -> None:
         self._send(status, error_page(status, title, message), "text/html; charset=utf-8", head=head)

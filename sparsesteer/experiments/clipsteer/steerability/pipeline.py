@@ -50,7 +50,7 @@ def measure(
 ) -> dict[str, Any]:
     """One row: the steering curves of a sample of an SAE's latents (`sae_index`) or of the residual
     neurons at `hook`, on the trained model or on the control (`which`)."""
-    from ....steering.features import check_sae, steer_positions
+    from ....steering.features import check_sae, sae_tokens, steer_positions
     from ....steering.settings import parse_tokens
     from ....steering.steerability import measure_steerability, sample_units
 
@@ -61,9 +61,6 @@ def measure(
     if sae_index is not None:
         sae = run.load_sae(sae_index)
         hook = run.sae_hook(sae, sae_index)
-        if which == "trained":  # the control is a deliberately different model: nothing to check
-            tokens = steer_positions(bb, parse_tokens(c.tokens), hook)
-            notes = check_sae(bb, sae, hook, tokens, allow_mismatch=c.allow_mismatch)
         n_total = sae.n_latents
         units = sample_units(n_total, c.latent_fraction, c.seed)
         label = f"SAE {run.sae_label(c.sae[sae_index])}"
@@ -71,10 +68,20 @@ def measure(
         n_total = bb.d_model
         units = sample_units(n_total, c.neuron_fraction, c.seed)
         label = "neurons"
+    assert hook is not None
+    # --tokens, or the tokens of the SAE steered (neurons: of the first SAE at their hook, so both compare alike)
+    if c.tokens is not None:
+        tokens = steer_positions(bb, parse_tokens(c.tokens), hook)
+    else:
+        tokens = sae_tokens(bb, sae if sae is not None else run.sae_at(hook), hook)
+    if sae is not None and which == "trained":  # the control is a deliberately different model: nothing to check
+        notes = check_sae(bb, sae, hook, tokens, allow_mismatch=c.allow_mismatch)
     label = f"{label} @ {hook}" + (" (random init)" if which == "control" else "")
     curves = measure_steerability(
-        bb, hook, run.pixel_batches(), run.vocab_embeddings(which), sae=sae, units=units, settings=c, desc=label
-    )
+        bb, hook, run.pixel_batches(), run.vocab_embeddings(which), sae=sae, units=units, settings=c, tokens=tokens,
+        desc=label,
+    )  # fmt: skip
+    assert curves.scale is not None
     return {
         "label": label,
         "kind": "sae" if sae is not None else "neurons",
@@ -89,6 +96,11 @@ def measure(
         "power": curves.power.tolist(),
         "top": curves.top.tolist(),
         "n_images": curves.n_images,
+        "tokens": tokens if isinstance(tokens, str) else list(tokens),
+        "strength_unit": c.strength_unit,
+        "scale_max": curves.scale.max.tolist(),
+        "scale_p99": curves.scale.p99.tolist(),
+        "active": curves.scale.active.tolist(),
         "provenance_overridden": notes,
     }
 
@@ -123,7 +135,9 @@ def report(run: SteerabilityRun) -> None:
 
 IMAGE_FIELDS = ("model", "dataset", "split", "n_images", "image_seed", "batch_size")
 """What selects and preprocesses the images (batch size changes the batches, hence the float sums)."""
-MEASURE_FIELDS = ("strengths", "at_strength", "temperature", "mode", "tokens", "keep_error", "unit_direction", "top")
+MEASURE_FIELDS = (
+    "strengths", "at_strength", "strength_unit", "temperature", "mode", "tokens", "keep_error", "unit_direction", "top",
+)  # fmt: skip
 """The measurement's own settings (`SteerabilitySettings`, less the threshold: a report setting)."""
 VOCAB_FIELDS = ("model", "vocab", "vocab_limit", "vocab_template", "control", "control_seed")
 
@@ -176,7 +190,8 @@ def reproduce(cfg: SteerabilityConfig, out: str | Path, stage: str | None = None
     """Run the experiment into `out` (every stage that is not current, or `stage` alone); returns the
     path of results.md."""
     run = SteerabilityRun(cfg, out)
-    run.vocabulary()  # a bad vocabulary fails now, before any model is loaded
+    run.vocabulary()  # a bad vocabulary or SAE fails now, before any model is loaded
+    run.check_saes()
     run.out.mkdir(parents=True, exist_ok=True)
     io.write_json(run.path("config.json"), dataclasses.asdict(cfg))
     Pipeline(run.out, cfg, STAGES).run(run, stage, log=lambda m: log.info("%s", m))

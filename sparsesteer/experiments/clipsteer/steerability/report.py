@@ -21,6 +21,12 @@ PAPER = (
 )
 
 
+def _unit_words(unit: str) -> str:
+    if unit == "absolute":
+        return "absolute values of the latent (neuron) itself"
+    return f"multiples of each unit's {unit} on the steered tokens of these images"
+
+
 def _fmt(v: float | None, digits: int = 3) -> str:
     return "—" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{v:.{digits}f}"
 
@@ -40,6 +46,9 @@ def summarize_row(row: dict[str, Any], concepts: list[str], at_strength: float, 
     )
     s = summarize(curves, at_strength=at_strength, threshold=threshold)
     steer = is_steerable(curves.score, threshold)
+    scale_max, scale_p99 = (
+        torch.tensor(row.get(k) or [float("nan")], dtype=torch.float64) for k in ("scale_max", "scale_p99")
+    )
     return {
         "label": row["label"],
         "kind": row["kind"],
@@ -63,6 +72,12 @@ def summarize_row(row: dict[str, Any], concepts: list[str], at_strength: float, 
             "steerable_fraction": steer.double().mean(dim=0).tolist(),
         },
         "S_at_strength": curves.score[:, curves.column(at_strength)].tolist(),
+        "tokens": row.get("tokens"),
+        "scale": {
+            "max_median": float(scale_max.nanquantile(0.5)),
+            "p99_median": float(scale_p99.nanquantile(0.5)),
+            "never_active": int((scale_max == 0).sum()),
+        },
         "provenance_overridden": row.get("provenance_overridden") or [],
     }
 
@@ -85,6 +100,7 @@ def collect(run: SteerabilityRun) -> dict[str, Any]:
         "settings": {
             "mode": c.mode,
             "tokens": c.tokens,
+            "strength_unit": c.strength_unit,
             "keep_error": c.keep_error,
             "unit_direction": c.unit_direction,
             "temperature": c.temperature,
@@ -104,13 +120,16 @@ def markdown(res: dict[str, Any]) -> str:
     s = res["settings"]
     v = res["vocab"]
     notes = [n for r in res["rows"] for n in r["provenance_overridden"]]
+    unit = s.get("strength_unit", "absolute")
+    tokens = s["tokens"] or "each SAE's own (" + ", ".join(sorted({str(r.get("tokens")) for r in res["rows"]})) + ")"
     lines = [
         f"# Steerability: {res['model']['id']}",
         "",
         f"Images: {res['n_images']} of {res['dataset']} [{res['split']}]; vocabulary: {v['n_concepts']} concepts of "
-        f"{v['source']} (template {v['template']!r}); mode {s['mode']} on tokens {s['tokens']}, error term "
+        f"{v['source']} (template {v['template']!r}); mode {s['mode']} on tokens {tokens}, error term "
         f"{'kept' if s['keep_error'] else 'dropped'}, {'unit' if s['unit_direction'] else 'raw'} decoder directions, "
-        f"T = {s['temperature']:g}. Steerable: S > {s['threshold']:g} at s = {s['at_strength']:g}. Latents: a seeded "
+        f"T = {s['temperature']:g}. Strengths s are {_unit_words(unit)}. "
+        f"Steerable: S > {s['threshold']:g} at s = {s['at_strength']:g}. Latents: a seeded "
         f"sample of {s['latent_fraction']:g} of each SAE (seed {s['seed']}); neurons: "
         f"{'all' if s['neuron_fraction'] == 1 else format(s['neuron_fraction'], 'g') + ' of the'} residual dimensions; control: the same on a random re-initialisation (seed {res['model']['control_seed']}).",
         "",
@@ -131,6 +150,7 @@ def markdown(res: dict[str, Any]) -> str:
                 "power median",
                 "power max",
                 "coverage",
+                "unit scale: median max / p99",
                 "most frequent top-1 concepts",
             ],
             [
@@ -146,16 +166,28 @@ def markdown(res: dict[str, Any]) -> str:
                     _fmt(r["power_median"], 4),
                     _fmt(r["power_max"], 4),
                     r["coverage"],
+                    f"{_fmt(r['scale']['max_median'])} / {_fmt(r['scale']['p99_median'])}",
                     ", ".join(r["top1_concepts"][:5]) or "—",
                 )
                 for r in res["rows"]
             ],
-            "lrrrrrrrrrrl",
+            "lrrrrrrrrrrrl",
         ),  # fmt: skip
         "",
         "Coverage: distinct top-1 concepts (largest mean probability increase) among the steerable units. "
-        "Est. steerable units: steerable fraction x all units of that kind.",
+        "Est. steerable units: steerable fraction x all units of that kind. Unit scale: each unit's largest |value| "
+        "and 99th percentile of its non-zero |values| on the steered tokens of these images (median over the units), "
+        "the scale an absolute strength compares to.",
         "",
+    ]
+    never = [f"{r['label']}: {r['scale']['never_active']}" for r in res["rows"] if r["scale"]["never_active"]]
+    if never and unit != "absolute":
+        lines += [
+            f"Units never active on these images have no {unit} (scale 0), so they were steered at s = 0 and count "
+            f"as not steerable: {'; '.join(never)}.",
+            "",
+        ]
+    lines += [
         "## Steering curves: median S (steerable %) per strength",
         "",
     ]
@@ -205,7 +237,9 @@ def plots(run: SteerabilityRun, res: dict[str, Any]) -> None:
             ax.plot(r["curves"]["strengths"], r["curves"]["q90_S"], ":", color=line.get_color())
         ax.set_xscale("symlog", linthresh=5)
         ax.axhline(s["threshold"], color="black", ls="--", lw=0.8)
-        ax.set_xlabel("strength s")
+        ax.set_xlabel(
+            "strength s" + ("" if s.get("strength_unit", "absolute") == "absolute" else f" (x {s['strength_unit']})")
+        )
         ax.set_ylabel("S (median; dotted: 90th percentile)")
         ax.set_title("Steering curves", fontsize=9)
         ax.legend(fontsize=7)

@@ -112,23 +112,40 @@ class SteerabilityRun(RunContext):
         return torch.from_numpy(self.load_array(f"vocab_{which}"))
 
     # ------------------------------------------------------------------ SAEs
-    def load_sae(self, i: int) -> SparseAutoencoder:
+    def load_sae(self, i: int, device: Any = None) -> SparseAutoencoder:
+        """SAE i, on the model's device (loading the model) unless `device` is given."""
         from ....sae import SparseAutoencoder
 
-        return SparseAutoencoder.load(self.cfg.sae[i], device=self.backbone.device)
+        return SparseAutoencoder.load(self.cfg.sae[i], device=self.backbone.device if device is None else device)
 
-    def sae_hook(self, sae: SparseAutoencoder, i: int) -> str:
-        """The hook SAE i records (cfg.json), as the model names it."""
+    def check_saes(self) -> None:
+        """What needs only the SAEs, before the model is loaded: each loads and records its hook."""
+        for i in range(len(self.cfg.sae)):
+            self._recorded_hook(self.load_sae(i, device="cpu"), i)
+
+    def _recorded_hook(self, sae: SparseAutoencoder, i: int) -> str:
         hook = sae.metadata.get("hook")
         if not hook:
             raise SparsesteerError(
                 f"the SAE {self.cfg.sae[i]} records no hook point: steerability steers each SAE at its own hook"
             )
-        return str(self.backbone.hook_point(hook))
+        return str(hook)
+
+    def sae_hook(self, sae: SparseAutoencoder, i: int) -> str:
+        """The hook SAE i records (cfg.json), as the model names it."""
+        return str(self.backbone.hook_point(self._recorded_hook(sae, i)))
 
     def sae_hooks(self) -> list[str]:
         """The hook of each SAE, in --sae order."""
         return [self.sae_hook(self.load_sae(i), i) for i in range(len(self.cfg.sae))]
+
+    def sae_at(self, hook: str) -> SparseAutoencoder:
+        """The first SAE (in --sae order) steered at `hook`."""
+        for i in range(len(self.cfg.sae)):
+            sae = self.load_sae(i)
+            if self.sae_hook(sae, i) == hook:
+                return sae
+        raise SparsesteerError(f"no SAE is steered at {hook}")
 
     @staticmethod
     def sae_label(path: str) -> str:
