@@ -14,6 +14,7 @@ import numpy as np
 
 CLIP = ["--model", "{ws}/clip"]
 DATA = ["--dataset", "folder:{ws}/data"]
+EXPORT = ["export", "--sae", "{ws}/sae", "--out", "{ws}/new/e"]
 
 
 def _cache(*extra: str, out: str = "{ws}/new/cache") -> list[str]:
@@ -180,6 +181,9 @@ COMMANDS: dict[str, list[str]] = {
     "browse-stats-edited": ["browse", "--stats", "{ws}/stats-edited", "--out", "{ws}/new/site"],
     "zeroshot-without-text": ["zeroshot", "--model", "{ws}/dino", *DATA, "--split", "train", "--workers", "0"],
     "export-unknown-format": ["export", "--sae", "{ws}/sae", "--format", "onnx", "--out", "{ws}/new/e"],
+    "export-no-hook": ["export", "--sae", "{ws}/sae-nohook", "--format", "saelens", "--out", "{ws}/new/e"],
+    "export-hook-disagrees": [*EXPORT, "--format", "saelens", "--hook", "blocks.1.resid_post"],
+    "export-hook-sparsify": [*EXPORT, "--format", "sparsify", "--hook", "blocks.2.resid_post"],
     "evaluate-wrong-width": ["evaluate", "--sae", "{ws}/sae-d8", "--activations", "{ws}/acts"],
     "steer-zero-with-strength": _steer("--latent", "0", "--mode", "zero", "--strength", "2"),
     # unwritable outputs
@@ -226,6 +230,40 @@ def _api_cache_missing(ws: Path) -> None:
     ActivationCache.open(ws / "data")
 
 
+def _saelens_dir(path: Path, cfg: dict, weights: bytes | None = None) -> Path:
+    """A SAELens layout by hand: cfg.json + sae_weights.safetensors (d_in 8, d_sae 16, standard)."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    path.mkdir(parents=True, exist_ok=True)
+    (path / "cfg.json").write_text(json.dumps(cfg))
+    tensors = {
+        "W_enc": torch.zeros(8, 16),
+        "b_enc": torch.zeros(16),
+        "W_dec": torch.zeros(16, 8),
+        "b_dec": torch.zeros(8),
+    }
+    save_file(tensors, str(path / "sae_weights.safetensors"))
+    if weights is not None:
+        (path / "sae_weights.safetensors").write_bytes(weights)
+    return path
+
+
+def _api_peer_would_not_load(ws: Path) -> None:
+    from sparsesteer.sae.formats.peers import check_peer_layout
+
+    cfg = {"architecture": "standard", "d_in": 8, "d_sae": 16, "hook_name": None}
+    check_peer_layout(_saelens_dir(ws / "api" / "null-hook", cfg), "saelens")
+
+
+def _api_not_safetensors(ws: Path) -> None:
+    from sparsesteer.sae import SparseAutoencoder
+
+    SparseAutoencoder.load(_saelens_dir(ws / "api" / "cut", {"d_in": 8, "d_sae": 16}, weights=b"\x80\x01\x00"))
+
+
 # id -> a library call that must raise SparsesteerError with the documented message
 def _api_steer_non_finite_input(ws: Path) -> None:
     import torch
@@ -259,6 +297,8 @@ API = {
     "api-unknown-dataset": _api_unknown_dataset,
     "api-hook-out-of-range": _api_bad_hook,
     "api-not-a-cache": _api_cache_missing,
+    "api-peer-would-not-load": _api_peer_would_not_load,
+    "api-not-safetensors": _api_not_safetensors,
 }
 
 
@@ -283,6 +323,7 @@ def build_error_workspace(ws: Path, clip: Path) -> Path:
     build(SAEConfig(arch="topk", d_in=8, n_latents=16, k=2)).save(
         ws / "sae-d8", hook="blocks.2.resid_post", tokens="all"
     )
+    build(SAEConfig(arch="topk", d_in=8, n_latents=16, k=2)).save(ws / "sae-nohook")  # as trained on a bare .npy
     (ws / "typo.toml").write_text("[train]\nlrr = 0.001\n")
     (ws / "flat" / "train").mkdir(parents=True)
     _class_folders(ws / "flat-src", {"train": 1}, classes=["cat"])

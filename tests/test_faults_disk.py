@@ -85,8 +85,9 @@ def test_disk_full_mid_checkpoint_then_resume(tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(train_mod, "save_file", full)
     assert main([*argv, "--out", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err
-    assert "Traceback" not in err and err.strip().splitlines()[-1] == (
-        f"sparsesteer train: error: No space left on device: {tmp_path / 'run'}"
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == (  # the file being written when it filled
+        f"sparsesteer train: error: No space left on device: {tmp_path / 'run' / 'state' / '.000000020.tmp'}"
+        "/state.safetensors"
     ), err
     state = tmp_path / "run" / "state"
     complete = [p.name for p in state.iterdir() if p.name[0].isdigit()]

@@ -88,6 +88,160 @@ def test_export_refusals(tmp_path, capsys):
     assert "not empty" in capsys.readouterr().err and (tmp_path / "full" / "x").read_text() == "keep"
 
 
+def export(*args):
+    return main(["-q", "export", *map(str, args)])
+
+
+def test_an_sae_without_a_hook_needs_hook_for_saelens(tmp_path, capsys):
+    """SAELens attaches an SAE at its hook_name (and its 6.x loader raises TypeError on a null one):
+    an SAE that records no hook is refused without --hook, writing nothing, and --hook supplies it."""
+    sae = random_sae("batchtopk")
+    sae.save(tmp_path / "s")  # as trained on a bare .npy: no hook
+    assert export("--sae", tmp_path / "s", "--format", "saelens", "--out", tmp_path / "o") == 2
+    err = capsys.readouterr().err
+    assert "records no hook" in err and "--hook" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o").exists()
+    assert (
+        export("--sae", tmp_path / "s", "--format", "saelens", "--out", tmp_path / "o", "--hook", "blocks.9.resid_post")
+        == 0
+    )
+    cfg = json.loads((tmp_path / "o" / "cfg.json").read_text())
+    assert cfg["hook_name"] == cfg["metadata"]["hook_name"] == "blocks.9.hook_resid_post" and cfg["hook_layer"] == 9
+    assert cfg["architecture"] == "jumprelu"  # BatchTopK at inference: ReLU(pre) * (pre > threshold)
+    x = torch.randn(50, 10)
+    with torch.no_grad():
+        torch.testing.assert_close(
+            saelens_encode(load_file(tmp_path / "o" / "sae_weights.safetensors"), cfg, x), sae.encode_dense(x)
+        )
+    # converted from sparsify: the sparsify layout records no hook either
+    topk = random_sae("topk")
+    topk.save(tmp_path / "t")
+    assert export("--sae", tmp_path / "t", "--format", "sparsify", "--out", tmp_path / "sp") == 0
+    assert export("--sae", tmp_path / "sp", "--format", "saelens", "--out", tmp_path / "sl") == 2
+    assert "records no hook" in capsys.readouterr().err
+    assert (
+        export(
+            "--sae", tmp_path / "sp", "--format", "saelens", "--out", tmp_path / "sl", "--hook", "blocks.2.hook_mlp_out"
+        )
+        == 0
+    )
+    assert json.loads((tmp_path / "sl" / "cfg.json").read_text())["hook_name"] == "blocks.2.hook_mlp_out"
+
+
+def test_hook_flag_refusals(tmp_path, capsys):
+    random_sae("topk").save(tmp_path / "s", hook="blocks.9.resid_post")
+    assert (
+        export("--sae", tmp_path / "s", "--format", "saelens", "--out", tmp_path / "o", "--hook", "blocks.8.resid_post")
+        == 2
+    )
+    assert "disagrees with the hook the SAE records (blocks.9.hook_resid_post)" in capsys.readouterr().err
+    assert (
+        export("--sae", tmp_path / "s", "--format", "saelens", "--out", tmp_path / "o", "--hook", "blocks.9.resid_post")
+        == 0
+    )
+    assert (
+        export(
+            "--sae", tmp_path / "s", "--format", "sparsify", "--out", tmp_path / "p", "--hook", "blocks.9.resid_post"
+        )
+        == 2
+    )
+    assert "sparsify" in capsys.readouterr().err and not (tmp_path / "p").exists()
+
+
+def test_an_export_the_peer_would_not_load_fails_and_leaves_nothing(tmp_path, monkeypatch):
+    """The check can fail: a writer that puts a null hook_name in cfg.json (our reader tolerates it,
+    SAELens 6.x raises TypeError) makes the export fail, and nothing is left behind."""
+    from sparsesteer.sae import export as export_module
+    from sparsesteer.utils import io
+    from sparsesteer.utils.errors import SparsesteerError
+
+    writer = export_module._saelens
+
+    def null_hook(sae, out, hook):
+        writer(sae, out, hook)
+        cfg = json.loads((out / "cfg.json").read_text())
+        io.write_json(out / "cfg.json", {**cfg, "hook_name": None})
+
+    monkeypatch.setattr(export_module, "_saelens", null_hook)
+    sae = random_sae("topk")
+    sae.metadata["hook"] = "blocks.9.resid_post"
+    with pytest.raises(
+        SparsesteerError, match=r"would not load in SAELens 6\.54\.12: hook_name must be a string, got None"
+    ):
+        export_module.export_sae(sae, "saelens", tmp_path / "o")
+    assert not (tmp_path / "o").exists()
+
+
+def _saelens_cfg(**kw):
+    return {"architecture": "topk", "d_in": 10, "d_sae": 40, "k": 4, "hook_name": "blocks.9.hook_resid_post",
+            "dtype": "float32", "apply_b_dec_to_input": True, "normalize_activations": "none", **kw}  # fmt: skip
+
+
+def _header(shapes, dtype="F32"):
+    return {
+        "__metadata__": {},
+        **{k: {"dtype": dtype, "shape": list(v), "data_offsets": [0, 0]} for k, v in shapes.items()},
+    }
+
+
+SAELENS_TENSORS = {"W_enc": (10, 40), "b_enc": (40,), "W_dec": (40, 10), "b_dec": (10,)}
+SPARSIFY_TENSORS = {"encoder.weight": (40, 10), "encoder.bias": (40,), "W_dec": (40, 10), "b_dec": (10,)}
+
+
+@pytest.mark.parametrize(
+    "change, problem",
+    [
+        ({}, None),
+        ({"hook_name": None}, "hook_name must be a string, got None"),
+        (
+            {"hook_name": "blocks.9.hook_resid_post", "metadata": {"sae_lens_version": "6.1.0"}},
+            "architecture is missing",
+        ),
+        ({"architecture": "batchtopk"}, "'batchtopk' is a training class only"),
+        ({"architecture": "topkk"}, "architecture 'topkk' is not one of standard, topk, abstopk, jumprelu, gated"),
+        ({"d_sae": "40"}, "d_sae must be an int, got '40'"),
+        ({"k": 4.0}, "k must be an int, got 4.0"),
+        ({"k": 41}, "k=41 must be in 1..d_sae=40"),
+        ({"dtype": "fp32"}, "dtype 'fp32' is not one of"),
+        ({"apply_b_dec_to_input": "yes"}, "apply_b_dec_to_input must be a bool"),
+        ({"normalize_activations": "rms"}, "normalize_activations 'rms' is not one of"),
+        ({"activation_fn_str": "topk", "activation_fn_kwargs": [4]}, "activation_fn_kwargs must be an object"),
+        ({"architecture": "jumprelu"}, "tensor(s) missing: threshold"),
+    ],
+)
+def test_the_saelens_requirements_check(change, problem):
+    from sparsesteer.sae.formats.peers import saelens_problems
+
+    cfg = _saelens_cfg(**change)
+    if "metadata" in change:
+        cfg = {k: v for k, v in cfg.items() if k != "architecture"}
+    problems = saelens_problems(cfg, _header(SAELENS_TENSORS))
+    assert problems == [] if problem is None else any(problem in p for p in problems), problems
+
+
+def test_the_requirements_check_reads_shapes_and_names():
+    from sparsesteer.sae.formats.peers import saelens_problems, sparsify_problems
+
+    cfg = _saelens_cfg()
+    assert "tensor W_enc has shape (40, 10), expected (10, 40)" in saelens_problems(
+        cfg, _header({**SAELENS_TENSORS, "W_enc": (40, 10)})
+    )
+    assert any("unexpected tensor(s)" in p for p in saelens_problems(cfg, _header({**SAELENS_TENSORS, "scale": (1,)})))
+    assert any("dtype I64" in p for p in saelens_problems(cfg, _header(SAELENS_TENSORS, "I64")))
+    sp = {"activation": "topk", "k": 4, "num_latents": 40, "d_in": 10}
+    assert sparsify_problems(sp, _header(SPARSIFY_TENSORS)) == []
+    assert sparsify_problems({**sp, "num_latents": 0, "expansion_factor": 4}, _header(SPARSIFY_TENSORS)) == []
+    assert sparsify_problems({k: v for k, v in sp.items() if k != "d_in"}, _header(SPARSIFY_TENSORS)) == [
+        "d_in is missing"
+    ]
+    assert "activation 'relu' is not one of groupmax, topk" in sparsify_problems(
+        {**sp, "activation": "relu"}, _header(SPARSIFY_TENSORS)
+    )
+    assert "k=41 must be in 1..num_latents=40" in sparsify_problems({**sp, "k": 41}, _header(SPARSIFY_TENSORS))
+    assert "tensor(s) missing: W_skip" in sparsify_problems({**sp, "skip_connection": True}, _header(SPARSIFY_TENSORS))
+    assert "multi_topk must be a bool, got 1" in sparsify_problems({**sp, "multi_topk": 1}, _header(SPARSIFY_TENSORS))
+
+
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 
 

@@ -396,7 +396,7 @@ def test_saelens_row_normalisation_and_export_read_back(tmp_path, norm):
     with torch.no_grad():
         close(sae.encode_dense(x), f)
         close(sae.reconstruct(x), out(f @ W_dec.to(F64) + b_dec.to(F64)))
-    export_sae(sae, "saelens", tmp_path / "out")  # read back through the SAELens reader and compared
+    export_sae(sae, "saelens", tmp_path / "out", hook="blocks.9.resid_post")  # the cfg.json names no hook
     back = SparseAutoencoder.load(tmp_path / "out")
     assert back.row_norm["kind"] == norm
     with torch.no_grad():

@@ -137,6 +137,87 @@ def test_a_pickle_where_safetensors_is_expected_is_refused_by_name(tmp_path):
     assert not marker.exists()
 
 
+def _pad_header(file: Path, low_byte: int) -> None:
+    """Rewrite a safetensors file with its JSON header padded (spaces, as safetensors pads) to a
+    length whose low byte is `low_byte`: the file's first byte."""
+    raw = file.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header, body = raw[8 : 8 + n].rstrip(b" "), raw[8 + n :]
+    length = len(header) + (low_byte - len(header)) % 256
+    file.write_bytes(length.to_bytes(8, "little") + header.ljust(length) + body)
+    assert file.read_bytes()[0] == low_byte
+
+
+def test_safetensors_of_every_header_length_is_read_whatever_its_first_byte(tmp_path):
+    """0x80 opens a pickle and also a safetensors file whose header is 128, 384, ... bytes long:
+    formats are told apart by parsing, so a header of every length modulo 256 reads, as safetensors
+    by name (our layout, SAELens') or as a `.pt` checkpoint (pickle by name) alike."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    from sparsesteer.sae import SAEConfig, SparseAutoencoder, build
+    from sparsesteer.sae.formats.common import file_kind, read_pickle, read_safetensors
+    from sparsesteer.utils.io import sha256_file
+
+    torch.manual_seed(0)
+    sae = build(SAEConfig(arch="batchtopk", d_in=8, n_latents=16, k=2))
+    with torch.no_grad():
+        sae.threshold.fill_(0.01)
+    want = {k: v.detach() for k, v in sae.state_dict().items()}
+    ours = sae.save(tmp_path / "ours")
+    file = ours / "sae.safetensors"
+    for low in range(256):
+        _pad_header(file, low)
+        assert file_kind(file) == "safetensors"
+        for read in (read_safetensors, read_pickle):
+            got = read(file)
+            assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    saelens = tmp_path / "saelens"
+    saelens.mkdir()
+    save_file({"W_enc": want["W_enc"].t().contiguous(), "b_enc": want["b_enc"], "W_dec": want["W_dec"],
+               "b_dec": want["b_dec"]}, str(saelens / "sae_weights.safetensors"))  # fmt: skip
+    (saelens / "cfg.json").write_text(json.dumps({"d_in": 8, "d_sae": 16, "architecture": "standard"}))
+    cfg = json.loads((ours / "cfg.json").read_text())
+    x = torch.randn(5, 8)
+    for low in (0x80, 0x00, 0x50):  # whole loads: ours (checksummed) and SAELens'
+        _pad_header(file, low)
+        cfg["weights_sha256"] = sha256_file(file)
+        (ours / "cfg.json").write_text(json.dumps(cfg))
+        with torch.no_grad():
+            torch.testing.assert_close(SparseAutoencoder.load(ours).encode_dense(x), sae.encode_dense(x))
+        _pad_header(saelens / "sae_weights.safetensors", low)
+        assert SparseAutoencoder.load(saelens).n_latents == 16
+
+
+@pytest.mark.parametrize("kind", ["pickle-2", "pickle-5", "torch-zip", "torch-legacy"])
+def test_every_kind_of_pickle_is_refused_where_safetensors_is_expected(tmp_path, kind):
+    """The other side of telling formats apart by parsing: no pickle parses as safetensors, so
+    each is refused by name and never runs."""
+    import json
+
+    import torch
+
+    from sparsesteer.sae import SparseAutoencoder
+    from sparsesteer.sae.formats.common import file_kind
+
+    marker = tmp_path / "payload-ran"
+    weights = tmp_path / "sae_weights.safetensors"
+    if kind.startswith("pickle"):
+        weights.write_bytes(pickle.dumps({"W_enc": _Payload(str(marker))}, protocol=int(kind[-1])))
+    else:
+        torch.save({"W_enc": torch.zeros(2, 3)}, weights, _use_new_zipfile_serialization=kind == "torch-zip")
+    (tmp_path / "cfg.json").write_text(json.dumps({"d_in": 3, "d_sae": 2}))
+    assert file_kind(weights) == "pickle"
+    with pytest.raises(SparsesteerError, match=rf"{weights} is a pickle \(torch.save\) file, not safetensors"):
+        SparseAutoencoder.load(tmp_path)
+    assert not marker.exists()
+    weights.write_bytes(weights.read_bytes()[:3])  # cut short: neither format; refused all the same
+    with pytest.raises(SparsesteerError, match=rf"cannot read {weights} as safetensors"):
+        SparseAutoencoder.load(tmp_path)
+
+
 # ------------------------------------------------------------------------------------ archives
 def _tar(path: Path, members: list[tarfile.TarInfo], data: bytes = b"x") -> Path:
     with tarfile.open(path, "w") as t:

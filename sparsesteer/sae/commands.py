@@ -91,9 +91,11 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="write an SAE in SAELens' or sparsify's layout",
         description="Write one of our SAEs (a directory or hf:REPO[/SUBFOLDER][@REVISION]) in SAELens' layout "
         "(cfg.json + sae_weights.safetensors; relu, topk, jumprelu, batchtopk as jumprelu) or sparsify's "
-        "(cfg.json + sae.safetensors; topk only). The export is read back and its encodings compared with "
-        "the original's. See docs/sae.md.",
+        "(cfg.json + sae.safetensors; topk only). The files are checked against what the target library's "
+        "own loader requires, then read back and their encodings compared with the original's. See "
+        "docs/formats.md.",
         epilog="examples:\n  sparsesteer export --sae runs/sae --format saelens --out runs/sae-saelens\n"
+        "  sparsesteer export --sae runs/npy-sae --format saelens --hook blocks.9.resid_post --out runs/sae-saelens\n"
         "  sparsesteer export --sae runs/sae --format sparsify --out runs/sparsify/blocks.9.resid_post\n",
         formatter_class=HelpFormatter,
     )
@@ -105,10 +107,11 @@ def run_export(args: argparse.Namespace) -> int:
     from .base import SparseAutoencoder
     from .config import ExportConfig
     from .export import export_sae
+    from .formats.peers import PEERS
 
     cfg = config_utils.from_args(ExportConfig, args)
-    out = export_sae(SparseAutoencoder.load(cfg.sae), cfg.format, cfg.out)
-    print(f"wrote {cfg.format} SAE to {out}")
+    out = export_sae(SparseAutoencoder.load(cfg.sae), cfg.format, cfg.out, hook=cfg.hook)
+    print(f"wrote {cfg.format} SAE to {out} (checked against {PEERS[cfg.format][0]}'s loader's requirements)")
     return 0
 
 

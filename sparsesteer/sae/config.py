@@ -442,3 +442,7 @@ class ExportConfig:
     """Target layout: saelens (cfg.json + sae_weights.safetensors) or sparsify (cfg.json + sae.safetensors)."""
     out: str
     """Output directory (must not exist or be empty)."""
+    hook: str | None = None
+    """saelens: the hook to record (cfg.json hook_name, where SAELens attaches the SAE) when the SAE
+    records none (trained on a bare .npy, converted from sparsify, built in Python), e.g.
+    blocks.9.resid_post (written blocks.9.hook_resid_post) (default: the SAE's own)."""

@@ -459,7 +459,8 @@ class Trainer:
         if torch.cuda.is_available() and self.device.type == "cuda":
             tensors["rng.cuda"] = torch.cuda.get_rng_state(self.device)
         tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
-        save_file(tensors, str(tmp / "state.safetensors"))
+        with io.atomic_path(tmp / "state.safetensors") as file:  # the umask's mode, like every output
+            save_file(tensors, str(file))
         meta = {
             "step": step,
             "position": position,

@@ -2,7 +2,9 @@
 
 Every file is written to a temporary name in the same directory, flushed and fsynced, then renamed
 over its final name (`os.replace` is atomic on POSIX). A reader therefore sees either the old file or
-the whole new one.
+the whole new one. Every file the package writes goes through `atomic_path`, which also gives it the
+mode `open()` would (0666 less the umask at that moment), whatever wrote the temporary file:
+mkstemp and safetensors' `save_file` both make 0600 files.
 """
 
 from __future__ import annotations
@@ -23,32 +25,41 @@ from .errors import SparsesteerError
 
 
 def umask() -> int:
-    """The process umask (read by setting and restoring it: the only portable way)."""
+    """The process umask now. Linux shows it in /proc/self/status, which reads it without changing
+    it; elsewhere it is set and restored (the only portable way, but a file another thread creates
+    in between would get mode 0666)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
     mask = os.umask(0)
     os.umask(mask)
     return mask
 
 
-def _file_mode() -> int:
+def file_mode() -> int:
     """0666 minus the process umask: the mode `open()` would give a new file."""
     return 0o666 & ~umask()
 
 
-_MODE = _file_mode()
-
-
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to `path`; on success rename it over `path`, else delete it."""
+    """Yield a temporary path next to `path`; on success give it `file_mode()` and rename it over
+    `path`, else delete it. The body may write the temporary file in any way, even by replacing it
+    (as safetensors' `save_file` does): the mode is set at the commit, so every output gets the
+    umask's mode (mkstemp alone would leave 0600, unreadable to the rest of a shared group)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.fchmod(fd, _MODE)  # mkstemp makes 0600 files; a shared results folder needs the umask's mode
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
-    tmp = Path(tmp)
+    tmp = Path(name)
     try:
         yield tmp
         with open(tmp, "rb+") as f:
+            os.fchmod(f.fileno(), file_mode())
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except OSError as e:

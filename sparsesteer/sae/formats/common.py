@@ -11,9 +11,10 @@ arithmetic runs in float64 and the SAE is float32.
 
 from __future__ import annotations
 
+import json
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from safetensors import SafetensorError
@@ -24,7 +25,9 @@ from ...utils.errors import SparsesteerError
 from ..base import SparseAutoencoder
 from ..config import SAEConfig
 
-_PICKLE_MAGIC = (b"PK\x03\x04", b"\x80")  # torch.save zip archive, or a bare pickle
+_MAX_HEADER = 100_000_000  # safetensors' own limit on the JSON header
+_TORCH_ZIP = b"PK\x03\x04"  # torch.save since torch 1.6: a zip archive of pickles
+_TORCH_LEGACY = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19."  # older torch.save: its pickled magic number first
 
 
 def listing(path: Path, limit: int = 40) -> str:
@@ -42,15 +45,57 @@ def require(mapping: dict[str, Any], key: str, where: Path | str) -> Any:
     return mapping[key]
 
 
+def safetensors_header(file: Path) -> dict[str, Any] | None:
+    """The JSON header of a safetensors file, or None when `file` does not parse as one: 8 bytes of
+    little-endian length N, then N bytes (within the file) of a JSON object. Formats are told apart
+    by parsing, never by a leading byte: 0x80 opens a pickle, but also the header of a safetensors
+    file whose header is 128, 384, ... bytes long (1 in 32 of those safetensors writes, which pads
+    headers to 8 bytes)."""
+    try:
+        size = file.stat().st_size
+        with open(file, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little")
+            if len(head) < 8 or not 2 <= n <= min(_MAX_HEADER, size - 8):
+                return None
+            header = json.loads(f.read(n))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def file_kind(file: Path) -> Literal["safetensors", "pickle", "unknown"]:
+    """What `file` holds, by parsing: a safetensors header that parses is safetensors (whatever its
+    first byte); otherwise a torch.save file (zip archive, or the legacy format's magic number) or a
+    whole pickle of protocol 2-5 (opcode PROTO first, STOP last) is a pickle; anything else is
+    unknown (e.g. a truncated file)."""
+    if safetensors_header(file) is not None:
+        return "safetensors"
+    try:
+        with open(file, "rb") as f:
+            head = f.read(len(_TORCH_LEGACY))
+            f.seek(-1, 2)
+            last = f.read(1)
+    except OSError:
+        return "unknown"
+    bare = len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5 and last == b"."
+    return "pickle" if head.startswith((_TORCH_ZIP, _TORCH_LEGACY)) or bare else "unknown"
+
+
 def read_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file; a pickle in its place is refused, never unpickled."""
     if not file.is_file():
         raise SparsesteerError(f"missing weights file: {file}")
-    with open(file, "rb") as f:
-        head = f.read(4)
-    if head.startswith(_PICKLE_MAGIC):
+    kind = file_kind(file)
+    if kind == "pickle":
         raise SparsesteerError(
             f"{file} is a pickle (torch.save) file, not safetensors: refusing to unpickle a file that the layout "
             "says holds safetensors"
+        )
+    if kind != "safetensors":
+        raise SparsesteerError(
+            f"cannot read {file} as safetensors (corrupted or truncated?): it does not start with a safetensors "
+            "header (8-byte length, then that many bytes of JSON)"
         )
     try:
         return load_file(str(file))
@@ -60,9 +105,12 @@ def read_safetensors(file: Path) -> dict[str, torch.Tensor]:
 
 def read_pickle(file: Path) -> Any:
     """A torch.save file whose layout requires it, read tensors-only (`weights_only=True`); anything
-    that needs other objects to unpickle is refused, never executed."""
+    that needs other objects to unpickle is refused, never executed. A file that parses as
+    safetensors is read as safetensors, whatever its name."""
     if not file.is_file():
         raise SparsesteerError(f"missing weights file: {file}")
+    if file_kind(file) == "safetensors":
+        return read_safetensors(file)
     try:
         return torch.load(file, weights_only=True, map_location="cpu")
     except (pickle.UnpicklingError, RuntimeError, EOFError, AttributeError, TypeError, ValueError) as e:
