@@ -35,6 +35,10 @@ def _steer(*extra: str) -> list[str]:
             "--out", "{ws}/new/steer", *extra]  # fmt: skip
 
 
+SPLICED = ["evaluate", "--sae", "{ws}/sae-cls", "--activations", "{ws}/cls-final", "--suite", "spliced",
+           "--out", "{ws}/new/j.json"]  # fmt: skip
+VS2 = ["reproduce", "vs2", *CLIP, *DATA, "--out", "{ws}/new/v"]
+
 # id -> argv (after `sparsesteer`)
 COMMANDS: dict[str, list[str]] = {
     # unknown names
@@ -185,6 +189,43 @@ COMMANDS: dict[str, list[str]] = {
     "export-hook-disagrees": [*EXPORT, "--format", "saelens", "--hook", "blocks.1.resid_post"],
     "export-hook-sparsify": [*EXPORT, "--format", "sparsify", "--hook", "blocks.2.resid_post"],
     "evaluate-wrong-width": ["evaluate", "--sae", "{ws}/sae-d8", "--activations", "{ws}/acts"],
+    # pairings (issue 20): a dataset or a second cache that is not the cache's images, an SAE in another model
+    "dataset-not-the-cache": _interpret(
+        "--dataset", "folder:{ws}/data-other", sae="{ws}/sae-cls", acts="{ws}/cls-final"
+    ),
+    "dataset-moved": _interpret("--dataset", "folder:{ws}/data-copy", sae="{ws}/sae-cls", acts="{ws}/cls-final"),
+    "dataset-not-found": [*SPLICED, "--dataset", "folder:{ws}/no-data"],
+    "tune-on-other-classes": [
+        "steer",
+        "vs2",
+        *CLIP,
+        "--sae",
+        "{ws}/sae-cls",
+        "--activations",
+        "{ws}/cls-final",
+        "--tune-on",
+        "{ws}/cls-final-renamed",
+    ],  # fmt: skip
+    "evaluate-sae-other-model": [*SPLICED, "--model", "{ws}/clip-other"],
+    # settings refused before the model loads (issue 20)
+    "vs2-val-fraction": [*VS2, "--val-fraction", "0"],
+    "vs2-multi-layer": [*VS2, "--multi-layer", "2,9"],
+    "vs2-multi-layer-one": [*VS2, "--multi-layer", "1"],
+    "vs2-same-splits": [*VS2, "--test-split", "train"],
+    "vs2-k-above-latents": [*VS2, "--sae-expansion", "2", "--sae-k", "64"],
+    "sparsity-k-above-latents": [
+        "reproduce",
+        "sparsity",
+        *CLIP,
+        *DATA,
+        "--expansion",
+        "2",
+        "--k",
+        "64",
+        "--out",
+        "{ws}/new/s",
+    ],  # fmt: skip
+    "unknown-suite": ["evaluate", "--sae", "{ws}/sae", "--activations", "{ws}/acts", "--suite", "bogus"],
     "steer-zero-with-strength": _steer("--latent", "0", "--mode", "zero", "--strength", "2"),
     # unwritable outputs
     "out-is-a-file": _train(out="{ws}/afile"),
@@ -299,6 +340,7 @@ API = {
     "api-not-a-cache": _api_cache_missing,
     "api-peer-would-not-load": _api_peer_would_not_load,
     "api-not-safetensors": _api_not_safetensors,
+    "api-stats-no-dataset": _api_stats_no_dataset,
 }
 
 
@@ -344,6 +386,7 @@ def build_error_workspace(ws: Path, clip: Path) -> Path:
     (ws / "used" / "notes.txt").write_text("mine")
     argv = ["-q", *_cache(out=str(ws / "cache-cls"))]
     assert main([a.replace("{ws}", str(ws)) for a in argv]) == 0
+    _pairing_inputs(ws)
     _damaged(ws)
     huge, dead = (build(SAEConfig(arch="topk", d_in=32, n_latents=64, k=6)) for _ in range(2))
     with torch.no_grad():
@@ -391,3 +434,29 @@ def _damaged(ws: Path) -> None:
     meta = json.loads((ws / "stats-edited" / "stats.json").read_text())
     meta["n_images"] += 1
     (ws / "stats-edited" / "stats.json").write_text(json.dumps(meta))
+
+
+def _pairing_inputs(ws: Path) -> None:
+    """Datasets that are not the cache's images (more images, a copy elsewhere, other class names),
+    final-block CLS caches of two of them, an SAE that records its cache's model, and another model."""
+    import shutil
+
+    from faults import _class_folders
+
+    from sparsesteer.activations.cache import ActivationCache
+    from sparsesteer.cli import main
+    from sparsesteer.models.tiny import make_tiny_clip
+    from sparsesteer.sae import SAEConfig, build
+    from sparsesteer.sae.provenance import Provenance
+
+    _class_folders(ws / "data-other", {"train": 3}, classes=["cat", "dog"])
+    shutil.copytree(ws / "data", ws / "data-copy")
+    _class_folders(ws / "data-renamed", {"train": 2}, classes=["car", "tree"])
+    for data, out in (("data", "cls-final"), ("data-renamed", "cls-final-renamed")):
+        argv = ["cache", *CLIP, "--dataset", f"folder:{{ws}}/{data}", "--split", "train", "--hook",
+                "blocks.2.resid_post", "--tokens", "cls", "--workers", "0", "--out", f"{{ws}}/{out}"]  # fmt: skip
+        assert main(["-q", *(a.replace("{ws}", str(ws)) for a in argv)]) == 0
+    view = ActivationCache.open(ws / "cls-final").rows("blocks.2.resid_post", "cls")
+    meta = Provenance.from_rows(view.describe()).to_metadata(known_only=True)
+    build(SAEConfig(arch="topk", d_in=32, n_latents=64, k=4)).save(ws / "sae-cls", **meta)
+    make_tiny_clip(ws / "clip-other", seed=7)  # the same shapes, other weights: another revision

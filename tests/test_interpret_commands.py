@@ -115,9 +115,13 @@ def test_other_sae_and_missing_images_are_refused(run, tmp_path, capsys):
     try:
         with pytest.raises(SparsesteerError, match="cannot be opened"):
             stats_dataset(stats)
-        # a smaller dataset than the statistics reference
+        # a smaller dataset than the statistics reference: refused when opened, and by any image index past it
         make_folder_dataset(data, (1,), split="train")
-        small = stats_dataset(stats)
+        with pytest.raises(SparsesteerError, match=r"not the same images \(number of images: 7 vs 1"):
+            stats_dataset(stats)
+        from sparsesteer.data import open_dataset
+
+        small = open_dataset(f"folder:{data}", "train")
         j = int(np.argmax(stats.top["max"].images[:, 0]))
         with pytest.raises(SparsesteerError, match=r"reference image \d+, but"):
             heatmap(stats, j, 0, small)

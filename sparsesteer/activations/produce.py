@@ -24,13 +24,14 @@ from ..utils import distributed
 from ..utils.errors import SparsesteerError, unknown
 from ..utils.io import read_json, write_json
 from ..utils.options import DataOptions, ModelOptions, RunOptions, positive_int
-from .cache import DTYPES, ActivationCache, CacheSettings, CacheWriter, DType
+from .cache import DTYPES, MANIFEST, ActivationCache, CacheSettings, CacheWriter, DType
+from .cache.settings import read_manifest
 
 if TYPE_CHECKING:
     import torch
 
     from ..data.datasets import ImageDataset
-    from ..models.backbone import Backbone
+    from ..models.backbone import Backbone, ModelShape
 
 log = logging.getLogger(__name__)
 
@@ -59,19 +60,23 @@ class HookPlan:
         return len(self.token_positions) * sum(self.d.values())
 
 
-def plan_hooks(backbone: Backbone, hooks: list[str] | tuple[str, ...], tokens: str) -> HookPlan:
-    """Validate hook names and the token selection for `backbone` before any image is read.
+def check_hooks(hooks: list[str] | tuple[str, ...] | str, tokens: str, shape: ModelShape | Backbone) -> tuple[str, ...]:
+    """The normalised hook names, after every check that needs only the flags and the model's shape
+    (`models.backbone.model_shape`, read from its config before the load, or a loaded backbone):
+    names, block range, duplicates, `head` with cls tokens, cls tokens on a model without a CLS.
 
     `head` is one vector per image, so it can only sit in a cache whose rows are one per image:
     tokens='cls' (its rows are indexed as the CLS token).
     """
+    from ..models.hook_names import HookPoint
+
     if isinstance(hooks, str):
         hooks = [hooks]
     if not hooks:
         raise SparsesteerError("no hook point given: pass at least one --hook (e.g. blocks.11.resid_post)")
     if tokens not in TOKEN_SELECTIONS:
         raise unknown("token selection (--tokens)", str(tokens), TOKEN_SELECTIONS)
-    names = [str(backbone.hook_point(h)) for h in hooks]
+    names = [str(HookPoint.parse(h, shape.n_blocks)) for h in hooks]
     dup = sorted({h for h in names if names.count(h) > 1})
     if dup:
         raise SparsesteerError(f"hook {dup[0]!r} is given more than once")
@@ -79,13 +84,19 @@ def plan_hooks(backbone: Backbone, hooks: list[str] | tuple[str, ...], tokens: s
         raise SparsesteerError(
             f"hook 'head' gives one embedding per image, so it can only be cached with --tokens cls (got {tokens!r})"
         )
-    if tokens == "cls" and not backbone.has_cls:
+    if tokens == "cls" and not shape.has_cls:
         raise SparsesteerError(
-            f"--tokens cls: {backbone.model_id!r} ({backbone.arch}) has no CLS token; use --tokens patch or all"
+            f"--tokens cls: {shape.model_id!r} ({shape.arch}) has no CLS token; use --tokens patch or all"
         )
+    return tuple(names)
+
+
+def plan_hooks(backbone: Backbone, hooks: list[str] | tuple[str, ...], tokens: str) -> HookPlan:
+    """Validate hook names and the token selection for `backbone` (`check_hooks`) before any image is read."""
+    names = check_hooks(hooks, tokens, backbone)
     positions = tuple(int(t) for t in backbone.token_indices(tokens).tolist())
     d = {h: backbone.d_embed if h == "head" else backbone.d_model for h in names}
-    return HookPlan(tuple(names), d, tokens, positions, 0 if backbone.has_cls else None)
+    return HookPlan(names, d, tokens, positions, 0 if backbone.has_cls else None)
 
 
 def shard_images_for(plan: HookPlan, dtype: str, shard_mb: float = DEFAULT_SHARD_MB) -> int:
@@ -159,6 +170,14 @@ def cache_activations(cfg: CacheConfig, *, backbone: Backbone | None = None) -> 
         raise SparsesteerError(
             f"cache_activations: the backbone is {backbone.model_id!r} but cfg.model is {cfg.model!r}"
         )
+    if backbone is None:  # the flags against the model's config first: the load takes seconds to minutes
+        from ..models.backbone import model_shape
+
+        check_hooks(cfg.hooks, cfg.tokens, model_shape(cfg.model, cfg.revision))
+        if cfg.shard_images is not None and (Path(cfg.out) / MANIFEST).is_file():
+            manifest = read_manifest(Path(cfg.out))[0]
+            if not manifest["completed"]:  # resuming: its shard size is fixed
+                _committed_shard_images(Path(cfg.out), manifest, cfg.shard_images)
     ds = limit_dataset(open_dataset(cfg.dataset, cfg.split, data_root=cfg.data_root), cfg.limit, cfg.limit_seed)
     device = distributed.rank_device(resolve_device(cfg.device))
     bb = backbone or load_backbone(cfg.model, device=device, revision=cfg.revision)
@@ -208,13 +227,17 @@ def cache_activations(cfg: CacheConfig, *, backbone: Backbone | None = None) -> 
 def _resume_shard_images(writer: CacheWriter, asked: int | None) -> int | None:
     """Images per shard of the shards already committed (None for a new cache). A resumed cache
     keeps its shard size, which is what makes it byte-identical to an uninterrupted run."""
-    shards = writer.manifest["shards"]
+    return _committed_shard_images(writer.path, writer.manifest, asked)
+
+
+def _committed_shard_images(path: Path, manifest: dict[str, Any], asked: int | None) -> int | None:
+    shards = manifest["shards"]
     if not shards:
         return None
     existing = int(shards[0]["n_images"])
     if asked is not None and asked != existing:
         raise SparsesteerError(
-            f"{writer.path} was started with {existing} images per shard; resume it with that value "
+            f"{path} was started with {existing} images per shard; resume it with that value "
             f"(or without --shard-images), or use another --out"
         )
     return existing

@@ -168,6 +168,17 @@ class ModelRows:
         }
 
 
+def model_widths(run: Any) -> set[int]:
+    """`train --model`: the widths of the hooks `run` asks for, from the model's config alone, after
+    checking the hook and token flags against it: what the SAE settings are checked against before
+    the model loads."""
+    from ..models.backbone import model_shape
+    from .produce import check_hooks
+
+    shape = model_shape(run.model, run.revision)
+    return {shape.d_embed if h == "head" else shape.d_model for h in check_hooks(run.hooks, run.tokens, shape)}
+
+
 def open_model_rows(run: Any, train: Any) -> ModelRows:
     """`sparsesteer train --model`: load the model (on this rank's device) and the dataset split."""
     from ..data import limit_dataset, open_dataset

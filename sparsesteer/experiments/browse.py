@@ -48,7 +48,8 @@ class BrowseConfig(DeviceOptions):
     overwrite: bool = False
     """Replace an existing OUT."""
     dataset: str | None = None
-    """Dataset spec of the images; None = the one the statistics record."""
+    """Dataset spec of the images; None = the one the statistics record. It must hold the statistics'
+    images (same split, number, class names and labels)."""
     data_root: str | None = None
     """Where built-in datasets live; None = $SPARSESTEER_DATA or ~/.cache/sparsesteer/data."""
     thumb: int = 96
@@ -70,7 +71,8 @@ class BrowseConfig(DeviceOptions):
     templates: str = "single"
     """Zero-shot prompt templates of the steering readout (single, ensemble, ensemble7)."""
     allow_mismatch: bool = False
-    """Serve even when the SAE and --model disagree on model, revision, hook or tokens."""
+    """Serve even when the SAE and --model disagree on model, revision, hook or tokens, or when --dataset
+    names the statistics' images under another spec or split (the images moved)."""
 
     def __post_init__(self) -> None:
         for name in ("thumb", "page_size", "steer_images"):
@@ -109,7 +111,7 @@ def run_browse(cfg: BrowseConfig) -> dict[str, Any]:
     if cfg.model is not None:  # load the model before writing: a bad --model fails before any work
         live = LiveModel.open(cfg, stats)
     if not reuse:
-        ds = stats_dataset(stats, dataset=cfg.dataset, data_root=cfg.data_root)
+        ds = stats_dataset(stats, dataset=cfg.dataset, data_root=cfg.data_root, allow=cfg.allow_mismatch)
         result["summary"] = write_site(
             stats, out, ds, overwrite=cfg.overwrite, thumb=cfg.thumb, page_size=cfg.page_size
         )
@@ -182,7 +184,7 @@ class LiveModel:
         trained = sae.provenance.tokens
         tokens = steer_positions(bb, trained if trained in ("cls", "patch", "all") else "all", hook)
         notes = check_sae(bb, sae, hook, tokens, allow_mismatch=cfg.allow_mismatch)
-        ds = stats_dataset(stats, dataset=cfg.dataset, data_root=cfg.data_root)
+        ds = stats_dataset(stats, dataset=cfg.dataset, data_root=cfg.data_root, allow=cfg.allow_mismatch)
         readout = _readout(bb, ds, stats, cfg.templates)
         return cls(bb, sae, hook, tokens, readout, ds, stats, cfg.steer_images, notes)
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ..utils.errors import unknown
 from . import registry
 
 
@@ -47,6 +48,8 @@ def run(args: argparse.Namespace) -> int:
     data = config_utils.load_file(args.config) if args.config else {}
     where = f"{e.name} settings"
     cfg = config_utils.from_dict(e.config, {**data, **config_utils.overrides(args, e.config)}, where=where)
+    if args.stage is not None and args.stage not in {s.name for s in e.stages}:  # before the inputs are checked
+        raise unknown("stage", args.stage, [s.name for s in e.stages])
     results = e.run(cfg, args.out, args.stage)
     if results.exists():
         print(results.read_text())

@@ -12,9 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from ..activations.cache import ActivationCache
     from ..activations.produce import CacheConfig
     from ..data.datasets import ImageDataset
-    from ..models.backbone import Backbone
+    from ..models.backbone import Backbone, ModelShape
 
 
 class RunContext:
@@ -24,6 +25,7 @@ class RunContext:
         self.cfg = cfg
         self.out = Path(out)
         self._bb: Backbone | None = None
+        self._shape: ModelShape | None = None
 
     def path(self, *parts: str) -> Path:
         """A path inside the run directory."""
@@ -43,6 +45,16 @@ class RunContext:
             self._bb = bb
         return self._bb
 
+    @property
+    def shape(self) -> ModelShape:
+        """The model's geometry from its config alone (`models.backbone.model_shape`): what the settings
+        are checked against before the model loads (seconds to minutes)."""
+        if self._shape is None:
+            from ..models.backbone import model_shape
+
+            self._shape = model_shape(self.cfg.model, getattr(self.cfg, "revision", None))
+        return self._shape
+
     def check_backbone(self, backbone: Backbone) -> None:
         """Refuse a model this experiment cannot use (a SparsesteerError naming it); any by default."""
 
@@ -56,6 +68,7 @@ class TrainTestRun(RunContext):
     def __init__(self, cfg: Any, out: str | Path):
         super().__init__(cfg, out)
         self._ds: dict[str, ImageDataset] = {}
+        self._paired: set[str] = set()
 
     def limit(self, split: str) -> int | None:
         c = self.cfg
@@ -74,6 +87,19 @@ class TrainTestRun(RunContext):
 
     def check_dataset(self, dataset: ImageDataset) -> None:
         """Refuse a dataset this experiment cannot use (a SparsesteerError naming it); any by default."""
+
+    def open_cache(self, split: str, path: str | Path) -> ActivationCache:
+        """The run's activation cache of `split` (no checksums: the run wrote it), checked once to hold
+        the images `dataset(split)` opens now (`activations.pairing`): a stage that is current keeps
+        its cache while --data-root or the files under it may have changed since."""
+        from ..activations.cache import ActivationCache
+        from ..activations.pairing import check_cache_dataset
+
+        cache = ActivationCache.open(path, verify="none")
+        if split not in self._paired:
+            check_cache_dataset(cache, self.dataset(split), what=f"--dataset {self.cfg.dataset} [{split}]")
+            self._paired.add(split)
+        return cache
 
     def cache_config(
         self,

@@ -10,6 +10,7 @@ they need a model (an SAE never imports one):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,10 +30,35 @@ def _cache(cfg: Any):
     return ActivationCache.open(path)
 
 
-def _dataset(cfg: Any, cache: Any):
-    from ..interpret.monosemanticity import cache_dataset
+def _dataset(cfg: Any, cache: Any) -> tuple[Any, list[str]]:
+    """The cached images (--dataset / --data-root, else the spec the cache records), checked to be the
+    images the cache was made from; (dataset, notes of checks overridden by --allow-mismatch)."""
+    from ..activations.pairing import ImageSet, open_images
 
-    return cache_dataset(cache.settings, dataset=cfg.dataset, data_root=cfg.data_root)
+    return open_images(
+        ImageSet.of_cache(cache),
+        f"the activations ({cache.path})",
+        dataset=cfg.dataset,
+        data_root=cfg.data_root,
+        allow=cfg.allow_mismatch,
+    )
+
+
+def _spliced_inputs(cfg: Any, cache: Any, source: Any, dataset: Any) -> tuple[list[str], Any]:
+    """(class names, the rows' provenance) of the spliced suite, after every check that needs no model."""
+    from ..models.templates import get_templates
+    from ..sae.provenance import Provenance
+
+    classes = cache.settings.classes or getattr(dataset, "classes", None)
+    if not classes:
+        raise SparsesteerError("--suite spliced: the cache records no class names (zero-shot needs them)")
+    prov = Provenance.from_rows(source.describe())
+    if not isinstance(prov.tokens, str) or prov.tokens not in ("all", "cls", "patch"):
+        raise SparsesteerError(
+            f"--suite spliced: the SAE reads tokens {prov.tokens!r}; splicing needs all, cls or patch"
+        )
+    get_templates(cfg.templates)
+    return list(classes), prov
 
 
 def spliced_metrics(cfg: Any, cache: Any, sae: Any, source: Any, backbone: Any, dataset: Any) -> list[MetricResult]:
@@ -40,19 +66,13 @@ def spliced_metrics(cfg: Any, cache: Any, sae: Any, source: Any, backbone: Any, 
     from ..data.batches import image_batches
     from ..models.templates import get_templates
     from ..models.zeroshot import ZeroShotClassifier
-    from ..sae.provenance import Provenance
     from ..steering.splice import Splice, spliced_ce
 
-    classes = cache.settings.classes or getattr(dataset, "classes", None)
-    if not classes:
-        raise SparsesteerError("--suite spliced: the cache records no class names (zero-shot needs them)")
+    classes, prov = _spliced_inputs(cfg, cache, source, dataset)
     if not backbone.has_text:
         raise SparsesteerError(f"--suite spliced: model {backbone.model_id} has no text tower (zero-shot needs one)")
-    prov = Provenance.from_rows(source.describe())
     tokens = prov.tokens
-    if not isinstance(tokens, str) or tokens not in ("all", "cls", "patch"):
-        raise SparsesteerError(f"--suite spliced: the SAE reads tokens {tokens!r}; splicing needs all, cls or patch")
-    clf = ZeroShotClassifier.build(backbone, list(classes), get_templates(cfg.templates))
+    clf = ZeroShotClassifier.build(backbone, classes, get_templates(cfg.templates))
     splice = Splice("sae", prov.hook, tokens, sae)
     batches = image_batches(dataset, backbone.preprocessor, batch_size=cfg.image_batch_size, workers=0)
     pairs = ((b.pixels.to(backbone.device), b.labels) for b in batches if len(b.indices))
@@ -85,8 +105,12 @@ def spliced_metrics(cfg: Any, cache: Any, sae: Any, source: Any, backbone: Any, 
 
 
 def model_suites(cfg: Any):
-    """`extra(sae_dir, sae, source, suites)` for `run_judge`: loads each model once, lazily."""
-    from ..models.backbone import load_backbone
+    """`extra(sae_dir, sae, source, suites)` for `run_judge`: checks everything that needs no model (the
+    cache, its images opened and checked to be the cached ones, the SAE's tokens, the templates, the
+    SAE against the model's config), then returns the function that loads each model once and
+    measures. A model the SAE runs in (spliced: --model) goes through `check_sae`, the provenance
+    check of every command that puts an SAE into a model; --mono-model only embeds images."""
+    from ..models.backbone import load_backbone, model_shape
     from ..utils.device import resolve_device
 
     loaded: dict[str, Any] = {}
@@ -101,27 +125,58 @@ def model_suites(cfg: Any):
                 raise SparsesteerError(f"{what} {name!r} cannot be loaded: {type(e).__name__}: {e}") from None
         return loaded[name]
 
-    def extra(sae_dir: str, sae: Any, source: Any, suites: list[str]) -> list[MetricResult]:
-        import torch
+    def sae_model(name: str, sae: Any, hook: str, tokens: str) -> tuple[Any, list[str]]:
+        """The model `sae` is spliced into, checked against the SAE (`steering.features.check_sae`)."""
+        from ..steering.features import check_sae, steer_positions
 
-        from ..interpret.monosemanticity import monosemanticity
+        bb = backbone(name, "--model")
+        return bb, check_sae(bb, sae, hook, steer_positions(bb, tokens, hook), allow_mismatch=cfg.allow_mismatch)
+
+    def extra(sae_dir: str, sae: Any, source: Any, suites: list[str]) -> Callable[[], list[MetricResult]]:
+        from ..models.hook_names import HookPoint
 
         cache = _cache(cfg)
-        out: list[MetricResult] = []
-        with torch.no_grad():
-            if "spliced" in suites:
-                model = cfg.model or (cache.settings.model or {}).get("id")
-                if not model:
-                    raise SparsesteerError("--suite spliced: the cache records no model; pass --model")
-                bb = backbone(model, "--model")
-                out += spliced_metrics(cfg, cache, sae, source, bb, _dataset(cfg, cache))
-            if "monosemanticity" in suites:
-                bb = backbone(cfg.mono_model, "--mono-model")
-                out.append(
-                    monosemanticity(
+        model, prov = None, None
+        if "spliced" in suites:
+            model = cfg.model or (cache.settings.model or {}).get("id")
+            if not model:
+                raise SparsesteerError("--suite spliced: the cache records no model; pass --model")
+        dataset, notes = _dataset(cfg, cache)
+        if model is not None:
+            _, prov = _spliced_inputs(cfg, cache, source, dataset)
+            try:
+                shape = model_shape(model)
+            except SparsesteerError as e:
+                raise SparsesteerError(f"--model {model!r} cannot be loaded: {e}") from None
+            hook = HookPoint.parse(prov.hook, shape.n_blocks)
+            width = shape.d_embed if hook.kind == "head" else shape.d_model
+            if sae.d_in != width:
+                raise SparsesteerError(
+                    f"the SAE reads vectors of width d_in={sae.d_in}, but {hook} of {model!r} has width {width}"
+                )
+            if not shape.has_text:
+                raise SparsesteerError(f"--suite spliced: model {model} has no text tower (zero-shot needs one)")
+
+        def measure() -> list[MetricResult]:
+            import torch
+
+            from ..interpret.monosemanticity import monosemanticity
+
+            out: list[MetricResult] = []
+            with torch.no_grad():
+                if model is not None and prov is not None:
+                    bb, overridden = sae_model(model, sae, str(prov.hook), str(prov.tokens))
+                    results = spliced_metrics(cfg, cache, sae, source, bb, dataset)
+                    for r in results:
+                        if notes or overridden:
+                            r.data["provenance_overridden"] = [*notes, *overridden]
+                    out += results
+                if "monosemanticity" in suites:
+                    bb = backbone(cfg.mono_model, "--mono-model")
+                    r = monosemanticity(
                         sae,
                         source,
-                        _dataset(cfg, cache),
+                        dataset,
                         bb,
                         images_per_latent=cfg.mono_images,
                         max_latents=cfg.mono_latents,
@@ -130,7 +185,11 @@ def model_suites(cfg: Any):
                         image_batch_size=cfg.image_batch_size,
                         max_images=None,
                     )
-                )
-        return out
+                    if notes:
+                        r.data["provenance_overridden"] = list(notes)
+                    out.append(r)
+            return out
+
+        return measure
 
     return extra

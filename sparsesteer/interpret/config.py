@@ -24,10 +24,12 @@ class InterpretConfig(DeviceOptions):
     tokens: str | None = None
     """cls, patch or all rows of the cache; None = the SAE's token selection (or every cached row)."""
     dataset: str | None = None
-    """Dataset spec of the images (montages, and what the statistics record); None = the cache's. Without
-    --activations: the images to run --model on."""
-    split: str = "train"
-    """Without --activations: the split of --dataset to run --model on."""
+    """Dataset spec of the images (montages, and what the statistics record); None = the cache's. It
+    must hold the cache's images (same split, number, class names and labels). Without --activations:
+    the images to run --model on."""
+    split: str | None = None
+    """Split of --dataset: with --activations checked against the cache's (None = the cache's); without,
+    the split to run --model on (None = train)."""
     limit: int | None = None
     """Without --activations: a stratified sample of this many images (seed 0); None = all."""
     image_batch_size: int = 64
@@ -61,8 +63,9 @@ class InterpretConfig(DeviceOptions):
     montages: int = 0
     """Write montages/latent_J.png (top images with patch heatmaps) for the N most frequent latents; 0 = none."""
     allow_mismatch: bool = False
-    """Run even when the SAE and the activations disagree on model, revision, hook, tokens or width;
-    stats.json then lists the disagreements."""
+    """Run even when the SAE and the activations disagree on model, revision, hook or tokens, or when
+    --dataset names the cache's images under another spec or split (the images moved); stats.json then
+    lists the disagreements."""
 
     def __post_init__(self) -> None:
         if self.activations is None and not (self.model and self.dataset):

@@ -11,6 +11,7 @@ by the latent's largest activation over its top images, and blended over the ima
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from pathlib import Path
@@ -23,40 +24,49 @@ from ..utils.errors import SparsesteerError
 if TYPE_CHECKING:
     from PIL import Image
 
+    from ..activations.pairing import ImageSet
     from ..data.datasets import ImageDataset
     from .stats import LatentStats
 
+log = logging.getLogger(__name__)
 
-def stats_dataset(stats: LatentStats, *, dataset: str | None = None, data_root: str | os.PathLike | None = None):
-    """Open the dataset split the statistics were computed on (`dataset` overrides the recorded
-    spec); a missing dataset is one clear error naming the spec."""
-    from ..data.registry import open_dataset
+
+def stats_images(stats: LatentStats) -> ImageSet:
+    """The images the statistics index: meta["images"]; for statistics written before it, what their
+    meta records (spec, split, class names, --limit sample: the number of images and the labels go
+    unchecked, with a warning)."""
+    from ..activations.pairing import ImageSet
+
+    if stats.meta.get("images"):
+        return ImageSet.from_json(stats.meta["images"])
+    from ..data.datasets import classes_sha256
 
     rec = stats.meta.get("dataset") or {}
-    spec = dataset or rec.get("spec")
-    split = rec.get("split")
-    if not spec or not split:
-        raise SparsesteerError(
-            "the statistics record no dataset spec and split (the cache did not record them): pass --dataset"
-        )
-    try:
-        ds = open_dataset(spec, split, data_root=None if data_root is None else Path(data_root))
-    except (OSError, SparsesteerError) as e:
-        raise SparsesteerError(
-            f"the images of these statistics ({spec!r}, split {split!r}) cannot be opened: {e}"
-        ) from None
-    sub = rec.get("subset")
-    if sub:  # a --limit cache: its image indices are the sample's; draw the same sample again
-        from ..data.subset import limit_dataset
+    classes = stats.meta.get("classes")
+    return ImageSet(
+        spec=rec.get("spec"),
+        split=rec.get("split"),
+        classes_sha256=classes_sha256(classes) if classes else None,
+        subset=rec.get("subset"),
+    )
 
-        ds = limit_dataset(ds, int(sub["limit"]), int(sub["seed"]))
-        got = ds.describe().get("subset", {}).get("indices_sha256")
-        if got != sub.get("indices_sha256"):
-            raise SparsesteerError(
-                f"the statistics were computed on a --limit sample of {spec!r} [{split}] (limit {sub['limit']}, "
-                f"seed {sub['seed']}), but the same draw now picks other images (indices sha256 {str(got)[:12]} vs "
-                f"{str(sub.get('indices_sha256'))[:12]}): the dataset changed"
-            )
+
+def stats_dataset(
+    stats: LatentStats,
+    *,
+    dataset: str | None = None,
+    data_root: str | os.PathLike | None = None,
+    allow: bool = False,
+):
+    """Open the dataset split the statistics were computed on (`dataset` overrides the recorded
+    spec), the same `--limit` sample, checked to be the same images (`activations.pairing.open_images`:
+    `allow` lets another spec or split with the same content through, with a warning); a missing
+    dataset is one clear error naming the spec."""
+    from ..activations.pairing import open_images
+
+    ds, notes = open_images(stats_images(stats), "these statistics", dataset=dataset, data_root=data_root, allow=allow)
+    for note in notes:
+        log.warning("%s (run anyway: --allow-mismatch)", note)
     return ds
 
 

@@ -14,7 +14,6 @@ fire (a > 0) on at least 2 images; at most `max_latents` latents (a seeded sampl
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -85,25 +84,6 @@ def monosemanticity_from_top(
         details=details,
         suite="monosemanticity",
     )
-
-
-def cache_dataset(settings: Any, *, dataset: str | None = None, data_root: str | os.PathLike | None = None):
-    """The images of a cache (its recorded dataset spec and split, the same `--limit` sample), via
-    `heatmaps.stats_dataset`; `dataset` overrides the spec."""
-    from .heatmaps import stats_dataset
-    from .stats import LatentStats
-
-    rec = settings.dataset or {}
-    meta = {
-        "dataset": {
-            "spec": dataset or rec.get("name"),
-            "split": settings.split,
-            **({"subset": rec["subset"]} if "subset" in rec else {}),
-        }
-    }
-    stub = LatentStats.__new__(LatentStats)
-    stub.meta = meta
-    return stats_dataset(stub, data_root=data_root)
 
 
 def embed_images(backbone: Any, dataset: Any, indices: list[int], *, batch_size: int = 64) -> np.ndarray:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from ..activations.pairing import ImageSet
 from ..utils.errors import SparsesteerError
 from .config import InterpretConfig
 from .stats import LatentStats
@@ -47,16 +48,49 @@ class StreamView:
         return {**d, "hook": self.hook, "dataset": (d.get("dataset") or {}).get("name"), "path": None}
 
 
-def _cache_source(cfg: InterpretConfig, sae: Any) -> tuple[Any, dict[str, Any], dict[str, Any], list | None]:
-    """(view, meta["activations"], meta["dataset"], classes) of an activation cache."""
+class _Source(NamedTuple):
+    """Where the rows of an interpret pass come from, and what the statistics record about them."""
+
+    view: Any
+    """The rows (a cache view, or a `StreamView` of the model's rows)."""
+    activations: dict[str, Any]
+    """meta["activations"]."""
+    data: dict[str, Any]
+    """meta["dataset"]."""
+    classes: list | None
+    """Class names of the labels."""
+    images: ImageSet
+    """The images the rows index (meta["images"]: what browse and montages check a dataset against)."""
+    dataset: Any
+    """The images, opened (and checked against the cache) when --dataset, --split or --montages ask for
+    them; None when nothing needs them."""
+    notes: list[str]
+    """Pairing checks overridden by --allow-mismatch."""
+
+
+def _cache_source(cfg: InterpretConfig, sae: Any) -> _Source:
+    """The rows of an activation cache; the dataset of --dataset / --split (or of the cache's record,
+    for montages) opened and checked to be the cache's images before any work."""
     from ..activations.cache import ActivationCache
+    from ..activations.pairing import open_images
     from ..sae.provenance import rows_for
 
-    act_path = Path(cfg.activations)
+    act_path = Path(str(cfg.activations))
     if not (act_path / "manifest.json").is_file():
         raise SparsesteerError(f"--activations {cfg.activations}: not an activation cache directory (no manifest.json)")
     cache = ActivationCache.open(act_path)
     view = rows_for(cache, sae.provenance, hook=cfg.hook, tokens=cfg.tokens)
+    images, ds, notes = ImageSet.of_cache(cache), None, list[str]()
+    if cfg.dataset or cfg.split or cfg.montages:
+        ds, notes = open_images(
+            images,
+            f"the activations ({cfg.activations})",
+            dataset=cfg.dataset,
+            split=cfg.split,
+            data_root=cfg.data_root,
+            allow=cfg.allow_mismatch,
+        )
+        images = ImageSet.of_dataset(ds)  # the same content; the name the user gave (--allow-mismatch)
     s = cache.settings
     dataset = s.dataset or {}
     tokens = view.describe().get("tokens")
@@ -74,27 +108,43 @@ def _cache_source(cfg: InterpretConfig, sae: Any) -> tuple[Any, dict[str, Any], 
         "cache_spec": dataset.get("name"),
         **({"subset": dataset["subset"]} if "subset" in dataset else {}),
     }
-    return view, activations, data, list(s.classes) if s.classes is not None else None
+    classes = list(s.classes) if s.classes is not None else None
+    return _Source(view, activations, data, classes, images, ds, notes)
 
 
-def _model_source(
-    cfg: InterpretConfig, sae: Any, device: Any
-) -> tuple[Any, dict[str, Any], dict[str, Any], list | None]:
-    """The same for rows computed by `--model` on `--dataset` images while the pass runs."""
-    from ..activations.produce import plan_hooks
+def _model_source(cfg: InterpretConfig, sae: Any, device: Any) -> _Source:
+    """The same for rows computed by `--model` on `--dataset` images while the pass runs. The flags
+    and the SAE are checked against the model's config before the dataset and the model load."""
+    from ..activations.produce import check_hooks, plan_hooks
     from ..activations.stream import ModelRows
     from ..data import limit_dataset, open_dataset
     from ..models import load_backbone
+    from ..models.backbone import model_shape
+    from ..sae.provenance import Provenance, check_agree
 
     hook = cfg.hook or sae.provenance.hook
     if not hook:
         raise SparsesteerError(f"{cfg.sae}: the SAE records no hook; pass --hook (e.g. blocks.11.resid_post)")
     tokens = cfg.tokens or (sae.provenance.tokens if isinstance(sae.provenance.tokens, str) else None) or "all"
-    ds = limit_dataset(open_dataset(cfg.dataset, cfg.split, data_root=cfg.data_root), cfg.limit, 0)
+    shape = model_shape(str(cfg.model))
+    (hook,) = check_hooks([hook], tokens, shape)
+    width = shape.d_embed if hook == "head" else shape.d_model
+    if width != sae.d_in:
+        raise SparsesteerError(f"activation width {width} does not match the SAE's d_in={sae.d_in} ({cfg.sae})")
+    notes = check_agree(
+        f"the SAE ({cfg.sae})",
+        sae.provenance,
+        f"the model's activations ({cfg.model} at {hook})",
+        Provenance(hook=hook, tokens=tokens, d=width),
+        fields=("hook", "tokens", "d"),
+        allow=cfg.allow_mismatch,
+    )
+    split = cfg.split or "train"
+    ds = limit_dataset(open_dataset(cfg.dataset, split, data_root=cfg.data_root), cfg.limit, 0)
     backbone = load_backbone(cfg.model, device=device)
-    rows = ModelRows(backbone, ds, [hook], tokens, split=cfg.split, image_batch_size=cfg.image_batch_size)
+    rows = ModelRows(backbone, ds, [hook], tokens, split=split, image_batch_size=cfg.image_batch_size)
     cls_position = plan_hooks(backbone, [hook], tokens).cls_position
-    where = f"{cfg.model} {rows.plan.hooks[0]} on {cfg.dataset} [{cfg.split}]"
+    where = f"{cfg.model} {rows.plan.hooks[0]} on {cfg.dataset} [{split}]"
     desc = ds.describe()
     activations = {
         "path": None,
@@ -106,10 +156,12 @@ def _model_source(
     }
     data = {
         "spec": cfg.dataset,
-        "split": cfg.split,
+        "split": split,
         **({"subset": desc["subset"]} if "subset" in desc else {}),
     }
-    return StreamView(rows, cls_position, where), activations, data, list(ds.classes) if ds.classes else None
+    classes = list(ds.classes) if ds.classes else None
+    view = StreamView(rows, cls_position, where)
+    return _Source(view, activations, data, classes, ImageSet.of_dataset(ds), ds, notes)
 
 
 def run_interpret(cfg: InterpretConfig) -> tuple[Path, LatentStats]:
@@ -125,17 +177,27 @@ def run_interpret(cfg: InterpretConfig) -> tuple[Path, LatentStats]:
     from .store import sae_tensors_sha256, sae_weights_sha256, save_stats
 
     device = resolve_device(cfg.device)
+    vocab = None
+    if cfg.vocab:  # a missing or empty --vocab fails before any work, not after the pass
+        from ..data.vocab import load_vocab
+
+        vocab = load_vocab(cfg.vocab)
     sae = SparseAutoencoder.load(cfg.sae, device=device)
     if cfg.activations:
-        view, activations, data_meta, classes = _cache_source(cfg, sae)
+        src = _cache_source(cfg, sae)
         where = f"the activations ({cfg.activations})"
     else:
-        view, activations, data_meta, classes = _model_source(cfg, sae, device)
+        src = _model_source(cfg, sae, device)
         where = f"the model's activations ({cfg.model} on {cfg.dataset})"
+    view, activations, data_meta, classes = src.view, src.activations, src.data, src.classes
+    lens_model = cfg.model or (activations.get("model") or {}).get("id")
+    if vocab is not None and not lens_model:
+        raise SparsesteerError("--vocab: the cache records no model; pass --model")
     if view.d != sae.d_in:
         raise SparsesteerError(f"activation width {view.d} does not match the SAE's d_in={sae.d_in} ({cfg.sae})")
     data = Provenance.from_rows(view.describe())
     notes = check_agree(f"the SAE ({cfg.sae})", sae.provenance, where, data, allow=cfg.allow_mismatch)
+    notes = list(dict.fromkeys([*src.notes, *notes]))  # the model source's early check may repeat one
     stats = latent_stats(
         sae,
         view,
@@ -158,24 +220,20 @@ def run_interpret(cfg: InterpretConfig) -> tuple[Path, LatentStats]:
         },
         "activations": activations,
         "dataset": data_meta,
+        "images": src.images.to_json(),
         "classes": classes,
         "hist": {"min": cfg.hist_min, "max": cfg.hist_max, "n_bins": cfg.n_bins, "scale": "log10"},
     }
     if notes:
         meta["provenance_overridden"] = notes
-    if cfg.vocab:
-        from ..data.vocab import load_vocab
+    if vocab is not None:
         from ..models.backbone import load_backbone
         from .lens import concept_lens
 
-        model = cfg.model or (activations.get("model") or {}).get("id")
-        if not model:
-            raise SparsesteerError("--vocab: the cache records no model; pass --model")
-        backbone = load_backbone(model, device=device)
-        vocab = load_vocab(cfg.vocab)
+        backbone = load_backbone(str(lens_model), device=device)
         with torch.no_grad():
             stats.lens = concept_lens(sae, backbone, vocab, k=min(cfg.lens_k, len(vocab)), cache_dir=cfg.text_cache)
-        meta["lens"] = {"vocab": vocab.describe(), "model": model, "template": "{}"}
+        meta["lens"] = {"vocab": vocab.describe(), "model": lens_model, "template": "{}"}
     stats.meta = meta
     out = save_stats(stats, cfg.out)
     from ..utils.plots import frequency_histogram
@@ -187,10 +245,9 @@ def run_interpret(cfg: InterpretConfig) -> tuple[Path, LatentStats]:
         title=f"{model} {view.hook} {activations['tokens']}, {data_meta['spec']} {data_meta['split']}",
     )
     if cfg.montages:
-        from .heatmaps import stats_dataset, write_montages
+        from .heatmaps import write_montages
 
-        ds = stats_dataset(stats, data_root=cfg.data_root)
         order = np.argsort(-stats.fire_count, kind="stable")[: cfg.montages]
-        names = write_montages(stats, order.tolist(), ds, out / "montages")
+        names = write_montages(stats, order.tolist(), src.dataset, out / "montages")
         log.info("wrote %d montages to %s", len(names), out / "montages")
     return out, stats

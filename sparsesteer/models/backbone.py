@@ -162,18 +162,62 @@ def load_backbone(
 
     model = str(model)
     config = _load_config(model, revision)
+    arch = _arch_of(model, config)
+    try:
+        net = AutoModel.from_pretrained(model, revision=revision, dtype=dtype)
+    except (OSError, ValueError) as e:
+        raise SparsesteerError(f"cannot load the weights of {model!r}: {e}") from None
+    net = net.to(device).eval().requires_grad_(False)
+    return Backbone(net, model_id=model, requested_revision=revision, arch=arch)
+
+
+def _arch_of(model: str, config: Any) -> _Arch:
     model_type = getattr(config, "model_type", "?")
     if model_type not in ARCHS:
         raise SparsesteerError(
             f"model {model!r} is a {model_type!r} model, which has no supported vision tower; "
             f"supported architectures: {_supported()}"
         )
-    try:
-        net = AutoModel.from_pretrained(model, revision=revision, dtype=dtype)
-    except (OSError, ValueError) as e:
-        raise SparsesteerError(f"cannot load the weights of {model!r}: {e}") from None
-    net = net.to(device).eval().requires_grad_(False)
-    return Backbone(net, model_id=model, requested_revision=revision, arch=ARCHS[model_type])
+    return ARCHS[model_type]
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """A model's geometry as its config.json says it, read without the weights: commands check their
+    flags (block indices, widths) against it before the load, which takes seconds to minutes."""
+
+    model_id: str
+    """The model as given (hub id or directory), as `Backbone.model_id`."""
+    arch: str
+    """'clip', 'siglip' or 'dinov2' (as `Backbone.arch`)."""
+    n_blocks: int
+    """Blocks of the vision tower (as `Backbone.n_blocks`)."""
+    d_model: int
+    """Width of the residual stream (as `Backbone.d_model`)."""
+    d_embed: int
+    """Width of `head` (as `Backbone.d_embed`)."""
+    has_cls: bool
+    """Whether token 0 is a CLS token (as `Backbone.has_cls`)."""
+    has_text: bool
+    """Whether the model has a text tower (as `Backbone.has_text`)."""
+
+
+def model_shape(model: str | os.PathLike, revision: str | None = None) -> ModelShape:
+    """The `ModelShape` of a model (hub id or directory) from its config alone; the same errors as
+    `load_backbone` for a missing or unsupported model."""
+    model = str(model)
+    config = _load_config(model, revision)
+    arch = _arch_of(model, config)
+    vision = getattr(config, "vision_config", config)
+    return ModelShape(
+        model_id=model,
+        arch=arch.name,
+        n_blocks=int(vision.num_hidden_layers),
+        d_model=int(vision.hidden_size),
+        d_embed=int(config.projection_dim) if arch.name == "clip" else int(vision.hidden_size),
+        has_cls=arch.name != "siglip",
+        has_text=getattr(config, "text_config", None) is not None,
+    )
 
 
 def random_init_copy(backbone: Backbone, seed: int = 0) -> Backbone:

@@ -32,7 +32,7 @@ from .hooks import Intervention
 if TYPE_CHECKING:
     from transformers import CLIPModel, SiglipModel
 
-    from .backbone import Backbone
+    from .backbone import Backbone, ModelShape
 
 CACHE_FORMAT = 1
 
@@ -46,13 +46,18 @@ class Predictions(NamedTuple):
     """[B, k] their logits."""
 
 
-def encode_text(backbone: Backbone, texts: Sequence[str], *, batch_size: int = 256) -> Tensor:
-    """Text embeddings [N, d_embed] (unnormalised; CLIP: projected EOS state, SigLIP: head output)."""
-    if not backbone.has_text:
+def require_text_tower(model: Backbone | ModelShape) -> None:
+    """Refuse a model without a text tower (a loaded one, or its `model_shape` before the load)."""
+    if not model.has_text:
         raise SparsesteerError(
-            f"model {backbone.model_id!r} ({backbone.arch}) has no text tower; zero-shot classification "
+            f"model {model.model_id!r} ({model.arch}) has no text tower; zero-shot classification "
             "needs CLIP or SigLIP with both towers"
         )
+
+
+def encode_text(backbone: Backbone, texts: Sequence[str], *, batch_size: int = 256) -> Tensor:
+    """Text embeddings [N, d_embed] (unnormalised; CLIP: projected EOS state, SigLIP: head output)."""
+    require_text_tower(backbone)
     tok = backbone.tokenizer
     max_len = int(backbone.model.config.text_config.max_position_embeddings)
     out = []

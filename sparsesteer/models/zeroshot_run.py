@@ -63,9 +63,9 @@ def zeroshot(cfg: ZeroShotConfig) -> ZeroShotRun:
     from ..utils.device import resolve_device
     from ..utils.io import write_text
     from .accuracy import evaluate, write_result
-    from .backbone import load_backbone
+    from .backbone import load_backbone, model_shape
     from .templates import get_templates
-    from .zeroshot import ZeroShotClassifier, classify
+    from .zeroshot import ZeroShotClassifier, classify, require_text_tower
 
     model, split, batch_size = cfg.model, cfg.split, cfg.batch_size
     prompts = get_templates(cfg.templates)
@@ -82,6 +82,7 @@ def zeroshot(cfg: ZeroShotConfig) -> ZeroShotRun:
         raise SparsesteerError(
             f"{ds.name} [{split}]: image {int((labels < 0).argmax())} has no label (-1); accuracy needs labelled images"
         )
+    require_text_tower(model_shape(model, cfg.revision))  # from its config, before the load
     bb = load_backbone(model, device=target, revision=cfg.revision)
     text_cache = None if str(cfg.text_cache).lower() == "none" else cfg.text_cache
     cache_dir = None if text_cache is None else Path(text_cache).expanduser()

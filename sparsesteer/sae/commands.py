@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from ..utils import config as config_utils
-from ..utils.errors import SparsesteerError
+from ..utils.errors import SparsesteerError, unknown
 
 # SAE fields that take comma-separated lists on the command line; their product is the sweep.
 SWEEP_FIELDS = ("arch", "k", "expansion", "n_latents", "l1_coeff")
@@ -189,8 +189,11 @@ def run_train(args: argparse.Namespace) -> int:
 
         remove_stale_temps(run.out)  # half-written files of the run that was killed
     if run.model is not None:
-        from ..activations.stream import open_model_rows
+        from ..activations.stream import model_widths, open_model_rows
 
+        for d in model_widths(run):  # the flags against the model's config, before the load
+            for c in sae_cfgs:
+                c.resolved(d)
         source = open_model_rows(run, train_cfg)
     else:
         source = open_source(
@@ -312,8 +315,9 @@ def _open_for(sae: Any, cfg: Any) -> tuple[Any, int | None, list[int]]:
 def run_judge(cfg: Any, extra: Any = None) -> int:
     """`evaluate --suite`: every --sae judged by the suites, one JSON + one Markdown comparison table.
 
-    `extra(sae_dir, sae, source, suites) -> list[MetricResult]` measures the model suites
-    (`judge.MODEL_SUITES`, from the experiments floor); without it they are refused."""
+    `extra(sae_dir, sae, source, suites)` checks the inputs of the model suites (`judge.MODEL_SUITES`, from
+    the experiments floor) before any work and returns the function that measures them (-> list of
+    `MetricResult`); without it they are refused."""
     from ..utils import io
     from ..utils.device import resolve_device
     from ..utils.report import write_result
@@ -323,6 +327,9 @@ def run_judge(cfg: Any, extra: Any = None) -> int:
     from .provenance import Provenance, check_agree
 
     names = _split(cfg.suite, "--suite")
+    for name in names:  # a misspelt suite fails before any work
+        if name not in (*SUITES, *MODEL_SUITES, "default"):
+            raise unknown("suite (--suite)", name, (*SUITES, *MODEL_SUITES, "default"))
     default = "default" in names
     if cfg.out is None and len(cfg.sae) > 1:
         raise SparsesteerError("several --sae: give --out (a directory or .json file for the comparison)")
@@ -364,11 +371,12 @@ def run_judge(cfg: Any, extra: Any = None) -> int:
                 suites.append(s)
         model_suites = [s for s in suites if s in MODEL_SUITES] if extra is not None else []
         plain = [s for s in suites if s not in model_suites]
+        measure = extra(sae_dir, sae, source, model_suites) if model_suites else None  # checks before any work
         metrics = (
             judge(sae, source, suites=plain, settings=st, cls_position=cls, patch_positions=patches) if plain else []
         )
-        if model_suites:
-            metrics += extra(sae_dir, sae, source, model_suites)
+        if measure is not None:
+            metrics += measure()
         label = Path(sae_dir).name or sae_dir
         while label in results:
             label += "'"

@@ -389,8 +389,9 @@ class EvaluateConfig(DeviceOptions):
     out: str | None = None
     """Metrics JSON file or directory; None = SAE_DIR/eval.json."""
     allow_mismatch: bool = False
-    """Evaluate even when the SAE and the activations disagree on model, revision, hook, tokens or width;
-    the report then lists the disagreements."""
+    """Evaluate even when the SAE and the activations (or --model) disagree on model, revision, hook or
+    tokens, or when --dataset names the cache's images under another spec or split; the report then
+    lists the disagreements."""
     max_images: int = 10_000
     """--suite: the probe suites keep at most this many images (their memory bound)."""
     seed: int = 0
@@ -404,7 +405,8 @@ class EvaluateConfig(DeviceOptions):
     model: str | None = None
     """--suite spliced: the model to splice into (hub id or directory); None = the cache's model (its provenance)."""
     dataset: str | None = None
-    """--suite spliced/monosemanticity: dataset spec of the cached images; None = the cache's recorded spec."""
+    """--suite spliced/monosemanticity: dataset spec of the cached images (checked to hold them: split,
+    number, class names, labels); None = the cache's recorded spec."""
     data_root: str | None = None
     """Root directory of local datasets; None = the default data root."""
     templates: str = "ensemble"

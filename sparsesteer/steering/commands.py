@@ -183,35 +183,42 @@ def _not_the_same_split(left: str, a: ActivationCache, right: str, b: Activation
     raise SparsesteerError(note + " (or --allow-mismatch to run anyway; the outputs then say so)")
 
 
+def _same_classes(what: str, path: str, cfg: ScoredSplit) -> None:
+    """A train split (--tune-on, --gate-on, --database) and the scored split must share their class
+    names (the labels of one index the classifier of the other): two manifests, checked before the
+    model loads."""
+    from ..activations.cache import ActivationCache
+    from ..activations.pairing import ImageSet, check_same_images
+
+    check_same_images(
+        f"{what} ({path})",
+        ImageSet.of_cache(ActivationCache.open(path)),
+        f"the scored split ({cfg.activations})",
+        ImageSet.of_cache(ActivationCache.open(cfg.activations)),
+        fields=("classes_sha256",),
+    )
+
+
 def _classes(cache: ActivationCache, cfg: ScoredSplit, notes: list[str]) -> list[str]:
-    """Class names: stored in the cache (format 2), or from --dataset (checked against the stored ones),
-    or, for a version-1 cache, from the dataset it records (needs it on disk)."""
-    from ..data import open_dataset
-    from ..sae.provenance import Provenance, check_agree
+    """Class names: stored in the cache (format 2), or from --dataset, or, for a version-1 cache, from
+    the dataset it records (needs it on disk); a dataset opened is checked to hold the cache's images
+    (`activations.pairing`: spec, split, number, class names, labels)."""
+    from ..activations.pairing import ImageSet, open_images
 
     stored = cache.classes
     if cfg.dataset is None and stored:
         return stored
-    spec = cache.settings.dataset or {}
-    name = cfg.dataset or spec.get("name")
-    if not name:
+    if not (cfg.dataset or (cache.settings.dataset or {}).get("name")):
         raise SparsesteerError("the cache records no dataset and no class names: pass --dataset to name the classes")
-    try:
-        ds = open_dataset(name, cache.settings.split or "test", data_root=cfg.data_root)
-    except SparsesteerError as e:
-        raise SparsesteerError(f"cannot open {name!r} for its class names ({e}); pass --dataset/--data-root") from None
-    if stored:
-        notes += check_agree(
-            f"the class names of --dataset {name}",
-            Provenance(classes=tuple(ds.classes)),
-            f"those stored in {cache.path}",
-            Provenance(classes=tuple(stored)),
-            fields=("classes_sha256",),
-            allow=cfg.allow_mismatch,
-        )
-    elif spec.get("classes_sha256") and cfg.dataset is None:
-        if ds.describe().get("classes_sha256") != spec["classes_sha256"]:
-            raise SparsesteerError(f"the class names of {name!r} differ from those recorded in the cache")
+    ds, overridden = open_images(
+        ImageSet.of_cache(cache),
+        f"the activations ({cache.path})",
+        dataset=cfg.dataset,
+        split=None if cache.settings.split else "test",
+        data_root=cfg.data_root,
+        allow=cfg.allow_mismatch,
+    )
+    notes += overridden
     return ds.classes
 
 
@@ -288,6 +295,8 @@ def run_vs2(args: argparse.Namespace) -> int:
     from .tuning import validation_split
 
     cfg = config_utils.from_args(SteerVS2Config, args, where="steer vs2 settings")
+    if cfg.tune_on or cfg.gate_on:
+        _same_classes("the --tune-on cache" if cfg.tune_on else "the --gate-on cache", cfg.tune_on or cfg.gate_on, cfg)
     scored = _load_scored(cfg, cfg.templates)
     bb, sae, cache, x, clf, notes = scored.backbone, scored.sae, scored.cache, scored.x, scored.classifier, scored.notes
     y = torch.from_numpy(scored.labels)
@@ -370,15 +379,13 @@ def _head_rows(
     """A retriever's `head` embeddings of the same images as a CLIP cache (same dataset, split, count),
     and the retriever's provenance."""
     from ..activations.cache import ActivationCache
-    from ..sae.provenance import Provenance, check_agree
+    from ..activations.pairing import check_same_cached_images
+    from ..sae.provenance import Provenance
 
-    view = ActivationCache.open(path).rows("head")
+    head_cache = ActivationCache.open(path)
+    view = head_cache.rows("head")
     images = Provenance.from_rows(view.describe())
-    clip = Provenance.from_rows(clip_cache.rows(clip_cache.hooks[0]).describe())
-    notes += check_agree(
-        f"{what} ({path})", images, f"its CLIP cache ({clip_cache.path})", clip, fields=("dataset", "split"),
-        allow=cfg.allow_mismatch,
-    )  # fmt: skip
+    notes += check_same_cached_images(what, head_cache, "its CLIP cache", clip_cache, allow=cfg.allow_mismatch)
     if view.n_rows != clip_cache.n_images:
         raise SparsesteerError(
             f"{what} {path} has {view.n_rows} rows but the CLIP cache has {clip_cache.n_images}: cache the same "
@@ -390,7 +397,7 @@ def _head_rows(
 def run_vs2pp(args: argparse.Namespace) -> int:
     import torch
 
-    from ..sae.provenance import Provenance, check_agree
+    from ..sae.provenance import check_agree
     from ..utils import config as config_utils
     from ..utils.report import md_table, write_result
     from .retrieval_suite import RetrievalRows, RetrievalSuiteSettings, evaluate_all, tune_all
@@ -398,6 +405,7 @@ def run_vs2pp(args: argparse.Namespace) -> int:
     from .tuning import validation_split
 
     cfg = config_utils.from_args(SteerVS2ppConfig, args, where="steer vs2pp settings")
+    _same_classes("the database", cfg.database, cfg)
     scored = _load_scored(cfg)
     bb, sae, cache, x_q, y_q, clf = (
         scored.backbone,
@@ -410,14 +418,6 @@ def run_vs2pp(args: argparse.Namespace) -> int:
     notes = scored.notes
     db_cache, (x_db, y_db) = _cls_rows(cfg.database, bb, "the database", cfg, notes)
     notes += _not_the_same_split("the database", db_cache, "the scored split", cache, cfg)
-    notes += check_agree(
-        f"the database ({cfg.database})",
-        Provenance(classes=tuple(db_cache.classes)) if db_cache.classes else Provenance(),
-        f"the scored split ({cfg.activations})",
-        Provenance(classes=tuple(scored.classes)),
-        fields=("classes_sha256",),
-        allow=cfg.allow_mismatch,
-    )
     modes = ("pseudo", "oracle") if cfg.labels == "both" else (cfg.labels,)
     if y_db is None or (y_db < 0).any():
         raise SparsesteerError(

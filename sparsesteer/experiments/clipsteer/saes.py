@@ -83,6 +83,16 @@ class SAEOptions:
             raise SparsesteerError(f"--sae-epochs must be a positive number, got {self.sae_epochs}")
         _chain(self, SAEOptions)
 
+    def check_width(self, d_model: int, model: str) -> None:
+        """Refuse a k the SAEs cannot have: at least their expansion x d_model latents (checked against
+        the model's config before any work, not when the first SAE starts training)."""
+        n_latents = self.expansion * d_model
+        if self.arch in ("topk", "batchtopk") and self.k >= n_latents:
+            raise SparsesteerError(
+                f"--k {self.k}: k must be smaller than the SAEs' {n_latents} latents (--expansion {self.expansion} "
+                f"x width {d_model} of {model!r})"
+            )
+
 
 class SAEKey(NamedTuple):
     """One SAE of a report: a block and a token configuration."""

@@ -86,3 +86,17 @@ class VS2Config(RunOptions):
                 raise SparsesteerError(f"{name} must be finite numbers")
             for v in getattr(self, name):
                 check_steer_value(f"--{name.replace('_', '-')}", v)
+        if not 0 < self.val_fraction < 1:
+            raise SparsesteerError(
+                f"--val-fraction must be in (0, 1) (the share of TRAIN held out for tuning), got {self.val_fraction}"
+            )
+        small = [n for n in self.multi_layer if n < 2]
+        if self.in_forward and small:
+            raise SparsesteerError(
+                f"--multi-layer {small[0]}: Table 7 steers the last n >= 2 blocks (n = 1 is the VS2 row itself)"
+            )
+        if self.train_split == self.test_split:
+            raise SparsesteerError(
+                f"--train-split and --test-split are both {self.train_split!r}: the SAEs and the tuning would see "
+                "the images they are measured on; use two splits"
+            )

@@ -26,7 +26,6 @@ from typing import Any
 from ...models.hook_names import HookPoint, hook_name
 from ...sae.provenance import Provenance
 from ...utils import io
-from ...utils.errors import SparsesteerError
 from ..stages import Pipeline, Stage
 from .config import VS2Config
 from .run import VS2Run
@@ -58,17 +57,20 @@ def retrieval(run: VS2Run) -> None:
             emb = run.cls_classifier().embed(run.cls_rows(split).x)
         else:
             from ...activations.cache import ActivationCache
+            from ...activations.pairing import check_same_cached_images
             from ...activations.produce import cache_activations
 
             head = str(HookPoint.head())
             out = run.path("cache", f"retriever-{split}")
             cache_activations(run.cache_config(split, (head,), "cls", out, model=c.retriever))
-            emb = ActivationCache.open(out, verify="none").rows(head).read_all().x
-            n_clip = run.load_array("train_labels" if split == c.train_split else "test_labels").shape[0]
-            if emb.shape[0] != n_clip:
-                raise SparsesteerError(
-                    f"retriever cache of {split} has {emb.shape[0]} rows but the CLIP cache has {n_clip}"
-                )
+            retriever = ActivationCache.open(out, verify="none")
+            check_same_cached_images(
+                f"the CLIP cache of {split}",
+                run.open_cache(split, run.path("cache", split)),
+                "its retriever cache",
+                retriever,
+            )
+            emb = retriever.rows(head).read_all().x
         run.save_array(f"retrieval_{split}", emb)
 
 
@@ -174,6 +176,7 @@ def inforward(run: VS2Run) -> None:
         saes = run.block_saes()
         clf = run.classifier("single")
         ds = run.dataset(c.test_split)
+        run.open_cache(c.test_split, run.path("cache", c.test_split))  # scored against its labels: the same images
         runs = {"sae_rec_a": steer.sae_rec_all(saes)}
         for n in c.multi_layer:
             if 1 < n <= run.backbone.n_blocks:
@@ -265,6 +268,7 @@ def reproduce(cfg: VS2Config, out: str | Path, stage: str | None = None) -> Path
     """Run the experiment into `out` (every stage that is not current, or `stage` alone); returns
     the path of results.md."""
     run = VS2Run(cfg, out)
+    run.check_inputs()
     run.out.mkdir(parents=True, exist_ok=True)
     io.write_json(run.path("config.json"), dataclasses.asdict(cfg))
     Pipeline(run.out, cfg, STAGES).run(run, stage, log=lambda m: log.info("%s", m))

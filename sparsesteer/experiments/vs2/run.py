@@ -66,22 +66,46 @@ class VS2Run(TrainTestRun):
                 f"dataset {self.cfg.dataset!r} has no class names: zero-shot classification needs them"
             )
 
+    def check_inputs(self) -> None:
+        """Refuse, before any stage, what this run cannot do, naming the setting at fault: the settings
+        against the model's config (a CLIP, the Table 7 block counts, k against the SAE width), then the
+        datasets and the validation part; the model itself loads in the first stage that needs it."""
+        c, shape = self.cfg, self.shape
+        if shape.arch != "clip":
+            raise SparsesteerError(
+                f"VS2 needs a CLIP backbone (zero-shot through the CLS head); {c.model!r} is {shape.arch}"
+            )
+        deep = [n for n in c.multi_layer if n > shape.n_blocks]
+        if c.in_forward and deep:
+            raise SparsesteerError(
+                f"--multi-layer {deep[0]}: steering the last {deep[0]} blocks needs that many; {c.model!r} has "
+                f"{shape.n_blocks}"
+            )
+        expansion, k = self.sae_shape()
+        if k >= expansion * shape.d_model:
+            raise SparsesteerError(
+                f"--sae-k {k}: k must be smaller than the SAE's {expansion * shape.d_model} latents (expansion "
+                f"{expansion} x width {shape.d_model} of {c.model!r})"
+            )
+        from ...steering.tuning import validation_split
+
+        validation_split(len(self.dataset(c.train_split)), c.val_fraction, c.seed)
+        self.dataset(c.test_split)
+
     @property
     def final_block(self) -> int:
         """The block whose output CLS the paper's SAE reads (the last one; 23 for L/14)."""
-        block, _, _ = paper.sae_config(self.cfg.model, self.backbone.n_blocks)
+        block, _, _ = paper.sae_config(self.cfg.model, self.shape.n_blocks)
         return block
 
     def sae_shape(self) -> tuple[int, int]:
         """(expansion, k) of the SAEs: the settings', else the paper's for this backbone."""
-        _, expansion, k = paper.sae_config(self.cfg.model, self.backbone.n_blocks)
+        _, expansion, k = paper.sae_config(self.cfg.model, self.shape.n_blocks)
         return self.cfg.sae_expansion or expansion, self.cfg.sae_k or k
 
     def cls_rows(self, split: str, block: int | None = None) -> Rows:
         """(CLS vectors [N, d] float32, labels [N]) of a cached split at `block` (default: final)."""
-        from ...activations.cache import ActivationCache
-
-        cache = ActivationCache.open(self.path("cache", split), verify="none")
+        cache = self.open_cache(split, self.path("cache", split))
         return cache.rows(hook_name(self.final_block if block is None else block), "cls").read_all()
 
     # ------------------------------------------------------------------ SAEs and classifiers
@@ -96,8 +120,11 @@ class VS2Run(TrainTestRun):
         return {b: self.load_sae("final" if b == final else f"block{b:02d}") for b in range(self.backbone.n_blocks)}
 
     def classifier(self, templates: str = "single") -> ZeroShotClassifier:
+        """The zero-shot classifier over the test split's class names (checked to be its cache's)."""
         from ...models.templates import get_templates
         from ...models.zeroshot import ZeroShotClassifier
+
+        self.open_cache(self.cfg.test_split, self.path("cache", self.cfg.test_split))
 
         return ZeroShotClassifier.build(
             self.backbone,

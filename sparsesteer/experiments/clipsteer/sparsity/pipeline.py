@@ -117,6 +117,7 @@ def ce(run: SparsityRun) -> None:
     c = run.cfg
     bb = run.backbone
     ds = run.dataset(c.test_split)
+    run.cache(c.test_split)  # the metrics stage read its rows: the CE must see the same images
     clf = run.classifier()
     rows: dict[str, dict] = {}
     clean = None

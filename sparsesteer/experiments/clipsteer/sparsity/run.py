@@ -46,7 +46,7 @@ class SparsityRun(TrainTestRun, BlockSAEs):
 
     @property
     def blocks(self) -> tuple[int, ...]:
-        return parse_blocks(self.cfg.blocks, self.backbone.n_blocks)
+        return parse_blocks(self.cfg.blocks, self.shape.n_blocks)
 
     def hook(self, block: int) -> str:
         return hook_name(block, self.cfg.hook_kind)
@@ -72,9 +72,8 @@ class SparsityRun(TrainTestRun, BlockSAEs):
 
     # ------------------------------------------------------------------ caches and SAEs
     def cache(self, split: str) -> ActivationCache:
-        from ....activations.cache import ActivationCache
-
-        return ActivationCache.open(self.path("cache", split), verify="none")
+        """The run's cache of `split`, checked to hold the images the run's dataset opens now."""
+        return self.open_cache(split, self.path("cache", split))
 
     def rows(self, split: str, key: SAEKey) -> RowView:
         """The rows of `split` an SAE reads: its block's hook, its token configuration."""
@@ -105,21 +104,20 @@ class SparsityRun(TrainTestRun, BlockSAEs):
 
     # ------------------------------------------------------------------ checks before any stage
     def check_inputs(self) -> None:
-        """Refuse, before any work, what this run cannot do, naming the setting at fault."""
-        c, bb = self.cfg, self.backbone
+        """Refuse, before any work, what this run cannot do, naming the setting at fault: the settings
+        against the model's config first (`shape`), then the datasets and --sae-dir, then what needs
+        the loaded model."""
+        c, shape = self.cfg, self.shape
         self.blocks  # noqa: B018 - range check against the model (an error names the valid indices)
-        if not bb.has_text:
+        if not shape.has_text:
             raise SparsesteerError(
-                f"{c.model!r} ({bb.arch}) has no text tower: the % CE recovered needs zero-shot classification "
+                f"{c.model!r} ({shape.arch}) has no text tower: the % CE recovered needs zero-shot classification "
                 "(CLIP or SigLIP)"
             )
-        if "cls" in c.tokens and not bb.has_cls:
-            raise SparsesteerError(f"--tokens cls: {c.model!r} ({bb.arch}) has no CLS token; use --tokens all,patch")
-        if "patch" in c.tokens and bb.n_tokens <= bb.n_prefix:
-            raise SparsesteerError(
-                f"--tokens patch: {c.model!r} has no patch tokens at {bb.image_size} px "
-                f"(patch size {bb.patch_size}); use --tokens all,cls"
-            )
+        if "cls" in c.tokens and not shape.has_cls:
+            raise SparsesteerError(f"--tokens cls: {c.model!r} ({shape.arch}) has no CLS token; use --tokens all,patch")
+        if self.trains:
+            c.check_width(shape.d_model, c.model)
         ds = self.dataset(c.test_split)
         if not has_class_names(ds.classes):
             raise SparsesteerError(
@@ -131,3 +129,9 @@ class SparsityRun(TrainTestRun, BlockSAEs):
             self.dataset(c.train_split)  # exists (downloaded when missing)
         else:
             self.check_sae_dir()
+        bb = self.backbone
+        if "patch" in c.tokens and bb.n_tokens <= bb.n_prefix:
+            raise SparsesteerError(
+                f"--tokens patch: {c.model!r} has no patch tokens at {bb.image_size} px "
+                f"(patch size {bb.patch_size}); use --tokens all,cls"
+            )

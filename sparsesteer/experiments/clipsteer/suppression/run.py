@@ -81,7 +81,7 @@ class SuppressionRun(RunContext, BlockSAEs):
     # ------------------------------------------------------------------ model, SAEs
     @property
     def blocks(self) -> tuple[int, ...]:
-        return parse_blocks(self.cfg.blocks, self.backbone.n_blocks)
+        return parse_blocks(self.cfg.blocks, self.shape.n_blocks)
 
     @property
     def ns(self) -> tuple[int, ...]:
@@ -196,14 +196,20 @@ class SuppressionRun(RunContext, BlockSAEs):
 
     # ------------------------------------------------------------------ checks
     def check_inputs(self) -> None:
-        c, bb = self.cfg, self.backbone
-        if not bb.has_text:
+        """Refuse, before any work, what this run cannot do: the settings against the model's config
+        first (`shape`: no weights loaded), then the image sets and --sae-dir."""
+        c, shape = self.cfg, self.shape
+        if not shape.has_text:
             raise SparsesteerError(
-                f"{c.model!r} ({bb.arch}) has no text tower: suppression re-evaluates a zero-shot task"
+                f"{c.model!r} ({shape.arch}) has no text tower: suppression re-evaluates a zero-shot task"
             )
         self.blocks  # noqa: B018 - range check
-        if c.tokens == "cls" and not bb.has_cls:
+        if c.tokens == "cls" and not shape.has_cls:
             raise SparsesteerError(f"--tokens cls: {c.model!r} has no CLS token")
+        if self.trains:
+            c.check_width(shape.d_model, c.model)
+            for key in self.keys():  # the width the SAEs will have
+                self.check_ns(c.expansion * shape.d_model, key)
         self.prompts()
         sel = self.image_set("select")
         self.image_set("test")
@@ -225,8 +231,6 @@ class SuppressionRun(RunContext, BlockSAEs):
             from ....data import ensure_dataset
 
             ensure_dataset(self.dataset_spec, c.sae_split, data_root=c.data_root)
-            for key in self.keys():  # the width the SAEs will have
-                self.check_ns(c.expansion * bb.d_model, key)
         else:
             self.check_sae_dir()
 
