@@ -99,7 +99,7 @@ def _refuse(sae: SparseAutoencoder, fmt: str) -> None:
         raise SparsesteerError(
             f"this SAE normalises each input row ({sae.row_norm['kind']}); sparsify has no such normalisation"
         )
-    if arch == "batchtopk" and float(sae.threshold) < 0:
+    if arch == "batchtopk" and float(sae.get_buffer("threshold")) < 0:
         raise SparsesteerError("this batchtopk SAE has no inference threshold yet (train it first): nothing to export")
 
 

@@ -204,7 +204,7 @@ def feature_edit(
     return edits.sae_edit(hook, sae, edit, tokens=tokens, keep_error=keep_error, check_hook=check_hook)
 
 
-def neuron_indices(d: int, neurons: int | Sequence[int]) -> Tensor:
+def neuron_indices(d: int, neurons: int | Sequence[int] | Tensor) -> Tensor:
     """`neurons` as a sorted int64 tensor without repeats, each checked against the width d."""
     t = torch.as_tensor(neurons)
     if t.numel() == 0:
@@ -385,11 +385,12 @@ class ResumePoint(NamedTuple):
 def resume_point(backbone: Backbone, hook: str | HookPoint) -> ResumePoint | None:
     """The resume point for steering at `hook`: blocks before it are not rerun. None at `head`."""
     hp = backbone.hook_point(hook)
-    if hp.kind == "head":
+    block = hp.block
+    if hp.kind == "head" or block is None:  # HookPoint: the block is None exactly at the head
         return None
-    if hp.kind == "resid_post" and hp.block + 1 < backbone.n_blocks:
-        return ResumePoint(hp.block + 1, hook_name(hp.block + 1, "resid_pre"))
-    return ResumePoint(hp.block, str(hp))
+    if hp.kind == "resid_post" and block + 1 < backbone.n_blocks:
+        return ResumePoint(block + 1, hook_name(block + 1, "resid_pre"))
+    return ResumePoint(block, str(hp))
 
 
 def moved(iv: Intervention, hook: str) -> Intervention:

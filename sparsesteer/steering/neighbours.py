@@ -36,7 +36,7 @@ if TYPE_CHECKING:
 LabelMode = Literal["pseudo", "oracle"]
 Rule = Literal["query", "mode"]
 Fallback = Literal["group", "vs2", "none"]
-LABEL_MODES = ("pseudo", "oracle")
+LABEL_MODES: tuple[LabelMode, ...] = ("pseudo", "oracle")
 RULES = ("query", "mode")
 FALLBACKS = ("group", "vs2", "none")
 _CHUNK = 128  # queries per gather of neighbour rows ([chunk, N, d])

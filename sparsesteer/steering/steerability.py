@@ -126,9 +126,10 @@ def vocab_embeddings(
     """V [C, e]: each concept embedded by the model's text tower (`template` filled with it) and
     L2-normalised, cached on disk like the zero-shot classifier's weights (same key: model, revision,
     dtype, names, template)."""
+    from ..data.vocab import Vocabulary
     from ..models.zeroshot import ZeroShotClassifier
 
-    concepts = tuple(getattr(vocab, "concepts", vocab))
+    concepts = vocab.concepts if isinstance(vocab, Vocabulary) else tuple(vocab)
     return ZeroShotClassifier.build(backbone, concepts, (template,), cache_dir=cache_dir).weights
 
 

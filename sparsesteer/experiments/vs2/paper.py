@@ -76,7 +76,10 @@ def backbone_key(model_id: str) -> str | None:
 
 def numbers(dataset: str, model_id: str) -> dict[str, float]:
     """Paper top-1 % per row key for this dataset and backbone ({} when the paper has none)."""
-    key = (dataset, backbone_key(model_id))
+    bb = backbone_key(model_id)
+    if bb is None:
+        return {}
+    key = (dataset, bb)
     out: dict[str, float] = {}
     if key in _TABLE1_COLUMNS:
         col = _TABLE1_COLUMNS.index(key)
@@ -88,7 +91,8 @@ def numbers(dataset: str, model_id: str) -> dict[str, float]:
 
 
 def fvu(dataset: str, model_id: str) -> float | None:
-    return _FVU.get((dataset, backbone_key(model_id)))
+    bb = backbone_key(model_id)
+    return None if bb is None else _FVU.get((dataset, bb))
 
 
 def sae_config(model_id: str, n_blocks: int) -> tuple[int, int, int]:

@@ -188,7 +188,8 @@ def _word_index(stats: LatentStats, table: dict[str, np.ndarray], words: list[st
             for w, c in zip(stats.lens.indices[j, :k], stats.lens.cosine[j, :k]):
                 out.setdefault(int(w), []).append((-float(c), j))
     else:
-        for j in np.flatnonzero(table["label"] >= 0):
+        for jj in np.flatnonzero(table["label"] >= 0):
+            j = int(jj)
             w = int(table["label"][j])
             if w < len(words):
                 out.setdefault(w, []).append((-float(table["purity"][j]), int(j)))
@@ -216,7 +217,7 @@ def _write_thumbs(stage: Path, dataset: ImageDataset, ids: np.ndarray, size: int
     for i in bar(ids.tolist(), desc="thumbnails", unit="img", disable=None if progress else True):
         p = stage / thumb_path(i)
         p.parent.mkdir(parents=True, exist_ok=True)
-        load_image(dataset, i).resize((size, size), Image.BICUBIC).save(p, format="JPEG", quality=85)
+        load_image(dataset, i).resize((size, size), Image.Resampling.BICUBIC).save(p, format="JPEG", quality=85)
 
 
 def _patch_tokens(stats: LatentStats) -> list[int]:
@@ -278,7 +279,7 @@ def _write(stats, stage: Path, dataset, ids, thumb, page_size, chunk_bytes, titl
     words = lens_words if lens_words is not None else classes
 
     def top_word(j: int) -> str:
-        if stats.lens is not None and stats.lens.indices.shape[1]:
+        if stats.lens is not None and lens_words is not None and stats.lens.indices.shape[1]:
             return lens_words[int(stats.lens.indices[j, 0])]
         lab = int(table["label"][j])
         return classes[lab] if 0 <= lab < len(classes) else ("" if lab < 0 else str(lab))
@@ -303,7 +304,8 @@ def _write(stats, stage: Path, dataset, ids, thumb, page_size, chunk_bytes, titl
                 for j in sl
             ]  # fmt: skip
             write(f"data/pages/{name}-{p}.js", _js(f"pages/{name}-{p}", rows))
-            min_freq.append(_floor_sig(float(min(_sig(float(freq[j])) for j in sl))))
+            shown = [_sig(float(freq[j])) for j in sl]  # the rounded values the rows show and filter on
+            min_freq.append(_floor_sig(min(math.inf if v is None else v for v in shown)))
         orders[name] = {"n_pages": n_pages, "min_freq": min_freq}
     # latent chunks: size from the record of the latent with the most top images
     busiest = int(np.argmax(sum((t.images >= 0).sum(1) for t in stats.top.values())))

@@ -160,7 +160,7 @@ def load_visaebench(path: Path, cfg_file: Path, file: Path) -> SparseAutoencoder
     sae.metadata = {
         "hook": block_hook(int(layer), "resid_post") if isinstance(layer, int) else None,
         "tokens": "patch",
-        "model": {"id": BACKBONES.get(backbone, backbone)},
+        "model": {"id": BACKBONES.get(backbone, backbone) if backbone is not None else None},
         "source": source_record("visaebench", path, files, raw, activation=act, backbone=backbone, layer=layer),
     }
     return sae
