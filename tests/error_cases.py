@@ -173,6 +173,19 @@ COMMANDS: dict[str, list[str]] = {
     "resume-and-overwrite": [*_train(), "--resume", "--overwrite"],
     "resume-nothing": [*_train(), "--resume"],
     "train-into-a-used-dir": _train(out="{ws}/used"),
+    "steer-into-a-used-dir": [*_steer("--latent", "0", "--strength", "1"), "--out", "{ws}/used"],
+    "train-stopped-early": _train(out="{ws}/stopped"),
+    "evaluate-over-earlier-results": ["evaluate", "--sae", "{ws}/evaluated", "--activations", "{ws}/acts"],
+    "overwrite-an-input": [
+        "export",
+        "--sae",
+        "{ws}/nested/sae",
+        "--format",
+        "saelens",
+        "--out",
+        "{ws}/nested",
+        "--overwrite",
+    ],  # fmt: skip
     "cache-settings-changed": _cache("--tokens", "all", out="{ws}/cache-cls"),
     "tune-on-test": ["reproduce", "sparsity", *CLIP, *DATA, "--test-split", "train", "--out", "{ws}/new/s"],
     # damaged files (tests/test_faults_corruption.py has more)
@@ -226,6 +239,35 @@ COMMANDS: dict[str, list[str]] = {
         "{ws}/new/s",
     ],  # fmt: skip
     "unknown-suite": ["evaluate", "--sae", "{ws}/sae", "--activations", "{ws}/acts", "--suite", "bogus"],
+    "vs2-not-clip": [
+        "steer",
+        "vs2",
+        "--model",
+        "{ws}/dino",
+        "--sae",
+        "{ws}/sae",
+        "--activations",
+        "{ws}/acts",
+        "--lam",
+        "1",
+        "--gamma",
+        "2",
+    ],  # fmt: skip
+    "hub-sae-offline": _interpret(sae="hf:someorg/some-sae@v9"),
+    "hub-dataset-offline": [
+        "cache",
+        *CLIP,
+        "--dataset",
+        "hf:someorg/some-data",
+        "--split",
+        "train",
+        "--hook",
+        "head",
+        "--tokens",
+        "cls",
+        "--out",
+        "{ws}/new/c",
+    ],  # fmt: skip
     "steer-zero-with-strength": _steer("--latent", "0", "--mode", "zero", "--strength", "2"),
     # unwritable outputs
     "out-is-a-file": _train(out="{ws}/afile"),
@@ -245,6 +287,12 @@ def _api_sae_wrong_width(ws: Path) -> None:
     from sparsesteer.sae import SparseAutoencoder
 
     SparseAutoencoder.load(ws / "sae").encode(torch.zeros(3, 7))
+
+
+def _api_sae_numpy(ws: Path) -> None:
+    from sparsesteer.sae import SparseAutoencoder
+
+    SparseAutoencoder.load(ws / "sae").encode(np.zeros((3, 32), np.float32))
 
 
 def _api_unknown_arch(ws: Path) -> None:
@@ -334,6 +382,7 @@ API = {
     "api-steer-non-finite-input": _api_steer_non_finite_input,
     "api-stats-edited": _api_stats_edited,
     "api-sae-wrong-width": _api_sae_wrong_width,
+    "api-sae-numpy": _api_sae_numpy,
     "api-unknown-arch": _api_unknown_arch,
     "api-unknown-dataset": _api_unknown_dataset,
     "api-hook-out-of-range": _api_bad_hook,
@@ -346,6 +395,8 @@ API = {
 
 def build_error_workspace(ws: Path, clip: Path) -> Path:
     """Everything the commands above read: good inputs, and the broken ones they are about."""
+    import shutil
+
     import torch
     from faults import _class_folders
     from helpers import make_activation_cache
@@ -384,6 +435,11 @@ def build_error_workspace(ws: Path, clip: Path) -> Path:
     (ws / "afile").write_text("keep me")
     (ws / "used").mkdir()
     (ws / "used" / "notes.txt").write_text("mine")
+    (ws / "stopped").mkdir()  # a training run killed before its first checkpoint
+    (ws / "stopped" / "train_config.json").write_text("{}")
+    shutil.copytree(ws / "sae", ws / "evaluated")
+    (ws / "evaluated" / "eval.json").write_text("{}")
+    shutil.copytree(ws / "sae", ws / "nested" / "sae")
     argv = ["-q", *_cache(out=str(ws / "cache-cls"))]
     assert main([a.replace("{ws}", str(ws)) for a in argv]) == 0
     _pairing_inputs(ws)

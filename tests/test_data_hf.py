@@ -109,3 +109,43 @@ def test_missing_datasets_package_names_the_extra(monkeypatch, saved):
     monkeypatch.setattr(builtins, "__import__", no_datasets)
     with pytest.raises(SparsesteerError, match=r"pip install 'sparsesteer\[hf\]'"):
         open_dataset(f"hf:{saved}", "train")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every connection attempt is counted and refused (as on a machine without a network); no
+    sleeping between retries, so a retrying client fails this test quickly instead of slowly."""
+    import socket
+    import time
+
+    attempts = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args[:1])
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(time, "sleep", lambda s: None)
+    for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(v, raising=False)
+    return attempts
+
+
+@pytest.mark.parametrize("offline", ["HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", None])
+def test_hub_dataset_without_the_hub_fails_at_once(offline, no_network, monkeypatch, tmp_path):
+    """Offline mode on (HF_HUB_OFFLINE, or datasets' own HF_DATASETS_OFFLINE): no connection at all; the
+    hub out of reach: one probe, then the cache (empty here), like a model: one line saying how to work
+    offline."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", offline == "HF_HUB_OFFLINE")
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", offline is not None)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1" if offline == "HF_HUB_OFFLINE" else "0")
+    with pytest.raises(SparsesteerError) as info:
+        open_dataset("hf:someorg/some-data", "train", cache_dir=str(tmp_path / "cache"))
+    message = str(info.value)
+    assert "\n" not in message and "dataset 'someorg/some-data' is not in the local Hugging Face cache" in message
+    assert str(tmp_path / "cache") in message and "save_to_disk(DIR)) and pass --dataset hf:DIR" in message
+    assert ("offline mode is on" if offline else "cannot be reached") in message
+    assert len(no_network) == (0 if offline else 1)  # the probe; no request, no retry

@@ -154,8 +154,8 @@ def test_bad_inputs_are_refused_naming_the_cause(tmp_path, tiny_clip_dir, capsys
     err = capsys.readouterr().err
     assert "Blond_Hair" in err and "list_attr_celeba.txt" in err
     root = make_celeba(tmp_path / "ok")
-    assert main([*base, "--data-root", str(root), "--ns", "1,500", "--out", str(tmp_path / "b")]) != 0
-    assert "n = 500 is larger than the 64 latents" in capsys.readouterr().err
+    assert main([*base, "--data-root", str(root), "--ns", "500,600", "--out", str(tmp_path / "b")]) != 0
+    assert "every n (500, 600) is larger than the 64 latents" in capsys.readouterr().err
     empty = make_celeba(tmp_path / "oneside", per_split=(("0", 16), ("1", 1), ("2", 8)))
     assert main([*base, "--data-root", str(empty), "--select-split", "valid", "--test-split", "test",
                  "--out", str(tmp_path / "c")]) != 0  # fmt: skip

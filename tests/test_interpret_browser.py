@@ -364,6 +364,21 @@ def test_live_patch_lists_the_latents_of_that_token(live):
             live.patch(ApiRequest("POST", {}, bad))
 
 
+def test_live_api_errors_name_the_parameter_sent(live):
+    """GET api/image takes `index` (not `image`); a bad entry of `images` names that list."""
+    from sparsesteer.interpret.browser.server import ApiError, ApiRequest
+
+    with pytest.raises(ApiError) as e:
+        live.image(ApiRequest("GET", {}))
+    assert e.value.status == 400 and str(e.value).startswith("index must be a non-negative integer")
+    with pytest.raises(ApiError) as e:
+        live.image(ApiRequest("GET", {"index": "99"}))
+    assert e.value.status == 404 and "no image 99" in str(e.value)
+    with pytest.raises(ApiError) as e:
+        live.steer(ApiRequest("POST", {}, {"latent": 1, "strength": 1.0, "images": ["x"]}))
+    assert e.value.status == 400 and str(e.value).startswith("every entry of images must be")
+
+
 def test_cli_serve_refusals(browser_run, site, tmp_path, capsys):
     tmp, data, sae_dir, stats_dir, clip = browser_run
     rc = main(["browse", "--stats", str(stats_dir), "--out", str(tmp_path / "s"), "--model", str(clip)])

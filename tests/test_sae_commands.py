@@ -70,7 +70,7 @@ def test_train_refuses_a_non_empty_out_that_is_not_its_run_unless_overwrite(cach
         d.rmdir()
     (tmp_path / "sae" / "state").rmdir()
     assert run_train(cache, tmp_path / "sae") == 2
-    one_line_error(capsys, "is not empty", "has no training run to resume")
+    one_line_error(capsys, "is not empty", "holds no training run to resume")
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("keep me")
     assert run_train(cache, tmp_path / "notes") == 2

@@ -21,7 +21,7 @@ are kept). See docs/caching.md for hooks, token selections and disk use.
 
 def register(subparsers: Any) -> None:
     from ..utils import config as config_utils
-    from ..utils.cli import HelpFormatter
+    from ..utils.cli import HelpFormatter, add_overwrite
     from .produce import CacheConfig, VerifyConfig
 
     c = subparsers.add_parser(
@@ -35,6 +35,7 @@ def register(subparsers: Any) -> None:
         formatter_class=HelpFormatter,
     )
     config_utils.add_arguments(c, CacheConfig, flags={"hooks": "--hook"}, metavars={"out": "DIR", "limit": "N"})
+    add_overwrite(c)
     c.set_defaults(func=run_cache)
 
     p = subparsers.add_parser(
@@ -52,11 +53,14 @@ def register(subparsers: Any) -> None:
 
 def run_cache(args: argparse.Namespace) -> int:
     from ..utils import config as config_utils
-    from ..utils import distributed
+    from ..utils import distributed, outputs
     from ..utils.device import resolve_device
+    from .cache.writer import holds_cache
     from .produce import CacheConfig, cache_activations
 
     cfg = config_utils.from_args(CacheConfig, args, where="cache settings")
+    # before the model loads; a cache there is resumed (its settings are compared once the model is known)
+    outputs.claim(cfg.out, overwrite=args.overwrite, own=outputs.OwnRun("activation cache", holds_cache))
     world = distributed.init(resolve_device(cfg.device))  # a no-op outside torchrun
     try:
         cache = cache_activations(cfg)

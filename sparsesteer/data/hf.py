@@ -41,6 +41,44 @@ def _saved_dir(repo_id: str) -> Path | None:
     return None
 
 
+def _from_cache_without_hub(hf: Any, repo_id: str, split: str, options: dict[str, Any]) -> Any | None:
+    """A hub dataset when the hub is out of reach, as models fail fast (`utils.hub.check_hub`): with
+    offline mode on (HF_HUB_OFFLINE, HF_DATASETS_OFFLINE) or no connection to the hub, the split comes
+    from the `datasets` cache, read without a request, or a one-line error says how to work offline;
+    `datasets` would otherwise retry each request for about half a minute. None when the hub is
+    reachable: load as usual."""
+    from ..utils import hub
+
+    loaded: list[Any] = []
+
+    def cached() -> bool:
+        online = hf.config.HF_HUB_OFFLINE
+        hf.config.HF_HUB_OFFLINE = True  # the cache only: no request, no retry
+        try:
+            loaded.append(hf.load_dataset(repo_id, split=split, **options))
+            return True
+        except (ConnectionError, FileNotFoundError):  # not cached (datasets says so with these)
+            return False
+        except ValueError as e:  # cached, but not this split (or these options)
+            raise SparsesteerError(f"hf:{repo_id}: cannot load split {split!r} from the local cache: {e}") from None
+        finally:
+            hf.config.HF_HUB_OFFLINE = online
+
+    revision = options.get("revision")
+    hub.check_hub(
+        repo_id,
+        what="dataset",
+        flag="--dataset",
+        cached=cached,
+        revision=revision,
+        offline_too=hf.config.HF_HUB_OFFLINE,
+        cache=options.get("cache_dir") or hf.config.HF_DATASETS_CACHE,
+    )
+    if hub.offline():  # check_hub switched this process offline (datasets keeps its own copy of the flag)
+        hf.config.HF_HUB_OFFLINE = True
+    return loaded[0] if loaded else None
+
+
 class HFDataset(ImageDataset):
     """A split of a Hugging Face dataset. Options other than the two column names go to `load_dataset`."""
 
@@ -96,6 +134,10 @@ class HFDataset(ImageDataset):
                 return loaded[split]
             check_split(self.name, split, ["train"])  # a single saved Dataset is one split
             return loaded
+        if not Path(repo_id).expanduser().is_dir():  # a hub id: without the hub, the cache or one error, at once
+            cached = _from_cache_without_hub(hf, repo_id, split, options)
+            if cached is not None:
+                return cached
         try:
             splits: list[str] | None = self.available_splits(repo_id, revision=options.get("revision"))
         except SparsesteerError:  # listing can fail where loading works (e.g. offline cache); let load decide
@@ -127,10 +169,19 @@ class HFDataset(ImageDataset):
             if (saved / "dataset_dict.json").is_file():
                 return list(json.loads((saved / "dataset_dict.json").read_text())["splits"])
             return ["train"]
+        from huggingface_hub import constants
+
+        from ..utils import hub
+
+        was = hf.config.HF_HUB_OFFLINE
+        # an unreachable hub: the cache's answer (or its error) at once, not half a minute of retries
+        hf.config.HF_HUB_OFFLINE = was or hub.offline() or not hub.reachable(constants.ENDPOINT)
         try:
             return list(hf.get_dataset_split_names(repo_id, revision=revision))
         except Exception as e:  # noqa: BLE001 - datasets raises many types (hub, offline, format)
             raise SparsesteerError(f"hf:{repo_id}: cannot list splits: {type(e).__name__}: {e}") from None
+        finally:
+            hf.config.HF_HUB_OFFLINE = was
 
     def _row_image(self, i: int) -> dict[str, Any]:
         value = self._ds[i][self._image_column]

@@ -393,10 +393,10 @@ def _hub_config(repo_id: str, revision: str | None) -> Path:
         raise SparsesteerError(f"hub model {at} not found (or private); check the id") from None
     except RevisionNotFoundError:
         raise SparsesteerError(f"hub model {repo_id} has no revision {revision!r}") from None
-    except EntryNotFoundError:
-        raise SparsesteerError(f"hub model {at} has no preprocessor_config.json") from None
-    except LocalEntryNotFoundError:
+    except LocalEntryNotFoundError:  # before EntryNotFoundError, its base class: not cached is not missing
         raise SparsesteerError(
             f"preprocessor_config.json of {at} is not in the local cache and the hub cannot be reached "
             "(offline?); download the model once with network access or pass a local directory"
         ) from None
+    except EntryNotFoundError:
+        raise SparsesteerError(f"hub model {at} has no preprocessor_config.json") from None

@@ -96,16 +96,15 @@ def run_browse(cfg: BrowseConfig) -> dict[str, Any]:
     from ..interpret.browser.site import write_site
     from ..interpret.heatmaps import stats_dataset
     from ..interpret.store import load_stats
+    from ..utils import outputs
 
     stats = load_stats(cfg.stats, sae=cfg.sae)  # refuses stats of another SAE, naming the checksum
     out = Path(cfg.out)
-    reuse = (
-        cfg.serve
-        and not cfg.overwrite
-        and out.is_dir()
-        and _site_stats_sha(out) is not None
-        and _site_stats_sha(out) == stats.meta.get("tensors_sha256")
-    )
+    sha = stats.meta.get("tensors_sha256")
+    site = outputs.OwnRun("site of these statistics", holds=lambda p: sha is not None and _site_stats_sha(p) == sha)
+    # --serve reuses a site of the same statistics; write_site replaces a site atomically (--overwrite)
+    own = site if cfg.serve else None
+    reuse = outputs.claim(out, overwrite=cfg.overwrite, own=own, clear=False, inputs=[cfg.stats, cfg.sae]) == "own"
     result: dict[str, Any] = {"site": out, "written": not reuse}
     live = None
     if cfg.model is not None:  # load the model before writing: a bad --model fails before any work
@@ -192,11 +191,13 @@ class LiveModel:
         return {"info": self.info, "steer": self.steer, "patch": self.patch, "image": self.image}
 
     # ---- helpers ------------------------------------------------------------------------------
-    def _index(self, value: Any, what: str, n: int) -> int:
+    def _index(self, value: Any, what: str, n: int, param: str | None = None) -> int:
+        """`value` as an index of one of `n` `what`s; a 400 names the request parameter `param` (default:
+        `what`) that carried it, a 404 the missing thing."""
         from ..interpret.browser.server import ApiError
 
         if isinstance(value, bool) or not isinstance(value, (int, str)) or not str(value).isdigit():
-            raise ApiError(400, f"{what} must be a non-negative integer, got {value!r}")
+            raise ApiError(400, f"{param or what} must be a non-negative integer, got {value!r}")
         i = int(value)
         if i >= n:
             raise ApiError(404, f"no {what} {i}: there are {n} (0..{n - 1})")
@@ -282,7 +283,7 @@ class LiveModel:
             raise ApiError(400, "images must be a non-empty list of dataset indices")
         if len(images) > self.steer_images:
             raise ApiError(400, f"at most {self.steer_images} images per request (--steer-images)")
-        ids = [self._index(i, "image", len(self.ds)) for i in images]
+        ids = [self._index(i, "image", len(self.ds), param="every entry of images") for i in images]
         with self.lock:
             iv = feature_edit(self.hook, self.sae, [j], strength, mode, tokens=self.tokens, check_hook=False)
             pixels = self._pixels([self._dataset_image(i) for i in ids])
@@ -340,7 +341,7 @@ class LiveModel:
     def image(self, req: ApiRequest) -> Binary:
         from ..interpret.browser.server import Binary
 
-        i = self._index(req.query.get("index"), "image", len(self.ds))
+        i = self._index(req.query.get("index"), "image", len(self.ds), param="index")
         buf = _io.BytesIO()
         model_view(self.bb.preprocessor, self._dataset_image(i)).save(buf, format="PNG")
         return Binary(buf.getvalue(), "image/png")

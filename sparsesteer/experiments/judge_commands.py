@@ -10,7 +10,7 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     from ..sae.config import EvaluateConfig
     from ..utils import config as config_utils
-    from ..utils.cli import HelpFormatter
+    from ..utils.cli import HelpFormatter, add_overwrite
 
     e = sub.add_parser(
         "evaluate",
@@ -23,6 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         EvaluateConfig,
         metavars={"sae": "DIR", "activations": "PATH", "out": "PATH", "model": "MODEL", "mono_model": "MODEL"},
     )
+    add_overwrite(e, "Replace the files of an earlier evaluation at --out (eval.json/.md, judge.json/.md).")
     e.set_defaults(func=run_evaluate, output_args=())  # --out may name a file: checked in run_evaluate
 
 

@@ -14,7 +14,7 @@ EXAMPLES = """examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..utils.cli import HelpFormatter
+    from ..utils.cli import HelpFormatter, add_overwrite
     from .config import InterpretConfig
 
     p = sub.add_parser(
@@ -33,14 +33,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         InterpretConfig,
         metavars={"sae": "DIR", "activations": "CACHE", "out": "STATS", "dataset": "D", "vocab": "VOCAB"},
     )
-    p.set_defaults(func=run, output_args=("out",))
+    add_overwrite(p)
+    p.set_defaults(func=run, output_args=("out", "text_cache"))
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..utils import outputs
     from .config import InterpretConfig
-    from .run import run_interpret
+    from .run import INTERRUPTED_RUN, run_interpret
 
     cfg = config_utils.from_args(InterpretConfig, args, where="interpret")
+    outputs.claim(cfg.out, overwrite=args.overwrite, own=INTERRUPTED_RUN, inputs=[cfg.sae, cfg.activations, cfg.vocab])
     out, stats = run_interpret(cfg)
     freq = stats.frequency
     print(

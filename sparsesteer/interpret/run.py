@@ -10,8 +10,10 @@ import numpy as np
 
 from ..activations.pairing import ImageSet
 from ..utils.errors import SparsesteerError
+from ..utils.outputs import OwnRun, contents
 from .config import InterpretConfig
 from .stats import LatentStats
+from .store import META, TENSORS
 
 log = logging.getLogger(__name__)
 
@@ -235,7 +237,7 @@ def run_interpret(cfg: InterpretConfig) -> tuple[Path, LatentStats]:
             stats.lens = concept_lens(sae, backbone, vocab, k=min(cfg.lens_k, len(vocab)), cache_dir=cfg.text_cache)
         meta["lens"] = {"vocab": vocab.describe(), "model": lens_model, "template": "{}"}
     stats.meta = meta
-    out = save_stats(stats, cfg.out)
+    out = Path(cfg.out)
     from ..utils.plots import frequency_histogram
 
     model = (activations.get("model") or {}).get("id") or "unknown model"
@@ -250,4 +252,13 @@ def run_interpret(cfg: InterpretConfig) -> tuple[Path, LatentStats]:
         order = np.argsort(-stats.fire_count, kind="stable")[: cfg.montages]
         names = write_montages(stats, order.tolist(), src.dataset, out / "montages")
         log.info("wrote %d montages to %s", len(names), out / "montages")
+    save_stats(stats, out)  # last: a folder with stats.json holds a finished run (INTERRUPTED_RUN below)
     return out, stats
+
+
+INTERRUPTED_RUN = OwnRun(
+    "interrupted interpret run",
+    holds=lambda out: not (out / META).exists() and set(contents(out)) <= {TENSORS, "plots", "montages"},
+)
+"""What `interpret` continues in --out (recomputing it): the files of a run killed before stats.json,
+which it writes last. Finished statistics are replaced only with --overwrite."""

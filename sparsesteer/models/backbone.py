@@ -97,7 +97,7 @@ def _load_config(model: str, revision: str | None) -> Any:
         def cached() -> bool:
             return isinstance(try_to_load_from_cache(model, "config.json", revision=revision), str)
 
-        check_hub(model, what="model", flag="--model", cached=cached)
+        check_hub(model, what="model", flag="--model", cached=cached, revision=revision)
     try:
         return AutoConfig.from_pretrained(model, revision=revision)
     except (OSError, ValueError, KeyError) as e:

@@ -13,7 +13,7 @@ EXAMPLES = """examples:
 
 def register(subparsers: Any) -> None:
     from ..utils import config as config_utils
-    from ..utils.cli import HelpFormatter
+    from ..utils.cli import HelpFormatter, add_overwrite
     from .zeroshot_run import ZeroShotConfig
 
     z = subparsers.add_parser(
@@ -26,6 +26,7 @@ def register(subparsers: Any) -> None:
         formatter_class=HelpFormatter,
     )
     config_utils.add_arguments(z, ZeroShotConfig, metavars={"out": "DIR", "text_cache": "DIR", "limit": "N"})
+    add_overwrite(z)
     z.set_defaults(func=run_zeroshot, output_args=("out", "text_cache"))
 
 
@@ -33,9 +34,7 @@ def run_zeroshot(args: argparse.Namespace) -> int:
     from ..utils import config as config_utils
     from .zeroshot_run import TOPK, ZeroShotConfig, zeroshot
 
-    if args.text_cache is not None and args.text_cache.lower() == "none":
-        args.output_args = ("out",)
-    run = zeroshot(config_utils.from_args(ZeroShotConfig, args, where="zeroshot settings"))
+    run = zeroshot(config_utils.from_args(ZeroShotConfig, args, where="zeroshot settings"), overwrite=args.overwrite)
     r = run.result
     print(
         f"zero-shot {r.meta['dataset']} [{r.meta['split']}], {r.n_images} images, templates {r.meta['templates']}: "

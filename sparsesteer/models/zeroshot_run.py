@@ -53,13 +53,15 @@ class ZeroShotRun:
     """{index, source, error} of each unreadable image left out (on_bad_image='skip'; also in skipped.jsonl)."""
 
 
-def zeroshot(cfg: ZeroShotConfig) -> ZeroShotRun:
+def zeroshot(cfg: ZeroShotConfig, *, overwrite: bool = False) -> ZeroShotRun:
     """Evaluate zero-shot classification of `cfg.model` on `cfg.dataset`/`cfg.split` and write the
-    reports to `cfg.out` (default `zeroshot/<model>-<dataset>-<split>`). `cfg.text_cache` caches the
-    class weights (None = do not). on_bad_image='skip' leaves unreadable images out of the scores
+    reports to `cfg.out` (default `zeroshot/<model>-<dataset>-<split>`): a new or empty directory, or
+    with `overwrite` one whose contents are replaced (`utils.outputs.claim`). `cfg.text_cache` caches
+    the class weights (None = do not). on_bad_image='skip' leaves unreadable images out of the scores
     and lists them in `skipped.jsonl`."""
     from ..data import limit_dataset, open_dataset
     from ..data.batches import image_batches
+    from ..utils import outputs
     from ..utils.device import resolve_device
     from ..utils.io import write_text
     from .accuracy import evaluate, write_result
@@ -82,6 +84,8 @@ def zeroshot(cfg: ZeroShotConfig) -> ZeroShotRun:
         raise SparsesteerError(
             f"{ds.name} [{split}]: image {int((labels < 0).argmax())} has no label (-1); accuracy needs labelled images"
         )
+    out_dir = Path(cfg.out) if cfg.out is not None else default_out(model, ds.name, split)
+    outputs.claim(out_dir, overwrite=overwrite)  # before the model is read
     require_text_tower(model_shape(model, cfg.revision))  # from its config, before the load
     bb = load_backbone(model, device=target, revision=cfg.revision)
     text_cache = None if str(cfg.text_cache).lower() == "none" else cfg.text_cache
@@ -121,7 +125,6 @@ def zeroshot(cfg: ZeroShotConfig) -> ZeroShotRun:
         meta["skipped"] = len(skipped)
     result = evaluate(logits, labels_t, ds.classes, ks=(1, TOPK), meta=meta)
 
-    out_dir = Path(cfg.out) if cfg.out is not None else default_out(model, ds.name, split)
     json_path, md_path = write_result(result, out_dir, stem="zeroshot")
     top_logits, top = logits.topk(min(TOPK, clf.n_classes), dim=-1)
     lines = [
@@ -139,11 +142,8 @@ def zeroshot(cfg: ZeroShotConfig) -> ZeroShotRun:
     ]
     pred_path = out_dir / "predictions.jsonl"
     write_text(pred_path, "\n".join(lines) + "\n")
-    skipped_path = out_dir / "skipped.jsonl"
     if skipped:
-        write_text(skipped_path, "".join(json.dumps(s._asdict()) + "\n" for s in skipped))
-    elif skipped_path.exists():  # from an earlier run into the same --out
-        skipped_path.unlink()
+        write_text(out_dir / "skipped.jsonl", "".join(json.dumps(s._asdict()) + "\n" for s in skipped))
     return ZeroShotRun(result, json_path, md_path, pred_path, [s._asdict() for s in skipped])
 
 

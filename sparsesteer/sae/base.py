@@ -149,6 +149,11 @@ class SparseAutoencoder(nn.Module):
 
     # ---------------------------------------------------------------- encode / decode
     def _check_input(self, x: Tensor) -> Tensor:
+        if not isinstance(x, Tensor):  # numpy has .shape and .reshape but no .to: say what to pass
+            kind = f"{type(x).__module__}.{type(x).__name__}".removeprefix("builtins.")
+            raise SparsesteerError(
+                f"SAE input must be a torch.Tensor, got {kind}: pass a torch.Tensor (torch.from_numpy(x))"
+            )
         if x.ndim < 1 or x.shape[-1] != self.d_in:
             raise SparsesteerError(
                 f"activation width {tuple(x.shape)[-1:] or '()'} does not match the SAE's d_in={self.d_in} "
@@ -189,8 +194,9 @@ class SparseAutoencoder(nn.Module):
 
     def encode(self, x: Tensor) -> SparseCodes:
         """Sparse codes of x ([..., d_in] -> values/indices [..., K]); inference rule."""
+        x_bd = self._check_input(x)
         lead = x.shape[:-1]
-        codes, _ = self._encode(self._normalise_rows(self._check_input(x)))
+        codes, _ = self._encode(self._normalise_rows(x_bd))
         K = codes.values.shape[-1]
         return SparseCodes(codes.values.reshape(*lead, K), codes.indices.reshape(*lead, K))
 

@@ -26,7 +26,7 @@ EXAMPLES = """examples:
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from ..utils.cli import HelpFormatter
+    from ..utils.cli import HelpFormatter, add_overwrite
     from .config import SAEConfig, TrainConfig, TrainData
 
     p = sub.add_parser(
@@ -100,16 +100,19 @@ def register(sub: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     config_utils.add_arguments(e, ExportConfig, metavars={"sae": "DIR|hf:REPO", "out": "DIR"})
+    add_overwrite(e)
     e.set_defaults(func=run_export)
 
 
 def run_export(args: argparse.Namespace) -> int:
+    from ..utils import outputs
     from .base import SparseAutoencoder
     from .config import ExportConfig
     from .export import export_sae
     from .formats.peers import PEERS
 
     cfg = config_utils.from_args(ExportConfig, args)
+    outputs.claim(cfg.out, overwrite=args.overwrite, inputs=[cfg.sae])  # before the SAE is read (or downloaded)
     out = export_sae(SparseAutoencoder.load(cfg.sae), cfg.format, cfg.out, hook=cfg.hook)
     print(f"wrote {cfg.format} SAE to {out} (checked against {PEERS[cfg.format][0]}'s loader's requirements)")
     return 0
@@ -242,21 +245,22 @@ def run_evaluate(args: argparse.Namespace, extra: Any = None) -> int:
     import torch
 
     from ..activations.loader import open_source
-    from ..utils import io
+    from ..utils import outputs
     from ..utils.device import resolve_device
     from .base import SparseAutoencoder
     from .config import EvaluateConfig
-    from .metrics import eval_paths, evaluate, save_eval
+    from .metrics import eval_files, eval_paths, evaluate, save_eval
     from .provenance import Provenance, check_agree, rows_for
 
+    overwrite = bool(getattr(args, "overwrite", False))
     cfg = config_utils.from_args(EvaluateConfig, args, where="evaluate")
     if cfg.suite is not None:
-        return run_judge(cfg, extra)
+        return run_judge(cfg, extra, overwrite=overwrite)
     if len(cfg.sae) > 1:
         raise SparsesteerError("several --sae are compared by the suites: add --suite (e.g. --suite default)")
     sae_dir = cfg.sae[0]
     out = eval_paths(cfg.out or Path(sae_dir) / "eval.json")[0]
-    io.check_writable_dir(out.parent, what="--out", given=out)
+    outputs.claim_files(eval_files(out), overwrite=overwrite)  # an earlier evaluation is not replaced silently
     device = resolve_device(cfg.device)
     sae = SparseAutoencoder.load(sae_dir, device=device)
     path = Path(cfg.activations)
@@ -312,13 +316,13 @@ def _open_for(sae: Any, cfg: Any) -> tuple[Any, int | None, list[int]]:
     return open_source(cfg.activations, hook=cfg.hook, tokens=cfg.tokens), None, []
 
 
-def run_judge(cfg: Any, extra: Any = None) -> int:
+def run_judge(cfg: Any, extra: Any = None, *, overwrite: bool = False) -> int:
     """`evaluate --suite`: every --sae judged by the suites, one JSON + one Markdown comparison table.
 
     `extra(sae_dir, sae, source, suites)` checks the inputs of the model suites (`judge.MODEL_SUITES`, from
     the experiments floor) before any work and returns the function that measures them (-> list of
-    `MetricResult`); without it they are refused."""
-    from ..utils import io
+    `MetricResult`); without it they are refused. `overwrite` replaces an earlier judge.json/.md."""
+    from ..utils import outputs
     from ..utils.device import resolve_device
     from ..utils.report import write_result
     from .base import SparseAutoencoder
@@ -335,7 +339,7 @@ def run_judge(cfg: Any, extra: Any = None) -> int:
         raise SparsesteerError("several --sae: give --out (a directory or .json file for the comparison)")
     out = eval_paths(cfg.out or Path(cfg.sae[0]))[0]
     out = out.with_name("judge.json") if out.name == "eval.json" else out
-    io.check_writable_dir(out.parent, what="--out", given=out)
+    outputs.claim_files([out.with_suffix(".json"), out.with_suffix(".md")], overwrite=overwrite)
     device = resolve_device(cfg.device)
     st = JudgeSettings(
         batch_size=cfg.batch_size,

@@ -443,7 +443,7 @@ class ExportConfig:
     format: Literal["saelens", "sparsify"]
     """Target layout: saelens (cfg.json + sae_weights.safetensors) or sparsify (cfg.json + sae.safetensors)."""
     out: str
-    """Output directory (must not exist or be empty)."""
+    """Output directory (new or empty; --overwrite replaces what it holds)."""
     hook: str | None = None
     """saelens: the hook to record (cfg.json hook_name, where SAELens attaches the SAE) when the SAE
     records none (trained on a bare .npy, converted from sparsify, built in Python), e.g.

@@ -164,9 +164,15 @@ def eval_paths(out: str | Path) -> tuple[Path, Path]:
     return json_path, json_path.with_suffix(".md")
 
 
+def eval_files(out: str | Path) -> tuple[Path, Path, Path]:
+    """Every file `save_eval` writes to `out`: the JSON, the Markdown and the firing frequencies (.npy)."""
+    json_path, md_path = eval_paths(out)
+    return json_path, md_path, json_path.with_name(json_path.stem + "_firing_frequency.npy")
+
+
 def save_eval(result: EvalResult, out: str | Path, *, context: dict[str, Any]) -> tuple[Path, Path]:
     """Write metrics JSON (with the context: SAE, activations, settings) and a Markdown table."""
-    json_path, _ = eval_paths(out)
+    json_path, _, freq_path = eval_files(out)
     header = "\n".join(f"- {k}: {v}" for k, v in context.items() if not isinstance(v, dict))
     paths = write_result(
         json_path.parent,
@@ -174,7 +180,7 @@ def save_eval(result: EvalResult, out: str | Path, *, context: dict[str, Any]) -
         {**context, "metrics": result.to_json()},
         result.to_markdown() + "\n" + header + "\n",
     )
-    io.write_npy(json_path.with_name(json_path.stem + "_firing_frequency.npy"), result.firing_frequency)
+    io.write_npy(freq_path, result.firing_frequency)
     return paths
 
 

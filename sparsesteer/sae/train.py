@@ -15,7 +15,8 @@ exactly: on CPU a run killed with SIGKILL and resumed ends with bit-identical we
 uninterrupted one (tested).
 
 A run starts only in an empty (or new) directory, or replaces one's contents with
-`overwrite=True`; `resume=True` needs a checkpoint. Every logged number is checked: a NaN or Inf
+`overwrite=True`; `resume=True` continues a run from its latest checkpoint (from step 0 when it
+stopped before its first). Every logged number is checked: a NaN or Inf
 stops the run with the step and, when an input row caused it, that row of the source.
 """
 
@@ -36,7 +37,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from ..activations.loader import Batch, RowSource, ShuffledBatches, describe_row, open_source, sample_rows
-from ..utils import distributed, io, precision
+from ..utils import distributed, io, outputs, precision
 from ..utils.config import to_dict
 from ..utils.device import resolve_device
 from ..utils.errors import SparsesteerError
@@ -263,8 +264,8 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = cfg.tf32
         state_dir = self.out / "state"
         settings = self._settings()
-        if overwrite and writer:
-            _clear_dir(self.out)
+        if writer and (overwrite or (resume and latest is None)):
+            outputs.clear_dir(self.out)  # --overwrite, or a run that stopped before its first checkpoint
         if writer:
             self.out.mkdir(parents=True, exist_ok=True)
 
@@ -287,7 +288,7 @@ class Trainer:
                 with torch.no_grad():
                     m.sae.b_dec.copy_(stats[m.group][1])
             if writer:
-                io.write_json(self.out / "train_config.json", settings)
+                io.write_json(self.out / TRAIN_CONFIG, settings)
                 (self.out / "metrics.jsonl").unlink(missing_ok=True)
         self.scales = scales
         self.scale = scales[self.groups[0]]
@@ -676,8 +677,10 @@ def check_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = Fa
     """Refuse a run directory that would lose work or cannot be written, before any work starts;
     return its latest checkpoint (step, path), if any.
 
-    A new run needs `out` to be new or empty, or `overwrite` (which replaces its contents); a
-    directory with a checkpoint is continued with `resume`, which needs one.
+    The output policy of every command (`utils.outputs.claim`): a new run needs `out` to be new or
+    empty, or `overwrite` (which replaces its contents). A training run there is continued only with
+    `resume`: from its latest checkpoint, or from step 0 when it stopped before its first one (its
+    train_config.json is there, nothing else worth keeping).
     """
     out = Path(out)
     if resume and overwrite:
@@ -685,49 +688,46 @@ def check_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = Fa
     io.check_writable_dir(out)
     latest = _latest_state(out / "state")
     if resume:
-        if latest is None:
+        if latest is None and not _stopped_early(out):
             raise SparsesteerError(
                 f"--resume: {out} holds no training run to resume (no checkpoint under {out / 'state'}); "
                 "check --out, or leave out --resume to start a run"
             )
         return latest
-    if overwrite:
-        _check_overwritable(out)
-        return None
-    if latest is not None:
-        raise SparsesteerError(
-            f"{out} already holds a training run (checkpoint at step {latest[0]}): pass --resume to continue it, "
-            "choose another --out, or pass --overwrite to replace it"
-        )
-    if out.is_dir():
-        present = sorted(p.name for p in out.iterdir())
-        if present:
-            shown = ", ".join(present[:5]) + (f" and {len(present) - 5} more" if len(present) > 5 else "")
-            raise SparsesteerError(
-                f"{out} is not empty (it holds {shown}) and has no training run to resume: choose another --out, "
-                "or pass --overwrite to replace its contents"
-            )
+    outputs.claim(out, overwrite=overwrite, own=TRAINING_RUN, clear=False)  # fit() clears on rank 0
     return None
 
 
-def _check_overwritable(out: Path) -> None:
-    res = out.resolve()
-    if res == Path(res.anchor) or res == Path.home().resolve() or Path.cwd().resolve().is_relative_to(res):
-        raise SparsesteerError(
-            f"--overwrite would delete everything in {out}, which is the file system root, your home or holds the "
-            "current directory: choose a directory of its own for --out"
+TRAIN_CONFIG = "train_config.json"
+"""Written first by every run (`Trainer.fit`), before its first checkpoint."""
+
+
+def _stopped_early(out: Path) -> bool:
+    """A run that stopped before its first checkpoint: its train_config.json, no checkpoint and no
+    saved SAE (a finished run whose state/ was deleted is not one: restarting it would lose the SAE)."""
+    if not (out / TRAIN_CONFIG).is_file() or _latest_state(out / "state") is not None:
+        return False
+    return not any((p / "cfg.json").is_file() for p in (out, *(q for q in out.iterdir() if q.is_dir())))
+
+
+def _training_run_refusal(out: Path) -> str:
+    latest = _latest_state(out / "state")
+    if latest is None:
+        return (
+            f"{out} holds a training run that stopped before its first checkpoint: pass --resume to run it again "
+            "from step 0, choose another --out, or pass --overwrite to replace it"
         )
+    return (
+        f"{out} already holds a training run (checkpoint at step {latest[0]}): pass --resume to continue it, "
+        "choose another --out, or pass --overwrite to replace it"
+    )
 
 
-def _clear_dir(path: Path) -> None:
-    """Delete the contents of `path` (kept itself), for --overwrite."""
-    if not path.is_dir():
-        return
-    for child in path.iterdir():
-        if child.is_dir() and not child.is_symlink():
-            shutil.rmtree(child)
-        else:
-            child.unlink()
+TRAINING_RUN = outputs.OwnRun(
+    "training run to resume",
+    holds=lambda out: _latest_state(out / "state") is not None or _stopped_early(out),
+    refusal=_training_run_refusal,
+)
 
 
 def _check_finite(

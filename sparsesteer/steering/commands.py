@@ -53,7 +53,7 @@ EXAMPLES_NEURONS = """example:
 
 def register(sub: argparse._SubParsersAction) -> None:
     from ..utils import config as config_utils
-    from ..utils.cli import HelpFormatter
+    from ..utils.cli import HelpFormatter, add_overwrite
     from .settings import SteerFeaturesConfig, SteerNeuronsConfig, SteerVS2Config, SteerVS2ppConfig
 
     p = sub.add_parser(
@@ -78,6 +78,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "that and the outputs say so.",
     )
     config_utils.add_arguments(v, SteerVS2Config, metavars=dirs)
+    add_overwrite(v)
     v.set_defaults(func=run_vs2)
 
     pp = methods.add_parser(
@@ -91,6 +92,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "scored split.",
     )
     config_utils.add_arguments(pp, SteerVS2ppConfig, metavars=dirs)
+    add_overwrite(pp)
     pp.set_defaults(func=run_vs2pp)
 
     f = methods.add_parser(
@@ -104,7 +106,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "must match the model, hook, width and tokens; --allow-mismatch overrides all but the width.",
     )
     config_utils.add_arguments(f, SteerFeaturesConfig, metavars={**dirs, "latent": "J", "neuron": "J"})
-    f.set_defaults(func=run_features)
+    add_overwrite(f)
+    f.set_defaults(func=run_features, output_args=("out", "text_cache"))
 
     n = methods.add_parser(
         "neurons",
@@ -115,7 +118,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "baseline of feature steering), and print the predictions of the same images before and after.",
     )
     config_utils.add_arguments(n, SteerNeuronsConfig, metavars={**dirs, "neuron": "J"})
-    n.set_defaults(func=run_neurons)
+    add_overwrite(n)
+    n.set_defaults(func=run_neurons, output_args=("out", "text_cache"))
 
 
 def run_features(args: argparse.Namespace) -> int:
@@ -123,7 +127,9 @@ def run_features(args: argparse.Namespace) -> int:
     from .settings import SteerFeaturesConfig
     from .steer_run import run_features as run
 
-    run(config_utils.from_args(SteerFeaturesConfig, args, where="steer features settings"))
+    cfg = config_utils.from_args(SteerFeaturesConfig, args, where="steer features settings")
+    _claim_out(cfg, args)
+    run(cfg)
     return 0
 
 
@@ -132,8 +138,20 @@ def run_neurons(args: argparse.Namespace) -> int:
     from .settings import SteerNeuronsConfig
     from .steer_run import run_neurons as run
 
-    run(config_utils.from_args(SteerNeuronsConfig, args, where="steer neurons settings"))
+    cfg = config_utils.from_args(SteerNeuronsConfig, args, where="steer neurons settings")
+    _claim_out(cfg, args)
+    run(cfg)
     return 0
+
+
+def _claim_out(cfg: Any, args: argparse.Namespace) -> None:
+    """The output policy (utils/outputs.py) for --out, when given, before the model loads."""
+    if cfg.out:
+        from ..utils import outputs
+
+        read = ("sae", "activations", "tune_on", "gate_on", "database", "retrieval_activations", "retrieval_database")
+        inputs = [getattr(cfg, k, None) for k in (*read, "vocab")]
+        outputs.claim(cfg.out, overwrite=args.overwrite, inputs=inputs)
 
 
 def _model_provenance(bb: Backbone) -> Provenance:
@@ -244,6 +262,7 @@ class _Scored(NamedTuple):
 def _load_scored(cfg: ScoredSplit, templates: str = "single") -> _Scored:
     from ..activations.cache import ActivationCache
     from ..models import load_backbone
+    from ..models.backbone import model_shape
     from ..models.templates import get_templates
     from ..models.zeroshot import ZeroShotClassifier
     from ..sae import SparseAutoencoder
@@ -253,6 +272,8 @@ def _load_scored(cfg: ScoredSplit, templates: str = "single") -> _Scored:
     from .classify import CLSClassifier
 
     device = resolve_device(cfg.device)
+    shape = model_shape(cfg.model, cfg.revision)  # the model family first (its config): no SAE can make up for it
+    V.check_model_for_cls(shape.model_id, shape.arch)
     # what needs only the flags, the SAE and the caches' manifests is refused before the model is loaded
     sae = SparseAutoencoder.load(cfg.sae, device=device)
     V.check_sae_for_cls(sae, sae.d_in)  # its token selection (its width and hook are checked against the model)
@@ -295,6 +316,7 @@ def run_vs2(args: argparse.Namespace) -> int:
     from .tuning import validation_split
 
     cfg = config_utils.from_args(SteerVS2Config, args, where="steer vs2 settings")
+    _claim_out(cfg, args)
     if cfg.tune_on or cfg.gate_on:
         _same_classes("the --tune-on cache" if cfg.tune_on else "the --gate-on cache", cfg.tune_on or cfg.gate_on, cfg)
     scored = _load_scored(cfg, cfg.templates)
@@ -405,6 +427,7 @@ def run_vs2pp(args: argparse.Namespace) -> int:
     from .tuning import validation_split
 
     cfg = config_utils.from_args(SteerVS2ppConfig, args, where="steer vs2pp settings")
+    _claim_out(cfg, args)
     _same_classes("the database", cfg.database, cfg)
     scored = _load_scored(cfg)
     bb, sae, cache, x_q, y_q, clf = (

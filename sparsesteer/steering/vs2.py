@@ -37,6 +37,18 @@ if TYPE_CHECKING:
 _CHUNK = 8192
 
 
+def check_model_for_cls(model_id: str, arch: str) -> None:
+    """VS2 steers the final-layer CLS and scores it by zero-shot through the model's head and text
+    tower: a CLIP model. Checked before the SAE, so that an SAE is never blamed for the model family."""
+    if arch != "clip":
+        why = "has no CLS token (it pools every token with an attention head)"
+        why = why if arch == "siglip" else "has no text tower"
+        raise SparsesteerError(
+            f"VS2 steers the final-layer CLS and scores it by zero-shot through the CLIP head: {model_id!r} ({arch}) "
+            f"{why}; use a CLIP model"
+        )
+
+
 def check_sae_for_cls(
     sae: SparseAutoencoder, d_model: int, n_blocks: int | None = None, *, block: int | None = None
 ) -> None:

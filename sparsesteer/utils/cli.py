@@ -29,11 +29,27 @@ OUTPUT_ARGS = ("out",)
 
 
 def check_outputs(args: argparse.Namespace) -> None:
-    """`io.check_writable_dir` for every output flag a command declares (default: --out)."""
+    """`io.check_writable_dir` for every output flag a command declares (default: --out); a text cache
+    turned off ('none') is not a directory."""
     for name in getattr(args, "output_args", OUTPUT_ARGS):
         value = getattr(args, name, None)
-        if value is not None:
+        if value is not None and not (name == "text_cache" and str(value).lower() == "none"):
             check_writable_dir(value, what="--" + name.replace("_", "-"))
+
+
+def add_overwrite(parser: argparse.ArgumentParser, help: str | None = None) -> None:  # noqa: A002 (argparse's name)
+    """--overwrite, as every command that writes an --out takes it (the policy: utils/outputs.py)."""
+    parser.add_argument(
+        "--overwrite",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help=(
+            help
+            or "Replace what --out holds (without it a command writes only into a new or empty directory, or "
+            "continues its own run there)."
+        )
+        + " (default: %(default)s)",
+    )
 
 
 def os_error_message(e: OSError) -> str:

@@ -49,33 +49,96 @@ def go_offline() -> None:
     os.environ["HF_HUB_OFFLINE"] = "1"
 
 
-def unreachable_error(what: str, repo_id: str, flag: str) -> SparsesteerError:
-    from huggingface_hub import constants
-
-    where = (
-        "offline mode is on (HF_HUB_OFFLINE)"
-        if offline()
-        else f"the Hugging Face hub ({constants.ENDPOINT}) cannot be reached"
-    )
-    return SparsesteerError(
-        f"{what} {repo_id!r} is not in the local Hugging Face cache ({constants.HF_HUB_CACHE}) and {where}. "
-        f"Download it on a machine with internet (save_pretrained) and pass its directory with {flag} DIR, "
-        "or fix the network / HF_ENDPOINT / proxy settings"
-    )
+_LOCAL_COPY = {
+    "model": "save it with save_pretrained on a machine with internet and pass its directory with {flag} DIR",
+    "SAE": "download it on a machine with internet (`hf download {repo} --local-dir DIR`) and pass that directory "
+    "(or its SAE's subfolder) with {flag} DIR",
+    "dataset": "save it on a machine with internet (datasets.load_dataset('{repo}', ...).save_to_disk(DIR)) and pass "
+    "{flag} hf:DIR",
+}
+"""How to use each kind of hub repository without the hub: a local copy, made as that kind is saved."""
 
 
-def check_hub(repo_id: str, *, what: str, flag: str, cached: Callable[[], bool]) -> None:
-    """Before downloading `repo_id`: fail fast when the hub is unreachable and nothing is cached."""
+def _named(what: str, repo_id: str, revision: str | None) -> str:
+    return f"{what} {repo_id!r}" + (f" at revision {revision!r}" if revision else "")
+
+
+def unreachable_error(
+    what: str,
+    repo_id: str,
+    flag: str,
+    revision: str | None = None,
+    cache: str | os.PathLike | None = None,
+    offline_too: bool = False,
+) -> SparsesteerError:
+    """`what` ("model", "SAE", "dataset") `repo_id` (at `revision`) is not in the local cache (`cache`;
+    default: huggingface_hub's) and the hub is out of reach (offline mode, or `offline_too`: the
+    calling library's own offline flag)."""
     from huggingface_hub import constants
 
     if offline():
+        where = "offline mode is on (HF_HUB_OFFLINE)"
+    elif offline_too:
+        where = "offline mode is on"
+    else:
+        where = f"the Hugging Face hub ({constants.ENDPOINT}) cannot be reached"
+    how = _LOCAL_COPY.get(what, _LOCAL_COPY["model"]).format(flag=flag, repo=repo_id)
+    return SparsesteerError(
+        f"{_named(what, repo_id, revision)} is not in the local Hugging Face cache ({cache or constants.HF_HUB_CACHE}) and "
+        f"{where}: {how}, or fix the network / HF_ENDPOINT / proxy settings"
+    )
+
+
+def hub_error(
+    e: BaseException, what: str, repo_id: str, flag: str, revision: str | None = None
+) -> SparsesteerError | None:
+    """One line for a huggingface_hub failure, naming its real cause: a revision the repository lacks is
+    not a missing repository, and neither is the hub being out of reach. None: not a hub failure."""
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    if isinstance(e, RevisionNotFoundError):
+        return SparsesteerError(f"{what} {repo_id!r} on the Hugging Face hub has no revision {revision!r}; check it")
+    if isinstance(e, RepositoryNotFoundError):  # also a gated repository the token may not read
+        return SparsesteerError(
+            f"no {what} repository {repo_id!r} on the Hugging Face hub (or it is private or gated: log in with "
+            f"`hf auth login`); check the id given to {flag}"
+        )
+    if isinstance(e, (LocalEntryNotFoundError, OfflineModeIsEnabled)):
+        return unreachable_error(what, repo_id, flag, revision)
+    if isinstance(e, HfHubHTTPError):
+        return SparsesteerError(f"cannot download {_named(what, repo_id, revision)} from the Hugging Face hub: {e}")
+    return None
+
+
+def check_hub(
+    repo_id: str,
+    *,
+    what: str,
+    flag: str,
+    cached: Callable[[], bool],
+    revision: str | None = None,
+    offline_too: bool = False,
+    cache: str | os.PathLike | None = None,
+) -> None:
+    """Before downloading `repo_id` (at `revision`): fail fast when the hub is unreachable, or offline
+    mode is on (`offline_too`: the calling library's own flag, e.g. HF_DATASETS_OFFLINE), and nothing
+    is cached (in `cache`, named by the error; default: huggingface_hub's cache)."""
+    from huggingface_hub import constants
+
+    if offline() or offline_too:
         if not cached():
-            raise unreachable_error(what, repo_id, flag)
+            raise unreachable_error(what, repo_id, flag, revision, cache, offline_too)
         return
     if reachable(constants.ENDPOINT):
         return
     if not cached():
-        raise unreachable_error(what, repo_id, flag)
+        raise unreachable_error(what, repo_id, flag, revision, cache)
     log.warning(
         "the Hugging Face hub (%s) cannot be reached: using the local cache of %s (offline mode)",
         constants.ENDPOINT,

@@ -74,6 +74,11 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 _TEMP_RE = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp$")
 
 
+def is_temp_name(name: str) -> bool:
+    """Is `name` that of a temporary file `atomic_path` leaves when its process is killed mid-write?"""
+    return bool(_TEMP_RE.match(name))
+
+
 def remove_stale_temps(root: str | os.PathLike) -> list[Path]:
     """Delete the temporary files `atomic_path` leaves when its process is killed mid-write
     (`.NAME.XXXXXXXX.tmp`) anywhere under `root`; return them. Call it only on a directory the

@@ -139,6 +139,13 @@ class CacheWriter:
         if path.exists() and not path.is_dir():
             raise SparsesteerError(f"{path} exists and is not a directory; use another --out")
         path.mkdir(parents=True, exist_ok=True)
+        if not holds_cache(path):  # refused before the lock: a folder it refuses gets no lock file
+            stray = _stray(path)
+            raise SparsesteerError(
+                f"{path} is not empty ({', '.join(stray[:3])}{', ...' if len(stray) > 3 else ''}) "
+                f"and holds no activation cache (no {MANIFEST}); use another --out"
+            )
+        had_lock = (path / LOCK_FILE).exists()
         lock_fd = _acquire_lock(path)
         try:
             if (path / MANIFEST).exists():
@@ -147,7 +154,7 @@ class CacheWriter:
                     field, a, b = first_difference(old.to_json(), settings.to_json()) or ("?", "?", "?")
                     raise SparsesteerError(
                         f"{path} holds a cache of different settings (field {field}: {_short(a)} vs {_short(b)}); "
-                        "use another --out"
+                        "use another --out, or pass --overwrite to replace it"
                     )
                 if not resume:
                     raise SparsesteerError(
@@ -157,13 +164,6 @@ class CacheWriter:
                 writer = cls(path, old, manifest, lock_fd)
                 writer._check_and_clean()
             else:
-                stray = [p.name for p in path.iterdir() if not _is_own_scratch(p.name)]
-                if stray:
-                    raise SparsesteerError(
-                        f"{path} is not empty ({', '.join(sorted(stray)[:3])}{', ...' if len(stray) > 3 else ''}) "
-                        "and holds no activation cache "
-                        f"(no {MANIFEST}); use another --out"
-                    )
                 now = _now()
                 manifest = {
                     "format": FORMAT,
@@ -182,6 +182,8 @@ class CacheWriter:
                 write_json(path / MANIFEST, manifest)
         except BaseException:
             _release_lock(lock_fd)
+            if not had_lock:  # a refused folder keeps no trace of the attempt
+                (path / LOCK_FILE).unlink(missing_ok=True)
             raise
         return writer
 
@@ -538,6 +540,16 @@ class CacheWriter:
                     "pass check_finite=False to store them anyway"
                 )
         return stored
+
+
+def holds_cache(path: Path) -> bool:
+    """Is `path` an activation cache (its manifest), or a folder holding only a cache's scratch files
+    (the lock, temporary files of a killed write)? Anything else is not a cache's to write into."""
+    return (path / MANIFEST).exists() or not _stray(path)
+
+
+def _stray(path: Path) -> list[str]:
+    return sorted(p.name for p in path.iterdir() if not _is_own_scratch(p.name)) if path.is_dir() else []
 
 
 def _is_own_scratch(name: str) -> bool:

@@ -72,7 +72,9 @@ def _read(path: Path, file: Path | None, verify: bool) -> SparseAutoencoder:
         obj = read_pickle(pts[0])  # a ViT-Prisma save_model file carries its cfg
         if isinstance(obj, dict) and isinstance(obj.get("cfg"), dict) and prisma.is_prisma_config(obj["cfg"]):
             return prisma.load_prisma(path, pts[0])
-        raise SparsesteerError(f"{pts[0]} has no config beside or inside it, so its layout is unknown")
+        raise SparsesteerError(
+            f"{pts[0]} has no config beside or inside it, so its layout is unknown (layouts read: {', '.join(LAYOUTS)})"
+        )
     raise SparsesteerError(
         f"{path} is not an SAE checkpoint in a recognised layout ({', '.join(LAYOUTS)}): it has no cfg.json or "
         f"config.json that one of them writes (found: {listing(path)})"

@@ -25,9 +25,8 @@ def parse_hub_spec(spec: str) -> tuple[str, str | None, str | None]:
 def download(spec: str) -> tuple[Path, dict[str, Any]]:
     """Fetch (or find in the cache) the hub SAE `spec`: its local directory and its source record."""
     from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
-    from ...utils.hub import check_hub
+    from ...utils.hub import check_hub, hub_error
 
     repo, sub, rev = parse_hub_spec(spec)
     patterns = [f"{sub}/*"] if sub else None
@@ -42,15 +41,13 @@ def download(spec: str) -> tuple[Path, dict[str, Any]]:
         except Exception:
             return False
 
-    check_hub(repo, what="SAE", flag="--sae", cached=cached)
+    check_hub(repo, what="SAE", flag="--sae", cached=cached, revision=rev)
     try:
         root = Path(fetch(False))
-    except LocalEntryNotFoundError:
-        from ...utils.hub import unreachable_error
-
-        raise unreachable_error("SAE", repo, "--sae") from None
-    except (HfHubHTTPError, OSError, ValueError) as e:
-        raise SparsesteerError(f"cannot download the SAE {spec!r} from the Hugging Face hub: {e}") from None
+    except (OSError, ValueError) as e:  # huggingface_hub's errors are OSErrors
+        raise hub_error(e, "SAE", repo, "--sae", rev) or SparsesteerError(
+            f"cannot download the SAE {spec!r} from the Hugging Face hub: {e}"
+        ) from None
     path = root / sub if sub else root
     if not path.is_dir():
         raise SparsesteerError(f"{spec}: the repository has no folder {sub!r} (found: {listing(root)})")

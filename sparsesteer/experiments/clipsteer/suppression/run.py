@@ -235,11 +235,12 @@ class SuppressionRun(RunContext, BlockSAEs):
             self.check_sae_dir()
 
     def check_ns(self, n_latents: int, key: SAEKey) -> None:
-        big = [n for n in self.ns if n > n_latents]
-        if big:
+        """An n above the SAE's latents is left out of its sweep (as --ns says, and as for neurons and
+        heads); refused only when that leaves the SAE nothing to suppress."""
+        if all(n > n_latents for n in self.ns):
             raise SparsesteerError(
-                f"--ns: n = {big[0]} is larger than the {n_latents} latents of the SAE {self.sae_path(key)}"
-                f"{' (--expansion x d_model)' if self.trains else ''}; use n <= {n_latents}"
+                f"--ns: every n ({', '.join(map(str, self.ns))}) is larger than the {n_latents} latents of the SAE "
+                f"{self.sae_path(key)}{' (--expansion x d_model)' if self.trains else ''}; give an n <= {n_latents}"
             )
 
     def save(self, name: str, obj: Any) -> None:
