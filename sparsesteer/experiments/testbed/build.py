@@ -326,11 +326,12 @@ class TestbedTrainer:
     # ------------------------------------------------------------------------------ the run
     def _prepare_out(self) -> int:
         """0 for a fresh run, or the step to resume from (refusing what does not belong to this run)."""
+        from ...utils import outputs
+
         settings = self.cfg.settings()
         run_file = self.out / "run.json"
-        if self.cfg.overwrite and self.out.exists():
-            shutil.rmtree(self.out)
-        if run_file.is_file():
+        own = outputs.OwnRun("testbed run", lambda p: (p / "run.json").is_file())
+        if outputs.claim(self.out, overwrite=self.cfg.overwrite, own=own) == "own":
             old = io.read_json(run_file)["settings"]
             diff = first_difference(old, json.loads(json.dumps(settings)))
             if diff is not None:
@@ -342,10 +343,6 @@ class TestbedTrainer:
                 return -1
             states = sorted(p for p in (self.out / "state").glob("[0-9]*") if (p / "state.json").is_file())
             return 0 if not states else -2
-        if self.out.is_dir() and any(self.out.iterdir()):
-            raise SparsesteerError(
-                f"{self.out} is not empty and holds no testbed run: choose another --out, or pass --overwrite"
-            )
         self.out.mkdir(parents=True, exist_ok=True)
         io.write_json(run_file, {"settings": settings})
         return 0

@@ -63,6 +63,7 @@ def run_build(args: argparse.Namespace) -> int:
             data_root=cfg.data_root,
             out=str(model.parent / "eval"),
             limit=cfg.limit,
+            overwrite=True,  # OUT/eval belongs to the build: measured again on every rerun
         )
     )
     print(f"wrote {model} (give it as --model); targets: {model.parent / 'eval' / 'testbed_metrics.md'}")

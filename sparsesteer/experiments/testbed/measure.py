@@ -48,6 +48,8 @@ class MeasureConfig:
     """A class-stratified sample of N images (quick runs); None = all."""
     batch_size: int = 256
     """Images per forward pass."""
+    overwrite: bool = False
+    """Replace what OUT holds."""
 
 
 def measure(cfg: MeasureConfig) -> dict[str, Any]:
@@ -56,8 +58,10 @@ def measure(cfg: MeasureConfig) -> dict[str, Any]:
     from ...data.registry import open_dataset
     from ...models.groups import group_accuracy
     from ...models.zeroshot_run import ZeroShotConfig, zeroshot
+    from ...utils import outputs
 
     out, dataset, split, model = Path(cfg.out), cfg.dataset, cfg.split, cfg.model
+    outputs.claim(out, overwrite=cfg.overwrite)
     specs = {
         "clean": dataset,
         "misleading": f"planted:seed={ATTACK_SEED},word=1,words=misleading:{dataset}",
@@ -77,7 +81,7 @@ def measure(cfg: MeasureConfig) -> dict[str, Any]:
             batch_size=cfg.batch_size,
             workers=0,
         )
-        top1[name] = zeroshot(run_cfg).result.top1
+        top1[name] = zeroshot(run_cfg, overwrite=True).result.top1  # OUT/NAME: ours, claimed above
     grouped = open_dataset(specs["groups"], split, data_root=cfg.data_root)
     index, preds = _predictions(out / "groups")
     ga = group_accuracy(preds, grouped.labels()[index], grouped.attribute_array("group")[index])
