@@ -18,7 +18,9 @@ from sparsesteer.experiments.testbed.build import CIFAR10_CLASSES, BuildConfig
 from sparsesteer.models import testbed as tb_model
 from sparsesteer.utils.errors import SparsesteerError
 
-TINY = tb_model.TestbedShape(hidden=16, layers=2, heads=2, text_hidden=16, text_layers=1, text_heads=2, projection_dim=8)
+TINY = tb_model.TestbedShape(
+    hidden=16, layers=2, heads=2, text_hidden=16, text_layers=1, text_heads=2, projection_dim=8
+)
 
 
 @pytest.fixture(scope="module")
@@ -133,3 +135,44 @@ def test_build_settings_change_is_refused(cifar_like, tmp_path):
     tb_build.TestbedTrainer(_cfg(cifar_like, tmp_path / "r", epochs=1)).run()
     with pytest.raises(SparsesteerError, match="other settings"):
         tb_build.TestbedTrainer(_cfg(cifar_like, tmp_path / "r", epochs=2)).run()
+
+
+def _ship(folder: Path, tiny_clip_dir: Path) -> Path:
+    """A stand-in for the shipped testbed: the tiny CLIP's files plus a card with their checksum."""
+    import json
+    import shutil
+
+    from sparsesteer.utils.io import sha256_file
+
+    shutil.copytree(tiny_clip_dir, folder)
+    (folder / "card.json").write_text(json.dumps({"weights_sha256": sha256_file(folder / "model.safetensors")}))
+    return folder
+
+
+def test_model_testbed_resolves_to_the_shipped_folder(tmp_path, tiny_clip_dir, monkeypatch):
+    from sparsesteer.models.backbone import load_backbone, model_shape
+
+    shipped = _ship(tmp_path / "testbed_model", tiny_clip_dir)
+    monkeypatch.setattr(tb_model, "shipped_dir", lambda: shipped)
+    bb = load_backbone("testbed")
+    assert bb.model_id == "testbed" and bb.source == str(shipped) and bb.tokenizer is not None
+    assert model_shape("testbed").n_blocks == bb.n_blocks == 3
+    data = make_class_images(tmp_path / "d", {"test": 1}, ["cat", "dog"])
+    args = ["zeroshot", "--model", "testbed", "--dataset", f"folder:{data}", "--split", "test", "--workers", "0"]
+    assert main([*args, "--out", str(tmp_path / "zs"), "--text-cache", "none"]) == 0
+    assert __import__("json").loads((tmp_path / "zs" / "zeroshot.json").read_text())["meta"]["model"] == "testbed"
+
+
+def test_model_testbed_refuses_a_damaged_or_missing_file(tmp_path, tiny_clip_dir, monkeypatch, capsys):
+    shipped = _ship(tmp_path / "testbed_model", tiny_clip_dir)
+    monkeypatch.setattr(tb_model, "shipped_dir", lambda: shipped)
+    weights = shipped / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-1] + b"\0")
+    with pytest.raises(SparsesteerError, match="has sha256 .* but its card.json records"):
+        tb_model.resolve("testbed")
+    monkeypatch.setattr(tb_model, "shipped_dir", lambda: tmp_path / "nothing")
+    data = make_class_images(tmp_path / "d", {"test": 1}, ["cat", "dog"])
+    args = ["zeroshot", "--model", "testbed", "--dataset", f"folder:{data}", "--split", "test"]
+    assert main([*args, "--out", str(tmp_path / "zs")]) == 2
+    assert "no trained testbed" in capsys.readouterr().err
+    assert tb_model.resolve("openai/clip-vit-base-patch32") == "openai/clip-vit-base-patch32"

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from ..utils.errors import SparsesteerError
 from . import hooks
 from .hooks import HookPoint, Intervention, Tokens
+from .testbed import resolve as resolve_model
 
 if TYPE_CHECKING:
     from transformers import PretrainedConfig, PreTrainedModel
@@ -161,10 +162,11 @@ def load_backbone(
         hf_logging.disable_progress_bar()
 
     model = str(model)
-    config = _load_config(model, revision)
+    source = resolve_model(model)
+    config = _load_config(source, revision)
     arch = _arch_of(model, config)
     try:
-        net = AutoModel.from_pretrained(model, revision=revision, dtype=dtype)
+        net = AutoModel.from_pretrained(source, revision=revision, dtype=dtype)
     except (OSError, ValueError) as e:
         raise SparsesteerError(f"cannot load the weights of {model!r}: {e}") from None
     net = net.to(device).eval().requires_grad_(False)
@@ -206,7 +208,7 @@ def model_shape(model: str | os.PathLike, revision: str | None = None) -> ModelS
     """The `ModelShape` of a model (hub id or directory) from its config alone; the same errors as
     `load_backbone` for a missing or unsupported model."""
     model = str(model)
-    config = _load_config(model, revision)
+    config = _load_config(resolve_model(model), revision)
     arch = _arch_of(model, config)
     vision = getattr(config, "vision_config", config)
     return ModelShape(
@@ -260,6 +262,8 @@ class Backbone:
     def __init__(self, model: PreTrainedModel, *, model_id: str, requested_revision: str | None, arch: _Arch):
         self.model = model
         self.model_id = model_id
+        self.source = resolve_model(model_id)
+        """Where its files are read from: `model_id`, or the shipped testbed's folder for 'testbed'."""
         self.requested_revision = requested_revision
         self.random_init_seed: int | None = None
         self._arch = arch
@@ -290,7 +294,7 @@ class Backbone:
         """
         size = int(self.vision_config.image_size)
         if self.arch == "dinov2":
-            pp = _read_json(self.model_id, "preprocessor_config.json", self.requested_revision) or {}
+            pp = _read_json(self.source, "preprocessor_config.json", self.requested_revision) or {}
             crop = pp.get("crop_size") if pp.get("do_center_crop", True) else pp.get("size")
             if isinstance(crop, dict) and crop.get("height"):
                 size = int(crop["height"])
@@ -316,7 +320,7 @@ class Backbone:
     @functools.cached_property
     def revision(self) -> str:
         """Resolved hub commit hash, or 'sha256-…' over a local directory's config/weights/tokenizer files."""
-        return _resolve_revision(self.model_id, self.requested_revision)
+        return _resolve_revision(self.source, self.requested_revision)
 
     @property
     def device(self) -> torch.device:
@@ -331,7 +335,7 @@ class Backbone:
         """`sparsesteer.data.preprocess.Preprocessor` for this model (imported lazily)."""
         from ..data.preprocess import Preprocessor
 
-        return Preprocessor.from_pretrained(self.model_id, revision=self.requested_revision)
+        return Preprocessor.from_pretrained(self.source, revision=self.requested_revision)
 
     @functools.cached_property
     def tokenizer(self) -> Any:
@@ -341,7 +345,7 @@ class Backbone:
         from transformers import AutoTokenizer
 
         try:
-            return AutoTokenizer.from_pretrained(self.model_id, revision=self.requested_revision)
+            return AutoTokenizer.from_pretrained(self.source, revision=self.requested_revision)
         except (OSError, ValueError, ImportError) as e:
             raise SparsesteerError(f"cannot load the tokenizer of {self.model_id!r}: {e}") from None
 

@@ -107,3 +107,38 @@ def make_testbed_clip(out: str | os.PathLike, shape: TestbedShape, words: Iterab
     with _seeded(seed):
         model = CLIPModel(config)
     return _save(model, out, tok, processor)
+
+
+NAME = "testbed"
+"""`--model testbed`: the trained testbed shipped with the package (see `shipped_dir`)."""
+
+
+def shipped_dir() -> Path:
+    """Where the package keeps the trained testbed (package data: weights, config, tokenizer,
+    image processor and `card.json`)."""
+    return Path(__file__).resolve().parent / "testbed_model"
+
+
+def resolve(model: str) -> str:
+    """The directory to load for `model`: the shipped testbed for 'testbed' (its weights checked
+    against the card's sha256 first), anything else unchanged."""
+    if model != NAME:
+        return model
+    from ..utils.errors import SparsesteerError
+    from ..utils.io import read_json, sha256_file
+
+    folder = shipped_dir()
+    card, weights = folder / "card.json", folder / "model.safetensors"
+    if not card.is_file() or not weights.is_file():
+        raise SparsesteerError(
+            f"--model testbed: this installation has no trained testbed ({folder} holds no card.json and "
+            "model.safetensors); train one with `sparsesteer testbed build` and pass its OUT/model as --model"
+        )
+    want = read_json(card).get("weights_sha256")
+    got = sha256_file(weights)
+    if got != want:
+        raise SparsesteerError(
+            f"--model testbed: {weights} has sha256 {got}, but its card.json records {want}: the shipped file is "
+            "damaged or was replaced; reinstall sparsesteer"
+        )
+    return str(folder)
