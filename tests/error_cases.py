@@ -378,7 +378,17 @@ def _api_subset_replay(ws: Path) -> None:
     replay(open_dataset(f"folder:{ws / 'data'}", "train"), record)  # a record of other images
 
 
+def _api_subset_replay_given(ws: Path) -> None:
+    from sparsesteer.data import open_dataset
+    from sparsesteer.data.subset import replay
+
+    record = {"rule": "indices", "n": 2, "limit": 2, "seed": 0, "of": 4, "indices_sha256": "0" * 64}
+    replay(open_dataset(f"folder:{ws / 'data'}", "train"), record)  # rows a caller listed: no rule to replay
+
+
 API = {
+    "api-subset-replay": _api_subset_replay,
+    "api-subset-replay-given": _api_subset_replay_given,
     "api-steer-non-finite-input": _api_steer_non_finite_input,
     "api-stats-edited": _api_stats_edited,
     "api-sae-wrong-width": _api_sae_wrong_width,

@@ -1,9 +1,11 @@
-"""`--limit`: a seeded class-stratified sample (hand-worked cases and properties)."""
+"""Samples of a split: `--limit`'s seeded class-stratified sample (hand-worked cases and properties),
+the group-balanced rule, and every rule's record replayed."""
 
 import numpy as np
 import pytest
 
-from sparsesteer.data.subset import Subset, limit_dataset, stratified_sample
+from sparsesteer.data.datasets import ImageDataset
+from sparsesteer.data.subset import RULES, Subset, draw, limit_dataset, replay, stratified_sample
 from sparsesteer.utils.errors import SparsesteerError
 
 
@@ -61,3 +63,76 @@ def test_subset_dataset_views_the_base(tmp_path):
         assert np.array_equal(np.asarray(sub[i].image), np.asarray(ds[j].image))
     desc = sub.describe()
     assert desc["len"] == 12 and desc["subset"]["n"] == 6 and desc["subset"]["seed"] == 2
+
+
+class Labelled(ImageDataset):
+    """Labels and one attribute, no images: what the sampling rules read."""
+
+    def __init__(self, labels, place):
+        self.name, self.split, self.root, self.classes = "labelled", "test", "", ["a", "b", "c"]
+        self.attributes = ["place"]
+        self._labels = np.asarray(labels, dtype=np.int64)
+        self._attrs = {"place": np.asarray(place, dtype=np.int64)}
+
+    def _load_image(self, i):
+        raise AssertionError("the sampling rules never decode an image")
+
+    def source(self, i):
+        return str(i)
+
+
+def labelled(seed=0, n=60):
+    rng = np.random.default_rng(seed)
+    return Labelled(rng.integers(0, 3, n), rng.integers(0, 2, n))
+
+
+@pytest.mark.parametrize("rule", sorted(RULES))
+@pytest.mark.parametrize("by", [("label",), ("label", "place")])
+def test_every_rule_records_its_name_and_replays_to_the_same_sample(rule, by):
+    import json
+
+    ds = labelled()
+    sub = draw(ds, rule, 13, seed=4, by=by)
+    assert isinstance(sub, Subset) and len(sub) == 13
+    record = json.loads(json.dumps(sub.describe()["subset"]))  # as written to a manifest or report
+    assert record["rule"] == rule and record.get("by", ["label"]) == list(by)
+    assert np.array_equal(replay(labelled(), record), sub.indices)
+
+
+def test_the_rules_draw_differently_so_the_name_matters():
+    ds = labelled()
+    strat, bal = draw(ds, "class-stratified", 13, 4), draw(ds, "group-balanced", 13, 4)
+    assert not np.array_equal(strat.indices, bal.indices)
+    wrong = {**bal.describe()["subset"], "rule": "class-stratified"}  # a record naming another rule
+    with pytest.raises(SparsesteerError, match="draws another sample"):
+        replay(ds, wrong)
+
+
+def test_group_balanced_over_label_and_attribute_is_2_label_plus_attribute():
+    from sparsesteer.data.subset import balanced_sample
+
+    ds = labelled(seed=3)
+    groups = 2 * ds.labels() + ds.attribute_array("place")
+    assert np.array_equal(
+        draw(ds, "group-balanced", 20, 7, by=("label", "place")).indices, balanced_sample(groups, 20, 7)
+    )
+
+
+def test_replay_refuses_a_record_of_other_data_or_an_unknown_rule():
+    record = draw(labelled(), "group-balanced", 13, 4).describe()["subset"]
+    with pytest.raises(SparsesteerError, match="draws another sample"):
+        replay(labelled(seed=1), record)  # other labels, same size
+    with pytest.raises(SparsesteerError, match="drawn from 60 images"):
+        replay(labelled(n=50), record)
+    with pytest.raises(SparsesteerError, match="unknown sampling rule 'round-robin'"):
+        replay(labelled(), {**record, "rule": "round-robin"})
+
+
+def test_rows_the_caller_lists_are_recorded_as_such_not_as_a_sampling_rule():
+    ds = labelled()
+    given = Subset(ds, np.array([3, 1, 4]), seed=0, n_asked=3).describe()["subset"]  # e.g. a latent's top images
+    assert given["rule"] == "indices"
+    with pytest.raises(
+        SparsesteerError, match="unknown sampling rule 'indices'; valid: class-stratified, group-balanced"
+    ):
+        replay(ds, given)

@@ -127,6 +127,30 @@ def test_spliced_ce_recovered_100_exact_0_zero_and_accuracy_matches_full_forward
     assert m_exact["ce_recovered"]["data"]["images"] == len(ds)
 
 
+def test_spliced_ce_recovered_below_the_gap_is_flagged_shown_as_nm_and_warned(run, tmp_path, capsys, monkeypatch):
+    from sparsesteer.steering import splice
+
+    tmp, data, cache, exact, zero, clip = run
+    out = tmp_path / "j.json"
+    argv = ["-q", "evaluate", "--sae", str(exact), "--activations", str(cache), "--suite", "spliced",
+            "--templates", "single", "--out", str(out)]  # fmt: skip
+    assert main(argv) == 0
+    (m,) = _metrics(out)
+    gap = m["ce_recovered"]["details"]["ce_gap"]
+    assert gap == pytest.approx(
+        m["ce_recovered"]["details"]["ce_zero_ablation"] - m["ce_recovered"]["details"]["ce_clean"]
+    )
+    assert m["ce_recovered"]["meaningful"] is (abs(gap) >= splice.MIN_CE_GAP)
+    capsys.readouterr()
+    monkeypatch.setattr(splice, "MIN_CE_GAP", abs(gap) * 2)  # this hook's gap now counts as too small
+    assert main([*argv, "--overwrite"]) == 0
+    (m,) = _metrics(out)
+    assert m["ce_recovered"]["meaningful"] is False and m["ce_recovered"]["value"] == pytest.approx(100.0)  # kept
+    assert m["ce_recovered"]["details"]["note"] == f"gap {gap:.2g} nats"
+    assert f"n/m (gap {gap:.2g} nats)" in out.with_suffix(".md").read_text()
+    assert f"{exact}: % CE recovered is not meaningful (shown as n/m)" in capsys.readouterr().err
+
+
 def test_monosemanticity_through_the_cli_matches_an_independent_computation(run, tmp_path):
     tmp, data, cache, exact, _, _ = run
     dino = make_tiny_dinov2(tmp_path / "dino")

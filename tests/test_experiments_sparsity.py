@@ -18,7 +18,14 @@ from helpers import make_class_images
 from sparsesteer.cli import main
 from sparsesteer.experiments.clipsteer.sparsity import reference
 from sparsesteer.experiments.clipsteer.sparsity.config import parse_blocks
-from sparsesteer.experiments.clipsteer.sparsity.splice import Splice, ce_recovered, spliced_ce
+from sparsesteer.experiments.clipsteer.sparsity.splice import (
+    MIN_CE_GAP,
+    Splice,
+    ce_gap_meaningful,
+    ce_recovered,
+    not_meaningful,
+    spliced_ce,
+)
 from sparsesteer.models import load_backbone
 from sparsesteer.models.hook_names import hook_name
 from sparsesteer.models.hooks import Intervention
@@ -86,6 +93,41 @@ def test_ce_recovered_formula_hand_worked():
     assert ce_recovered(1.0, 3.0, 3.0) == 0.0  # spliced = ablated
     assert ce_recovered(1.0, 4.0, 3.0) == pytest.approx(-50.0)  # worse than ablating
     assert ce_recovered(2.0, 1.0, 2.0) is None  # ablation changes nothing: undefined
+
+
+def test_ce_recovered_below_the_gap_threshold_is_not_meaningful():
+    # the documented threshold: |CE_zero - CE_clean| >= 0.01 nats, either sign
+    assert MIN_CE_GAP == 0.01
+    assert not ce_gap_meaningful(1.0, 1.0003) and not ce_gap_meaningful(1.0, 1.0)
+    assert ce_gap_meaningful(1.0, 1.0101) and ce_gap_meaningful(1.0, 0.98)
+    assert not ce_gap_meaningful(1.0, math.nan)
+    assert ce_recovered(1.0, 1.0005, 1.0003) == pytest.approx(-66.67, abs=0.01)  # the raw ratio: noise
+    assert not_meaningful(0.0003) == "n/m (gap 0.0003 nats)"
+
+
+def test_report_shows_a_tiny_gap_as_not_meaningful_keeps_the_ratio_and_warns(run, tmp_path, capsys):
+    model, data, out = run
+    copy = tmp_path / "run"
+    shutil.copytree(out, copy)
+    ce = json.loads((copy / "ce.json").read_text())
+    row = ce["saes"]["block01-patch"]  # ablation moves the CE by 0.0003 nats; splicing by 0.0008
+    row["ce_zero_ablation"] = ce["ce_clean"] + 0.0003
+    row["ce_spliced"] = ce["ce_clean"] + 0.0008
+    row["ce_recovered"] = ce_recovered(ce["ce_clean"], row["ce_spliced"], row["ce_zero_ablation"])
+    (copy / "ce.json").write_text(json.dumps(ce))
+    capsys.readouterr()
+    assert main(args(model, data, copy, "--stage", "report")) == 0
+    err = capsys.readouterr().err
+    assert "% CE recovered is not meaningful for 2 SAE(s)" in err  # and the last block's patches: gap 0
+    assert "block01-patch (gap 0.0003), block02-patch (gap 0)" in err
+    res = json.loads((copy / "results.json").read_text())
+    r = next(r for r in res["rows"] if r["name"] == "block01-patch")
+    assert r["ce_recovered_meaningful"] is False and r["ce_gap"] == pytest.approx(0.0003)
+    assert r["ce_recovered_pct"] == pytest.approx(-166.7, abs=0.1)  # kept raw in JSON
+    line = next(l for l in (copy / "results.md").read_text().splitlines() if l.startswith("| 1 | patch |"))
+    assert "n/m (gap 0.0003 nats)" in line and "-166" not in line
+    for other in res["rows"]:  # the others: flagged by their own gaps
+        assert other["ce_recovered_meaningful"] == (abs(other["ce_gap"]) >= MIN_CE_GAP)
 
 
 def _exact_sae(d: int, hook: str, tokens: str):
@@ -189,7 +231,7 @@ def test_every_table_and_plot_is_produced(run):
         c = ce["saes"][r["name"]]
         gap = c["ce_zero_ablation"] - ce["ce_clean"]
         if (r["block"], r["tokens"]) == (2, "patch"):  # the head reads only the last block's CLS
-            assert gap == 0 and r["ce_recovered_pct"] is None
+            assert gap == 0 and r["ce_recovered_pct"] is None and r["ce_recovered_meaningful"] is False
         else:
             assert r["ce_recovered_pct"] == pytest.approx(100 * (c["ce_zero_ablation"] - c["ce_spliced"]) / gap)
     for name in ("l0_by_layer", "alive_by_layer", "ev_by_layer", "ce_recovered_by_layer"):

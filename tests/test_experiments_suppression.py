@@ -11,7 +11,7 @@ import torch
 from helpers import make_celeba, make_folder_dataset, make_waterbirds
 
 from sparsesteer.cli import main
-from sparsesteer.experiments.clipsteer.suppression.run import balanced_sample
+from sparsesteer.data.subset import balanced_sample, replay
 from sparsesteer.experiments.clipsteer.suppression.sweep import Setting, build_settings, predictions
 from sparsesteer.models import load_backbone
 from sparsesteer.models.heads import HeadAblation, ablate_heads, capture_head_inputs, head_outputs, n_heads
@@ -114,6 +114,10 @@ def test_disentangle_celeba_end_to_end(tmp_path, tiny_clip_dir):
     worst = min(float((p[g == k] == y[g == k]).mean()) for k in np.unique(g))
     row = next(r for r in res["rows"] if r["setting"] == "sae/b2/n2")
     assert row["test"]["worst_group"]["edited"] == pytest.approx(worst)
+    # the test images' record names the rule that drew them, and replaying it gives the same images
+    record = res["held_out"]["test"]["subset"]
+    assert record["rule"] == "group-balanced" and record["by"] == ["label", "Blond_Hair"]
+    assert np.array_equal(replay(ds, record), keep)
     marks = {p.name: p.read_text() for p in (out / "stages").glob("*.json")}
     assert main(argv) == 0  # rerun: every stage current
     assert marks == {p.name: p.read_text() for p in (out / "stages").glob("*.json")}

@@ -229,6 +229,57 @@ def test_auxk_trains_dead_latents_only_when_enabled(tmp_path):
     assert moved[0.0] == 0.0 and moved[1 / 32] > 0.0
 
 
+def test_firing_metrics_state_their_windows_hand_worked():
+    from sparsesteer.sae.train import firing_metrics
+
+    # samples since each latent last fired, after 30 samples; dead window 8
+    m = firing_metrics(torch.tensor([0, 5, 10, 30]), 30, 8)
+    assert m == {"never_fired_frac": 0.25, "dead_frac": 0.5, "dead_window": 8, "alive_frac": 0.5}
+    # a run shorter than the window: the window is the run (not 0 by construction)
+    m = firing_metrics(torch.tensor([0, 5, 6, 6]), 6, 10_000_000)
+    assert m == {"never_fired_frac": 0.5, "dead_frac": 0.5, "dead_window": 6, "alive_frac": 0.5}
+
+
+def test_short_run_reports_the_latents_that_never_fired(tmp_path, capsys):
+    # one pass over 256 rows with a 10M-sample dead window: the old summary said dead_frac=0 by construction.
+    # At lr 1e-9 the SAE stays at its initialisation, so what fired during the run is what its final
+    # weights fire on over the same rows (evaluate), an independent count.
+    x = data(256)
+    np.save(tmp_path / "x.npy", x.numpy())
+    argv = ["train", "--activations", str(tmp_path / "x.npy"), "--k", "1", "--n-latents", "1024", "--batch-size",
+            "64", "--epochs", "1", "--lr", "1e-9", "--no-bf16", "--dead-after", "10000000", "--out", str(tmp_path / "s")]  # fmt: skip
+    assert main(argv) == 0
+    sae = SparseAutoencoder.load(tmp_path / "s")
+    final = sae.metadata["training"]["final_metrics"]
+    never_on_rows = evaluate(sae, TensorSource(x)).dead_frac
+    assert 0.75 <= never_on_rows < 1  # k=1 over 256 rows leaves at least 768 of the 1,024 latents silent
+    assert final["never_fired_frac"] == pytest.approx(never_on_rows)
+    assert final["dead_frac"] == pytest.approx(never_on_rows) and final["dead_window"] == 256  # the whole run
+    assert final["alive_frac"] == pytest.approx(1 - never_on_rows)
+    out = capsys.readouterr().out
+    assert f"never_fired_frac={final['never_fired_frac']:.4g} (over the whole run)" in out
+    assert f"dead_frac={final['dead_frac']:.4g} (no firing in the last 256 samples)" in out
+
+
+def test_default_dead_window_is_1000_average_firings_and_lets_auxk_act_in_a_short_run(tmp_path):
+    from sparsesteer.sae.config import DEAD_FIRINGS
+
+    assert DEAD_FIRINGS == 1000
+    assert SAEConfig(k=32, expansion=4).resolved(768).dead_after == 96_000  # 1000 x 3,072 / 32
+    assert SAEConfig(arch="relu", n_latents=64).resolved(16).dead_after == 2_000  # relu: 32 stands in for k
+    assert SAEConfig(k=8, n_latents=512, dead_after=7).resolved(64).dead_after == 7  # an explicit window wins
+    # rank-2 data in 16 dimensions: most of 32 latents never win the top-1; 40,960 samples, far below the
+    # old 10M-sample default, but past the default window of 1000 x 32 / 1 = 32,000: AuxK acts
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(4000, 2, generator=g) @ torch.randn(2, 16, generator=g) + 0.01 * torch.randn(4000, 16, generator=g)
+    t = Trainer(x, SAEConfig(k=1, n_latents=32), TrainConfig(batch_size=512, steps=80, log_every=10), tmp_path / "r")
+    res = t.fit()
+    lines = [json.loads(l)[t.names[0]] for l in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert res.saes[0].cfg.dead_after == 32_000
+    assert all(l["aux_loss"] == 0 for l in lines[:6])  # 30,720 samples: no latent silent for the window yet
+    assert lines[-1]["aux_loss"] > 0 and lines[-1]["dead_window"] == 32_000 and lines[-1]["dead_frac"] > 0.3
+
+
 def test_pass_prototypes_are_the_ema_of_class_mean_codes(tmp_path):
     from sparsesteer.sae.train import Member, train_step
 

@@ -10,12 +10,15 @@ they need a model (an SAE never imports one):
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ..sae.judge import MetricResult
 from ..utils.errors import SparsesteerError
+
+log = logging.getLogger(__name__)
 
 
 def _cache(cfg: Any):
@@ -61,12 +64,15 @@ def _spliced_inputs(cfg: Any, cache: Any, source: Any, dataset: Any) -> tuple[li
     return list(classes), prov
 
 
-def spliced_metrics(cfg: Any, cache: Any, sae: Any, source: Any, backbone: Any, dataset: Any) -> list[MetricResult]:
-    """% CE recovered and spliced zero-shot accuracy of `sae` on the cached split's images."""
+def spliced_metrics(
+    cfg: Any, cache: Any, sae: Any, source: Any, backbone: Any, dataset: Any, name: str = "the SAE"
+) -> list[MetricResult]:
+    """% CE recovered and spliced zero-shot accuracy of `sae` (called `name` in a warning) on the cached
+    split's images; a % CE recovered below `MIN_CE_GAP` is flagged not meaningful, with a warning."""
     from ..data.batches import image_batches
     from ..models.templates import get_templates
     from ..models.zeroshot import ZeroShotClassifier
-    from ..steering.splice import Splice, spliced_ce
+    from ..steering.splice import MIN_CE_GAP, Splice, gap_note, spliced_ce
 
     classes, prov = _spliced_inputs(cfg, cache, source, dataset)
     if not backbone.has_text:
@@ -89,14 +95,21 @@ def spliced_metrics(cfg: Any, cache: Any, sae: Any, source: Any, backbone: Any, 
         "accuracy_spliced": sp.accuracy,
         "accuracy_zero_ablation": zero.accuracy,
     }
+    gap, meaningful = res.gap(splice), res.meaningful(splice)
+    if not meaningful:
+        log.warning(
+            f"{name}: % CE recovered is not meaningful (shown as n/m): zero-ablating {prov.hook} ({tokens}) "
+            f"changes the zero-shot CE by {gap:.2g} nats, less than {MIN_CE_GAP:g}"
+        )
     ce = MetricResult(
         "ce_recovered",
         float("nan") if rec is None else rec,
         True,
         settings=settings,
         data=data,
-        details={**details, **({"note": "zero-ablation does not change the CE"} if rec is None else {})},
+        details={**details, "ce_gap": gap, **({} if meaningful else {"note": gap_note(gap)})},
         suite="spliced",
+        meaningful=meaningful,
     )
     acc = MetricResult(
         "spliced_accuracy", sp.accuracy, True, settings=settings, data=data, details=details, suite="spliced"
@@ -166,7 +179,7 @@ def model_suites(cfg: Any):
             with torch.no_grad():
                 if model is not None and prov is not None:
                     bb, overridden = sae_model(model, sae, str(prov.hook), str(prov.tokens))
-                    results = spliced_metrics(cfg, cache, sae, source, bb, dataset)
+                    results = spliced_metrics(cfg, cache, sae, source, bb, dataset, name=sae_dir)
                     for r in results:
                         if notes or overridden:
                             r.data["provenance_overridden"] = [*notes, *overridden]

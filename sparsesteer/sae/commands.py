@@ -174,7 +174,7 @@ def run_train(args: argparse.Namespace) -> int:
     from ..utils import distributed
     from ..utils.device import resolve_device
     from .config import TrainData
-    from .train import TrainConfig, Trainer, check_run_dir
+    from .train import TrainConfig, Trainer, check_run_dir, summary
 
     file_data = config_utils.load_file(args.config) if args.config else {}
     unknown_tables = set(file_data) - {"sae", "train"}
@@ -222,8 +222,7 @@ def run_train(args: argparse.Namespace) -> int:
         print(f"{run.out}: stopped at step {result.steps} of {trainer.total} (checkpoint saved); --resume continues")
         return 0
     for path, metrics in zip(result.paths, result.metrics):
-        summary = ", ".join(f"{k}={v:.4g}" for k, v in metrics.items() if k in ("fvu", "l0", "dead_frac"))
-        print(f"{path}: {summary}")
+        print(f"{path}: {summary(metrics)}")
     if len(result.paths) > 1:
         print(f"wrote {sweep_plot(run.out, source.describe(), sae_cfgs, result.metrics)}")
     return 0

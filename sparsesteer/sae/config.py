@@ -34,6 +34,23 @@ APPLIES_TO: dict[str, tuple[str, ...]] = {
 FEW_STEPS = 300
 """A training run with fewer optimiser steps than this logs a warning: its SAE is barely trained."""
 
+DEAD_FIRINGS = 1000
+"""The default dead window (`SAEConfig.dead_after`), in firings of an average latent: a latent silent
+for 1000 x n_latents / k samples fires at most ~1/300 as often as the average one (95%: 3 / 1000).
+On benchmarks/planted.py (docs/benchmarks.md) 1000 was the shortest window that did no harm, and with
+rare atoms it recovered more of them than no AuxK; 250 x n/k let AuxK pull rarely firing latents onto
+the residual, where they died; 4000 x n/k and longer gave the same SAE as no AuxK."""
+
+RELU_L0 = 32
+"""The L0 that stands in for k in relu's default dead window (relu fixes no k; the window only sets
+what `dead_frac` counts, AuxK being topk/batchtopk only)."""
+
+
+def default_dead_after(n_latents: int, cfg: SAEConfig) -> int:
+    """The default `dead_after` of an SAE of `n_latents` latents: DEAD_FIRINGS x n_latents / k samples."""
+    k = cfg.k if cfg.uses_k else RELU_L0
+    return max(1, round(DEAD_FIRINGS * n_latents / k))
+
 
 def _require(ok: bool, name: str, rule: str, value: object) -> None:
     if not ok:
@@ -75,8 +92,10 @@ class SAEConfig:
     """AuxK: dead latents used to model the residual per sample; 0 = d_in // 2 (Gao et al.)."""
     aux_coeff: float = 1 / 32
     """AuxK loss coefficient; 0 disables AuxK."""
-    dead_after: int = 10_000_000
-    """A latent counts as dead after this many training samples without firing."""
+    dead_after: int | None = None
+    """A latent counts as dead (AuxK trains it, dead_frac counts it) after this many training samples
+    without firing; None = 1000 x n_latents / k, the samples in which the average latent fires 1000
+    times (relu: 1000 x n_latents / 32); chosen on benchmarks/planted.py (docs/sae.md)."""
     dense_threshold: float = 0.1
     """A latent counts as dense when it fires on more than this fraction of samples."""
     matryoshka: tuple[int, ...] = ()
@@ -118,7 +137,8 @@ class SAEConfig:
             value = getattr(self, name)
             _require(_finite(value) and value >= 0, name, "a non-negative number (loss coefficients)", value)
         _require(self.aux_k >= 0, "aux_k", "non-negative (0 = d_in // 2)", self.aux_k)
-        _require(self.dead_after >= 1, "dead_after", ">= 1 (training samples)", self.dead_after)
+        if self.dead_after is not None:
+            _require(self.dead_after >= 1, "dead_after", ">= 1 (training samples)", self.dead_after)
         _require(
             0 < self.dense_threshold <= 1, "dense_threshold", "in (0, 1] (a firing frequency)", self.dense_threshold
         )
@@ -140,7 +160,9 @@ class SAEConfig:
         if self.d_in and self.d_in != d_in:
             raise SparsesteerError(f"SAE config says d_in={self.d_in} but the activations have width {d_in}")
         n = self.n_latents or self.expansion * d_in
-        return dataclasses.replace(self, d_in=d_in, n_latents=n)
+        return dataclasses.replace(
+            self, d_in=d_in, n_latents=n, dead_after=self.dead_after or default_dead_after(n, self)
+        )
 
     @property
     def name(self) -> str:

@@ -55,6 +55,10 @@ class MetricResult:
     """Extra numbers (per-k accuracies, per-class counts, ...)."""
     suite: str = ""
     """Suite it belongs to."""
+    meaningful: bool = True
+    """False when the value was measured but carries no information (e.g. % CE recovered of a hook whose
+    ablation barely moves the CE), the reason in `details['note']`: JSON keeps the value, Markdown
+    shows 'n/m (note)'."""
 
     def to_json(self) -> dict[str, Any]:
         d = asdict(self)
@@ -528,6 +532,10 @@ def _fmt(v: float | None) -> str:
     return f"{v:.4g}"
 
 
+def _cell(r: MetricResult) -> str:
+    return _fmt(r.value) if r.meaningful else f"n/m ({r.details.get('note', 'not meaningful')})"
+
+
 def comparison_markdown(results: dict[str, list[MetricResult]], title: str = "SAE evaluation") -> str:
     """One table: a row per metric (with its direction), a column per SAE."""
     names = list(results)
@@ -542,7 +550,7 @@ def comparison_markdown(results: dict[str, list[MetricResult]], title: str = "SA
     rows = []
     for suite, name in order:
         some = next(iter(by[name].values()))
-        cells = [_fmt(by[name][s].value) if s in by[name] else "" for s in names]
+        cells = [_cell(by[name][s]) if s in by[name] else "" for s in names]
         rows.append([suite, name, arrow[some.higher_is_better], *cells])
     table = md_table(["suite", "metric", "better", *names], rows, "lll" + "r" * len(names))
     return f"## {title}\n\n{table}\n"

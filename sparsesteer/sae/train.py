@@ -45,7 +45,7 @@ from ..utils.progress import progress
 from ..utils.settings_hash import first_difference
 from . import build, variants
 from .base import SparseAutoencoder
-from .config import FEW_STEPS, SAEConfig, TrainConfig
+from .config import FEW_STEPS, SAEConfig, TrainConfig, default_dead_after
 from .init import geometric_median
 from .losses import total_variance
 from .objectives import build_objectives, count_classes, needs_labels
@@ -79,7 +79,10 @@ class Member:
         group: str | None = None,
         cols: tuple[int, int] | None = None,
     ):
+        cfg = cfg.resolved(cfg.d_in) if cfg.d_in else cfg  # n_latents and the dead window filled in
         self.cfg = cfg
+        self.dead_after: int = cfg.dead_after or default_dead_after(cfg.n_latents, cfg)
+        """Samples without firing after which a latent counts as dead (AuxK trains it)."""
         self.group = group
         """The hook whose columns of the source this SAE reads (None: the whole row)."""
         self.cols = cols
@@ -426,11 +429,10 @@ class Trainer:
             record["ranks"] = self.world.size
         for name, m in zip(self.names, members):
             metrics = {k: v / max(m.sum_steps, 1) for k, v in m.sums.items()}
-            metrics["dead_frac"] = float((m.since_fired >= m.cfg.dead_after).float().mean())
+            metrics.update(firing_metrics(m.since_fired, position, m.dead_after))
             if m.window_samples:
                 freq = m.fire_count.float() / m.window_samples
                 metrics["dense_frac"] = float((freq > m.cfg.dense_threshold).float().mean())
-            metrics["alive_frac"] = 1.0 - metrics["dead_frac"]
             rows.append(metrics)
             record[name] = metrics
             m.sums, m.sum_steps, m.window_samples = {}, 0, 0
@@ -541,6 +543,31 @@ class Trainer:
         return TrainResult(paths, saes, last, step)
 
 
+def firing_metrics(since_fired: torch.Tensor, samples: int, dead_after: int) -> dict[str, float]:
+    """What fired, from each latent's count of samples since it last fired, after `samples` training
+    samples: `never_fired_frac` (silent over the whole run), `dead_frac` (silent over the last
+    `dead_window` samples: `dead_after`, or the whole run while it is shorter, so a short run does
+    not report 0 by construction) and `alive_frac` = 1 - dead_frac."""
+    window = min(dead_after, samples)
+    never = float((since_fired >= samples).float().mean()) if samples else 0.0
+    dead = float((since_fired >= window).float().mean()) if window else 0.0
+    return {"never_fired_frac": never, "dead_frac": dead, "dead_window": window, "alive_frac": 1.0 - dead}
+
+
+def summary(metrics: dict[str, float]) -> str:
+    """The line `sparsesteer train` prints for one SAE: FVU, L0 and what fired, with the windows stated."""
+    parts = [f"{k}={metrics[k]:.4g}" for k in ("fvu", "l0") if k in metrics]
+    if "never_fired_frac" in metrics:
+        parts.append(f"never_fired_frac={metrics['never_fired_frac']:.4g} (over the whole run)")
+    if "dead_window" in metrics:
+        parts.append(
+            f"dead_frac={metrics['dead_frac']:.4g} (no firing in the last {int(metrics['dead_window']):,} samples)"
+        )
+    elif "dead_frac" in metrics:
+        parts.append(f"dead_frac={metrics['dead_frac']:.4g}")
+    return ", ".join(parts)
+
+
 def _columns(x: torch.Tensor, cols: tuple[int, int] | None, scale: float) -> torch.Tensor:
     """One column group of a batch (all of it for None), times the group's input scale."""
     if cols is not None:
@@ -553,7 +580,7 @@ def train_step(
 ) -> None:
     """One optimiser step of one SAE on a batch (the inner loop of `Trainer.fit`)."""
     sae, c = m.sae, m.cfg
-    dead = m.since_fired >= c.dead_after if c.uses_k else None
+    dead = m.since_fired >= m.dead_after if c.uses_k else None
     with precision.autocast(precision.resolve_bf16(cfg.bf16, device), device):
         out = sae(x, dead_mask=dead)
     loss = out.loss
@@ -833,4 +860,14 @@ def _open_sinks(cfg: TrainConfig, out: Path, settings: dict[str, Any]) -> list[_
     return sinks
 
 
-__all__ = ["Member", "NonFiniteLoss", "TrainConfig", "TrainResult", "Trainer", "check_run_dir", "train"]
+__all__ = [
+    "Member",
+    "NonFiniteLoss",
+    "TrainConfig",
+    "TrainResult",
+    "Trainer",
+    "check_run_dir",
+    "firing_metrics",
+    "summary",
+    "train",
+]

@@ -8,6 +8,9 @@ against the clean model:
 cross-entropy of the zero-shot logits (`models.zeroshot.ZeroShotClassifier`) against the labels.
 The hook is replaced on the SAE's tokens only (a CLS SAE splices and ablates the CLS token).
 
+The ratio means something only when ablating the hook moves the CE: below a gap of `MIN_CE_GAP`
+nats (`ce_gap_meaningful`) it is reported as not meaningful, with the gap, and the raw number kept.
+
 The forwards share the work below the hook (`spliced_ce`): per image batch, one clean forward
 captures the `resid_pre` of every block a splice sits in (and gives the clean logits); the spliced
 and ablated forwards then resume at that block (`Backbone.embed_from`, bit-identical to a full
@@ -40,6 +43,30 @@ from .edits import reconstruct
 def zero_ablation(hook: str, tokens: Tokens = "all") -> Intervention:
     """The activation at `hook` replaced by zeros on `tokens`."""
     return Intervention(str(HookPoint.parse(hook)), lambda acts_btd, positions_t: torch.zeros_like(acts_btd), tokens)
+
+
+MIN_CE_GAP = 0.01
+"""Nats. % CE recovered is not meaningful when |CE_zero - CE_clean| is below this: zero-ablating the
+hook then changes the (geometric) mean probability of the right class by less than 1% (e^0.01 = 1.01),
+so the hook barely matters to the output, and the SAE's own small effect on the CE, divided by that
+gap, can take any value (issue 20 saw -167% to +131%). Nats are already a
+log-ratio of probabilities, so one threshold holds for any number of classes (docs/clipsteer.md)."""
+
+
+def ce_gap_meaningful(ce_clean: float, ce_zero: float) -> bool:
+    """Whether zero-ablation moves the CE by at least MIN_CE_GAP nats (then % CE recovered means something)."""
+    gap = ce_zero - ce_clean
+    return math.isfinite(gap) and abs(gap) >= MIN_CE_GAP
+
+
+def gap_note(gap: float) -> str:
+    """The ablation gap `gap` (nats) as a not-meaningful % CE recovered is annotated: 'gap 0.0003 nats'."""
+    return f"gap {gap:.2g} nats"
+
+
+def not_meaningful(gap: float) -> str:
+    """How a % CE recovered below MIN_CE_GAP is shown: 'n/m (gap 0.0003 nats)'."""
+    return f"n/m ({gap_note(gap)})"
 
 
 def ce_recovered(ce_clean: float, ce_spliced: float, ce_zero: float) -> float | None:
@@ -104,9 +131,17 @@ class SpliceCE:
     """Splice name -> the model with its SAE spliced in."""
 
     def recovered(self, splice: Splice) -> float | None:
-        """% CE recovered of `splice`."""
+        """% CE recovered of `splice` (the raw ratio: see `meaningful`)."""
         zero = self.zero[(splice.hook, splice.tokens)]
         return ce_recovered(self.clean.ce, self.spliced[splice.name].ce, zero.ce)
+
+    def gap(self, splice: Splice) -> float:
+        """CE_zero - CE_clean of `splice`'s hook and tokens (nats): the denominator of % CE recovered."""
+        return self.zero[(splice.hook, splice.tokens)].ce - self.clean.ce
+
+    def meaningful(self, splice: Splice) -> bool:
+        """Whether `splice`'s % CE recovered means something (`ce_gap_meaningful`)."""
+        return ce_gap_meaningful(self.clean.ce, self.zero[(splice.hook, splice.tokens)].ce)
 
 
 @torch.no_grad()

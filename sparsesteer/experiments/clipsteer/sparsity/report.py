@@ -9,7 +9,9 @@ layer, explained variance by layer, % CE recovered by layer, and the patch-posit
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,6 +23,8 @@ from . import reference
 
 if TYPE_CHECKING:
     from .run import SparsityRun
+
+log = logging.getLogger(__name__)
 
 TOKEN_LABELS = {"all": "all tokens", "cls": "CLS only", "patch": "patches only"}
 
@@ -35,7 +39,16 @@ def _fmt(v: float | None, digits: int = 1) -> str:
     return f"{v:,.{digits}f}"
 
 
+def _recovered_cell(r: dict[str, Any]) -> str:
+    """% CE recovered as results.md shows it: the number, or 'n/m (gap ... nats)' below MIN_CE_GAP."""
+    from ....steering.splice import not_meaningful
+
+    return _fmt(r["ce_recovered_pct"]) if r["ce_recovered_meaningful"] else not_meaningful(r["ce_gap"])
+
+
 def collect(run: SparsityRun) -> dict[str, Any]:
+    from ....steering.splice import ce_gap_meaningful
+
     c, bb = run.cfg, run.backbone
     m = io.read_json(run.path("metrics.json"))
     ce = io.read_json(run.path("ce.json"))
@@ -60,6 +73,8 @@ def collect(run: SparsityRun) -> dict[str, Any]:
                 "alive_cls_pct": _pct(tm["alive_cls"]),
                 "alive_patch_pct": _pct(tm["alive_patch"]),
                 "ce_recovered_pct": sc["ce_recovered"],
+                "ce_gap": sc["ce_zero_ablation"] - ce["ce_clean"],
+                "ce_recovered_meaningful": ce_gap_meaningful(ce["ce_clean"], sc["ce_zero_ablation"]),
                 "ce_spliced": sc["ce_spliced"],
                 "ce_zero_ablation": sc["ce_zero_ablation"],
                 "accuracy_spliced": sc["accuracy_spliced"],
@@ -163,6 +178,8 @@ def _figure_json(f: reference.Figure) -> dict[str, Any]:
 
 
 def markdown(res: dict[str, Any]) -> str:
+    from ....steering.splice import MIN_CE_GAP
+
     sae, zs, model = res["sae"], res["zeroshot"], res["model"]
     shape = f"k={sae['k']}" if sae["k"] is not None else f"l1 {sae['l1_coeff']:g}" if sae["l1_coeff"] else ""
     trained = (
@@ -186,7 +203,9 @@ def markdown(res: dict[str, Any]) -> str:
         f"{zs['ce_clean']:.4f}, clean accuracy {zs['accuracy_clean']:.2f}%",
         "- % CE recovered = 100 (CE_zero_ablation - CE_spliced) / (CE_zero_ablation - CE_clean): CE with the hook "
         "replaced, on the SAE's tokens, by the SAE's output (spliced, error term dropped) or by zeros; "
-        "100 = splicing costs nothing, 0 = as bad as deleting the activation",
+        "100 = splicing costs nothing, 0 = as bad as deleting the activation; n/m (not meaningful) where "
+        f"ablating the hook moves the CE by less than {MIN_CE_GAP:g} nats (the gap shown; results.json keeps the "
+        "ratio)",
         "",
         "## Ours",
         "",
@@ -216,7 +235,7 @@ def markdown(res: dict[str, Any]) -> str:
                     _fmt(r["alive_pct"]),
                     _fmt(r["alive_cls_pct"]),
                     _fmt(r["alive_patch_pct"]),
-                    _fmt(r["ce_recovered_pct"]),
+                    _recovered_cell(r),
                     _fmt(r["accuracy_spliced"], 2),
                     _fmt(r["accuracy_zero_ablation"], 2),
                 )
@@ -282,11 +301,23 @@ def plots(run: SparsityRun, res: dict[str, Any]) -> None:
     rows = res["rows"]
     title = f"{res['model']['id']} on {res['dataset']} {res['test_split']}"
 
-    def plot(stem: str, ylabel: str, series: list[tuple[str, str, str | None]]) -> None:
+    def plot(
+        stem: str,
+        ylabel: str,
+        series: Sequence[tuple[str, str, str | None]],
+        shown: Callable[[dict], bool] | None = None,
+    ) -> None:
         by_layer(
             run.path("plots", f"{stem}.png"),
             [
-                (label, [(r["block"], r[column]) for r in rows if tokens is None or r["tokens"] == tokens])
+                (
+                    label,
+                    [
+                        (r["block"], r[column])
+                        for r in rows
+                        if (tokens is None or r["tokens"] == tokens) and (shown is None or shown(r))
+                    ],
+                )
                 for label, column, tokens in series
             ],
             ylabel=ylabel,
@@ -315,7 +346,10 @@ def plots(run: SparsityRun, res: dict[str, Any]) -> None:
         [(f"{TOKEN_LABELS[t]} SAE", "explained_variance_pct", t) for t in configs],
     )
     plot(
-        "ce_recovered_by_layer", "% CE recovered", [(f"{TOKEN_LABELS[t]} SAE", "ce_recovered_pct", t) for t in configs]
+        "ce_recovered_by_layer",
+        "% CE recovered (n/m left out)",
+        [(f"{TOKEN_LABELS[t]} SAE", "ce_recovered_pct", t) for t in configs],
+        shown=lambda r: r["ce_recovered_meaningful"],
     )
 
     for tokens in configs:
@@ -347,8 +381,21 @@ def plots(run: SparsityRun, res: dict[str, Any]) -> None:
             fig.suptitle(f"L0 per patch position, {TOKEN_LABELS[tokens]} SAEs: {title}", fontsize=8)
 
 
+def warn_not_meaningful(rows: list[dict[str, Any]]) -> None:
+    """One warning naming the SAEs whose % CE recovered is not meaningful, with their gaps."""
+    from ....steering.splice import MIN_CE_GAP
+
+    small = [f"{r['name']} (gap {r['ce_gap']:.2g})" for r in rows if not r["ce_recovered_meaningful"]]
+    if small:
+        log.warning(
+            f"% CE recovered is not meaningful for {len(small)} SAE(s), shown as n/m: zero-ablating their hook "
+            f"changes the zero-shot CE by less than {MIN_CE_GAP:g} nats: {', '.join(small)}"
+        )
+
+
 def write(run: SparsityRun) -> None:
     res = collect(run)
+    warn_not_meaningful(res["rows"])
     run.path("plots").mkdir(parents=True, exist_ok=True)
     plots(run, res)
     write_result(run.out, "results", res, markdown(res))

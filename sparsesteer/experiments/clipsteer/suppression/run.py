@@ -29,27 +29,6 @@ if TYPE_CHECKING:
     from ....models.zeroshot import ZeroShotClassifier
 
 
-def balanced_sample(groups: np.ndarray, n: int | None, seed: int) -> np.ndarray:
-    """Sorted indices of about n images with as many of every group as there are (round-robin over
-    the groups in a seeded order, so a small group gives all it has and the others fill up); all
-    images when n is None or covers them."""
-    groups = np.asarray(groups)
-    if n is None or n >= len(groups):
-        return np.arange(len(groups), dtype=np.int64)
-    rng = np.random.default_rng(seed)
-    pools = [list(rng.permutation(np.flatnonzero(groups == g))) for g in np.unique(groups)]
-    chosen: list[int] = []
-    while len(chosen) < n:
-        progressed = False
-        for pool in pools:
-            if pool and len(chosen) < n:
-                chosen.append(int(pool.pop()))
-                progressed = True
-        if not progressed:
-            break
-    return np.sort(np.asarray(chosen, dtype=np.int64))
-
-
 @dataclass
 class ImageSet:
     """The images of one role (selection or test)."""
@@ -135,38 +114,39 @@ class SuppressionRun(RunContext, BlockSAEs):
 
     def _load_set(self, role: str) -> ImageSet:
         from ....data import ensure_dataset
-        from ....data.subset import Subset
+        from ....data.subset import Subset, draw
 
         spec, split, n = self.roles()[role]
         c = self.cfg
-        ds = ensure_dataset(spec, split, data_root=c.data_root)
-        labels = ds.labels()
+        full = ensure_dataset(spec, split, data_root=c.data_root)
+        labels = full.labels()
         if isinstance(c, DisentangleConfig):
             task = TASKS[c.task]
             attr_name = str(task["attribute"])
-            if attr_name not in ds.attributes:
+            if attr_name not in full.attributes:
                 raise SparsesteerError(
                     f"{spec} [{split}]: no {attr_name!r} column (in {task['attribute_file']} under the data root): "
-                    f"the {c.task} task needs it as the spurious attribute; columns: {', '.join(ds.attributes) or 'none'}"
+                    f"the {c.task} task needs it as the spurious attribute; columns: {', '.join(full.attributes) or 'none'}"
                 )
-            attribute = np.asarray(ds.attribute_array(attr_name), dtype=np.int64)
-            groups = 2 * labels + attribute
-            keep = balanced_sample(groups, n, c.seed)
+            attribute = np.asarray(full.attribute_array(attr_name), dtype=np.int64)
+            groups: np.ndarray | None = 2 * labels + attribute
+            by: tuple[str, ...] = ("label", attr_name)
         else:
             from ....data.typographic import ATTRIBUTE
 
-            if ATTRIBUTE not in ds.attributes:
+            if ATTRIBUTE not in full.attributes:
                 raise SparsesteerError(
                     f"{spec} [{split}]: no {ATTRIBUTE!r} attribute (the class of the written word): give a typographic "
                     "set (typo:SPEC, rta100, paint-typo, disentangling)"
                 )
-            attribute = np.asarray(ds.attribute_array(ATTRIBUTE), dtype=np.int64)
-            groups = None
-            keep = balanced_sample(labels, n, c.seed)
-        clean = _clean_twin(ds)
-        if len(keep) < len(ds):
-            ds = Subset(ds, keep, seed=c.seed, n_asked=int(n or 0))
-            clean = Subset(clean, keep, seed=c.seed, n_asked=int(n or 0)) if clean is not None else None
+            attribute = np.asarray(full.attribute_array(ATTRIBUTE), dtype=np.int64)
+            groups, by = None, ("label",)
+        ds = draw(full, "group-balanced", n, c.seed, by=by)  # as many images of every group as there are
+        clean = _clean_twin(full)
+        keep = np.arange(len(full), dtype=np.int64)
+        if isinstance(ds, Subset):
+            keep = ds.indices
+            clean = ds.paired(clean) if clean is not None else None
         return ImageSet(
             split=split,
             images=ds,
