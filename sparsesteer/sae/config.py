@@ -167,7 +167,7 @@ class SAEConfig:
     @property
     def name(self) -> str:
         """Short run name for sweeps, e.g. 'topk-k64-n3072'."""
-        parts = [self.arch]
+        parts: list[str] = [self.arch]
         if self.uses_k:
             parts.append(f"k{self.k}")
         if self.arch == "relu":
@@ -379,8 +379,13 @@ class TrainData:
                 if value is not None:
                     raise SparsesteerError(f"{flag} goes with --model; --activations already names the rows")
         else:
-            for flag, value in (("--dataset", self.dataset), ("--hook", hooks), ("--tokens", self.tokens)):
-                if not value:
+            needed: tuple[tuple[str, object], ...] = (
+                ("--dataset", self.dataset),
+                ("--hook", hooks),
+                ("--tokens", self.tokens),
+            )
+            for flag, given in needed:
+                if not given:
                     raise SparsesteerError(f"--model needs {flag} (which images, hook points and token rows)")
         _require(self.image_batch_size >= 1, "image_batch_size", ">= 1", self.image_batch_size)
         if self.stop_at is not None:

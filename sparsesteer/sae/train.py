@@ -30,7 +30,7 @@ import shutil
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import torch
@@ -48,7 +48,7 @@ from .base import SparseAutoencoder
 from .config import FEW_STEPS, SAEConfig, TrainConfig, default_dead_after
 from .init import geometric_median
 from .losses import total_variance
-from .objectives import build_objectives, count_classes, needs_labels
+from .objectives import Objective, build_objectives, count_classes, needs_labels
 from .provenance import Provenance
 
 log = logging.getLogger(__name__)
@@ -274,7 +274,7 @@ class Trainer:
 
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
-        members = []
+        members: list[Member] = []
         for c, g, cols in zip(self.sae_cfgs, self.groups, self.cols):
             if members and g != members[-1].group:
                 torch.manual_seed(cfg.seed)  # each hook's SAEs start as in a run of that hook alone
@@ -376,7 +376,7 @@ class Trainer:
             )
             return Batch(x, labels, batch.rows[lo:hi] if self.world.size > 1 else batch.rows), *on_device
 
-        ahead = prepare(next(batches), step) if cuda else None
+        ahead: Any = prepare(next(batches), step) if cuda else None  # CUDA: one batch queued ahead
         while True:
             current = ahead if cuda else prepare(next(batches), step)
             step += 1
@@ -502,7 +502,9 @@ class Trainer:
         if "rng.cuda" in tensors and self.device.type == "cuda":
             torch.cuda.set_rng_state(tensors["rng.cuda"], self.device)
         random.setstate(_py_random_from_json(meta["python_random"]))
-        scales = {None: float(meta["scale"])} if "scale" in meta else {g: float(v) for g, v in meta["scales"].items()}
+        scales: dict[str | None, float] = (
+            {None: float(meta["scale"])} if "scale" in meta else {g: float(v) for g, v in meta["scales"].items()}
+        )
         return int(meta["step"]), int(meta["position"]), scales
 
     # ------------------------------------------------------------------ output
@@ -585,7 +587,8 @@ def train_step(
         out = sae(x, dead_mask=dead)
     loss = out.loss
     terms: list[tuple[str, torch.Tensor]] = []
-    for objective in m.objectives:
+    for module in m.objectives:
+        objective = cast(Objective, module)  # ModuleList iterates as plain Modules
         term = objective.loss(out, labels, x)
         loss = loss + objective.weight * term
         terms.append((objective.name, term))

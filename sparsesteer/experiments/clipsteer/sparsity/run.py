@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ....models.hook_names import hook_name
+from ....models.hook_names import TokenSelection, hook_name
 from ....sae.provenance import Provenance
 from ....utils.errors import SparsesteerError
 from ...context import TrainTestRun
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ....models.zeroshot import ZeroShotClassifier
 
 
-def cache_tokens(configs: tuple[str, ...]) -> str:
+def cache_tokens(configs: tuple[TokenSelection, ...]) -> TokenSelection:
     """The token selection a cache needs to serve every configuration: the one configuration when
     there is one, else all tokens (the views filter CLS and patch rows out of it)."""
     return configs[0] if len(configs) == 1 else "all"
@@ -34,7 +34,7 @@ def cache_tokens(configs: tuple[str, ...]) -> str:
 
 def has_class_names(classes: list[str] | None) -> bool:
     """Whether a dataset names its classes (labels named '0', '1', ... do not count: no prompt)."""
-    return bool(classes) and classes != [str(i) for i in range(len(classes))]
+    return classes is not None and bool(classes) and classes != [str(i) for i in range(len(classes))]
 
 
 class SparsityRun(TrainTestRun, BlockSAEs):

@@ -89,13 +89,13 @@ def metrics(run: SuppressionRun, role: str) -> dict[str, dict[str, Any]]:
     clean_path = run.path("sweep", f"{role}-clean.json")
     clean = run.load(f"sweep/{role}-clean.json") if clean_path.is_file() else None
     for name, p in att.items():
-        ch = compare_typographic(
+        tc = compare_typographic(
             None if clean is None else np.asarray(clean["none"]), np.asarray(att["none"]),
             None if clean is None else np.asarray(clean[name]), np.asarray(p), s.labels, s.attribute,
         )  # fmt: skip
         out[name] = {
-            k: {"baseline": _num(getattr(ch.baseline, k)), "edited": _num(getattr(ch.edited, k)),
-                "delta": _num(getattr(ch.edited, k) - getattr(ch.baseline, k))}
+            k: {"baseline": _num(getattr(tc.baseline, k)), "edited": _num(getattr(tc.edited, k)),
+                "delta": _num(getattr(tc.edited, k) - getattr(tc.baseline, k))}
             for k in ("clean_accuracy", "attacked_accuracy", "attack_success_rate")
         }  # fmt: skip
     return out
@@ -120,7 +120,7 @@ def collect(run: SuppressionRun) -> dict[str, Any]:
     c = run.cfg
     sel, test = metrics(run, "select"), metrics(run, "test")
     ranking = run.load("select/ranking.json")
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, m in test.items():
         parsed = _parse(name)
         method, block, n = parsed if parsed else ("none", None, 0)

@@ -109,9 +109,9 @@ def _resumed(bb: Backbone, s: Setting) -> tuple[int, tuple[Intervention, ...]]:
     of `blocks.{b+1}.resid_pre` (the same tensor), so block b itself is not rerun
     (`steering.features.resume_point`); a head ablation needs block b's attention, so it resumes at b."""
     points = {resume_point(bb, iv.hook) for iv in s.interventions}
-    if s.heads is not None or len(points) != 1 or None in points:
+    point = points.pop() if len(points) == 1 else None
+    if s.heads is not None or point is None:
         return s.block, s.interventions
-    point = points.pop()
     return point.block, tuple(moved(iv, point.hook) for iv in s.interventions)
 
 
