@@ -386,6 +386,21 @@ def _api_subset_replay_given(ws: Path) -> None:
     replay(open_dataset(f"folder:{ws / 'data'}", "train"), record)  # rows a caller listed: no rule to replay
 
 
+def _api_vs2_unfinished_cache(ws: Path) -> None:
+    import json
+    import shutil
+
+    from sparsesteer.experiments.vs2.config import VS2Config
+    from sparsesteer.experiments.vs2.run import VS2Run
+
+    cache = ws / "new" / "vs2" / "cache" / "train"
+    shutil.copytree(ws / "cls-final", cache)
+    manifest = json.loads((cache / "manifest.json").read_text())
+    manifest.update(completed=False, labels=None)  # as a cache stage killed before its end leaves it
+    (cache / "manifest.json").write_text(json.dumps(manifest))
+    VS2Run(VS2Config(model=str(ws / "clip"), dataset=f"folder:{ws / 'data'}"), ws / "new" / "vs2").cls_rows("train")
+
+
 API = {
     "api-subset-replay": _api_subset_replay,
     "api-subset-replay-given": _api_subset_replay_given,
@@ -400,6 +415,7 @@ API = {
     "api-peer-would-not-load": _api_peer_would_not_load,
     "api-not-safetensors": _api_not_safetensors,
     "api-stats-no-dataset": _api_stats_no_dataset,
+    "api-vs2-unfinished-cache": _api_vs2_unfinished_cache,
 }
 
 

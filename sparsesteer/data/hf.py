@@ -98,12 +98,15 @@ class HFDataset(ImageDataset):
         self._load_options = load_options
         ds = self._load(repo_id, split, load_options)
         features = ds.features
-        self._image_column = image_column or self._detect(features, hf.Image, _IMAGE_NAMES, "image")
+        image = image_column or self._detect(features, hf.Image, _IMAGE_NAMES)
+        if image is None:
+            raise SparsesteerError(f"no image column found among {list(features)}; pass the option image_column=NAME")
+        self._image_column = image
         if self._image_column not in features:
             raise SparsesteerError(f"{self.name}: {unknown('image column', self._image_column, list(features))}")
         if label_column is not None and label_column not in features:
             raise SparsesteerError(f"{self.name}: {unknown('label column', label_column, list(features))}")
-        self._label_column = label_column or self._detect(features, hf.ClassLabel, _LABEL_NAMES, None)
+        self._label_column = label_column or self._detect(features, hf.ClassLabel, _LABEL_NAMES)
         self._ds = ds.cast_column(self._image_column, hf.Image(decode=False))
         if self._label_column is None:
             self._labels = np.full(len(ds), -1, dtype=np.int64)
@@ -150,16 +153,15 @@ class HFDataset(ImageDataset):
             raise SparsesteerError(f"{self.name}: cannot load split {split!r}: {e}") from None
 
     @staticmethod
-    def _detect(features: dict, kind: type, names: tuple[str, ...], role: str | None) -> str | None:
+    def _detect(features: dict, kind: type, names: tuple[str, ...]) -> str | None:
+        """The first column of feature type `kind`, else the first of the usual `names`; None if neither."""
         for column, feature in features.items():
             if isinstance(feature, kind):
                 return column
         for column in names:
             if column in features:
                 return column
-        if role is None:
-            return None
-        raise SparsesteerError(f"no {role} column found among {list(features)}; pass the option {role}_column=NAME")
+        return None
 
     @staticmethod
     def available_splits(repo_id: str, revision: str | None = None) -> list[str]:

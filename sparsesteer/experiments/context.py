@@ -12,10 +12,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ..activations.cache import ActivationCache
+    from ..activations.cache import ActivationCache, DType
     from ..activations.produce import CacheConfig
     from ..data.datasets import ImageDataset
     from ..models.backbone import Backbone, ModelShape
+    from ..models.hook_names import TokenSelection
 
 
 class RunContext:
@@ -105,11 +106,11 @@ class TrainTestRun(RunContext):
         self,
         split: str,
         hooks: Sequence[str],
-        tokens: str,
+        tokens: TokenSelection,
         out: str | Path,
         *,
         model: str | None = None,
-        dtype: str = "float32",
+        dtype: DType = "float32",
     ) -> CacheConfig:
         """The settings of an activation cache of `split` (the limited sample, the run's options)."""
         from ..activations.produce import CacheConfig

@@ -11,10 +11,13 @@ import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..utils.errors import unknown
 from .stages import Stage
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 PACKAGES = {
     "vs2": "sparsesteer.experiments.vs2",
@@ -36,7 +39,7 @@ class Experiment:
     """One line: which tables of which paper."""
     examples: str
     """Example command lines for `--help`."""
-    config: type
+    config: type[DataclassInstance]
     """The settings dataclass (torch-free; its fields become the flags)."""
     stages: Sequence[Stage[Any]]
     """The stage table, in run order (`--stage NAME` takes one of their names)."""

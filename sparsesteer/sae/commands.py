@@ -7,10 +7,13 @@ import argparse
 import dataclasses
 import itertools
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..utils import config as config_utils
 from ..utils.errors import SparsesteerError, unknown
+
+if TYPE_CHECKING:
+    from ..activations.cache import RowSource
 
 # SAE fields that take comma-separated lists on the command line; their product is the sweep.
 SWEEP_FIELDS = ("arch", "k", "expansion", "n_latents", "l1_coeff")
@@ -191,14 +194,8 @@ def run_train(args: argparse.Namespace) -> int:
         from ..utils.io import remove_stale_temps
 
         remove_stale_temps(run.out)  # half-written files of the run that was killed
-    if run.model is not None:
-        from ..activations.stream import model_widths, open_model_rows
-
-        for d in model_widths(run):  # the flags against the model's config, before the load
-            for c in sae_cfgs:
-                c.resolved(d)
-        source = open_model_rows(run, train_cfg)
-    else:
+    source: RowSource
+    if run.activations is not None:
         source = open_source(
             run.activations,
             hook=run.hooks[0] if run.hooks else None,
@@ -207,6 +204,13 @@ def run_train(args: argparse.Namespace) -> int:
             verify="lazy" if run.verify else "none",
             require_complete=not run.allow_incomplete,
         )
+    else:  # TrainData: exactly one of --activations and --model
+        from ..activations.stream import model_widths, open_model_rows
+
+        for d in model_widths(run):  # the flags against the model's config, before the load
+            for c in sae_cfgs:
+                c.resolved(d)
+        source = open_model_rows(run, train_cfg)
     trainer = Trainer(source, sae_cfgs, train_cfg, run.out)  # provenance comes from the source
     try:
         result = trainer.fit(resume=run.resume, overwrite=run.overwrite, stop_at=run.stop_at)
@@ -228,7 +232,7 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def sweep_plot(out: Path, data: dict[str, Any], sae_cfgs: list[Any], metrics: list[dict[str, float]]) -> Path:
+def sweep_plot(out: str | Path, data: dict[str, Any], sae_cfgs: list[Any], metrics: list[dict[str, float]]) -> Path:
     """OUT/fvu_vs_l0.png: the sweep's members by their last logged training FVU and L0."""
     from ..utils.plots import fvu_vs_l0
 
@@ -263,6 +267,7 @@ def run_evaluate(args: argparse.Namespace, extra: Any = None) -> int:
     device = resolve_device(cfg.device)
     sae = SparseAutoencoder.load(sae_dir, device=device)
     path = Path(cfg.activations)
+    source: RowSource
     if path.is_dir() and (path / "manifest.json").is_file():
         from ..activations.cache import ActivationCache
 
@@ -277,7 +282,7 @@ def run_evaluate(args: argparse.Namespace, extra: Any = None) -> int:
     )
     with torch.no_grad():
         result = evaluate(sae, source, batch_size=cfg.batch_size, max_rows=cfg.max_rows, device=device)
-    context = {
+    context: dict[str, Any] = {
         "sae": str(Path(sae_dir).resolve()),
         "activations": str(path.resolve()),
         "hook": data.hook,

@@ -305,7 +305,7 @@ def _chunks(
     for s in progress(range(0, n, step), desc=desc, unit="batch"):
         e = min(n, s + step)
         x = source.read(s, e).float()
-        if row_index is not None:
+        if row_index is not None and tokens is not None:  # `_rows_per_image` gives tokens exactly with row_index
             idx = row_index(s, e).reshape(-1, m, 2)
             if not ((idx[:, :, 0] == idx[:, :1, 0]).all() and (idx[:, :, 1] == tokens[None]).all()):
                 raise SparsesteerError(
@@ -314,6 +314,13 @@ def _chunks(
                 )
         labels = source.labels(s, e)
         yield _Chunk(x, (e - s) // m, None if labels is None else np.asarray(labels)[::m])
+
+
+def _no_labels(source: RowSource, probe_suites: set[str]) -> SparsesteerError:
+    return SparsesteerError(
+        f"suite(s) {', '.join(sorted(probe_suites))} need labels, but "
+        f"{source.describe().get('path', 'the activations')} has none: cache a labelled dataset, or drop them"
+    )
 
 
 @torch.no_grad()
@@ -360,10 +367,7 @@ def judge(
             )
     probe_suites = want & {"preservation", "sparse_probing"}
     if probe_suites and source.labels(0, min(n, 1)) is None:
-        raise SparsesteerError(
-            f"suite(s) {', '.join(sorted(probe_suites))} need labels, but "
-            f"{source.describe().get('path', 'the activations')} has none: cache a labelled dataset, or drop them"
-        )
+        raise _no_labels(source, probe_suites)
 
     dev = sae.device
     sae = sae.eval()
@@ -373,7 +377,7 @@ def judge(
         groups = {"all": list(range(m)), "cls": [cls_col], "patch": patch_cols}
     # running sums per token column (float64): sum x [m, d], sum ||x||^2, sum ||x - x_hat||^2, sum L0
     tok_sx = torch.zeros(m, d, dtype=torch.float64, device=dev)
-    tok = {k: torch.zeros(m, dtype=torch.float64, device=dev) for k in ("sx2", "err", "l0", "l0sq", "cos")}
+    tok_sums = {k: torch.zeros(m, dtype=torch.float64, device=dev) for k in ("sx2", "err", "l0", "l0sq", "cos")}
     fire = torch.zeros(L, dtype=torch.long, device=dev)
     keep: dict[str, list[Any]] = {"x": [], "xh": [], "codes": [], "y": []}
     kept = 0
@@ -394,21 +398,23 @@ def judge(
         cos = (x * xh).sum(-1) / (x2 * xh2).sqrt().clamp_min(1e-12)
         tok_sx += x.reshape(ch.images, m, d).sum(0).double()
         for k, v in (("sx2", x2), ("err", e2), ("l0", l0), ("l0sq", l0 * l0), ("cos", cos)):
-            tok[k] += v.reshape(ch.images, m).double().sum(0)
+            tok_sums[k] += v.reshape(ch.images, m).double().sum(0)
         dense = None
         if "sparse_probing" in want or "localisation" in want:
             dense = codes.to_dense(L).float().reshape(ch.images, m, L)
         take = min(ch.images, st.max_images - kept)
         if probe_suites and take > 0:
+            if ch.labels is None:  # not reached for a cache or array: labels of all rows or of none
+                raise _no_labels(source, probe_suites)
             keep["y"].append(ch.labels[:take])
             if "preservation" in want:
                 xi, xhi = x.reshape(ch.images, m, d)[:take], xh.reshape(ch.images, m, d)[:take]
                 keep["x"].append((xi[:, cls_col] if cls_col is not None else xi.mean(1)).cpu())
                 keep["xh"].append((xhi[:, cls_col] if cls_col is not None else xhi.mean(1)).cpu())
-            if "sparse_probing" in want:
+            if dense is not None and "sparse_probing" in want:
                 keep["codes"].append(dense[:take].amax(1).cpu())
             kept += take
-        if "localisation" in want:
+        if dense is not None and "localisation" in want:
             g = dense[:, pc, :]  # [images, patches, L] (a view when the patch tokens are contiguous)
             on = active.reshape(ch.images, m, -1)[:, pc]  # active patches per image, counted from the sparse codes
             lat_on = codes.indices.reshape(ch.images, m, -1)[:, pc]
@@ -428,7 +434,9 @@ def judge(
     data = {"rows": n, "images": n_images, "rows_per_image": m, "source": source.describe()}
     out: list[MetricResult] = []
     if "reconstruction" in want:
-        out += _reconstruction(groups, tok_sx.cpu(), {k: v.cpu() for k, v in tok.items()}, fire.cpu(), sae, st, data)
+        out += _reconstruction(
+            groups, tok_sx.cpu(), {k: v.cpu() for k, v in tok_sums.items()}, fire.cpu(), sae, st, data
+        )
     if "preservation" in want:
         out.append(_preservation(keep, st, data))
     if "sparse_probing" in want:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from ..sae.base import SparseAutoencoder
     from ..sae.provenance import Provenance
     from .classify import CLSClassifier
+    from .neighbours import LabelMode
     from .settings import ScoredSplit
 
 EXAMPLES = """examples:
@@ -317,8 +318,10 @@ def run_vs2(args: argparse.Namespace) -> int:
 
     cfg = config_utils.from_args(SteerVS2Config, args, where="steer vs2 settings")
     _claim_out(cfg, args)
-    if cfg.tune_on or cfg.gate_on:
-        _same_classes("the --tune-on cache" if cfg.tune_on else "the --gate-on cache", cfg.tune_on or cfg.gate_on, cfg)
+    train_cache = cfg.tune_on or cfg.gate_on
+    what = "the --tune-on cache" if cfg.tune_on else "the --gate-on cache"
+    if train_cache:
+        _same_classes(what, train_cache, cfg)
     scored = _load_scored(cfg, cfg.templates)
     bb, sae, cache, x, clf, notes = scored.backbone, scored.sae, scored.cache, scored.x, scored.classifier, scored.notes
     y = torch.from_numpy(scored.labels)
@@ -334,9 +337,7 @@ def run_vs2(args: argparse.Namespace) -> int:
         "rescale": cfg.rescale,
     }
     lam, gamma, mask = cfg.lam, cfg.gamma, None
-    train_cache = cfg.tune_on or cfg.gate_on
     if train_cache:
-        what = "the --tune-on cache" if cfg.tune_on else "the --gate-on cache"
         tcache, (x_train, y_train) = _cls_rows(train_cache, bb, what, cfg, notes)
         notes += _not_the_same_split(what, tcache, "the scored split", cache, cfg)
         fit = None
@@ -365,6 +366,8 @@ def run_vs2(args: argparse.Namespace) -> int:
                 "coverage": float(mask.double().mean()),
                 "fit_on": f"{train_cache}" + ("" if fit is None else " (fit part)"),
             }
+    if lam is None or gamma is None:  # not reached: SteerVS2Config needs both, or --tune-on, which set them above
+        raise SparsesteerError("give --lam and --gamma, or --tune-on TRAIN_CACHE to tune them on validation")
     V.check_finite(lam=lam, gamma=gamma)
     zs = clf.accuracy(x, y)
     steered = clf.accuracy(V.vs2(sae, x, lam, gamma, rescale=cfg.rescale, mask_b=mask), y)
@@ -422,6 +425,7 @@ def run_vs2pp(args: argparse.Namespace) -> int:
     from ..sae.provenance import check_agree
     from ..utils import config as config_utils
     from ..utils.report import md_table, write_result
+    from .neighbours import LABEL_MODES
     from .retrieval_suite import RetrievalRows, RetrievalSuiteSettings, evaluate_all, tune_all
     from .settings import SteerVS2ppConfig
     from .tuning import validation_split
@@ -441,12 +445,13 @@ def run_vs2pp(args: argparse.Namespace) -> int:
     notes = scored.notes
     db_cache, (x_db, y_db) = _cls_rows(cfg.database, bb, "the database", cfg, notes)
     notes += _not_the_same_split("the database", db_cache, "the scored split", cache, cfg)
-    modes = ("pseudo", "oracle") if cfg.labels == "both" else (cfg.labels,)
+    modes: tuple[LabelMode, ...] = LABEL_MODES if cfg.labels == "both" else (cfg.labels,)
     if y_db is None or (y_db < 0).any():
         raise SparsesteerError(
             f"{cfg.database} is not fully labelled: tuning scores validation queries drawn from it (and oracle mode uses its labels)"
         )
-    if cfg.retrieval_activations:
+    # SteerVS2ppConfig: both retrieval caches or neither
+    if cfg.retrieval_activations is not None and cfg.retrieval_database is not None:
         emb_q, retr_q = _head_rows(cfg.retrieval_activations, cache, "--retrieval-activations", cfg, notes)
         emb_db, retr_db = _head_rows(cfg.retrieval_database, db_cache, "--retrieval-database", cfg, notes)
         notes += check_agree(

@@ -167,14 +167,14 @@ def spliced_ce(
     ablations = list(dict.fromkeys((s.hook, s.tokens) for s in splices))
     edits = {s.name: [reconstruct(s.hook, s.sae, tokens=s.tokens)] for s in splices}
     zeros = {a: [zero_ablation(*a)] for a in ablations}
-    block_of = {a: HookPoint.parse(a[0]).block for a in ablations}
+    block_of = {(s.hook, s.tokens): s.block for s in splices}
     out = SpliceCE(zero={a: Score() for a in ablations}, spliced={s.name: Score() for s in splices})
     for pixels, labels in progress(batches, total=total, desc="spliced CE", unit="batch"):
         acts = backbone.run(pixels, [*starts.values(), "head"])
         out.clean.add(classifier.logits(acts["head"]), labels)
         for a in ablations:
             block = block_of[a]
-            emb = backbone.embed_from(block, acts[starts[block]], interventions=zeros[a])  # type: ignore[index]
+            emb = backbone.embed_from(block, acts[starts[block]], interventions=zeros[a])
             out.zero[a].add(classifier.logits(emb), labels)
         for s in splices:
             emb = backbone.embed_from(s.block, acts[starts[s.block]], interventions=edits[s.name])

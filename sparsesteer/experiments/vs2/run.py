@@ -9,7 +9,7 @@ does not import torch.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -23,12 +23,20 @@ from .config import VS2Config
 if TYPE_CHECKING:
     import torch
 
-    from ...activations.cache.reader import Rows
     from ...data.datasets import ImageDataset
     from ...models.backbone import Backbone
     from ...models.zeroshot import ZeroShotClassifier
     from ...sae import SparseAutoencoder
     from ...steering.classify import CLSClassifier
+
+
+class LabelledRows(NamedTuple):
+    """A split's CLS rows with their labels: every VS2 stage reads the labels (scores, tuning)."""
+
+    x: torch.Tensor
+    """[N, d] float32 CLS vectors."""
+    labels: np.ndarray
+    """int64 [N] label of each image."""
 
 
 class VS2Run(TrainTestRun):
@@ -103,10 +111,16 @@ class VS2Run(TrainTestRun):
         _, expansion, k = paper.sae_config(self.cfg.model, self.shape.n_blocks)
         return self.cfg.sae_expansion or expansion, self.cfg.sae_k or k
 
-    def cls_rows(self, split: str, block: int | None = None) -> Rows:
+    def cls_rows(self, split: str, block: int | None = None) -> LabelledRows:
         """(CLS vectors [N, d] float32, labels [N]) of a cached split at `block` (default: final)."""
         cache = self.open_cache(split, self.path("cache", split))
-        return cache.rows(hook_name(self.final_block if block is None else block), "cls").read_all()
+        x, labels = cache.rows(hook_name(self.final_block if block is None else block), "cls").read_all()
+        if labels is None:  # only an unfinished cache has none (a finished one always holds labels.npy)
+            raise SparsesteerError(
+                f"{cache.path} is an incomplete activation cache (no labels yet): finish it with "
+                "`sparsesteer reproduce vs2 --stage cache` and the run's settings and --out"
+            )
+        return LabelledRows(x, labels)
 
     # ------------------------------------------------------------------ SAEs and classifiers
     def load_sae(self, name: str) -> SparseAutoencoder:
