@@ -226,7 +226,9 @@ def test_evaluate_suite_compares_two_saes_in_one_table(tmp_path, capsys):
     md = (out / "judge.md").read_text()
     assert "sae0" in md and "sae1" in md and "| morans_i |" in md.replace("  ", " ")
     # a CLS-only view cannot be localised: one-line error, exit 2
-    assert main([*argv[:-3], "--tokens", "cls", "--suite", "localisation", "--allow-mismatch"]) == 2
+    cls_argv = [*argv[:-3], "--tokens", "cls", "--suite", "localisation", "--allow-mismatch"]
+    cls_argv[cls_argv.index("--out") + 1] = str(tmp_path / "judged-cls")  # judged/ holds the run above
+    assert main(cls_argv) == 2
     assert "needs patch tokens" in capsys.readouterr().err
 
 
