@@ -154,6 +154,27 @@ def test_neighbours_ties_to_lower_index():
     assert nb.indices.tolist() == [[1, 2], [0, 2], [0, 1], [0, 1]]
 
 
+@pytest.mark.parametrize("block", [1, 7, 64])
+def test_neighbours_with_ties_across_the_cut_match_a_full_sort(block):
+    """60 latents over 6 directions: every row has exact ties at its k-th cosine (each direction is
+    held by about 10 latents), resolved to the lower index as a full (cosine, index) sort of the row does."""
+    g = torch.Generator().manual_seed(3)
+    dirs = torch.randn(6, 8, generator=g)
+    W = dirs[torch.randint(0, 6, (60,), generator=g)]  # bitwise-equal rows: exactly equal cosines
+    k = 13
+    nb = decoder_neighbours(W, k=k, block=block)
+    U = W / W.norm(dim=1, keepdim=True)
+    C = (U.double() @ U.double().T).numpy()  # equal rows give equal cosines here too
+    np.fill_diagonal(C, -np.inf)
+    crossing = 0
+    for j in range(60):
+        order = np.lexsort((np.arange(60), -C[j]))[:k]
+        crossing += int((C[j] == C[j, order[-1]]).sum() > (C[j, order] == C[j, order[-1]]).sum())
+        np.testing.assert_array_equal(nb.indices[j], order)
+        np.testing.assert_allclose(nb.cosine[j], C[j, order], atol=1e-6)
+    assert crossing > 30  # the case under test does occur
+
+
 def test_save_load_roundtrip_and_refusals(setup, tmp_path):
     cache, sae = setup
     stats = latent_stats(sae, cache.rows(None, "all"), top_n=3)
