@@ -3,6 +3,7 @@ steps of a tiny shape: seeded, resumable bit for bit, refusing what it cannot tr
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -94,7 +95,12 @@ def _cfg(data: Path, out: Path, **kw) -> BuildConfig:
 
 
 def test_build_is_seeded_and_resumes_bit_identically(cifar_like, tmp_path, monkeypatch):
-    full = tb_build.TestbedTrainer(_cfg(cifar_like, tmp_path / "a")).run()
+    old_mask = os.umask(0o022)
+    try:
+        full = tb_build.TestbedTrainer(_cfg(cifar_like, tmp_path / "a")).run()
+    finally:
+        os.umask(old_mask)
+    assert {oct(p.stat().st_mode & 0o777) for p in full.iterdir()} == {"0o644"}  # one rule for every output
     want = load_file(str(full / "model.safetensors"))
     # kill the second run after its step 4 (a checkpoint at 3 exists), then run the same command again
     trainer = tb_build.TestbedTrainer(_cfg(cifar_like, tmp_path / "b"))

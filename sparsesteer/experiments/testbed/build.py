@@ -403,6 +403,8 @@ class TestbedTrainer:
         self.model.save_pretrained(tmp)
         self.tokenizer.save_pretrained(tmp)
         shutil.copy(self.out / "init" / "preprocessor_config.json", tmp / "preprocessor_config.json")
+        for f in tmp.iterdir():  # save_pretrained writes its weights 0600: every output gets the umask's mode
+            f.chmod(io.file_mode())
         io.write_json(tmp / "card.json", self.card(tmp))
         if model_dir.exists():
             shutil.rmtree(model_dir)

@@ -1,0 +1,84 @@
+"""The testbed shipped in the package: its card and checksum, `--model testbed`, and its planted
+mechanisms measured on a small seeded sample of real CIFAR-10 test images (skipped without them)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from sparsesteer.models import testbed as tb_model
+
+CARD = tb_model.shipped_dir() / "card.json"
+pytestmark = pytest.mark.skipif(not CARD.is_file(), reason="no trained testbed in this checkout")
+
+
+def test_card_names_the_data_settings_mechanisms_and_checksum():
+    from sparsesteer.utils.io import sha256_file
+
+    card = json.loads(CARD.read_text())
+    assert card["weights_sha256"] == sha256_file(tb_model.shipped_dir() / "model.safetensors")
+    assert card["settings"]["seed"] == 0 and card["settings"]["word"] == 0.5 and card["settings"]["cue_in"] >= 0.9
+    assert set(card["mechanisms"]) == {"typographic_shortcut", "spurious_cue"}
+    assert {"clean_top1", "word_drop", "group_gap", "per_group"} <= set(card["measured"])
+    assert "/work/" not in CARD.read_text()  # no local paths
+    size = sum(p.stat().st_size for p in tb_model.shipped_dir().iterdir())
+    assert size <= 25e6, size
+    assert tb_model.resolve("testbed") == str(tb_model.shipped_dir())
+
+
+@pytest.fixture(scope="module")
+def measured(cifar10_jpeg_module):
+    """Zero-shot top-1 on 300 seeded test images: plain, with a misleading word, and with the frame
+    independent of the class (per group)."""
+    from sparsesteer.data import limit_dataset
+    from sparsesteer.data.registry import open_dataset
+    from sparsesteer.models.backbone import load_backbone
+    from sparsesteer.models.groups import group_accuracy
+    from sparsesteer.models.templates import get_templates
+    from sparsesteer.models.zeroshot import ZeroShotClassifier
+
+    bb = load_backbone("testbed")
+    folder = f"folder:{cifar10_jpeg_module}"
+    specs = {
+        "clean": folder,
+        "misleading": f"planted:seed=1,word=1,words=misleading:{folder}",
+        "groups": f"planted:seed=1,cue_in=0.5,cue_out=0.5:{folder}",
+    }
+    out = {}
+    clf = None
+    for name, spec in specs.items():
+        ds = limit_dataset(open_dataset(spec, "test"), 300, 0)
+        clf = clf or ZeroShotClassifier.build(bb, ds.classes, get_templates("ensemble"))
+        pixels = np.stack([bb.preprocessor(ds[i].image) for i in range(len(ds))])
+        import torch
+
+        emb = bb.run(torch.from_numpy(pixels), ["head"])["head"]
+        pred = clf.logits(emb).argmax(1).numpy()
+        labels = ds.labels()
+        out[name] = (pred, labels, ds)
+    clean = float((out["clean"][0] == out["clean"][1]).mean())
+    attacked = float((out["misleading"][0] == out["misleading"][1]).mean())
+    pred, labels, ds = out["groups"]
+    ga = group_accuracy(pred, labels, ds.attribute_array("group"))
+    return clean, attacked, ga
+
+
+@pytest.fixture(scope="module")
+def cifar10_jpeg_module():
+    from conftest import CIFAR10_JPEG
+
+    if not (CIFAR10_JPEG / "test").is_dir():
+        pytest.skip(f"real CIFAR-10 JPEGs not found at {CIFAR10_JPEG}")
+    return CIFAR10_JPEG
+
+
+def test_the_testbed_classifies_reads_and_leans_on_the_frame(measured):
+    card = json.loads(CARD.read_text())["measured"]
+    clean, attacked, ga = measured
+    # 300 images: a binomial standard error of at most 0.029; margins of about 4 of them below the card's figures
+    assert clean >= card["clean_top1"] - 0.12 and clean > 0.25  # chance is 0.10
+    assert clean - attacked >= card["word_drop"] - 0.12 and clean - attacked > 0.03  # a misleading word costs accuracy
+    assert ga.average - ga.worst_group > 0.05  # some group is worse than average: the frame is leaned on
+    assert ga.worst_group_id in (1, 2)  # and it is a minority group: framed animals or unframed vehicles
