@@ -14,7 +14,7 @@ import dataclasses
 import hashlib
 import io
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -179,3 +179,27 @@ def missing_file(path: Path, dataset: str, data_root: Path) -> SparsesteerError:
         f"`sparsesteer download {dataset} --data-root {data_root}` "
         "(or pass --data-root / set SPARSESTEER_DATA to the directory that holds it)"
     )
+
+
+def split_wrapper_spec(
+    prefix: str, arg: str, parse: Callable[[str, str], dict[str, Any]], *, verb: str, example: str
+) -> tuple[dict[str, Any], str]:
+    """The part after a wrapper's `prefix` ('typo:', 'planted:') -> (options, inner spec). The first
+    ':'-segment holds options exactly when it contains '=' (no built-in name or prefix does);
+    `parse(text, where)` reads them. `verb` says what the wrapper does ('attack'), `example` an option."""
+    head, colon, rest = arg.partition(":")
+    if "=" in head:
+        if not colon or not rest.strip():
+            raise SparsesteerError(
+                f"{prefix}{arg}: options must be followed by ':' and the dataset, e.g. {prefix}{example}:cifar10"
+            )
+        options, inner = parse(head, f"{prefix}{arg}"), rest.strip()
+    else:
+        options, inner = {}, arg.strip()
+    if not inner:
+        raise SparsesteerError(
+            f"{prefix}{arg}: name the dataset to {verb}, e.g. {prefix}cifar10 or {prefix}folder:/path"
+        )
+    if inner.startswith(prefix):
+        raise SparsesteerError(f"{prefix}{arg}: a {prefix} dataset cannot be {verb}ed again")
+    return options, inner

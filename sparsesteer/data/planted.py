@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..utils.errors import SparsesteerError, did_you_mean
-from .datasets import Example, ImageDataset
+from .datasets import Example, ImageDataset, split_wrapper_spec
 from .typographic import (
     TypoOptions,
     _splitmix64,
@@ -142,19 +142,10 @@ def parse_options(text: str, where: str) -> dict[str, Any]:
 
 
 def split_spec(arg: str) -> tuple[dict[str, Any], str]:
-    """The part after 'planted:' -> (options, inner spec); the first ':'-segment holds options iff it has '='."""
-    head, colon, rest = arg.partition(":")
-    if "=" in head:
-        if not colon or not rest.strip():
-            raise SparsesteerError(f"{PREFIX}{arg}: options must be followed by ':' and the dataset")
-        options, inner = parse_options(head, f"{PREFIX}{arg}"), rest.strip()
-        PlantOptions(**options)  # values checked with the spec, before the inner dataset is opened
-    else:
-        options, inner = {}, arg.strip()
-    if not inner:
-        raise SparsesteerError(f"{PREFIX}{arg}: name the dataset to plant into, e.g. planted:word=0.5:cifar10")
-    if inner.startswith(PREFIX):
-        raise SparsesteerError(f"{PREFIX}{arg}: a planted: dataset cannot be planted again")
+    """The part after 'planted:' -> (options, inner spec); option values are checked here, before the
+    inner dataset is opened."""
+    options, inner = split_wrapper_spec(PREFIX, arg, parse_options, verb="plant", example="word=0.5")
+    PlantOptions(**options)
     return options, inner
 
 

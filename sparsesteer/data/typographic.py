@@ -36,7 +36,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..utils.errors import SparsesteerError, did_you_mean
-from .datasets import Example, ImageDataset
+from .datasets import Example, ImageDataset, split_wrapper_spec
 
 PREFIX = "typo:"
 ATTRIBUTE = "typo_class"
@@ -124,20 +124,7 @@ def parse_options(text: str, where: str) -> dict[str, Any]:
 
 def split_spec(arg: str) -> tuple[dict[str, Any], str]:
     """The part after 'typo:' -> (options, inner spec). The first ':'-segment holds options iff it has '='."""
-    head, colon, rest = arg.partition(":")
-    if "=" in head:
-        if not colon or not rest.strip():
-            raise SparsesteerError(
-                f"{PREFIX}{arg}: options must be followed by ':' and the dataset, e.g. typo:seed=1:cifar10"
-            )
-        options, inner = parse_options(head, f"{PREFIX}{arg}"), rest.strip()
-    else:
-        options, inner = {}, arg.strip()
-    if not inner:
-        raise SparsesteerError(f"{PREFIX}{arg}: name the dataset to attack, e.g. typo:cifar10 or typo:folder:/path")
-    if inner.startswith(PREFIX):
-        raise SparsesteerError(f"{PREFIX}{arg}: a typo: dataset cannot be attacked again")
-    return options, inner
+    return split_wrapper_spec(PREFIX, arg, parse_options, verb="attack", example="seed=1")
 
 
 def _splitmix64(x: np.ndarray) -> np.ndarray:
