@@ -25,6 +25,7 @@ PACKAGES = {
     "steerability": "sparsesteer.experiments.clipsteer.steerability",
     "disentangle": "sparsesteer.experiments.clipsteer.disentangle",
     "typographic": "sparsesteer.experiments.clipsteer.typographic",
+    "testbed": "sparsesteer.experiments.testbed",
 }
 """Experiment name -> the subpackage that holds it (in `reproduce --help` order)."""
 

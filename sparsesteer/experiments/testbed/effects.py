@@ -1,0 +1,252 @@
+"""`sparsesteer reproduce testbed`: every method judged by its effect on the testbed CLIP, whose
+planted mechanisms are known per image.
+
+    cache    -> the swept blocks on `n_sae` training images with the testbed's own planting rates
+    sae      -> one SAE per block x seed (`clipsteer.saes.train_sae`)
+    detect   -> per block, every latent's and neuron's max over tokens on the selection and test
+                images; the best unit for "word present" and for "frame present" chosen by AUROC on
+                the selection split, its F1 threshold too; AUROC, AUPRC, P/R/F1 on the test split
+    suppress -> the units ranked word vs no word and frame vs no frame (`suppression.sweep.rank_units`,
+                the score of `reproduce typographic` / `disentangle`), zero-shot predictions of every
+                method x block x n on both splits (`suppression.sweep.predictions`)
+    control  -> the detect and suppress stages on --control (first seed), into OUT/control
+    report   -> results.json, results.md: one table of effects, each with its target and margin
+
+One image set per split carries both shortcuts independently (`planted:`, a misleading word on half
+the images, the frame on half): the word's attacked images are those with a word and no frame,
+the frame's groups are read on the images without a word, and the images with neither measure the
+collateral damage; the unplanted twin of each image (`ds.base`) is the oracle. Importing this
+module does not import torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ...models.hook_names import hook_name
+from ...utils import io
+from ...utils.config import to_dict
+from ...utils.errors import SparsesteerError
+from ..clipsteer.saes import SAE_FIELDS, SAEKey, train_sae
+from ..clipsteer.sparsity.config import parse_blocks
+from ..clipsteer.suppression.config import parse_ns
+from ..context import RunContext
+from ..stages import Pipeline, Stage
+from .effects_config import EffectsConfig, parse_seeds
+
+log = logging.getLogger(__name__)
+
+TRAIN_PLANTING = "seed=0,word=0.5,cue_in=0.95,cue_out=0.05"
+"""The testbed's training rates (`testbed build`'s defaults): what the SAEs see."""
+MIXED_PLANTING = {"select": "seed=31,word=0.5,words=misleading,cue_in=0.5,cue_out=0.5",
+                  "test": "seed=2,word=0.5,words=misleading,cue_in=0.5,cue_out=0.5"}  # fmt: skip
+"""Both shortcuts, each on half the images, independent of each other and of the class."""
+ROLES = ("select", "test")
+
+
+@dataclasses.dataclass
+class MixedSet:
+    """The images of one role with both shortcuts planted, their unplanted twins, and the truth."""
+
+    images: Any
+    clean: Any
+    labels: np.ndarray
+    word: np.ndarray
+    cue: np.ndarray
+    group: np.ndarray
+
+    def describe(self) -> dict[str, Any]:
+        d = self.images.describe()
+        return {"dataset": d.get("name"), "split": d.get("split"), "n": len(self.labels), "subset": d.get("subset")}
+
+
+class EffectsRun(RunContext):
+    """One `reproduce testbed` run: settings, run directory, the model and the image sets."""
+
+    cfg: EffectsConfig
+
+    def __init__(self, cfg: EffectsConfig, out: str | Path):
+        super().__init__(cfg, out)
+        self._sets: dict[str, MixedSet] = {}
+
+    @property
+    def blocks(self) -> tuple[int, ...]:
+        return parse_blocks(self.cfg.blocks, self.shape.n_blocks)
+
+    @property
+    def seeds(self) -> tuple[int, ...]:
+        return parse_seeds(self.cfg.seeds)
+
+    @property
+    def ns(self) -> tuple[int, ...]:
+        return parse_ns(self.cfg.ns)
+
+    def hook(self, block: int) -> str:
+        return hook_name(block, "resid_post")
+
+    def sae_path(self, block: int, seed: int) -> Path:
+        return self.path("sae", f"seed{seed}", SAEKey(block, self.cfg.tokens).name)
+
+    def load_sae(self, block: int, seed: int) -> Any:
+        from ...sae import SparseAutoencoder
+
+        return SparseAutoencoder.load(self.sae_path(block, seed), device=self.backbone.device)
+
+    def split(self, role: str) -> str:
+        return self.cfg.select_split if role == "select" else self.cfg.test_split
+
+    def mixed(self, role: str) -> MixedSet:
+        if role not in self._sets:
+            from ...data import ensure_dataset
+            from ...data.planted import PlantedDataset
+            from ...data.subset import Subset, draw
+
+            c = self.cfg
+            n = c.n_select if role == "select" else c.n_test
+            full = ensure_dataset(
+                f"planted:{MIXED_PLANTING[role]}:{c.dataset}", self.split(role), data_root=c.data_root
+            )
+            assert isinstance(full, PlantedDataset)
+            ds = draw(full, "class-stratified", n, seed=0)
+            keep = ds.indices if isinstance(ds, Subset) else np.arange(len(full))
+            clean = ds.paired(full.base) if isinstance(ds, Subset) else full.base
+            a = {k: np.asarray(full.attribute_array(k), dtype=np.int64)[keep] for k in ("word", "cue", "group")}
+            self._sets[role] = MixedSet(ds, clean, full.labels()[keep], a["word"], a["cue"], a["group"])
+        return self._sets[role]
+
+    def batches(self, ds: Any, offset: int = 0):  # noqa: ANN201 - (pixels, image ids) batches
+        from ...data.batches import image_batches
+
+        c = self.cfg
+        for b in image_batches(
+            ds, self.backbone.preprocessor, batch_size=c.batch_size, workers=c.workers,
+            on_bad_image=c.on_bad_image, pin_memory=False,
+        ):  # fmt: skip
+            yield b.pixels, np.asarray(b.indices, dtype=np.int64) + offset
+
+    def classifier(self) -> Any:
+        from ...models.templates import get_templates
+        from ...models.zeroshot import ZeroShotClassifier
+
+        classes = list(self.mixed("test").images.classes)
+        return ZeroShotClassifier.build(self.backbone, classes, get_templates("ensemble"), cache_dir=self.path("text"))
+
+    def check_inputs(self) -> None:
+        """Refuse what cannot work before any stage runs: a model without a text tower or the blocks,
+        a dataset without CIFAR-10's ten classes, an unreadable --control."""
+        from ...data import ensure_dataset
+        from .build import check_classes
+
+        c, shape = self.cfg, self.shape
+        if not shape.has_text:
+            raise SparsesteerError(f"{c.model!r} ({shape.arch}) has no text tower: the testbed's effects are zero-shot")
+        self.blocks  # noqa: B018 - range check
+        c.check_width(shape.d_model, c.model)
+        for role in ROLES:
+            ds = ensure_dataset(c.dataset, self.split(role), data_root=c.data_root)
+            check_classes(list(ds.classes), f"{c.dataset} [{self.split(role)}]")
+        if c.control is not None:
+            from ...models.backbone import model_shape
+
+            model_shape(c.control)
+
+
+def cache(run: EffectsRun) -> None:
+    """The swept blocks on the SAEs' training images."""
+    from ...activations.produce import CacheConfig, cache_activations
+
+    c = run.cfg
+    cfg = CacheConfig(
+        model=c.model, revision=c.revision, dataset=f"planted:{TRAIN_PLANTING}:{c.dataset}", split="train",
+        hooks=tuple(run.hook(b) for b in run.blocks), tokens=c.tokens, out=str(run.path("cache", "train")),
+        batch_size=c.batch_size, limit=c.n_sae, limit_seed=0, workers=c.workers, device=c.device,
+        data_root=c.data_root,
+    )  # fmt: skip
+    record = run.path("cache", "train.settings.json")
+    settings = to_dict(dataclasses.replace(cfg, batch_size=1, workers=0, device="auto"))
+    if record.exists() and io.read_json(record) != settings:
+        shutil.rmtree(run.path("cache", "train"), ignore_errors=True)
+    io.write_json(record, settings)
+    cache_activations(cfg, backbone=run.backbone)
+
+
+def sae(run: EffectsRun) -> None:
+    """One SAE per block and seed."""
+    from ...activations.cache import ActivationCache
+
+    c = run.cfg
+    cached = ActivationCache.open(run.path("cache", "train"), verify="none")
+    for seed in run.seeds:
+        for b in run.blocks:
+            train_sae(cached.rows(run.hook(b), c.tokens), c, run.sae_path(b, seed), seed=seed, device=c.device)
+
+
+def detect(run: EffectsRun) -> None:
+    from .effects_compute import detection
+
+    io.write_json(run.path("detect.json"), detection(run))
+
+
+def suppress(run: EffectsRun) -> None:
+    from .effects_compute import suppression
+
+    io.write_json(run.path("suppress.json"), suppression(run))
+
+
+def control(run: EffectsRun) -> None:
+    """The detect and suppress stages on the untrained-mechanism testbed (first seed)."""
+    c = run.cfg
+    if c.control is None:
+        shutil.rmtree(run.path("control"), ignore_errors=True)
+        return
+    sub = dataclasses.replace(c, model=c.control, control=None, seeds=str(run.seeds[0]))
+    sub_run = EffectsRun(sub, run.path("control"))
+    sub_run.check_inputs()
+    sub_run.out.mkdir(parents=True, exist_ok=True)
+    io.write_json(sub_run.path("config.json"), to_dict(sub))
+    Pipeline(sub_run.out, sub, STAGES[:4]).run(sub_run, None, log=lambda m: log.info("control: %s", m))
+
+
+def report(run: EffectsRun) -> None:
+    from .effects_report import write
+
+    write(run)
+
+
+COMMON = ("model", "revision", "dataset", "data_root", "blocks", "tokens")
+STAGES: tuple[Stage[EffectsRun], ...] = (
+    Stage("cache", (*COMMON, "n_sae"), (), cache, "caching the swept blocks on the SAEs' training images"),
+    Stage("sae", (*SAE_FIELDS, "seeds"), ("cache",), sae, "one SAE per block and seed"),
+    Stage("detect", ("select_split", "test_split", "n_select", "n_test"), ("sae",), detect, "detection scores"),
+    Stage(
+        "suppress",
+        ("select_split", "test_split", "n_select", "n_test", "ns"),
+        ("sae",),
+        suppress,
+        "suppression: ranking, then zero-shot predictions per method x block x n",
+    ),  # fmt: skip
+    Stage(
+        "control",
+        (*COMMON, *SAE_FIELDS, "control", "seeds", "select_split", "test_split", "n_sae", "n_select", "n_test", "ns"),
+        (),
+        control,
+        "the negative control (--control)",
+    ),  # fmt: skip
+    Stage("report", (), ("detect", "suppress", "control"), report, "results.json, results.md"),
+)
+
+
+def reproduce(cfg: EffectsConfig, out: str | Path, stage: str | None = None) -> Path:
+    """Check the inputs, then run every stage into `out`; returns the path of results.md."""
+    run = EffectsRun(cfg, out)
+    run.check_inputs()
+    run.out.mkdir(parents=True, exist_ok=True)
+    io.write_json(run.path("config.json"), to_dict(cfg))
+    Pipeline(run.out, cfg, STAGES).run(run, stage, log=lambda m: log.info("%s", m))
+    return run.path("results.md")

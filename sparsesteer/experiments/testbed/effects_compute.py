@@ -1,0 +1,134 @@
+"""The two measuring passes of `reproduce testbed` (torch): unit scores for detection, and
+zero-shot predictions under suppression. Both return plain JSON-able dicts; every choice made
+from them (unit, block, n, threshold) is made on the selection split in `effects_report`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from ...interpret.detection import auroc, average_precision, best_threshold, precision_recall_f1
+from ..clipsteer.suppression.sweep import build_settings, predictions, rank_units
+from .effects import ROLES, EffectsRun
+
+ATTRIBUTES = ("word", "cue")
+"""The planted truths detected and suppressed: a word is written; the frame is drawn."""
+
+
+def _truth(run: EffectsRun, role: str) -> dict[str, list[int]]:
+    s = run.mixed(role)
+    return {"labels": s.labels.tolist(), "word": s.word.tolist(), "cue": s.cue.tolist(), "group": s.group.tolist()}
+
+
+@torch.no_grad()
+def _unit_scores(run: EffectsRun, role: str, saes: dict[tuple[int, int], Any]) -> dict[Any, np.ndarray]:
+    """Per image, every unit's max over tokens: (block, 'neurons') -> [N, 2d] (each neuron up, then
+    down: max of x and of -x), (block, seed) -> [N, L] for the SAE latents."""
+    bb, c = run.backbone, run.cfg
+    hooks = {b: run.hook(b) for b in run.blocks}
+    parts: dict[Any, list[np.ndarray]] = {}
+    for pixels, _ in run.batches(run.mixed(role).images):
+        acts = bb.run(pixels, list(hooks.values()), tokens=c.tokens)
+        for b, h in hooks.items():
+            x = acts[h].float()
+            x = x[:, None] if x.dim() == 2 else x  # cls: [B, d]
+            parts.setdefault((b, "neurons"), []).append(torch.cat([x.amax(1), (-x).amax(1)], -1).cpu().numpy())
+            rows = x.reshape(-1, x.shape[-1])
+            for (sb, seed), sae in saes.items():
+                if sb == b:
+                    codes = sae.encode_dense(rows.to(sae.device)).reshape(x.shape[0], x.shape[1], -1)
+                    parts.setdefault((b, seed), []).append(codes.amax(1).float().cpu().numpy())
+    return {k: np.concatenate(v) for k, v in parts.items()}
+
+
+def _scored(select: np.ndarray, test: np.ndarray, y_sel: np.ndarray, y_test: np.ndarray, unit: int) -> dict[str, Any]:
+    """One unit's figures: threshold from the selection split, everything else on the test split."""
+    chosen = best_threshold(select[:, unit], y_sel)
+    at = precision_recall_f1(test[:, unit], y_test, chosen.threshold)
+    return {
+        "unit": unit,
+        "select_auroc": float(auroc(select[:, unit], y_sel)[0]),
+        "auroc": float(auroc(test[:, unit], y_test)[0]),
+        "auprc": float(average_precision(test[:, unit], y_test)),
+        "threshold": at.threshold,
+        "precision": at.precision,
+        "recall": at.recall,
+        "f1": at.f1,
+    }
+
+
+def detection(run: EffectsRun) -> dict[str, Any]:
+    """Per attribute: the best latent (per seed) and the best neuron, each chosen by AUROC on the
+    selection split over units and blocks, scored on the test split."""
+    saes = {(b, s): run.load_sae(b, s) for b in run.blocks for s in run.seeds}
+    scores = {role: _unit_scores(run, role, saes) for role in ROLES}
+    truth = {role: _truth(run, role) for role in ROLES}
+    d = run.backbone.d_model
+    out: dict[str, Any] = {"sets": {r: run.mixed(r).describe() for r in ROLES}, "base_rate": {}}
+    for attr in ATTRIBUTES:
+        y_sel, y_test = (np.asarray(truth[r][attr]) for r in ROLES)
+        out["base_rate"][attr] = float(y_test.mean())
+        per_block: dict[str, Any] = {}
+        latents, best_neuron = [], None
+        for seed in run.seeds:
+            best = None
+            for b in run.blocks:
+                a = auroc(scores["select"][(b, seed)], y_sel)
+                u = int(np.argmax(a))
+                per_block.setdefault(str(b), {}).setdefault("latent_select_auroc", []).append(float(a[u]))
+                if best is None or a[u] > best[0]:
+                    best = (float(a[u]), b, u)
+            assert best is not None
+            _, b, u = best
+            latents.append(
+                {"seed": seed, "block": b, **_scored(scores["select"][(b, seed)], scores["test"][(b, seed)], y_sel,
+                                                     y_test, u)}
+            )  # fmt: skip
+        for b in run.blocks:
+            a = auroc(scores["select"][(b, "neurons")], y_sel)
+            u = int(np.argmax(a))
+            per_block[str(b)]["neuron_select_auroc"] = float(a[u])
+            if best_neuron is None or a[u] > best_neuron[0]:
+                best_neuron = (float(a[u]), b, u)
+        assert best_neuron is not None
+        _, b, u = best_neuron
+        neuron = {"block": b, **_scored(scores["select"][(b, "neurons")], scores["test"][(b, "neurons")], y_sel,
+                                        y_test, u)}  # fmt: skip
+        neuron["neuron"], neuron["sign"] = u % d, "+" if u < d else "-"
+        out[attr] = {"latent": latents, "neuron": neuron, "per_block": per_block}
+    return out
+
+
+def suppression(run: EffectsRun) -> dict[str, Any]:
+    """Per attribute and seed: units ranked on the selection images (attribute 1 vs 0), then the
+    predictions of every method x block x n on both splits (neurons and heads with the first seed
+    only: they do not depend on the SAE); the oracle is the unplanted twin of each image."""
+    bb, c = run.backbone, run.cfg
+    clf = run.classifier()
+    hooks = {b: run.hook(b) for b in run.blocks}
+    truth = {role: _truth(run, role) for role in ROLES}
+    out: dict[str, Any] = {"truth": truth, "oracle": {}, "none": {}, "edited": {}, "units": {}}
+    for role in ROLES:
+        s = run.mixed(role)
+        out["oracle"][role] = predictions(bb, clf, (p for p, _ in run.batches(s.clean)), [])[0].tolist()
+    for attr in ATTRIBUTES:
+        for seed in run.seeds:
+            saes = {b: run.load_sae(b, seed) for b in run.blocks}
+            sel = run.mixed("select")
+            ranking = rank_units(
+                bb, hooks, saes, run.batches(sel.images), np.asarray(truth["select"][attr]), tokens=c.tokens,
+                score="cohens_d", sign="positive", reduce="max", n_max=max(run.ns), seed=seed, attribute=attr,
+            )  # fmt: skip
+            settings = build_settings(bb, hooks, saes, ranking.units, run.ns, c.tokens)
+            if seed != run.seeds[0]:
+                settings = [s for s in settings if s.method in ("sae", "random")]
+            key = f"{attr}/seed{seed}"
+            out["units"][key] = {str(b): u for b, u in ranking.units.items()}
+            out["edited"][key] = {}
+            for role in ROLES:
+                base, edited = predictions(bb, clf, (p for p, _ in run.batches(run.mixed(role).images)), settings)
+                out["none"][role] = base.tolist()
+                out["edited"][key][role] = {k: v.tolist() for k, v in edited.items()}
+    return out
