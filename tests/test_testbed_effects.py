@@ -84,6 +84,15 @@ def test_the_table_reads_the_setting_chosen_on_the_selection_split():
     assert tab["word"][0]["test"]["sae"]["word_recovery"] == 0.0  # what the chosen setting does on test
 
 
+def test_class_association_is_cohens_d():
+    from sparsesteer.experiments.testbed.effects_compute import class_association
+
+    a = np.array([[1.0, 0.0], [3.0, 0.0], [0.0, 0.0], [2.0, 0.0]])
+    y = np.array([1, 1, 0, 0])
+    # class 1: mean 2, var 2; rest: mean 1, var 2; pooled sd sqrt(2): d = 1 / sqrt(2); a constant latent: 0
+    np.testing.assert_allclose(class_association(a, y, 1), [1 / np.sqrt(2), 0.0])
+
+
 def test_seeds_parse_and_bad_settings_are_refused():
     assert parse_seeds("2, 0,2") == (2, 0)
     with pytest.raises(SparsesteerError, match="--seeds"):
@@ -133,6 +142,11 @@ def test_reproduce_testbed_end_to_end_on_a_tiny_model(tiny_testbed, tmp_path, ca
         for s in res["suppression"][attr]:
             method, block, n = s["chosen"].split("/")
             assert method == "sae" and block in ("b0", "b1") and n in ("n1", "n2")
+    # steering: per seed, a swept block chosen on the selection split, every class with its latent
+    for s in res["steering"]["seeds"]:
+        assert s["block"] in (0, 1) and len(s["classes"]) == 10
+        assert max(s["select_mean_dp"], key=s["select_mean_dp"].get) == str(s["block"])
+    assert any(e.startswith("steerability: steerable fraction of SAE features") for e in effects)
     # a rerun finds every stage current and changes nothing
     before = (out / "results.json").read_bytes()
     assert main(_args(data, model, out, "--control", str(model))) == 0

@@ -74,6 +74,7 @@ class EffectsRun(RunContext):
     def __init__(self, cfg: EffectsConfig, out: str | Path):
         super().__init__(cfg, out)
         self._sets: dict[str, MixedSet] = {}
+        self._pixels: dict[tuple[str, str], Any] = {}
 
     @property
     def blocks(self) -> tuple[int, ...]:
@@ -120,15 +121,36 @@ class EffectsRun(RunContext):
             self._sets[role] = MixedSet(ds, clean, full.labels()[keep], a["word"], a["cue"], a["group"])
         return self._sets[role]
 
-    def batches(self, ds: Any, offset: int = 0):  # noqa: ANN201 - (pixels, image ids) batches
+    def pixels(self, role: str, which: str = "images") -> Any:
+        """The preprocessed images of a role's set (`images`, or their unplanted twins `clean`) as one
+        tensor, decoded and planted once per run: every pass of every stage reads them (a testbed's
+        32 px images: 12 KB each)."""
+        import torch
+
         from ...data.batches import image_batches
 
-        c = self.cfg
-        for b in image_batches(
-            ds, self.backbone.preprocessor, batch_size=c.batch_size, workers=c.workers,
-            on_bad_image=c.on_bad_image, pin_memory=False,
-        ):  # fmt: skip
-            yield b.pixels, np.asarray(b.indices, dtype=np.int64) + offset
+        key = (role, which)
+        if key not in self._pixels:
+            c = self.cfg
+            ds = getattr(self.mixed(role), which)
+            parts = [
+                b.pixels
+                for b in image_batches(
+                    ds,
+                    self.backbone.preprocessor,
+                    batch_size=c.batch_size,
+                    workers=c.workers,
+                    on_bad_image="error",
+                    pin_memory=False,
+                )  # fmt: skip
+            ]
+            self._pixels[key] = torch.cat(parts)
+        return self._pixels[key]
+
+    def batches(self, role: str, which: str = "images"):  # noqa: ANN201 - (pixels, image ids) batches
+        pixels, bs = self.pixels(role, which), self.cfg.batch_size
+        for start in range(0, len(pixels), bs):
+            yield pixels[start : start + bs], np.arange(start, min(start + bs, len(pixels)), dtype=np.int64)
 
     def classifier(self) -> Any:
         from ...models.templates import get_templates
@@ -163,7 +185,7 @@ def cache(run: EffectsRun) -> None:
 
     c = run.cfg
     cfg = CacheConfig(
-        model=c.model, revision=c.revision, dataset=f"planted:{TRAIN_PLANTING}:{c.dataset}", split="train",
+        model=c.model, dataset=f"planted:{TRAIN_PLANTING}:{c.dataset}", split="train",
         hooks=tuple(run.hook(b) for b in run.blocks), tokens=c.tokens, out=str(run.path("cache", "train")),
         batch_size=c.batch_size, limit=c.n_sae, limit_seed=0, workers=c.workers, device=c.device,
         data_root=c.data_root,
@@ -199,6 +221,34 @@ def suppress(run: EffectsRun) -> None:
     io.write_json(run.path("suppress.json"), suppression(run))
 
 
+def steer(run: EffectsRun) -> None:
+    from .effects_compute import steering
+
+    io.write_json(run.path("steer.json"), steering(run))
+
+
+STEERABILITY = {"n_images": 96, "latent_fraction": 0.0625, "neuron_fraction": 0.5}
+"""`reproduce steerability`'s sample on the testbed: 64 of each SAE's 1,024 latents and 64 of the 128
+neurons per block, 96 test images, on the trained model and on its random-init copy."""
+
+
+def steerability(run: EffectsRun) -> None:
+    """`reproduce steerability` with the first seed's SAEs, the class names as the vocabulary."""
+    from ..clipsteer.steerability.config import SteerabilityConfig
+    from ..clipsteer.steerability.pipeline import reproduce as measure
+
+    c = run.cfg
+    vocab = run.path("steerability-vocab.txt")
+    io.write_text(vocab, "\n".join(run.mixed("test").images.classes) + "\n")
+    cfg = SteerabilityConfig(
+        model=c.model, sae=tuple(str(run.sae_path(b, run.seeds[0])) for b in run.blocks),
+        dataset=c.dataset, split=c.test_split, data_root=c.data_root, vocab=str(vocab),
+        vocab_template="a photo of a {}.", device=c.device, batch_size=c.batch_size, workers=c.workers,
+        **STEERABILITY,  # type: ignore[arg-type]
+    )  # fmt: skip
+    measure(cfg, run.path("steerability"))
+
+
 def control(run: EffectsRun) -> None:
     """The detect and suppress stages on the untrained-mechanism testbed (first seed)."""
     c = run.cfg
@@ -219,7 +269,7 @@ def report(run: EffectsRun) -> None:
     write(run)
 
 
-COMMON = ("model", "revision", "dataset", "data_root", "blocks", "tokens")
+COMMON = ("model", "dataset", "data_root", "blocks", "tokens")
 STAGES: tuple[Stage[EffectsRun], ...] = (
     Stage("cache", (*COMMON, "n_sae"), (), cache, "caching the swept blocks on the SAEs' training images"),
     Stage("sae", (*SAE_FIELDS, "seeds"), ("cache",), sae, "one SAE per block and seed"),
@@ -232,13 +282,27 @@ STAGES: tuple[Stage[EffectsRun], ...] = (
         "suppression: ranking, then zero-shot predictions per method x block x n",
     ),  # fmt: skip
     Stage(
+        "steer",
+        ("select_split", "test_split", "n_select", "n_test"),
+        ("sae",),
+        steer,
+        "steering: the latent most tied to each class, set on images of the other classes",
+    ),
+    Stage(
+        "steerability",
+        ("test_split", "seeds"),
+        ("sae",),
+        steerability,
+        "reproduce steerability on the SAEs of the first seed, against the random-init model",
+    ),
+    Stage(
         "control",
         (*COMMON, *SAE_FIELDS, "control", "seeds", "select_split", "test_split", "n_sae", "n_select", "n_test", "ns"),
         (),
         control,
         "the negative control (--control)",
     ),  # fmt: skip
-    Stage("report", (), ("detect", "suppress", "control"), report, "results.json, results.md"),
+    Stage("report", (), ("detect", "suppress", "steer", "steerability", "control"), report, "results.json, results.md"),
 )
 
 

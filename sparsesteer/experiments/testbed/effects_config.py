@@ -48,8 +48,6 @@ class EffectsConfig(RunOptions, SAEOptions):
 
     model: str = "testbed"
     """The testbed CLIP: `testbed` (shipped with the package) or OUT/model of `sparsesteer testbed build`."""
-    revision: str | None = None
-    """Hub revision of --model (None = main; unused for local directories)."""
     dataset: str = "cifar10"
     """CIFAR-10 (train and test splits): cifar10 (downloaded if missing) or folder:PATH; the words and
     frames are planted on it (planted:)."""

@@ -129,7 +129,14 @@ def _fmt(mean: float, sd: float, n: int, pct: bool) -> str:
     return text + (f" ± {sd * scale:.1f}" if pct else f" ± {sd:.3f}") if n > 1 else text
 
 
-def effect_rows(det: dict[str, Any], sup: dict[str, Any], *, control: bool = False) -> list[dict[str, Any]]:
+def effect_rows(
+    det: dict[str, Any],
+    sup: dict[str, Any],
+    steer: dict[str, Any] | None = None,
+    steerability: dict[str, Any] | None = None,
+    *,
+    control: bool = False,
+) -> list[dict[str, Any]]:
     """The rows of the table: (effect, measured mean, spread, n seeds, target text, margin, pass)."""
     rows: list[dict[str, Any]] = []
 
@@ -195,6 +202,28 @@ def effect_rows(det: dict[str, Any], sup: dict[str, Any], *, control: bool = Fal
     lost = [-x for x in get(c, "sae", "attacked_gain")]
     add("frame suppression: attacked accuracy lost (other shortcut)", lost, "<= 2 pts",
         TARGETS["other_shortcut"] - _ms(lost)[0], True)  # fmt: skip
+    if steer is not None:
+        seeds = steer["seeds"]
+        dp = [float(np.mean([r["test"]["dp"] for r in s["classes"]])) for s in seeds]
+        dp_random = [float(np.mean([r["test_random"]["dp"] for r in s["classes"]])) for s in seeds]
+        raised = [float(np.mean([r["test"]["dp"] > 0 for r in s["classes"]])) for s in seeds]
+        add("steering: p(c) gained on other classes' images, latent most tied to c", dp, "> 0 and > random",
+            min(_ms(dp)[0], _ms(dp)[0] - _ms(dp_random)[0]), True)  # fmt: skip
+        add("steering: p(c) gained, a random latent set to the same value", dp_random, None, None, True)
+        add("steering: share of classes whose p(c) rises", raised, None, None, True)
+        flips = [float(np.mean([r["test"]["flip"] for r in s["classes"]])) for s in seeds]
+        add("steering: share of other classes' images now predicted c", flips, None, None, True)
+    if steerability is not None:
+        frac: dict[tuple[str, str], list[float]] = {}
+        for r in steerability["rows"]:
+            frac.setdefault((r["kind"], r["model"]), []).append(r["steerable_fraction"])
+        trained, random_init = frac.get(("sae", "trained"), []), frac.get(("sae", "control"), [])
+        if trained and random_init:
+            add("steerability: steerable fraction of SAE features (mean over blocks, seed 0)", trained,
+                "> random-init", _ms(trained)[0] - _ms(random_init)[0], True)  # fmt: skip
+            add("steerability: the same latents on the random-init model", random_init, None, None, True)
+        if frac.get(("neurons", "trained")):
+            add("steerability: steerable fraction of neurons", frac[("neurons", "trained")], None, None, True)
     return rows
 
 
@@ -215,13 +244,15 @@ def write(run: Any) -> Path:
     """results.json and results.md of a run (and of its control, when it has one)."""
     c = run.cfg
     det, sup = io.read_json(run.path("detect.json")), io.read_json(run.path("suppress.json"))
-    rows = effect_rows(det, sup)
+    steer = io.read_json(run.path("steer.json"))
+    steerability = io.read_json(run.path("steerability", "results.json"))
+    rows = effect_rows(det, sup, steer, steerability)
     tab = suppression_table(sup)
     result: dict[str, Any] = {
         "model": c.model, "dataset": c.dataset, "splits": {"select": c.select_split, "test": c.test_split},
         "sets": det["sets"], "seeds": list(run.seeds), "blocks": list(run.blocks), "tokens": c.tokens,
         "sae": {"arch": c.arch, "k": c.k, "expansion": c.expansion, "steps": c.sae_steps, "n_sae": c.n_sae},
-        "rows": rows, "detection": {a: det[a] for a in ("word", "cue")}, "suppression": tab,
+        "rows": rows, "detection": {a: det[a] for a in ("word", "cue")}, "suppression": tab, "steering": steer,
     }  # fmt: skip
     control_md = ""
     if c.control is not None:
