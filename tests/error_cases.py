@@ -311,6 +311,31 @@ def _api_bad_hook(ws: Path) -> None:
     from sparsesteer.models.hook_names import HookPoint
 
     HookPoint.parse("blocks.1.resid_post", n_blocks=1)
+def _sample_copy(ws: Path) -> tuple[Path, type]:
+    """A copy of the shipped cifar10-sample under {ws}/new and a dataset class that reads it."""
+    import shutil
+
+    from sparsesteer.data.sample import Cifar10Sample, shipped_dir
+
+    folder = ws / "new" / "sample"
+    shutil.copytree(shipped_dir(), folder)
+    return folder, type("Copy", (Cifar10Sample,), {"FOLDER": folder})
+
+
+def _api_sample_missing_file(ws: Path) -> None:
+    folder, cls = _sample_copy(ws)
+    sorted((folder / "test" / "cat").iterdir())[0].unlink()
+    cls(None, "test")
+
+
+def _api_sample_altered(ws: Path) -> None:
+    folder, cls = _sample_copy(ws)
+    ds = cls(None, "test")
+    path = Path(ds.source(0))
+    path.write_bytes(path.read_bytes() + b"\0")
+    ds[0]
+
+
 
 
 def _api_cache_missing(ws: Path) -> None:
@@ -414,6 +439,8 @@ API = {
     "api-not-a-cache": _api_cache_missing,
     "api-peer-would-not-load": _api_peer_would_not_load,
     "api-not-safetensors": _api_not_safetensors,
+    "api-sample-missing-file": _api_sample_missing_file,
+    "api-sample-altered": _api_sample_altered,
     "api-stats-no-dataset": _api_stats_no_dataset,
     "api-vs2-unfinished-cache": _api_vs2_unfinished_cache,
 }

@@ -5,7 +5,7 @@
     pre = Preprocessor.from_pretrained("openai/clip-vit-base-patch32")
     pixels = pre.batch([ds[i].image for i in range(8)])    # float32 [8, 3, 224, 224]
 
-Modules: `datasets` (the interface), `registry` (spec strings: `open_dataset`), `subset` (`--limit`), `builtin`/`cifar`/`hf` (the datasets),
+Modules: `datasets` (the interface), `registry` (spec strings: `open_dataset`), `subset` (`--limit`), `builtin`/`cifar`/`hf`/`sample` (the datasets),
 `typographic` (`typo:`: words rendered onto any labelled set), `typo_sets` (rta100, disentangling, paint-typo),
 `preprocess` (`Preprocessor`), `names` (shipped class names), `download` (+ `commands`: the CLI).
 Attributes are imported lazily so that `sparsesteer --help` stays fast.

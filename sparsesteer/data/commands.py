@@ -12,7 +12,7 @@ from pathlib import Path
 
 from ..utils import config as config_utils
 from ..utils.cli import HelpFormatter
-from .download import MANUAL, REGISTRY
+from .download import MANUAL, REGISTRY, SHIPPED
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -31,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     lines = "\n".join(
         [f"  {name:<14} {src.provenance}" for name, src in REGISTRY.items()]
         + [f"  {name:<14} not scriptable: fetch it by hand (the command says where)" for name in MANUAL]
+        + [f"  {name:<14} {note}" for name, note in SHIPPED.items()]
     )
     parser = subparsers.add_parser(
         "download",
@@ -43,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         formatter_class=HelpFormatter,
     )
     config_utils.add_arguments(parser, DownloadConfig, exclude=("name",), metavars={"data_root": "DIR"})
-    names = [*REGISTRY, *MANUAL]
+    names = [*REGISTRY, *MANUAL, *SHIPPED]
     parser.add_argument("name", choices=names, metavar="NAME", help="dataset: " + ", ".join(names))
     parser.set_defaults(func=run_download, output_args=("data_root",))
 
@@ -55,6 +56,9 @@ def run_download(args: argparse.Namespace) -> int:
     cfg = config_utils.from_args(DownloadConfig, args, where="download settings")
     root = Path(cfg.data_root).expanduser() if cfg.data_root else default_data_root()
     folder = download(cfg.name, root, force=cfg.force)
+    if cfg.name in SHIPPED:
+        print(json.dumps({"dataset": args.name, "path": str(folder), "shipped": True, "note": SHIPPED[cfg.name]}))
+        return 0
     marker = marker_path(cfg.name, root)
     print(json.dumps({"dataset": args.name, "path": str(folder), "marker": str(marker)}))
     return 0

@@ -26,6 +26,7 @@ Sources (URL and checksum provenance is recorded per entry in `REGISTRY`):
   publish no checksum; the file is verified by its git blob id at that commit (`git-sha1:`, the sha1
   of "blob SIZE", a NUL byte and the bytes, what `git hash-object` prints) and checked structurally.
 - disentangling: published only as a Google Drive folder; `MANUAL` says where to get it.
+- cifar10-sample: shipped with the package (`SHIPPED`, `sample.py`); nothing to fetch.
 """
 
 from __future__ import annotations
@@ -277,6 +278,11 @@ MANUAL: dict[str, str] = {
 }
 """Built-in datasets without a scriptable source: what to do instead."""
 
+SHIPPED: dict[str, str] = {
+    "cifar10-sample": "shipped with sparsesteer (2,000 CIFAR-10 images, package data): nothing to download",
+}
+"""Built-in datasets installed with the package (`sample.py`): `download` only checks them."""
+
 
 # ------------------------------------------------------------------------------------ helpers
 def file_checksum(path: Path, checksum: str) -> str:
@@ -386,7 +392,9 @@ def marker_path(name: str, data_root: Path) -> Path:
 
 
 def is_installed(name: str, data_root: str | Path | None = None) -> bool:
-    """True when `name` was downloaded, verified and installed under `data_root`."""
+    """True when `name` was downloaded, verified and installed under `data_root` (or is shipped)."""
+    if name in SHIPPED:
+        return True
     source = _source(name)
     root = Path(data_root).expanduser() if data_root is not None else default_data_root()
     marker = marker_path(name, root)
@@ -411,7 +419,14 @@ def _source(name: str) -> Source:
 
 # ------------------------------------------------------------------------------------ download
 def download(name: str, data_root: str | Path | None = None, *, force: bool = False) -> Path:
-    """Install built-in dataset `name` under `data_root`; return the dataset's folder."""
+    """Install built-in dataset `name` under `data_root`; return the dataset's folder. A shipped
+    dataset is only checked (both splits opened) and its folder in the package returned."""
+    if name in SHIPPED:
+        from .sample import check_shipped
+
+        folder = check_shipped()
+        log.info("%s: %s (%s)", name, SHIPPED[name], folder)
+        return folder
     source = _source(name)
     root = Path(data_root).expanduser() if data_root is not None else default_data_root()
     folder = root / source.folder

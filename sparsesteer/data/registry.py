@@ -1,6 +1,7 @@
 """Dataset specs -> datasets: the one place that knows the spec forms.
 
     cifar100              a built-in name, read from its canonical layout under the data root
+                          (cifar10-sample is shipped with the package: no data root, no download)
     folder:PATH           PATH/SPLIT/CLASS/*.jpg|png
     hf:REPO_ID            a Hugging Face `datasets` repository
     typo:[OPTIONS:]SPEC   SPEC with a misleading class word rendered on every image (`typographic.py`)
@@ -39,9 +40,10 @@ class Spec(NamedTuple):
 
 def _builtins() -> dict[str, type[ImageDataset]]:
     from .builtin import BUILTINS
+    from .sample import SHIPPED_DATASETS
     from .typo_sets import TYPO_SETS
 
-    return {**BUILTINS, **TYPO_SETS}
+    return {**BUILTINS, **SHIPPED_DATASETS, **TYPO_SETS}
 
 
 def dataset_names() -> list[str]:
@@ -101,9 +103,9 @@ def open_dataset(spec: str, split: str, *, data_root: str | Path | None = None, 
 
     spec: a built-in name (cifar10, cifar100, tiny-imagenet, cub200, celeba, waterbirds, rta100,
     disentangling, paint-typo) read from its canonical layout under `data_root` (default
-    `default_data_root()`), `folder:PATH`, `hf:REPO_ID` (options: image_column, label_column, and
-    anything `datasets.load_dataset` takes), or `typo:[OPTIONS:]SPEC` (options seed, size, box,
-    font; any other option goes to SPEC's dataset).
+    `default_data_root()`), cifar10-sample (shipped with the package), `folder:PATH`, `hf:REPO_ID`
+    (options: image_column, label_column, and anything `datasets.load_dataset` takes), or
+    `typo:[OPTIONS:]SPEC` (options seed, size, box, font; any other option goes to SPEC's dataset).
     """
     kind, arg = parse_spec(spec)
     if kind in WRAPPERS:

@@ -45,7 +45,8 @@ class ModelOptions:
 class DataOptions:
     dataset: str
     """Built-in name (cifar10, cifar100, tiny-imagenet, cub200, celeba, waterbirds, rta100, disentangling,
-    paint-typo), folder:PATH, hf:REPO_ID, or typo:[OPTIONS:]SPEC (a misleading class word on every image)."""
+    paint-typo; cifar10-sample is shipped, no download), folder:PATH, hf:REPO_ID, or typo:[OPTIONS:]SPEC (a
+    misleading class word on every image)."""
     split: str
     """Dataset split, e.g. train or test."""
     data_root: str | None = None
