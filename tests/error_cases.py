@@ -307,10 +307,6 @@ def _api_unknown_dataset(ws: Path) -> None:
     open_dataset("cifar11", "train")
 
 
-def _api_bad_hook(ws: Path) -> None:
-    from sparsesteer.models.hook_names import HookPoint
-
-    HookPoint.parse("blocks.1.resid_post", n_blocks=1)
 def _sample_copy(ws: Path) -> tuple[Path, type]:
     """A copy of the shipped cifar10-sample under {ws}/new and a dataset class that reads it."""
     import shutil
@@ -336,6 +332,10 @@ def _api_sample_altered(ws: Path) -> None:
     ds[0]
 
 
+def _api_bad_hook(ws: Path) -> None:
+    from sparsesteer.models.hook_names import HookPoint
+
+    HookPoint.parse("blocks.1.resid_post", n_blocks=1)
 
 
 def _api_cache_missing(ws: Path) -> None:
@@ -435,12 +435,12 @@ API = {
     "api-sae-numpy": _api_sae_numpy,
     "api-unknown-arch": _api_unknown_arch,
     "api-unknown-dataset": _api_unknown_dataset,
+    "api-sample-missing-file": _api_sample_missing_file,
+    "api-sample-altered": _api_sample_altered,
     "api-hook-out-of-range": _api_bad_hook,
     "api-not-a-cache": _api_cache_missing,
     "api-peer-would-not-load": _api_peer_would_not_load,
     "api-not-safetensors": _api_not_safetensors,
-    "api-sample-missing-file": _api_sample_missing_file,
-    "api-sample-altered": _api_sample_altered,
     "api-stats-no-dataset": _api_stats_no_dataset,
     "api-vs2-unfinished-cache": _api_vs2_unfinished_cache,
 }
