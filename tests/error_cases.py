@@ -196,6 +196,7 @@ COMMANDS: dict[str, list[str]] = {
     "cfg-shape-mismatch": _interpret(sae="{ws}/sae-cfg-edited"),
     # other commands
     "browse-stats-edited": ["browse", "--stats", "{ws}/stats-edited", "--out", "{ws}/new/site"],
+    "browse-stats-old-format": ["browse", "--stats", "{ws}/stats-v1", "--out", "{ws}/new/site"],
     "zeroshot-without-text": ["zeroshot", "--model", "{ws}/dino", *DATA, "--split", "train", "--workers", "0"],
     "export-unknown-format": ["export", "--sae", "{ws}/sae", "--format", "onnx", "--out", "{ws}/new/e"],
     "export-no-hook": ["export", "--sae", "{ws}/sae-nohook", "--format", "saelens", "--out", "{ws}/new/e"],
@@ -540,6 +541,13 @@ def _damaged(ws: Path) -> None:
     argv = ["-q", "interpret", "--sae", str(ws / "sae"), "--activations", str(ws / "acts"), "--top-n", "2",
             "--device", "cpu", "--out", str(ws / "stats-edited")]  # fmt: skip
     assert main(argv) == 0
+    from sparsesteer.interpret.store import meta_sha256
+
+    shutil.copytree(ws / "stats-edited", ws / "stats-v1")
+    meta = json.loads((ws / "stats-edited" / "stats.json").read_text())
+    meta["format_version"] = 1  # as `interpret` wrote them before the compact store (issue 22)
+    meta["meta_sha256"] = meta_sha256(meta)
+    (ws / "stats-v1" / "stats.json").write_text(json.dumps(meta))
     meta = json.loads((ws / "stats-edited" / "stats.json").read_text())
     meta["n_images"] += 1
     (ws / "stats-edited" / "stats.json").write_text(json.dumps(meta))

@@ -175,6 +175,32 @@ def test_neighbours_with_ties_across_the_cut_match_a_full_sort(block):
     assert crossing > 30  # the case under test does occur
 
 
+@pytest.mark.parametrize("screen", [True, False])
+def test_neighbours_screened_in_bf16_are_exact(screen, monkeypatch):
+    """The bf16 screen and the plain fp32 pass give the same neighbours; clusters of near-duplicate
+    directions (cosines closer than the bf16 error) send their rows to the fp32 fallback."""
+    import sparsesteer.interpret.neighbours as nbm
+
+    g = torch.Generator().manual_seed(4)
+    W = torch.randn(400, 24, generator=g)
+    W[:60] = W[0] + 1e-3 * torch.randn(60, 24, generator=g)  # 60 latents within the bf16 error of each other
+    redone = []
+    full = nbm._full_rows
+    monkeypatch.setattr(nbm, "_full_rows", lambda W_, rows, k: (redone.append(len(rows)), full(W_, rows, k))[1])
+    nb = decoder_neighbours(W, k=10, block=64, screen=screen)
+    U = torch.nn.functional.normalize(W.double(), dim=1)
+    C = (U @ U.T).numpy()
+    np.fill_diagonal(C, -np.inf)
+    ref = np.argsort(-C, axis=1, kind="stable")[:, :10]
+    ref_cos = np.take_along_axis(C, ref, 1)
+    np.testing.assert_allclose(nb.cosine, ref_cos, atol=1e-6)
+    # where the reference's cosines are distinct beyond fp32 rounding, the indices agree too
+    clear = np.abs(np.diff(np.take_along_axis(C, np.argsort(-C, axis=1)[:, :11], 1), axis=1)).min(1) > 1e-5
+    np.testing.assert_array_equal(nb.indices[clear], ref[clear])
+    if screen:
+        assert 0 < sum(redone) < 400  # some rows fell back, most were settled by the screen
+
+
 def test_save_load_roundtrip_and_refusals(setup, tmp_path):
     cache, sae = setup
     stats = latent_stats(sae, cache.rows(None, "all"), top_n=3)
@@ -193,8 +219,11 @@ def test_save_load_roundtrip_and_refusals(setup, tmp_path):
     for f in ("fire_count", "image_count", "act_sum", "act_max", "hist_centres", "hist_counts"):
         np.testing.assert_array_equal(getattr(back, f), getattr(stats, f))
     for name in stats.top:
-        for f in ("values", "images", "tokens", "labels"):
+        for f in ("values", "images", "labels"):
             np.testing.assert_array_equal(getattr(back.top[name], f), getattr(stats.top[name], f))
+        tok = stats.top[name].tokens  # stored as 0..255 of each image's largest activation
+        np.testing.assert_allclose(back.top[name].tokens, tok, rtol=0, atol=tok.max() / 510 * (1 + 1e-5))
+        np.testing.assert_array_equal(back.top[name].tokens.max(2), tok.max(2))  # the largest exactly
     np.testing.assert_array_equal(back.neighbours.indices, stats.neighbours.indices)
     other = build(SAEConfig(arch="topk", d_in=16, n_latents=24, k=3))
     other_dir = other.save(tmp_path / "other")
@@ -207,6 +236,95 @@ def test_save_load_roundtrip_and_refusals(setup, tmp_path):
     other_cache = make_activation_cache(tmp_path / "c2", n_images=100, positions=(0, 1))
     with pytest.raises(SparsesteerError, match="different activation cache: settings_sha256"):
         load_stats(out, activations=other_cache)
+
+
+def _synthetic_stats(L=512, n=10, m=50, n_images=5000, seed=0):
+    """Statistics with a real run's shapes (3 rankings, m tokens) but random contents: `max` and
+    `patch` share most images (as they do when a latent's best token is a patch), `cls` does not."""
+    from sparsesteer.interpret.neighbours import Neighbours
+    from sparsesteer.interpret.stats import LatentStats, TopImages
+
+    rng = np.random.default_rng(seed)
+    top = {}
+    base = np.stack([rng.choice(n_images, n, replace=False) for _ in range(L)])
+    act = rng.random((n_images, m), dtype=np.float32) * (rng.random((n_images, m)) < 0.3)
+    act[:, 1] += 0.01  # every image active on a patch
+    for r, imgs in (("max", base), ("patch", base.copy()), ("cls", (base + 7) % n_images)):
+        imgs[:, -2:] = -1 if r == "cls" else imgs[:, -2:]  # a few empty slots
+        tok = np.where((imgs >= 0)[..., None], act[imgs], 0).astype(np.float32)
+        vals = tok.max(2)
+        top[r] = TopImages(vals, imgs.astype(np.int64), tok, np.where(imgs >= 0, imgs % 1000, -1))
+    top["patch"].images[:, [0, 1]] = top["patch"].images[:, [1, 0]]  # another order, same images
+    top["patch"].tokens[:, [0, 1]] = top["patch"].tokens[:, [1, 0]]
+    top["patch"].values[:, [0, 1]] = top["patch"].values[:, [1, 0]]
+    top["patch"].labels[:, [0, 1]] = top["patch"].labels[:, [1, 0]]
+    stats = LatentStats(
+        n_rows=n_images * m, n_images=n_images, token_positions=list(range(m)),
+        fire_count=rng.integers(0, 10**6, L), image_count=rng.integers(0, 10**5, L), act_sum=rng.random(L),
+        act_max=rng.random(L).astype(np.float32), hist_centres=np.logspace(-3, 3, 50),
+        hist_counts=rng.integers(0, 60000, (L, 50)), top=top,
+        neighbours=Neighbours(rng.integers(0, L, (L, 10)), rng.random((L, 10), dtype=np.float32)),
+    )  # fmt: skip
+    stats.meta = {"classes": [str(i) for i in range(1000)], "activations": {"cls_position": 0}}
+    return stats
+
+
+def test_stored_statistics_are_compact_and_read_back(tmp_path):
+    """Issue 22 item 2: <= 2 KB per latent at 10 top images per ranking (50 tokens, 1,000 classes,
+    10 neighbours); an image in two rankings is stored once; everything reads back (tokens to within
+    half a level of 255)."""
+    from safetensors.numpy import load_file
+
+    stats = _synthetic_stats()
+    L = stats.n_latents
+    out = save_stats(stats, tmp_path / "s")
+    size = (out / "stats.safetensors").stat().st_size
+    assert size / L <= 2048, size / L
+    t = load_file(str(out / "stats.safetensors"))
+    assert t["examples.tokens"].dtype == np.uint8
+    distinct = [len({int(i) for top in stats.top.values() for i in top.images[j] if i >= 0}) for j in range(L)]
+    assert t["examples.count"].tolist() == distinct  # each image once per latent: about 18, not 28
+    assert len(t["examples.tokens"]) == sum(distinct) < 0.7 * sum((top.images >= 0).sum() for top in stats.top.values())
+    back = load_stats(out)
+    for r, top in stats.top.items():
+        np.testing.assert_array_equal(back.top[r].images, top.images)
+        np.testing.assert_array_equal(back.top[r].labels, top.labels)
+        np.testing.assert_array_equal(back.top[r].values, top.values)
+        scale = top.tokens.max(2, keepdims=True)
+        assert (np.abs(back.top[r].tokens - top.tokens) <= scale / 510 * (1 + 1e-5)).all()
+    np.testing.assert_array_equal(back.hist_counts, stats.hist_counts)
+    np.testing.assert_array_equal(back.neighbours.indices, stats.neighbours.indices)
+    np.testing.assert_array_equal(back.neighbours.cosine, stats.neighbours.cosine)
+    # a slot pointing past its latent's examples (files edited consistently) is named, not an IndexError
+    import json
+
+    from safetensors.numpy import save_file
+
+    from sparsesteer.interpret.store import meta_sha256
+    from sparsesteer.utils import io
+
+    t["top.cls.example"][3, 0] = t["examples.count"][3]
+    save_file(t, str(out / "stats.safetensors"))
+    meta = json.loads((out / "stats.json").read_text())
+    meta["tensors_sha256"] = io.sha256_file(out / "stats.safetensors")
+    meta["meta_sha256"] = meta_sha256(meta)
+    (out / "stats.json").write_text(json.dumps(meta))
+    with pytest.raises(SparsesteerError, match=r"top.cls.example points outside its latent's examples"):
+        load_stats(out)
+
+
+def test_statistics_of_an_older_format_are_refused_by_name(tmp_path):
+    import json
+
+    from sparsesteer.interpret.store import meta_sha256
+
+    out = save_stats(_synthetic_stats(L=8), tmp_path / "s")
+    meta = json.loads((out / "stats.json").read_text())
+    meta["format_version"] = 1  # as `interpret` wrote them before the compact store
+    meta["meta_sha256"] = meta_sha256(meta)
+    (out / "stats.json").write_text(json.dumps(meta))
+    with pytest.raises(SparsesteerError, match=r"stats.json: statistics format version 1, this sparsesteer reads"):
+        load_stats(out)
 
 
 def test_running_top_sort_paths_agree():

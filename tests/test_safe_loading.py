@@ -129,7 +129,7 @@ def test_a_pickle_where_safetensors_is_expected_is_refused_by_name(tmp_path):
 
     stats = tmp_path / "stats"
     stats.mkdir()
-    (stats / "stats.json").write_text(json.dumps({"format": "sparsesteer-latent-stats", "n_rows": 1, "n_images": 1,
+    (stats / "stats.json").write_text(json.dumps({"format": "sparsesteer-latent-stats", "format_version": 2, "n_rows": 1, "n_images": 1,
                                                  "n_latents": 1, "token_positions": [0], "rankings": [], "top_n": 1}))  # fmt: skip
     (stats / "stats.safetensors").write_bytes(pickle.dumps(_Payload(str(marker))))
     with pytest.raises(SparsesteerError, match=r"stats\.safetensors"):
