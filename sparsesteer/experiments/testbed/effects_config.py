@@ -65,9 +65,9 @@ class EffectsConfig(RunOptions, SAEOptions):
     """SAE seeds: every SAE-dependent row is the mean and spread over them."""
     n_sae: int = 4000
     """Training images (train split, the testbed's own planting rates) the SAEs train on."""
-    n_select: int = 2000
+    n_select: int = 1000
     """Images of select_split (class-stratified) on which the choices are made."""
-    n_test: int = 4000
+    n_test: int = 2000
     """Images of test_split (class-stratified) the table is measured on."""
     ns: str = "1,4,16"
     """Units suppressed (n): the best n is chosen on the selection split, per seed."""
@@ -82,6 +82,8 @@ class EffectsConfig(RunOptions, SAEOptions):
     """Tokens per SAE training step."""
     sae_steps: int | None = 1500
     """SAE training steps (None: sae_epochs passes, or at least 5,000 steps)."""
+    batch_size: int = 256
+    """Images per forward pass (the testbed's 32 px images are small)."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
