@@ -187,6 +187,9 @@ COMMANDS: dict[str, list[str]] = {
         "--overwrite",
     ],  # fmt: skip
     "cache-settings-changed": _cache("--tokens", "all", out="{ws}/cache-cls"),
+    "testbed-select-on-test": ["reproduce", "testbed", *CLIP, *DATA, "--select-split", "test", "--out", "{ws}/new/t"],
+    "testbed-seeds": ["reproduce", "testbed", *CLIP, *DATA, "--seeds", "0,-1", "--out", "{ws}/new/t"],
+    "testbed-not-cifar10": ["reproduce", "testbed", *CLIP, *DATA, "--blocks", "0", "--out", "{ws}/new/t"],
     "tune-on-test": ["reproduce", "sparsity", *CLIP, *DATA, "--test-split", "train", "--out", "{ws}/new/s"],
     # damaged files (tests/test_faults_corruption.py has more)
     "shard-flipped-byte": ["verify", "{ws}/acts-flipped"],
