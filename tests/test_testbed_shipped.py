@@ -86,24 +86,25 @@ def test_the_testbed_classifies_reads_and_leans_on_the_frame(measured):
 
 @pytest.mark.slow
 def test_reproduce_testbed_shows_the_planted_effects(cifar10_jpeg_module, tmp_path):
-    """`reproduce testbed` on the shipped model, small and seeded (one SAE seed, two blocks, 1,000
-    test images): the frame is found by one latent, the word by one latent well above chance, and
-    the latent most tied to a class raises that class on the other classes' images, a random latent
-    does not. Margins: the full run (docs/benchmarks.md) measures 1.000, 0.83 and +13 points."""
+    """`reproduce testbed` on the shipped model, small and seeded (one SAE of 300 steps at block 5,
+    800 test images): the frame is found by one latent, the word by one latent well above chance
+    (0.5), and the latent most tied to a class raises that class on the other classes' images more
+    than a random latent does. The full run (docs/benchmarks.md) measures 1.000, 0.83 and +13
+    points; this small one 0.96, 0.76 and +4.1 points (a random latent: -0.8)."""
     from sparsesteer.cli import main
 
     out = tmp_path / "effects"
-    args = ["reproduce", "testbed", "--dataset", f"folder:{cifar10_jpeg_module}", "--blocks", "3,5", "--seeds", "0",
-            "--n-sae", "1000", "--sae-steps", "300", "--n-select", "500", "--n-test", "1000", "--ns", "4,16",
+    args = ["reproduce", "testbed", "--dataset", f"folder:{cifar10_jpeg_module}", "--blocks", "5", "--seeds", "0",
+            "--n-sae", "1000", "--sae-steps", "300", "--n-select", "400", "--n-test", "800", "--ns", "16",
             "--workers", "0", "--device", "cpu", "--out", str(out)]  # fmt: skip
     assert main(args) == 0
     res = json.loads((out / "results.json").read_text())
     assert res["model"] == "testbed" and res["splits"] == {"select": "train", "test": "test"}
     det = res["detection"]
-    assert det["cue"]["latent"][0]["auroc"] >= 0.95
-    assert det["word"]["latent"][0]["auroc"] >= 0.70
+    assert det["cue"]["latent"][0]["auroc"] >= 0.90
+    assert det["word"]["latent"][0]["auroc"] >= 0.65
     classes = res["steering"]["seeds"][0]["classes"]
     dp = np.mean([c["test"]["dp"] for c in classes])
     dp_random = np.mean([c["test_random"]["dp"] for c in classes])
-    assert dp >= 0.03 and dp - dp_random >= 0.03
-    assert sum(c["test"]["dp"] > 0 for c in classes) >= 8
+    assert dp >= 0.01 and dp - dp_random >= 0.01
+    assert sum(c["test"]["dp"] > 0 for c in classes) >= 7
