@@ -1,6 +1,9 @@
-"""Make docs/browser.png: a latent page of the feature browser for a tiny random CLIP and a small
-TopK SAE trained on its activations over 300 real CIFAR-10 test JPEGs (../shared/data/cifar10-jpeg).
-The model is random, so the latents mean little; the picture shows the page, not a finding.
+"""Make docs/browser.png: a latent page of the feature browser for the shipped testbed CLIP
+(`--model testbed`) and a TopK SAE trained on its block-3 activations over 600 real CIFAR-10 test
+JPEGs (../shared/data/cifar10-jpeg) with the testbed's planted mechanisms (a misleading word on a
+third of the images, the magenta frame on a third). The page shown is the latent that best tells
+framed images from the rest (Cohen's d over each image's largest activation): a planted, known
+feature, so the picture shows a finding, not only the page.
 
     python docs/browser_screenshot.py            # needs chromium and playwright
 """
@@ -23,38 +26,51 @@ def run(argv: list[str]) -> None:
         sys.exit(f"failed: sparsesteer {' '.join(argv)}")
 
 
-def build(tmp: Path) -> Path:
-    from sparsesteer.models.tiny import make_tiny_clip
+SPEC = f"planted:seed=3,word=0.33,words=misleading,cue_in=0.33,cue_out=0.33:folder:{CIFAR}"
 
-    clip = make_tiny_clip(tmp / "clip")
-    hook, data = "blocks.2.resid_post", f"folder:{CIFAR}"
-    run(["cache", "--model", str(clip), "--dataset", data, "--split", "test", "--limit", "300", "--hook", hook,
+
+def build(tmp: Path) -> Path:
+    hook = "blocks.3.resid_post"
+    run(["cache", "--model", "testbed", "--dataset", SPEC, "--split", "test", "--limit", "600", "--hook", hook,
          "--tokens", "all", "--out", str(tmp / "cache"), "--workers", "0"])  # fmt: skip
-    run(["train", "--activations", str(tmp / "cache"), "--out", str(tmp / "sae"), "--arch", "topk", "--k", "4",
-         "--n-latents", "64", "--steps", "300", "--batch-size", "256", "--device", "cpu"])  # fmt: skip
-    words = tmp / "words.txt"
-    words.write_text("\n".join(sorted(p.name for p in (CIFAR / "test").iterdir())) + "\n")
+    run(["train", "--activations", str(tmp / "cache"), "--out", str(tmp / "sae"), "--arch", "topk", "--k", "16",
+         "--n-latents", "512", "--steps", "800", "--batch-size", "1024", "--device", "cpu"])  # fmt: skip
     run(["interpret", "--sae", str(tmp / "sae"), "--activations", str(tmp / "cache"), "--out", str(tmp / "stats"),
-         "--vocab", str(words), "--lens-k", "5", "--device", "cpu"])  # fmt: skip
+         "--device", "cpu"])  # fmt: skip
     run(["browse", "--stats", str(tmp / "stats"), "--out", str(tmp / "site")])
     return tmp / "site"
+
+
+def frame_latent(tmp: Path) -> int:
+    """The latent whose per-image maximum best separates framed images (the planted cue) from the rest."""
+    import numpy as np
+
+    from sparsesteer.activations.cache import ActivationCache
+    from sparsesteer.data import limit_dataset
+    from sparsesteer.data.registry import open_dataset
+    from sparsesteer.data.subset import Subset
+    from sparsesteer.experiments.testbed.effects_compute import class_association
+    from sparsesteer.sae import SparseAutoencoder
+
+    view = ActivationCache.open(tmp / "cache").rows("blocks.3.resid_post", "all")
+    sae = SparseAutoencoder.load(tmp / "sae", device="cpu")
+    rows = sae.encode_dense(view.read(0, view.n_rows)).detach().numpy()
+    images, inverse = np.unique(view.row_index(0, view.n_rows)[:, 0], return_inverse=True)
+    codes = np.zeros((len(images), rows.shape[1]), dtype=rows.dtype)
+    np.maximum.at(codes, inverse, rows)  # each image's largest activation per latent
+    full = open_dataset(SPEC, "test")
+    sample = limit_dataset(full, 600, 0)  # what `cache --limit 600` cached; the rows index into it
+    keep = sample.indices if isinstance(sample, Subset) else np.arange(len(full))
+    cue = full.attribute_array("cue")[keep][images]
+    return int(np.argmax(class_association(codes, cue, 1)))
 
 
 def main() -> None:
     from playwright.sync_api import sync_playwright
 
-    from sparsesteer.interpret.browser.site import read_data
-
     with tempfile.TemporaryDirectory() as tmp:
         site = build(Path(tmp))
-        meta = read_data(site, "meta")
-
-        def record(j: int) -> dict:
-            return read_data(site, f"latents/{j // meta['chunk_size']}")[j % meta["chunk_size"]]
-
-        # a frequent latent (not among the densest three) that fires on CLS tokens too
-        rows = read_data(site, "pages/frequency-0")[3:]
-        first = next((r[0] for r in rows if record(r[0])["top"].get("cls")), rows[0][0])
+        first = frame_latent(Path(tmp))
         with sync_playwright() as p:
             b = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
             pg = b.new_page(viewport={"width": 1150, "height": 1000})
