@@ -56,6 +56,24 @@ class RunContext:
             self._shape = model_shape(self.cfg.model, getattr(self.cfg, "revision", None))
         return self._shape
 
+    def write_cache(self, cfg: CacheConfig) -> None:
+        """Cache `cfg` into `cfg.out` with the run's model, recording the settings that change its rows
+        beside it (`OUT.settings.json`): a cache made with other settings is removed and redone, one
+        with the same settings resumes."""
+        import dataclasses
+        import shutil
+
+        from ..activations.produce import cache_activations
+        from ..utils import io
+        from ..utils.config import to_dict
+
+        record = Path(f"{cfg.out}.settings.json")
+        settings = to_dict(dataclasses.replace(cfg, batch_size=1, workers=0, device="auto"))  # what changes rows
+        if record.exists() and io.read_json(record) != settings:
+            shutil.rmtree(cfg.out, ignore_errors=True)
+        io.write_json(record, settings)
+        cache_activations(cfg, backbone=self.backbone)
+
     def check_backbone(self, backbone: Backbone) -> None:
         """Refuse a model this experiment cannot use (a SparsesteerError naming it); any by default."""
 

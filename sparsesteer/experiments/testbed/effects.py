@@ -181,7 +181,7 @@ class EffectsRun(RunContext):
 
 def cache(run: EffectsRun) -> None:
     """The swept blocks on the SAEs' training images."""
-    from ...activations.produce import CacheConfig, cache_activations
+    from ...activations.produce import CacheConfig
 
     c = run.cfg
     cfg = CacheConfig(
@@ -190,12 +190,7 @@ def cache(run: EffectsRun) -> None:
         batch_size=c.batch_size, limit=c.n_sae, limit_seed=0, workers=c.workers, device=c.device,
         data_root=c.data_root,
     )  # fmt: skip
-    record = run.path("cache", "train.settings.json")
-    settings = to_dict(dataclasses.replace(cfg, batch_size=1, workers=0, device="auto"))
-    if record.exists() and io.read_json(record) != settings:
-        shutil.rmtree(run.path("cache", "train"), ignore_errors=True)
-    io.write_json(record, settings)
-    cache_activations(cfg, backbone=run.backbone)
+    run.write_cache(cfg)
 
 
 def sae(run: EffectsRun) -> None:

@@ -20,9 +20,7 @@ this module does not import torch (`--help` lists the stages).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
-import shutil
 from pathlib import Path
 
 from ....utils import io
@@ -42,7 +40,6 @@ SAE_MEMORY_BUDGET = 8 << 30
 def cache(run: SparsityRun) -> None:
     """Each chosen block's hook for the test split (and the train split when training), in one
     forward per batch; a cache of other settings in the way is replaced, an interrupted one resumed."""
-    from ....activations.produce import cache_activations
 
     c = run.cfg
     splits = [c.train_split, c.test_split] if run.trains else [c.test_split]
@@ -54,12 +51,7 @@ def cache(run: SparsityRun) -> None:
             run.path("cache", split),
             dtype=c.cache_dtype,
         )
-        record = run.path("cache", f"{split}.settings.json")
-        settings = to_dict(dataclasses.replace(cfg, batch_size=1, workers=0, device="auto"))  # what changes rows
-        if record.exists() and io.read_json(record) != settings:
-            shutil.rmtree(run.path("cache", split), ignore_errors=True)
-        io.write_json(record, settings)
-        cache_activations(cfg, backbone=run.backbone)
+        run.write_cache(cfg)
 
 
 def _train(run: SparsityRun, key: SAEKey) -> None:

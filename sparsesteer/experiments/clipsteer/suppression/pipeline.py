@@ -20,7 +20,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +49,7 @@ def _batches(run: SuppressionRun, ds: Any, offset: int = 0):  # noqa: ANN202
 
 def cache(run: SuppressionRun) -> None:
     """The swept blocks' hooks on sae_split (for training the SAEs)."""
-    from ....activations.produce import CacheConfig, cache_activations
+    from ....activations.produce import CacheConfig
 
     if not run.trains:
         return
@@ -61,12 +60,7 @@ def cache(run: SuppressionRun) -> None:
         batch_size=c.batch_size, limit=c.limit_sae, limit_seed=c.seed, workers=c.workers, device=c.device,
         data_root=c.data_root, on_bad_image=c.on_bad_image,
     )  # fmt: skip
-    record = run.path("cache", f"{c.sae_split}.settings.json")
-    settings = to_dict(dataclasses.replace(cfg, batch_size=1, workers=0, device="auto"))
-    if record.exists() and io.read_json(record) != settings:
-        shutil.rmtree(run.path("cache", c.sae_split), ignore_errors=True)
-    io.write_json(record, settings)
-    cache_activations(cfg, backbone=run.backbone)
+    run.write_cache(cfg)
 
 
 def sae(run: SuppressionRun) -> None:
