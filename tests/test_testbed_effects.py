@@ -158,3 +158,16 @@ def test_reproduce_testbed_refuses_other_classes(tmp_path, tiny_testbed, capsys)
     other = make_class_images(tmp_path / "d", {"train": 2, "test": 2}, ("a", "b"))
     assert main(_args(other, model, tmp_path / "o")) == 2
     assert "CIFAR-10's 10 classes" in capsys.readouterr().err
+
+
+def test_mean_sd_of_no_values_is_nan_without_a_warning():
+    """A row whose stage recorded no values (no heads rows) prints n/a, with no numpy warning."""
+    import warnings
+
+    from sparsesteer.experiments.testbed.effects_report import _ms
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        mean, sd = _ms([])
+        assert np.isnan(mean) and sd == 0.0
+        assert _ms([0.25, 0.75]) == (0.5, pytest.approx(np.std([0.25, 0.75], ddof=1)))

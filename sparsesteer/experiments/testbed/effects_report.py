@@ -117,7 +117,10 @@ def suppression_table(sup: dict[str, Any]) -> dict[str, Any]:
 
 
 def _ms(xs: list[float]) -> tuple[float, float]:
+    """Mean and sample sd; (nan, 0) for no values (a row whose stage recorded none prints "n/a")."""
     a = np.asarray(xs, dtype=np.float64)
+    if a.size == 0:
+        return float("nan"), 0.0
     return float(np.mean(a)), float(np.std(a, ddof=1)) if len(a) > 1 else 0.0
 
 
