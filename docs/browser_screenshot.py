@@ -73,7 +73,7 @@ def main() -> None:
         first = frame_latent(Path(tmp))
         with sync_playwright() as p:
             b = p.chromium.launch(executable_path=shutil.which("chromium"), args=["--no-sandbox"])
-            pg = b.new_page(viewport={"width": 1150, "height": 1000})
+            pg = b.new_page(viewport={"width": 1280, "height": 1000})
             pg.goto((site / "latent.html").as_uri() + f"#{first}")
             pg.wait_for_selector(f"body[data-ready='{first}']")
             png = pg.screenshot(full_page=False)

@@ -432,3 +432,26 @@ def test_without_a_lens_the_search_words_are_the_top_labels(tmp_path):
         assert j in index[str(best)] and rows[j][4] == f"c{best}"
         assert rows[j][3] == pytest.approx(labels[best] / 5, abs=1e-3)
     assert sorted(j for v in index.values() for j in v) == list(range(40))
+
+
+def test_the_site_holds_no_absolute_local_path(site, tmp_path_factory):
+    """A site is shared: the model, SAE and dataset folders of the writer's machine appear as names only."""
+    out, _ = site
+    base = str(tmp_path_factory.getbasetemp())
+    meta = read_data(out, "meta")
+    assert (meta["model"], meta["sae"]["path"], meta["dataset"]["spec"]) == ("clip", "sae", "folder:images")
+    leaks = [str(p.relative_to(out)) for p in out.rglob("*") if p.is_file() and base.encode() in p.read_bytes()]
+    assert leaks == []
+
+
+def test_public_name_cuts_absolute_paths_to_their_last_component():
+    from sparsesteer.interpret.browser.site import public_name
+
+    assert public_name("/home/me/models/vit") == "vit" and public_name("~/runs/sae/") == "sae"
+    assert (
+        public_name("planted:seed=3,word=0.33:folder:/data/cifar10-jpeg")
+        == "planted:seed=3,word=0.33:folder:cifar10-jpeg"
+    )
+    assert public_name("cifar10:root=/data/c10") == "cifar10:root=c10" and public_name(r"C:\data\imgs") == "imgs"
+    for kept in ("openai/clip-vit-base-patch32", "runs/sae", "hf:org/name", None, 8):
+        assert public_name(kept) == kept

@@ -69,8 +69,9 @@ ApiHandler = Callable[[ApiRequest], "dict[str, Any] | Binary"]
 def error_page(status: int, title: str, message: str) -> bytes:
     return (
         f"<!doctype html><html lang=en><head><meta charset=utf-8><title>{html.escape(title)}</title>"
-        f'<link rel=stylesheet href="/assets/browser.css"></head><body><h1>{status} {html.escape(title)}</h1><p>{html.escape(message)}</p>'
-        '<p><a href="/index.html">All latents</a></p></body></html>'
+        '<link rel=icon href="/assets/favicon.svg" type="image/svg+xml"><link rel=stylesheet href="/assets/browser.css">'
+        f"</head><body><main class=card><h1>{status} {html.escape(title)}</h1><p>{html.escape(message)}</p>"
+        '<p><a href="/index.html">All latents</a></p></main></body></html>'
     ).encode()
 
 

@@ -30,6 +30,7 @@ import base64
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -51,7 +52,8 @@ FORMAT_VERSION = 1
 ORDERS = ("frequency", "max", "purity", "id")
 """Index orders: frequency, max activation and label purity descending (ties: lower id), id ascending."""
 PAGES = ("index.html", "latent.html", "404.html")
-ASSETS = ("browser.css", "common.js", "index.js", "latent.js")
+ASSETS = ("browser.css", "common.js", "index.js", "latent.js", "favicon.svg")
+_ABS_PATH = re.compile(r"(?<![^\s:,;=])(?:[A-Za-z]:[\\/]|[/\\~])[^\s:,;=]*")
 
 
 @dataclass(frozen=True)
@@ -343,11 +345,11 @@ def _write(stats, stage: Path, dataset, ids, thumb, page_size, chunk_bytes, titl
         "chunk_size": chunk,
         "page_size": page_size,
         "orders": orders,
-        "sae": {k: (meta.get("sae") or {}).get(k) for k in ("path", "weights_sha256", "arch", "k")},
-        "model": _model_id((meta.get("activations") or {}).get("model")),
+        "sae": {k: public_name((meta.get("sae") or {}).get(k)) for k in ("path", "weights_sha256", "arch", "k")},
+        "model": public_name(_model_id((meta.get("activations") or {}).get("model"))),
         "hook": (meta.get("activations") or {}).get("hook"),
         "tokens": (meta.get("activations") or {}).get("tokens"),
-        "dataset": {k: (meta.get("dataset") or {}).get(k) for k in ("spec", "split")},
+        "dataset": {k: public_name((meta.get("dataset") or {}).get(k)) for k in ("spec", "split")},
         "stats_sha256": meta.get("tensors_sha256"),
     }
     write("data/meta.js", _js("meta", site_meta))
@@ -358,6 +360,15 @@ def _write(stats, stage: Path, dataset, ids, thumb, page_size, chunk_bytes, titl
         write(f"assets/{name}", (static / name).read_bytes())
     _write_thumbs(stage, dataset, ids, thumb, progress)
     return L, len(ids), n_pages, n_chunks, chunk
+
+
+def public_name(value: Any) -> Any:
+    """`value` with every absolute local path in it (a model or SAE directory, a dataset spec's
+    folder) cut to its last component: a site is meant to be shared, and the reader's machine does
+    not have the writer's directories. Relative paths, hub ids and non-strings pass unchanged."""
+    if not isinstance(value, str):
+        return value
+    return _ABS_PATH.sub(lambda m: re.split(r"[\\/]", m.group(0).rstrip("/\\"))[-1] or m.group(0), value)
 
 
 def _model_id(model: Any) -> str | None:

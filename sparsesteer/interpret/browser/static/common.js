@@ -74,18 +74,62 @@ window.SS = (function () {
     return "img/" + Math.floor(image / 1000) + "/" + image + ".jpg";
   }
 
-  // The per-patch activations (base64 uint8, row-major g x g) as a red overlay on `canvas`,
-  // bilinearly upsampled, alpha 0.6 at the latent's largest activation (as heatmaps.py draws it).
-  function drawHeatmap(canvas, b64, grid) {
-    const bytes = atob(b64);
+  // Viridis (perceptually uniform, readable in grey and by most colour-blind readers): 17 stops,
+  // linearly interpolated.
+  const VIRIDIS = ["440154", "48186a", "472d7b", "424086", "3b528b", "33638d", "2c728e", "26828e", "21918c",
+    "1fa088", "28ae80", "3fbc73", "5ec962", "84d44b", "addc30", "d8e219", "fde725"]
+    .map((h) => [0, 2, 4].map((i) => parseInt(h.slice(i, i + 2), 16)));
+
+  function viridis(t) {
+    const x = Math.min(1, Math.max(0, t)) * (VIRIDIS.length - 1);
+    const i = Math.min(VIRIDIS.length - 2, Math.floor(x));
+    const f = x - i;
+    return VIRIDIS[i].map((c, k) => Math.round(c + (VIRIDIS[i + 1][k] - c) * f));
+  }
+
+  // Overlay opacity at scale position t: transparent at the bottom of the scale, rising with the value.
+  function heatAlpha(t) {
+    return t > 0 ? 0.25 + 0.6 * Math.min(1, t) : 0;
+  }
+
+  function gridBytes(b64) {
+    return Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+  }
+
+  // The colour scale of one set of shown heatmaps (one ranking's top images), in the stored 0..255
+  // units of `vmax`: from the smallest to the largest patch value shown. A sparse latent has silent
+  // patches, so its scale starts at 0; a dense one that fires on every shown patch starts at its
+  // weakest patch, so its maps still show where it fires most instead of one colour everywhere.
+  function heatScale(grids, vmax) {
+    let lo = 255, hi = 0;
+    for (const b64 of grids) {
+      if (!b64) continue;
+      for (const q of gridBytes(b64)) {
+        lo = Math.min(lo, q);
+        hi = Math.max(hi, q);
+      }
+    }
+    if (lo > hi) lo = hi = 0;
+    return {lo, hi, vmax, min: (lo / 255) * vmax, max: (hi / 255) * vmax};
+  }
+
+  function scaleT(q, scale) {
+    return scale.hi > scale.lo ? (q - scale.lo) / (scale.hi - scale.lo) : q > 0 ? 1 : 0;
+  }
+
+  // The per-patch activations (base64 uint8 of scale.vmax, row-major g x g) as a viridis overlay on
+  // `canvas`, bilinearly upsampled: colour and opacity by position on `scale` (see heatScale).
+  function drawHeatmap(canvas, b64, grid, scale) {
+    const bytes = gridBytes(b64);
     const small = document.createElement("canvas");
     small.width = grid;
     small.height = grid;
     const sctx = small.getContext("2d");
     const img = sctx.createImageData(grid, grid);
     for (let i = 0; i < grid * grid; i++) {
-      img.data[4 * i] = 255;
-      img.data[4 * i + 3] = Math.round(bytes.charCodeAt(i) * 0.6);
+      const t = scaleT(bytes[i], scale);
+      const [r, g, b] = viridis(t);
+      img.data.set([r, g, b, Math.round(255 * heatAlpha(t))], 4 * i);
     }
     sctx.putImageData(img, 0, 0);
     const ctx = canvas.getContext("2d");
@@ -93,6 +137,41 @@ window.SS = (function () {
     ctx.imageSmoothingEnabled = true;
     ctx.imageSmoothingQuality = "high";
     ctx.drawImage(small, 0, 0, canvas.width, canvas.height);
+  }
+
+  // The key of a heatScale: the colour ramp (drawn at its overlay opacity) between its min and max.
+  function colourBar(scale) {
+    const c = el("canvas", {class: "ramp", width: 128, height: 12, "aria-hidden": "true"});
+    const ctx = c.getContext("2d");
+    for (let x = 0; x < c.width; x++) {
+      const t = x / (c.width - 1);
+      const [r, g, b] = viridis(t);
+      ctx.fillStyle = "rgba(" + r + "," + g + "," + b + "," + heatAlpha(t) + ")";
+      ctx.fillRect(x, 0, 1, c.height);
+    }
+    return el("div", {class: "colourbar", role: "img",
+      "aria-label": "heatmap colour scale from " + fmt(scale.min) + " to " + fmt(scale.max)},
+      el("span", {class: "lo"}, fmt(scale.min)), c, el("span", {class: "hi"}, fmt(scale.max)));
+  }
+
+  // Hovering a heatmap shows the latent's value on the patch under the pointer (in `readout`) and
+  // outlines that patch (`cell`). Works with the overlay hidden too.
+  function patchProbe(frame, b64, grid, vmax, readout, cell) {
+    const bytes = gridBytes(b64);
+    frame.addEventListener("mousemove", (ev) => {
+      const rect = frame.getBoundingClientRect();
+      const col = Math.min(grid - 1, Math.max(0, Math.floor(((ev.clientX - rect.left) / rect.width) * grid)));
+      const row = Math.min(grid - 1, Math.max(0, Math.floor(((ev.clientY - rect.top) / rect.height) * grid)));
+      readout.textContent = "patch (" + row + ", " + col + "): " + fmt((bytes[row * grid + col] / 255) * vmax);
+      cell.style.left = (100 * col) / grid + "%";
+      cell.style.top = (100 * row) / grid + "%";
+      cell.style.width = cell.style.height = 100 / grid + "%";
+      cell.hidden = false;
+    });
+    frame.addEventListener("mouseleave", () => {
+      readout.textContent = "";
+      cell.hidden = true;
+    });
   }
 
   function latentHref(j) {
@@ -138,5 +217,6 @@ window.SS = (function () {
     }
   }
 
-  return {put, load, idle, el, fmt, thumbPath, drawHeatmap, latentHref, showError, api, liveInfo};
+  return {put, load, idle, el, fmt, thumbPath, viridis, heatScale, drawHeatmap, colourBar, patchProbe, latentHref,
+    showError, api, liveInfo};
 })();

@@ -16,61 +16,132 @@
     return el("div", {}, el("b", {}, name), value);
   }
 
-  function thumb(image, value, label, grid) {
+  // One top image: its thumbnail, the heatmap of its patches on `scale` (hover: the value of the patch
+  // under the pointer), its score and label.
+  function thumb(image, value, label, grid, scale) {
     const size = meta.thumb;
-    const img = el("img", {src: SS.thumbPath(image), width: size, height: size, alt: "image " + image, loading: "eager"});
-    const box = el("div", {class: "thumb"}, img);
+    const img = el("img", {src: SS.thumbPath(image), width: size, height: size, loading: "eager",
+      alt: "image " + image + " (" + className(label) + ")"});
+    const frame = el("div", {class: "frame", style: "width:" + size + "px;height:" + size + "px"}, img);
     if (grid && meta.grid) {
-      const canvas = el("canvas", {class: "heat", width: size, height: size});
-      SS.drawHeatmap(canvas, grid, meta.grid);
-      box.appendChild(canvas);
+      const canvas = el("canvas", {class: "heat", width: size, height: size, "aria-hidden": "true"});
+      SS.drawHeatmap(canvas, grid, meta.grid, scale);
+      const cell = el("div", {class: "cell", hidden: true});
+      const readout = el("div", {class: "probe"});
+      frame.append(canvas, cell, readout);
+      SS.patchProbe(frame, grid, meta.grid, scale.vmax, readout, cell);
     }
-    box.appendChild(el("div", {}, fmt(value) + " · " + className(label)));
-    box.appendChild(el("div", {class: "muted"}, "#" + image));
-    return box;
+    return el("figure", {class: "thumb", style: "width:" + size + "px"}, frame,
+      el("figcaption", {}, el("div", {}, el("span", {class: "score"}, fmt(value)), el("span", {class: "muted"}, " #" + image)),
+        el("div", {class: "label", title: className(label)}, className(label))));
   }
 
-  // Histogram of active values: bars over log-spaced bin centres (inline SVG).
+  const SVG = "http://www.w3.org/2000/svg";
+
+  function svg(tag, attrs, text) {
+    const e = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+
+  // Tick values 0..top (top >= maxv) at a round step, about four of them; whole numbers for counts.
+  function niceTicks(maxv, whole) {
+    const raw = Math.max(maxv, whole ? 1 : 1e-9) / 4;
+    const mag = Math.pow(10, Math.floor(Math.log10(raw)));
+    let step = [1, 2, 5, 10].map((m) => m * mag).find((s) => s >= raw * 0.999);
+    if (whole) step = Math.max(1, Math.round(step));
+    const n = Math.max(1, Math.ceil(maxv / step - 1e-9));
+    return Array.from({length: n + 1}, (_, i) => Number((i * step).toPrecision(6)));
+  }
+
+  // Ticks for a log axis over [lo, hi] (log10 units): powers of ten, or 1-2-5 / 1..9 multiples on
+  // short ranges, whichever first gives at least three.
+  function logTicks(lo, hi) {
+    let best = [];
+    for (const mults of [[1], [1, 2, 5], [1, 2, 3, 4, 5, 6, 7, 8, 9]]) {
+      const ticks = [];
+      for (let e = Math.floor(lo) - 1; e <= Math.ceil(hi); e++) {
+        for (const m of mults) {
+          const v = m * Math.pow(10, e);
+          if (Math.log10(v) >= lo - 1e-9 && Math.log10(v) <= hi + 1e-9) ticks.push(v);
+        }
+      }
+      best = ticks;
+      if (ticks.length >= 3) break;
+    }
+    return best;
+  }
+
+  // Histogram of the active values: bars over the log-spaced bins the latent occupies (and one empty
+  // bin either side), log count up; an inline SVG with both axes ticked and titled.
   function histogram(rec) {
     const centres = meta.hist_centres;
-    const counts = new Array(centres.length).fill(0);
+    const n = centres.length;
+    const counts = new Array(n).fill(0);
     for (const [b, c] of rec.hist) counts[b] = c;
-    const W = 420, H = 120, n = centres.length, maxc = Math.max(1, ...counts);
-    const ns = "http://www.w3.org/2000/svg";
-    const svg = document.createElementNS(ns, "svg");
-    svg.setAttribute("width", W);
-    svg.setAttribute("height", H + 20);
-    svg.setAttribute("id", "hist");
+    const W = 400, H = 170, L = 48, R = 12, T = 10, B = 42;
+    const pw = W - L - R, ph = H - T - B;
+    const lc = centres.map(Math.log10);
+    const d = n > 1 ? (lc[n - 1] - lc[0]) / (n - 1) : 1;
+    const used = counts.flatMap((c, i) => (c ? [i] : []));
+    const first = used.length ? Math.max(0, used[0] - 1) : 0;
+    const last = used.length ? Math.min(n - 1, used[used.length - 1] + 1) : n - 1;
+    const x0 = lc[first] - d / 2, x1 = lc[last] + d / 2;
+    const X = (lv) => L + ((lv - x0) / (x1 - x0)) * pw;
+    const maxc = Math.max(1, ...counts);
+    const Y = (c) => T + ph - (Math.log1p(c) / Math.log1p(maxc)) * ph;
+    const root = svg("svg", {id: "hist", width: W, height: H, viewBox: "0 0 " + W + " " + H, role: "img",
+      "aria-label": "histogram of the latent's active values, log-log"});
     counts.forEach((c, i) => {
       if (!c) return;
-      const h = Math.max(1, (Math.log1p(c) / Math.log1p(maxc)) * H);
-      const r = document.createElementNS(ns, "rect");
-      r.setAttribute("x", (i * W) / n);
-      r.setAttribute("y", H - h);
-      r.setAttribute("width", Math.max(1, W / n - 1));
-      r.setAttribute("height", h);
-      r.setAttribute("fill", "#c33");
-      const t = document.createElementNS(ns, "title");
-      t.textContent = c + " rows near " + fmt(centres[i]);
-      r.appendChild(t);
-      svg.appendChild(r);
+      const left = X(lc[i] - d / 2), right = X(lc[i] + d / 2);
+      const r = svg("rect", {x: left + 0.5, y: Y(c), width: Math.max(1, right - left - 1), height: Math.max(1, T + ph - Y(c)),
+        class: "bin"});
+      r.appendChild(svg("title", {}, c + " tokens near " + fmt(centres[i])));
+      root.appendChild(r);
     });
-    for (const i of [0, Math.floor(n / 2), n - 1]) {
-      const t = document.createElementNS(ns, "text");
-      t.setAttribute("x", Math.min((i * W) / n, W - 40));
-      t.setAttribute("y", H + 15);
-      t.setAttribute("font-size", "11");
-      t.textContent = fmt(centres[i]);
-      svg.appendChild(t);
+    const axis = svg("g", {class: "axis"});
+    axis.appendChild(svg("path", {d: "M" + L + "," + T + "V" + (T + ph) + "H" + (L + pw)}));
+    let labelled = -Infinity; // a tick is labelled only where its label does not run into the previous one
+    for (const v of logTicks(x0, x1)) {
+      const x = X(Math.log10(v));
+      axis.appendChild(svg("path", {d: "M" + x + "," + (T + ph) + "v5"}));
+      if (x - labelled < 30) continue;
+      labelled = x;
+      axis.appendChild(svg("text", {x, y: T + ph + 17, "text-anchor": "middle"}, fmt(v)));
     }
-    return el("div", {}, svg, el("div", {class: "muted"}, "active values, log scale (bar height: log count)"));
+    const yticks = [0];
+    for (let c = 1; c <= maxc; c *= 10) yticks.push(c);
+    if (Y(yticks[yticks.length - 1]) - Y(maxc) > 18) yticks.push(maxc);
+    for (const c of yticks) {
+      const y = Y(c);
+      axis.appendChild(svg("path", {d: "M" + L + "," + y + "h-5"}));
+      axis.appendChild(svg("text", {x: L - 8, y: y + 4, "text-anchor": "end"}, fmt(c)));
+    }
+    axis.appendChild(svg("text", {x: L + pw / 2, y: H - 4, "text-anchor": "middle", class: "title"}, "activation (log scale)"));
+    axis.appendChild(svg("text", {x: 12, y: T + ph / 2, "text-anchor": "middle", class: "title",
+      transform: "rotate(-90 12 " + (T + ph / 2) + ")"}, "tokens (log)"));
+    root.appendChild(axis);
+    return root;
   }
 
-  function bars(items) {
-    const maxv = Math.max(1e-9, ...items.map((x) => x[1]));
-    return el("div", {class: "bars"}, items.map(([name, v, link]) =>
-      el("div", {}, el("span", {class: "bar", style: "width:" + Math.round((Math.max(v, 0) / maxv) * 120) + "px"}),
-        link ? el("a", {href: link}, name) : name, el("span", {class: "muted"}, fmt(v)))));
+  // A horizontal bar chart: one row per item (name, possibly a link; bar; value) over a ticked axis
+  // starting at 0, titled `axisTitle`. `whole`: the values are counts.
+  function bars(items, axisTitle, whole) {
+    const ticks = niceTicks(Math.max(0, ...items.map((x) => x[1])), whole);
+    const top = ticks[ticks.length - 1] || 1;
+    const pct = (v) => ((100 * Math.min(Math.max(v, 0), top)) / top).toFixed(2) + "%";
+    const cells = [];
+    for (const [name, v, link] of items) {
+      cells.push(el("span", {class: "name"}, link ? el("a", {href: link}, name) : name),
+        el("span", {class: "track"}, el("span", {class: "bar", style: "width:" + pct(v)})),
+        el("span", {class: "val"}, fmt(v)));
+    }
+    cells.push(el("span", {}), el("span", {class: "track ticks", "aria-hidden": "true"},
+      ticks.map((t) => el("span", {class: "tick", style: "left:" + pct(t)}, fmt(t)))), el("span", {}));
+    cells.push(el("span", {}), el("span", {class: "axis-title"}, axisTitle), el("span", {}));
+    return el("div", {class: "bars"}, cells);
   }
 
   let token = 0; // the newest latent asked for; an older render whose data arrives later is dropped
@@ -118,30 +189,37 @@
 
   // The elements of latent record `rec` (`words`: the lens vocabulary, when it has a lens).
   function content(rec, words) {
-    const out = [el("div", {class: "facts", id: "facts"},
+    const out = [el("section", {class: "card"}, el("div", {class: "facts", id: "facts"},
       fact("frequency (tokens)", fmt(rec.frequency)), fact("image frequency", fmt(rec.image_frequency)),
       fact("mean when active", fmt(rec.mean_active)), fact("mean", fmt(rec.mean)), fact("max", fmt(rec.max)),
       fact("active tokens", rec.fire_count), fact("active images", rec.image_count),
-      fact("label purity (top images)", fmt(rec.purity)))];
+      fact("label purity (top images)", fmt(rec.purity))))];
     for (const name of meta.rankings) {
       const items = rec.top[name];
-      out.push(el("h2", {}, "Top images by " + name + (name === "max" ? " over tokens" : name === "cls" ? " (CLS activation)" : " (best patch)")));
-      out.push(items.length
-        ? el("div", {class: "thumbs", "data-ranking": name}, items.map(([img, v, lab, grid]) => thumb(img, v, lab, grid)))
-        : el("p", {class: "muted"}, "never active"));
+      const head = el("div", {class: "card-head"}, el("h2", {}, "Top images by " + name +
+        (name === "max" ? " over tokens" : name === "cls" ? " (CLS activation)" : " (best patch)")));
+      let body = el("p", {class: "muted"}, "never active");
+      if (items.length) {
+        const scale = SS.heatScale(items.map((t) => t[3]), rec.vmax[name] || 0);
+        if (meta.grid && items.some((t) => t[3])) head.appendChild(SS.colourBar(scale));
+        body = el("div", {class: "thumbs", "data-ranking": name},
+          items.map(([img, v, lab, grid]) => thumb(img, v, lab, grid, scale)));
+      }
+      out.push(el("section", {class: "card"}, head, body));
     }
     const cols = el("div", {class: "cols"});
-    cols.appendChild(el("section", {}, el("h2", {}, "Activation histogram"), histogram(rec)));
+    cols.appendChild(el("section", {class: "card"}, el("h2", {}, "Activation histogram"), histogram(rec)));
     const labs = rec.labels.max || [];
-    cols.appendChild(el("section", {id: "labels"}, el("h2", {}, "Labels of the top images"),
-      labs.length ? bars(labs.map(([l, c]) => [className(l), c])) : el("p", {class: "muted"}, "no labels")));
+    cols.appendChild(el("section", {class: "card", id: "labels"}, el("h2", {}, "Labels of the top images"),
+      labs.length ? bars(labs.map(([l, c]) => [className(l), c]), "top images (by max)", true)
+        : el("p", {class: "muted"}, "no labels")));
     if (rec.lens) {
-      cols.appendChild(el("section", {id: "words"}, el("h2", {}, "Top words (concept lens)"),
-        bars(rec.lens.map(([w, c]) => [words[w], c]))));
+      cols.appendChild(el("section", {class: "card", id: "words"}, el("h2", {}, "Top words (concept lens)"),
+        bars(rec.lens.map(([w, c]) => [words[w], c]), "cosine with the word's text embedding")));
     }
     if (rec.neighbours) {
-      cols.appendChild(el("section", {id: "neighbours"}, el("h2", {}, "Decoder neighbours (cosine)"),
-        bars(rec.neighbours.map(([i, c]) => ["latent " + i, c, SS.latentHref(i)]))));
+      cols.appendChild(el("section", {class: "card", id: "neighbours"}, el("h2", {}, "Decoder neighbours"),
+        bars(rec.neighbours.map(([i, c]) => ["latent " + i, c, SS.latentHref(i)]), "cosine of decoder directions")));
     }
     out.push(cols);
     return out;
@@ -178,7 +256,7 @@
       }
     });
     box.replaceChildren(el("h2", {}, "Steer this latent (model " + info.model + ")"),
-      el("p", {}, "mode ", mode, " strength ", strength, " ", go,
+      el("p", {}, el("label", {}, "mode ", mode), " ", el("label", {}, "strength ", strength), " ", go,
         el("span", {class: "muted"}, " on its top " + images.length + " images")), out);
     patchExplorer(box, info, images[0] === undefined ? 0 : images[0]);
   }
@@ -247,13 +325,18 @@
     });
     showIndex();
     box.appendChild(el("h2", {}, "Which latents fire on a patch"));
-    box.appendChild(el("p", {}, "dataset image ", index, " or upload ", upload, el("span", {class: "muted"}, " — click a patch")));
+    box.appendChild(el("p", {}, el("label", {}, "dataset image ", index), " or ", el("label", {}, "upload ", upload),
+      el("span", {class: "muted"}, " — click a patch")));
     box.appendChild(el("div", {class: "cols"}, wrap, out));
   }
 
   async function main() {
     try {
       meta = await load("meta");
+      const toggle = document.getElementById("show-heat");
+      const showHeat = () => document.body.classList.toggle("raw", !toggle.checked);
+      toggle.addEventListener("change", showHeat);
+      showHeat();
       window.addEventListener("hashchange", () => render().catch(SS.showError));
       await render();
     } catch (e) {
