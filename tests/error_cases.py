@@ -146,6 +146,23 @@ COMMANDS: dict[str, list[str]] = {
     "activations-1d": _train("{ws}/vec.npy"),
     "labels-wrong-length": [*_train("{ws}/rows.npy"), "--labels", "{ws}/labels-short.npy"],
     "sae-width-mismatch": _interpret(sae="{ws}/sae-d8"),
+    "labels-unknown-vocab": _interpret("--labels", "{ws}/no-words.txt"),
+    "labels-without-text": [
+        "interpret",
+        "--sae",
+        "{ws}/sae",
+        "--model",
+        "{ws}/dino",
+        *DATA,
+        "--split",
+        "train",
+        "--labels",
+        "cifar100",
+        "--device",
+        "cpu",
+        "--out",
+        "{ws}/new/stats",
+    ],  # fmt: skip
     "latent-out-of-range": _steer("--latent", "999", "--strength", "1"),
     "k-above-latents": _train("{ws}/acts", "--k", "64"),
     # non-finite numbers
@@ -287,6 +304,12 @@ def _api_stats_edited(ws: Path) -> None:
 
 def _api_sae_wrong_width(ws: Path) -> None:
     import torch
+def _api_labels_no_classes(ws: Path) -> None:
+    from sparsesteer.interpret.run import labels_vocab
+
+    labels_vocab("classes", None, "the activations (…)")
+
+
 
     from sparsesteer.sae import SparseAutoencoder
 
@@ -437,6 +460,7 @@ API = {
     "api-stats-edited": _api_stats_edited,
     "api-sae-wrong-width": _api_sae_wrong_width,
     "api-sae-numpy": _api_sae_numpy,
+    "api-labels-no-classes": _api_labels_no_classes,
     "api-unknown-arch": _api_unknown_arch,
     "api-unknown-dataset": _api_unknown_dataset,
     "api-sample-missing-file": _api_sample_missing_file,

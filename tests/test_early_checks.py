@@ -80,6 +80,24 @@ CASES: dict[str, tuple[list[str], str]] = {
         "(hook: 'blocks.2.resid_post' vs 'blocks.0.resid_post')",
     ),
     "interpret-tokens": (_interpret("--tokens", "clss"), "unknown token selection (--tokens) 'clss'"),
+    "interpret-labels-without-text": (
+        [
+            "interpret",
+            "--sae",
+            "{ws}/sae",
+            "--model",
+            "{ws}/dino",
+            *DATA,
+            "--labels",
+            "cifar100",
+            "--device",
+            "cpu",
+            "--out",
+            "{ws}/new/s",
+        ],  # fmt: skip
+        "--labels: model '{ws}/dino' (dinov2) has no text tower",
+    ),
+    "interpret-labels-unknown-vocab": (_interpret("--labels", "cifar10"), "--labels 'cifar10': no such file"),
     "interpret-vocab-missing": (
         [
             "interpret",

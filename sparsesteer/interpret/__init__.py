@@ -2,7 +2,7 @@
 streamed scores over a cached activation view, top-n selection for suppression); per-latent
 statistics in one streaming pass (`stats`: frequency, histograms, top images with per-patch
 activations), their files (`store`: save_stats / load_stats), decoder neighbours (`neighbours`),
-the concept lens (`lens`), patch heatmaps and montages (`heatmaps`).
+the concept lens (`lens`), CLIP-Dissect labels (`dissect`), patch heatmaps and montages (`heatmaps`).
 
 Attributes are imported lazily so that `sparsesteer --help` stays fast.
 """
@@ -30,6 +30,9 @@ _EXPORTS = {
     "Neighbours": "neighbours",
     "concept_lens": "lens",
     "LensWords": "lens",
+    "dissect_labels": "dissect",
+    "soft_wpmi": "dissect",
+    "ConceptLabels": "dissect",
     "heatmap": "heatmaps",
     "montage": "heatmaps",
     "stats_dataset": "heatmaps",

@@ -9,6 +9,7 @@ from ..utils import config as config_utils
 EXAMPLES = """examples:
   sparsesteer interpret --sae runs/sae --activations runs/cache --out runs/stats
   sparsesteer interpret --sae runs/sae-cls --activations runs/cache --vocab imagenet1k --montages 50 --out runs/stats
+  sparsesteer interpret --sae runs/sae-block6 --activations runs/cache --labels cifar100 --out runs/stats
   sparsesteer interpret --sae runs/sae --model openai/clip-vit-base-patch32 --dataset cifar10 --split test --out runs/stats
 """
 
@@ -19,11 +20,11 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser(
         "interpret",
-        help="per-latent statistics: frequency, histograms, top images, neighbours, concept lens",
+        help="per-latent statistics: frequency, histograms, top images, neighbours, concept lens, labels",
         description="One streaming pass of an SAE over an activation cache (or over the activations --model computes "
         "on --dataset images as the pass runs, with no cache): per latent firing frequency, mean "
         "and max activation, an activation histogram, the top images (with per-patch activations and labels), "
-        "decoder neighbours and optionally a concept lens and montages. Writes OUT/stats.json + "
+        "decoder neighbours and optionally a concept lens, CLIP-Dissect labels and montages. Writes OUT/stats.json + "
         "OUT/stats.safetensors (read them with sparsesteer.interpret.load_stats).",
         epilog=EXAMPLES,
         formatter_class=HelpFormatter,
@@ -31,7 +32,14 @@ def register(sub: argparse._SubParsersAction) -> None:
     config_utils.add_arguments(
         p,
         InterpretConfig,
-        metavars={"sae": "DIR", "activations": "CACHE", "out": "STATS", "dataset": "D", "vocab": "VOCAB"},
+        metavars={
+            "sae": "DIR",
+            "activations": "CACHE",
+            "out": "STATS",
+            "dataset": "D",
+            "vocab": "VOCAB",
+            "labels": "VOCAB",
+        },
     )
     add_overwrite(p)
     p.set_defaults(func=run, output_args=("out", "text_cache"))
@@ -43,7 +51,9 @@ def run(args: argparse.Namespace) -> int:
     from .run import INTERRUPTED_RUN, run_interpret
 
     cfg = config_utils.from_args(InterpretConfig, args, where="interpret")
-    outputs.claim(cfg.out, overwrite=args.overwrite, own=INTERRUPTED_RUN, inputs=[cfg.sae, cfg.activations, cfg.vocab])
+    outputs.claim(
+        cfg.out, overwrite=args.overwrite, own=INTERRUPTED_RUN, inputs=[cfg.sae, cfg.activations, cfg.vocab, cfg.labels]
+    )
     out, stats = run_interpret(cfg)
     freq = stats.frequency
     print(

@@ -55,11 +55,19 @@ class InterpretConfig(DeviceOptions):
     None = no lens."""
     lens_k: int = 10
     """Words kept per latent by the concept lens."""
+    labels: str | None = None
+    """CLIP-Dissect labels for every latent (any block and tokens; a model with a text tower): imagenet1k,
+    cifar100, classes (the dataset's class names) or a text file of words; None = no labels. Costs one
+    forward pass of the model over the images in the latents' top sets."""
+    labels_k: int = 5
+    """Best concepts kept per latent by --labels (the first is its label)."""
+    labels_images: int = 100
+    """Top images per latent that the --labels score reads (CLIP-Dissect's top-k)."""
     model: str | None = None
     """Model (hub id or directory) whose activations --dataset gives when there is no --activations; also
-    the model of the concept lens (None = the model the cache records)."""
+    the model of the concept lens and of --labels (None = the model the cache records)."""
     text_cache: str | None = None
-    """Directory caching the lens's text embeddings; None = no cache."""
+    """Directory caching the text embeddings of --vocab and --labels; None = no cache."""
     montages: int = 0
     """Write montages/latent_J.png (top images with patch heatmaps) for the N most frequent latents; 0 = none."""
     allow_mismatch: bool = False
@@ -72,7 +80,7 @@ class InterpretConfig(DeviceOptions):
             raise SparsesteerError("give --activations CACHE, or --model M and --dataset D to compute them on the fly")
         if self.limit is not None:
             positive_int(self.limit, "--limit")
-        for name in ("top_n", "n_bins", "batch_size", "lens_k", "image_batch_size"):
+        for name in ("top_n", "n_bins", "batch_size", "lens_k", "labels_k", "labels_images", "image_batch_size"):
             positive_int(getattr(self, name), "--" + name.replace("_", "-"))
         if self.max_images is not None:
             positive_int(self.max_images, "--max-images")

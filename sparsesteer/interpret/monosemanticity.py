@@ -86,8 +86,10 @@ def monosemanticity_from_top(
     )
 
 
-def embed_images(backbone: Any, dataset: Any, indices: list[int], *, batch_size: int = 64) -> np.ndarray:
-    """[n, d] `head` output of `backbone` on `dataset[indices]`."""
+def embed_images(
+    backbone: Any, dataset: Any, indices: list[int], *, batch_size: int = 64, desc: str = "monosemanticity: embed"
+) -> np.ndarray:
+    """[n, d] `head` output of `backbone` on `dataset[indices]` (`desc` labels the progress bar)."""
     import torch
 
     from ..data.batches import image_batches
@@ -105,7 +107,7 @@ def embed_images(backbone: Any, dataset: Any, indices: list[int], *, batch_size:
     with torch.no_grad():
         batches = image_batches(sub, backbone.preprocessor, batch_size=batch_size, workers=0)
         total = -(-len(indices) // batch_size)
-        for b in progress(batches, total=total, desc="monosemanticity: embed", unit="batch"):
+        for b in progress(batches, total=total, desc=desc, unit="batch"):
             out.append(backbone.embed_images(b.pixels.to(backbone.device)).double().cpu().numpy())
     return np.concatenate(out)
 

@@ -83,7 +83,7 @@ def _cache_source(cfg: InterpretConfig, sae: Any) -> _Source:
     cache = ActivationCache.open(act_path)
     view = rows_for(cache, sae.provenance, hook=cfg.hook, tokens=cfg.tokens)
     images, ds, notes = ImageSet.of_cache(cache), None, list[str]()
-    if cfg.dataset or cfg.split or cfg.montages:
+    if cfg.dataset or cfg.split or cfg.montages or cfg.labels:  # --labels embeds the images
         ds, notes = open_images(
             images,
             f"the activations ({cfg.activations})",
@@ -143,6 +143,8 @@ def _model_source(cfg: InterpretConfig, sae: Any, device: Any) -> _Source:
     )
     split = cfg.split or "train"
     ds = limit_dataset(open_dataset(cfg.dataset, split, data_root=cfg.data_root), cfg.limit, 0)
+    if cfg.labels:  # before the model loads
+        labels_vocab(cfg.labels, list(ds.classes) if ds.classes else None, f"--dataset {cfg.dataset}")
     backbone = load_backbone(cfg.model, device=device)
     rows = ModelRows(backbone, ds, [hook], tokens, split=split, image_batch_size=cfg.image_batch_size)
     cls_position = plan_hooks(backbone, [hook], tokens).cls_position
@@ -166,6 +168,46 @@ def _model_source(cfg: InterpretConfig, sae: Any, device: Any) -> _Source:
     return _Source(view, activations, data, classes, ImageSet.of_dataset(ds), ds, notes)
 
 
+LABELS_CLASSES = "classes"
+"""--labels value naming the dataset's own class names as the vocabulary (a file of that name wins)."""
+
+
+def labels_vocab(spec: str, classes: list | None, where: str) -> Any:
+    """The vocabulary of --labels: a built-in name or a file (`data.vocab.load_vocab`), or the class
+    names of the images (`classes`, recorded by `where`)."""
+    from ..data.vocab import BUILTIN_VOCABS, load_vocab, parse_vocab
+    from ..utils.errors import did_you_mean
+
+    known = (*BUILTIN_VOCABS, LABELS_CLASSES)
+    if not Path(spec).expanduser().exists() and spec not in known:
+        raise SparsesteerError(
+            f"--labels {spec!r}: no such file, and not a built-in vocabulary{did_you_mean(spec, known)} "
+            f"({', '.join(BUILTIN_VOCABS)}, or {LABELS_CLASSES}: the dataset's class names)"
+        )
+    if spec != LABELS_CLASSES or Path(spec).is_file():
+        return load_vocab(spec)
+    if not classes:
+        raise SparsesteerError(
+            f"--labels {LABELS_CLASSES}: {where} records no class names; give a vocabulary (imagenet1k, cifar100 or "
+            "a text file of words)"
+        )
+    return parse_vocab("\n".join(str(c) for c in classes), f"{LABELS_CLASSES} ({where})")
+
+
+def check_text_model(model: str | None) -> None:
+    """Refuse, from its config alone (before any load), a --labels model without a text tower."""
+    from ..models.backbone import model_shape
+
+    if not model:
+        raise SparsesteerError("--labels: the cache records no model; pass --model (a CLIP or SigLIP model)")
+    shape = model_shape(model)
+    if not shape.has_text:
+        raise SparsesteerError(
+            f"--labels: model {model!r} ({shape.arch}) has no text tower; CLIP-Dissect labels embed the vocabulary "
+            "with the model's text tower: give --model a CLIP or SigLIP model"
+        )
+
+
 def run_interpret(cfg: InterpretConfig) -> tuple[Path, LatentStats]:
     """Compute, save and return the statistics of `cfg.sae` over `cfg.activations`, or (with
     `--model`) over activations that the model computes on `--dataset` images during the pass."""
@@ -184,14 +226,21 @@ def run_interpret(cfg: InterpretConfig) -> tuple[Path, LatentStats]:
         from ..data.vocab import load_vocab
 
         vocab = load_vocab(cfg.vocab)
+    if cfg.labels and (cfg.labels != LABELS_CLASSES or Path(cfg.labels).is_file()):
+        labels_vocab(cfg.labels, None, "")  # a missing or empty file fails here, before any work
     sae = SparseAutoencoder.load(cfg.sae, device=device)
     if cfg.activations:
         src = _cache_source(cfg, sae)
         where = f"the activations ({cfg.activations})"
+        if cfg.labels:
+            check_text_model(cfg.model or (src.activations.get("model") or {}).get("id"))
     else:
+        if cfg.labels:
+            check_text_model(cfg.model)
         src = _model_source(cfg, sae, device)
         where = f"the model's activations ({cfg.model} on {cfg.dataset})"
     view, activations, data_meta, classes = src.view, src.activations, src.data, src.classes
+    dissect_vocab = labels_vocab(cfg.labels, classes, where) if cfg.labels else None
     lens_model = cfg.model or (activations.get("model") or {}).get("id")
     if vocab is not None and not lens_model:
         raise SparsesteerError("--vocab: the cache records no model; pass --model")
@@ -209,6 +258,7 @@ def run_interpret(cfg: InterpretConfig) -> tuple[Path, LatentStats]:
         hist_max=cfg.hist_max,
         batch_size=cfg.batch_size,
         max_images=cfg.max_images,
+        keep_images=cfg.labels_images if dissect_vocab is not None else 0,
     )
     if cfg.neighbours:
         stats.neighbours = decoder_neighbours(sae.W_dec, k=min(cfg.neighbours, sae.n_latents - 1))
@@ -228,14 +278,48 @@ def run_interpret(cfg: InterpretConfig) -> tuple[Path, LatentStats]:
     }
     if notes:
         meta["provenance_overridden"] = notes
-    if vocab is not None:
+    backbones: dict[str, Any] = {}  # the lens and the labels share one load
+
+    def backbone_of(model: str) -> Any:
         from ..models.backbone import load_backbone
+
+        if model not in backbones:  # a streamed pass already holds its model
+            same = isinstance(view, StreamView) and cfg.model == model
+            backbones[model] = view.rows.backbone if same else load_backbone(model, device=device)
+        return backbones[model]
+
+    if vocab is not None:
         from .lens import concept_lens
 
-        backbone = load_backbone(str(lens_model), device=device)
+        backbone = backbone_of(str(lens_model))
         with torch.no_grad():
             stats.lens = concept_lens(sae, backbone, vocab, k=min(cfg.lens_k, len(vocab)), cache_dir=cfg.text_cache)
         meta["lens"] = {"vocab": vocab.describe(), "model": lens_model, "template": "{}"}
+    if dissect_vocab is not None:
+        from . import dissect
+
+        probe_top = stats.probe_top
+        assert probe_top is not None  # latent_stats keeps it when keep_images > 0
+        with torch.no_grad():
+            stats.dissect = dissect.dissect_labels(
+                probe_top,
+                backbone_of(str(lens_model)),
+                src.dataset,
+                dissect_vocab,
+                k=min(cfg.labels_k, len(dissect_vocab)),
+                cache_dir=cfg.text_cache,
+                image_batch_size=cfg.image_batch_size,
+            )
+        meta["dissect"] = {
+            "vocab": dissect_vocab.describe(),
+            "model": lens_model,
+            "method": "CLIP-Dissect SoftWPMI (Oikarinen & Weng, ICLR 2023)",
+            "template": dissect.TEMPLATE,
+            "top_images": cfg.labels_images,
+            "temperature": dissect.TEMPERATURE,
+            "lambda": dissect.LAMBDA,
+            "inclusion": [dissect.P_START, dissect.P_END],
+        }
     stats.meta = meta
     out = Path(cfg.out)
     from ..utils.plots import frequency_histogram

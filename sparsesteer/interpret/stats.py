@@ -75,6 +75,11 @@ class LatentStats:
     """`neighbours.Neighbours` or None."""
     lens: Any = None
     """`lens.LensWords` or None."""
+    dissect: Any = None
+    """`dissect.ConceptLabels` (CLIP-Dissect labels) or None."""
+    probe_top: np.ndarray | None = None
+    """int64 [n_latents, keep_images] each latent's best images by max over tokens, values > 0 only
+    (-1: empty), when `latent_stats(keep_images=...)` asked for them: what `dissect` reads. Not saved."""
 
     @property
     def n_latents(self) -> int:
@@ -200,10 +205,12 @@ def latent_stats(
     max_images: int | None = None,
     progress: bool = True,
     desc: str = "interpret",
+    keep_images: int = 0,
 ) -> LatentStats:
     """One pass over `view` (see the module docstring). `batch_size` rows per chunk (rounded down to
     whole images; results do not depend on it); `max_images` stops after that many images; `desc`
-    labels the progress bar."""
+    labels the progress bar; `keep_images` > 0 also keeps each latent's best `keep_images` images by
+    the "max" ranking without their tokens (`LatentStats.probe_top`, for CLIP-Dissect labels)."""
     import torch
 
     from ..utils.progress import progress as bar
@@ -228,6 +235,7 @@ def latent_stats(
         rankings["cls"] = is_cls
         rankings["patch"] = ~is_cls
     tops = {name: _RunningTop(L, top_n, m) for name in rankings}
+    probe = _RunningTop(L, keep_images, 1) if keep_images > 0 else None
     fire_count = np.zeros(L, np.int64)
     image_count = np.zeros(L, np.int64)
     act_sum = np.zeros(L, np.float64)
@@ -283,6 +291,8 @@ def latent_stats(
                 uk = ks[starts]
                 if name == "max":
                     image_count += np.bincount(uk % L, minlength=L)
+                    if probe is not None:  # the same scores, one "token" each: no per-token vectors kept
+                        probe.update(uk, scores, image_ids, uk, np.zeros(len(uk), np.int64), scores, ordered)
                 tops[name].update(uk, scores, image_ids, keys, tok, val, ordered)
             pb.update(stop - start)
     top = {}
@@ -303,4 +313,5 @@ def latent_stats(
         hist_centres=centres,
         hist_counts=hist.reshape(L, n_bins),
         top=top,
+        probe_top=probe.images if probe is not None else None,
     )

@@ -16,13 +16,15 @@ latent for 10 top images per ranking of 50 tokens, against 7 KB in version 1):
                                        -1 empty)    for each ranking in meta["rankings"] (max, cls, patch)
     neighbours.indices [L, k] int32, neighbours.cosine [L, k] float32      (when computed)
     lens.indices [L, k] int32, lens.cosine [L, k] float32                   (when computed; words in JSON)
+    dissect.indices [L, k] int32 (-1: no label), dissect.scores [L, k] float32 (NaN: no label)
+                                            CLIP-Dissect labels (when computed; words in JSON)
 An image in several rankings of a latent is stored once. `load_stats` gives back `TopImages` as
 `latent_stats` returns them, the token activations to within scale / 510 (the browser's heatmaps
 quantise to 0..255 anyway). Version 1 files (float32 tokens per ranking) are refused by name.
 stats.json: format, format_version, n_rows, n_images, n_latents, token_positions, rankings, top_n,
 hist (min, max, n_bins), sae (path, weights_sha256, tensors_sha256, arch, k), activations (path,
 settings_sha256, hook, tokens, model), dataset (spec, split: where the images are), classes,
-lens (vocabulary and its sha256), tensors_sha256 (of stats.safetensors), meta_sha256 (of stats.json's
+lens (vocabulary and its sha256), dissect (vocabulary, model, settings, words), tensors_sha256 (of stats.safetensors), meta_sha256 (of stats.json's
 own contents without this field: canonical JSON, sorted keys). Loading refuses an edited or damaged
 file of either kind, and tensors whose shapes disagree with stats.json, naming the file.
 """
@@ -143,6 +145,9 @@ def _tensors(stats: LatentStats) -> dict[str, np.ndarray]:
         if got is not None:
             out[f"{name}.indices"] = got.indices.astype(_int_dtype(-(2**31), int(got.indices.max(initial=0))))
             out[f"{name}.cosine"] = got.cosine.astype(np.float32)
+    if stats.dissect is not None:
+        out["dissect.indices"] = stats.dissect.indices.astype(np.int32)
+        out["dissect.scores"] = stats.dissect.scores.astype(np.float32)
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
 
 
@@ -195,6 +200,8 @@ def save_stats(stats: LatentStats, out: str | os.PathLike) -> Path:
     }
     if stats.lens is not None:
         meta["lens"] = {**meta.get("lens", {}), "words": list(stats.lens.words)}
+    if stats.dissect is not None:
+        meta["dissect"] = {**meta.get("dissect", {}), "words": list(stats.dissect.words)}
     meta["meta_sha256"] = meta_sha256(meta)
     io.write_json(out / META, meta)
     return out
@@ -227,6 +234,9 @@ def _check_shapes(file: Path, t: dict[str, np.ndarray], meta: dict[str, Any]) ->
     want["examples.tokens"] = (E, m)
     for name in meta["rankings"]:
         want |= {f"top.{name}.values": (L, n), f"top.{name}.example": (L, n)}
+    if "dissect.indices" in t:  # optional: statistics without labels load as before
+        k = (t["dissect.indices"].shape[1:] or (-1,))[0]  # a 1-D tensor fails the check below
+        want |= {"dissect.indices": (L, k), "dissect.scores": (L, k)}
     for name, shape in want.items():
         if name not in t:
             raise SparsesteerError(f"{file} has no tensor {name!r} (listed by {META}): the statistics are damaged")
@@ -256,6 +266,7 @@ def load_stats(
     with different ones, naming the checksum (or spec) that differs."""
     from safetensors.numpy import load_file
 
+    from .dissect import ConceptLabels
     from .lens import LensWords
     from .neighbours import Neighbours
 
@@ -339,4 +350,10 @@ def load_stats(
         stats.neighbours = Neighbours(t["neighbours.indices"].astype(np.int64), t["neighbours.cosine"])
     if "lens.indices" in t:
         stats.lens = LensWords(t["lens.indices"].astype(np.int64), t["lens.cosine"], tuple(meta["lens"]["words"]))
+    if "dissect.indices" in t:
+        words = tuple(meta["dissect"]["words"])
+        idx = t["dissect.indices"].astype(np.int64)
+        if idx.max(initial=-1) >= len(words):
+            raise SparsesteerError(f"{file}: dissect.indices points outside the {len(words)} label words of {META}")
+        stats.dissect = ConceptLabels(idx, t["dissect.scores"], words)
     return stats

@@ -177,13 +177,32 @@ def latent_record(stats: LatentStats, j: int, table: dict[str, np.ndarray], keep
         ]
     if stats.lens is not None:
         rec["lens"] = [[int(i), _sig(float(c), 4)] for i, c in zip(stats.lens.indices[j], stats.lens.cosine[j])]
+    if stats.dissect is not None:  # CLIP-Dissect labels, best first (none for a latent that never fires)
+        d = stats.dissect
+        rec["dissect"] = [[d.words[int(i)], _sig(float(c), 4)] for i, c in zip(d.indices[j], d.scores[j]) if i >= 0]
     return rec
+
+
+def dissect_label(stats: LatentStats, j: int) -> tuple[str, float | None]:
+    """Latent j's CLIP-Dissect label and its score ("", None without one)."""
+    d = stats.dissect
+    if d is None or d.indices.shape[1] == 0 or d.indices[j, 0] < 0:
+        return "", None
+    return d.words[int(d.indices[j, 0])], _sig(float(d.scores[j, 0]), 3)
 
 
 def _word_index(stats: LatentStats, table: dict[str, np.ndarray], words: list[str]) -> dict[int, list[int]]:
     """word index -> latents it is a top word of: the first three lens words of each latent (by
-    cosine) with a lens, else the most common label of its top images (by purity)."""
+    cosine) with a lens, else the most common label of its top images (by purity); with CLIP-Dissect
+    labels, first the latents it labels (by score; `words` holds the label words too)."""
     out: dict[int, list[tuple[float, int]]] = {}
+    labelled: dict[int, list[tuple[float, int]]] = {}
+    if stats.dissect is not None:
+        pos = {w: i for i, w in enumerate(words)}
+        for j in range(stats.n_latents):
+            word, score = dissect_label(stats, j)
+            if word:
+                labelled.setdefault(pos[word], []).append((-(score if score is not None else -math.inf), j))
     if stats.lens is not None:
         k = min(3, stats.lens.indices.shape[1])
         for j in range(stats.n_latents):
@@ -195,7 +214,12 @@ def _word_index(stats: LatentStats, table: dict[str, np.ndarray], words: list[st
             w = int(table["label"][j])
             if w < len(words):
                 out.setdefault(w, []).append((-float(table["purity"][j]), int(j)))
-    return {w: [j for _, j in sorted(v)] for w, v in out.items()}
+    ranked = {w: [j for _, j in sorted(v)] for w, v in out.items()}
+    for w, v in labelled.items():
+        first = [j for _, j in sorted(v)]
+        seen = set(first)
+        ranked[w] = first + [j for j in ranked.get(w, []) if j not in seen]
+    return ranked
 
 
 def check_images(stats: LatentStats, dataset: ImageDataset) -> np.ndarray:
@@ -279,6 +303,8 @@ def _write(stats, stage: Path, dataset, ids, thumb, page_size, chunk_bytes, titl
     classes = list(stats.meta.get("classes") or getattr(dataset, "classes", None) or [])
     lens_words = list(stats.lens.words) if stats.lens is not None else None
     words = lens_words if lens_words is not None else classes
+    if stats.dissect is not None:  # search finds latents by label too: the label words join the list
+        words = list(dict.fromkeys([*words, *stats.dissect.words]))
 
     def top_word(j: int) -> str:
         if stats.lens is not None and lens_words is not None and stats.lens.indices.shape[1]:
@@ -302,7 +328,7 @@ def _write(stats, stage: Path, dataset, ids, thumb, page_size, chunk_bytes, titl
             sl = ids_o[p * page_size : (p + 1) * page_size]
             rows = [
                 [int(j), _sig(float(freq[j])), _sig(float(table["max"][j])), _sig(float(table["purity"][j]), 3),
-                 top_word(int(j))]
+                 top_word(int(j)), *(dissect_label(stats, int(j)) if stats.dissect is not None else ())]
                 for j in sl
             ]  # fmt: skip
             write(f"data/pages/{name}-{p}.js", _js(f"pages/{name}-{p}", rows))
@@ -337,6 +363,7 @@ def _write(stats, stage: Path, dataset, ids, thumb, page_size, chunk_bytes, titl
         "rankings": list(stats.top),
         "classes": classes,
         "lens": lens_words is not None,
+        "dissect": stats.dissect is not None,
         "n_words": len(words),
         "word_groups": groups,
         "grid": grid,

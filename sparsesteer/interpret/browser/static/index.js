@@ -1,6 +1,6 @@
 "use strict";
 // The index: precomputed sorted pages (data/pages/ORDER-P.js), a density filter that skips pages
-// whose every latent is denser than the limit, and search by id or by top word. State lives in
+// whose every latent is denser than the limit, and search by id or by top word (or CLIP-Dissect label). State lives in
 // the URL hash (order, page, thr, q) so that views can be linked.
 (function () {
   const {el, fmt, load} = SS;
@@ -36,11 +36,14 @@
   }
 
   function row(r) {
-    const [id, freq, max, purity, word] = r;
-    return el("tr", {"data-latent": id},
+    const [id, freq, max, purity, word, label, score] = r;
+    const tr = el("tr", {"data-latent": id},
       el("td", {}, el("a", {href: SS.latentHref(id)}, String(id))),
       el("td", {class: "word"}, word || "–"),
       el("td", {}, fmt(freq)), el("td", {}, fmt(max)), el("td", {}, fmt(purity)));
+    // CLIP-Dissect label and its SoftWPMI score, when the statistics have labels
+    if (meta.dissect) tr.appendChild(el("td", {class: "word label"}, label ? label + " (" + fmt(score) + ")" : "–"));
+    return tr;
   }
 
   let token = 0; // the newest navigation; an older one whose data arrives later is dropped
@@ -137,6 +140,9 @@
     }
     document.title = meta.title;
     document.getElementById("title").textContent = meta.title;
+    if (meta.dissect) {
+      document.querySelector("#latents thead tr").appendChild(el("th", {class: "word label"}, "label (score)"));
+    }
     const ds = meta.dataset || {};
     document.getElementById("about").textContent =
       "SAE " + (meta.sae.arch || "?") + (meta.sae.k ? " k=" + meta.sae.k : "") + " on " + (meta.model || "?") +

@@ -12,6 +12,11 @@
     return meta.classes[label] !== undefined ? meta.classes[label] : String(label);
   }
 
+  // A CLIP-Dissect label [word, score] as text ("–" for none).
+  function dissectText(x) {
+    return x ? x[0] + " (" + fmt(x[1]) + ")" : "–";
+  }
+
   function fact(name, value) {
     return el("div", {}, el("b", {}, name), value);
   }
@@ -193,7 +198,8 @@
       fact("frequency (tokens)", fmt(rec.frequency)), fact("image frequency", fmt(rec.image_frequency)),
       fact("mean when active", fmt(rec.mean_active)), fact("mean", fmt(rec.mean)), fact("max", fmt(rec.max)),
       fact("active tokens", rec.fire_count), fact("active images", rec.image_count),
-      fact("label purity (top images)", fmt(rec.purity))))];
+      fact("label purity (top images)", fmt(rec.purity)),
+      ...(rec.dissect ? [fact("label (CLIP-Dissect)", dissectText(rec.dissect[0]))] : [])))];
     for (const name of meta.rankings) {
       const items = rec.top[name];
       const head = el("div", {class: "card-head"}, el("h2", {}, "Top images by " + name +
@@ -216,6 +222,12 @@
     if (rec.lens) {
       cols.appendChild(el("section", {class: "card", id: "words"}, el("h2", {}, "Top words (concept lens)"),
         bars(rec.lens.map(([w, c]) => [words[w], c]), "cosine with the word's text embedding")));
+    }
+    if (rec.dissect) {
+      cols.appendChild(el("section", {class: "card", id: "dissect"}, el("h2", {}, "Labels (CLIP-Dissect)"),
+        rec.dissect.length ? el("ol", {}, rec.dissect.map((x) => el("li", {}, dissectText(x))))
+          : el("p", {class: "muted"}, "no label: never active"),
+        el("p", {class: "muted"}, "SoftWPMI of the word with the latent's top images")));
     }
     if (rec.neighbours) {
       cols.appendChild(el("section", {class: "card", id: "neighbours"}, el("h2", {}, "Decoder neighbours"),
