@@ -115,7 +115,8 @@ def tiny_testbed(tmp_path_factory) -> tuple[Path, Path]:
 def _args(data: Path, model: Path, out: Path, *extra: str) -> list[str]:
     return ["reproduce", "testbed", "--model", str(model), "--dataset", f"folder:{data}", "--blocks", "0,1",
             "--seeds", "0,1", "--n-sae", "60", "--sae-steps", "3", "--sae-batch-size", "64", "--expansion", "2",
-            "--k", "4", "--ns", "1,2", "--workers", "0", "--device", "cpu", "--out", str(out), *extra]  # fmt: skip
+            "--k", "4", "--ns", "1,2", "--workers", "0", "--device", "cpu", "--no-paper-runs", "--out", str(out),
+            *extra]  # fmt: skip
 
 
 @pytest.mark.slow
@@ -147,6 +148,9 @@ def test_reproduce_testbed_end_to_end_on_a_tiny_model(tiny_testbed, tmp_path, ca
         assert s["block"] in (0, 1) and len(s["classes"]) == 10
         assert max(s["select_mean_dp"], key=s["select_mean_dp"].get) == str(s["block"])
     assert any(e.startswith("steerability: steerable fraction of SAE features") for e in effects)
+    # --no-paper-runs: no VS2 or sparsity rows, sections or directories
+    assert not any(e.startswith(("VS2", "sparsity:")) for e in effects) and "## VS2" not in md
+    assert not (out / "vs2").exists() and not (out / "sparsity").exists() and res["paper_runs"] is None
     # a rerun finds every stage current and changes nothing
     before = (out / "results.json").read_bytes()
     assert main(_args(data, model, out, "--control", str(model))) == 0
@@ -171,3 +175,37 @@ def test_mean_sd_of_no_values_is_nan_without_a_warning():
         mean, sd = _ms([])
         assert np.isnan(mean) and sd == 0.0
         assert _ms([0.25, 0.75]) == (0.5, pytest.approx(np.std([0.25, 0.75], ddof=1)))
+
+
+def test_spearman_against_hand_worked_ranks():
+    from sparsesteer.experiments.testbed.effects_report import spearman
+
+    assert spearman([0, 1, 2], [1, 3, 2]) == pytest.approx(0.5)  # ranks (1,2,3) vs (1,3,2)
+    # ties share their rank: y ranks (1.5, 1.5, 3); cov 1.5 / sqrt(2 * 1.5)
+    assert spearman([1, 2, 3], [5, 5, 6]) == pytest.approx(1.5 / np.sqrt(3.0))
+    assert spearman([1, 2, 3], [9, 4, 1]) == pytest.approx(-1.0)
+    assert np.isnan(spearman([1, 2, 3], [4, 4, 4])) and np.isnan(spearman([1], [2]))
+
+
+def test_paper_rows_repeat_vs2_and_sparsity_without_targets():
+    """The VS2 rows carry `reproduce vs2`'s change against zero-shot (points -> fraction); the sparsity
+    rows read the all-token SAEs only, in block order."""
+    from sparsesteer.experiments.testbed.effects_report import paper_rows, render
+
+    vs2 = {"rows": [{"key": "zeroshot", "delta_vs_zeroshot": 0.0}, {"key": "vs2", "delta_vs_zeroshot": 4.5},
+                    {"key": "vs2_pass", "delta_vs_zeroshot": -1.25}]}  # fmt: skip
+    sp = {"rows": [{"block": 2, "tokens": "all", "l0_cls": 30.0, "l0_patch": 90.0},
+                   {"block": 0, "tokens": "all", "l0_cls": 10.0, "l0_patch": 40.0},
+                   {"block": 1, "tokens": "all", "l0_cls": 20.0, "l0_patch": 40.0},
+                   {"block": 0, "tokens": "cls", "l0_cls": 99.0, "l0_patch": None}]}  # fmt: skip
+    rows = {r["effect"]: r for r in paper_rows(vs2, sp)}
+    assert rows["VS2: top-1 change vs zero-shot (clean test, final CLS)"]["mean"] == pytest.approx(0.045)
+    assert rows["VS2 + PASS: top-1 change vs zero-shot (clean test, final CLS)"]["mean"] == pytest.approx(-0.0125)
+    assert not any(e.startswith("VS2++") for e in rows)  # absent from the run: no row
+    rho = rows["sparsity: CLS L0 rises with depth (Spearman rho over blocks, all-token SAEs)"]["mean"]
+    assert rho == pytest.approx(1.0)
+    assert rows["sparsity: patch L0 / CLS L0 (median over blocks, all-token SAEs)"]["mean"] == pytest.approx(3.0)
+    assert all(r["target"] is None and r["pass"] is None for r in rows.values())
+    text = render(list(rows.values()))
+    assert "| 4.5 |" in text and "| -1.2 |" in text and "FAIL" not in text and "(reported)" in text
+    assert paper_rows(None, None) == []

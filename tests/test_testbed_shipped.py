@@ -108,3 +108,38 @@ def test_reproduce_testbed_shows_the_planted_effects(cifar10_jpeg_module, tmp_pa
     dp_random = np.mean([c["test_random"]["dp"] for c in classes])
     assert dp >= 0.01 and dp - dp_random >= 0.01
     assert sum(c["test"]["dp"] > 0 for c in classes) >= 7
+
+
+@pytest.mark.slow
+def test_reproduce_testbed_runs_vs2_and_sparsity_on_the_shipped_sample(tmp_path):
+    """The paper pipelines of `reproduce testbed` (stages vs2 and sparsity) on the shipped model and the
+    shipped cifar10-sample (no download): VS2 tuned on train's validation part and reported on test,
+    ReLU SAEs at every block and token type, and the effects table's rows read from both."""
+    from sparsesteer.cli import main
+    from sparsesteer.experiments.testbed.effects_report import paper_rows
+
+    out = tmp_path / "effects"
+    common = ["reproduce", "testbed", "--dataset", "cifar10-sample", "--seeds", "0", "--n-sae", "200",
+              "--n-test", "200", "--sae-steps", "40", "--expansion", "2", "--workers", "0", "--device", "cpu",
+              "--out", str(out)]  # fmt: skip
+    assert main([*common, "--stage", "vs2"]) == 0
+    assert main([*common, "--stage", "sparsity"]) == 0
+    vs2 = json.loads((out / "vs2" / "results.json").read_text())
+    sp = json.loads((out / "sparsity" / "results.json").read_text())
+    assert vs2["model"]["id"] == "testbed" and vs2["test_split"] == "test" and vs2["n_test"] == 1000
+    by_key = {r["key"]: r for r in vs2["rows"]}
+    assert {"zeroshot", "vs2", "vs2_pass", "vs2pp_pseudo", "vs2pp_oracle"} <= set(by_key)
+    assert (
+        "validation part" in by_key["vs2"]["settings"]["tuned_on"] and "train" in by_key["vs2"]["settings"]["tuned_on"]
+    )
+    assert {(r["block"], r["tokens"]) for r in sp["rows"]} == {
+        (b, t) for b in range(6) for t in ("all", "cls", "patch")
+    }
+    assert sp["sae"]["arch"] == "relu" and sp["test_split"] == "test" and sp["n_test_images"] == 200
+    rows = {r["effect"]: r for r in paper_rows(vs2, sp)}
+    assert rows["VS2: top-1 change vs zero-shot (clean test, final CLS)"]["mean"] == pytest.approx(
+        by_key["vs2"]["delta_vs_zeroshot"] / 100
+    )
+    # 40 steps make no usable SAE (the full run's figures are in docs/benchmarks.md): only that every row
+    # was measured, on the SAE's own latents
+    assert all(0 < r["l0_mean"] <= 256 and np.isfinite(r["explained_variance_pct"]) for r in sp["rows"])

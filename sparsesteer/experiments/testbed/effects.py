@@ -9,6 +9,10 @@ planted mechanisms are known per image.
     suppress -> the units ranked word vs no word and frame vs no frame (`suppression.sweep.rank_units`,
                 the score of `reproduce typographic` / `disentangle`), zero-shot predictions of every
                 method x block x n on both splits (`suppression.sweep.predictions`)
+    steer    -> per class, the latent most tied to it set on the other classes' images, vs a random latent
+    steerability -> `reproduce steerability` on the first seed's SAEs, against the random-init model
+    vs2      -> `reproduce vs2` on the clean images, into OUT/vs2 (--no-paper-runs skips it)
+    sparsity -> `reproduce sparsity` with ReLU SAEs on the clean images, into OUT/sparsity (likewise)
     control  -> the detect and suppress stages on --control (first seed), into OUT/control
     report   -> results.json, results.md: one table of effects, each with its target and margin
 
@@ -48,6 +52,7 @@ MIXED_PLANTING = {"select": "seed=31,word=0.5,words=misleading,cue_in=0.5,cue_ou
                   "test": "seed=2,word=0.5,words=misleading,cue_in=0.5,cue_out=0.5"}  # fmt: skip
 """Both shortcuts, each on half the images, independent of each other and of the class."""
 ROLES = ("select", "test")
+SPARSITY_TOKENS = ("all", "cls", "patch")
 
 
 @dataclasses.dataclass
@@ -159,6 +164,34 @@ class EffectsRun(RunContext):
         classes = list(self.mixed("test").images.classes)
         return ZeroShotClassifier.build(self.backbone, classes, get_templates("ensemble"), cache_dir=self.path("text"))
 
+    def vs2_config(self) -> Any:
+        """`reproduce vs2` on the clean images: SAEs and tuning on the selection split, rows on the test
+        split, VS2++ retrieving with the testbed's own image embeddings (no DINOv2 offline), Table 7's
+        multi-block rows for the block counts the model has."""
+        from ..vs2.config import VS2Config
+
+        c = self.cfg
+        return VS2Config(
+            model=c.model, dataset=c.dataset, train_split=c.select_split, test_split=c.test_split,
+            data_root=c.data_root, retriever="clip", device=c.device, batch_size=c.batch_size, workers=c.workers,
+            multi_layer=tuple(n for n in (2, 3) if n <= self.shape.n_blocks),
+        )  # fmt: skip
+
+    def sparsity_config(self) -> Any:
+        """`reproduce sparsity` on the clean images: one ReLU + L1 SAE per block and token type (top-k
+        would fix L0), at the run's expansion, steps and batch, trained on n_sae selection-split images
+        and measured on n_test test images."""
+        from ..clipsteer.sparsity.config import SparsityConfig
+
+        c = self.cfg
+        return SparsityConfig(
+            model=c.model, dataset=c.dataset, train_split=c.select_split, test_split=c.test_split,
+            data_root=c.data_root, limit_train=c.n_sae, limit_test=c.n_test, seed=self.seeds[0], blocks="all",
+            tokens=SPARSITY_TOKENS, arch="relu", l1_coeff=c.l1_coeff, expansion=c.expansion, sae_lr=c.sae_lr,
+            sae_batch_size=c.sae_batch_size, sae_steps=c.sae_steps, templates="ensemble", device=c.device,
+            batch_size=c.batch_size, workers=c.workers,
+        )  # fmt: skip
+
     def check_inputs(self) -> None:
         """Refuse what cannot work before any stage runs: a model without a text tower or the blocks,
         a dataset without CIFAR-10's ten classes, an unreadable --control."""
@@ -177,6 +210,12 @@ class EffectsRun(RunContext):
             from ...models.backbone import model_shape
 
             model_shape(c.control)
+        if c.paper_runs:  # their own checks (sizes, kNN, splits) before any stage, not after an hour
+            from ..clipsteer.sparsity.run import SparsityRun
+            from ..vs2.run import VS2Run
+
+            VS2Run(self.vs2_config(), self.path("vs2")).check_inputs()
+            SparsityRun(self.sparsity_config(), self.path("sparsity")).check_inputs()
 
 
 def cache(run: EffectsRun) -> None:
@@ -244,6 +283,26 @@ def steerability(run: EffectsRun) -> None:
     measure(cfg, run.path("steerability"))
 
 
+def vs2(run: EffectsRun) -> None:
+    """`reproduce vs2` on the clean images (`EffectsRun.vs2_config`)."""
+    from ..vs2.pipeline import reproduce as measure
+
+    if not run.cfg.paper_runs:
+        shutil.rmtree(run.path("vs2"), ignore_errors=True)
+        return
+    measure(run.vs2_config(), run.path("vs2"))
+
+
+def sparsity(run: EffectsRun) -> None:
+    """`reproduce sparsity` on the clean images (`EffectsRun.sparsity_config`)."""
+    from ..clipsteer.sparsity.pipeline import reproduce as measure
+
+    if not run.cfg.paper_runs:
+        shutil.rmtree(run.path("sparsity"), ignore_errors=True)
+        return
+    measure(run.sparsity_config(), run.path("sparsity"))
+
+
 def control(run: EffectsRun) -> None:
     """The detect and suppress stages on the untrained-mechanism testbed (first seed)."""
     c = run.cfg
@@ -291,13 +350,48 @@ STAGES: tuple[Stage[EffectsRun], ...] = (
         "reproduce steerability on the SAEs of the first seed, against the random-init model",
     ),
     Stage(
+        "vs2",
+        ("model", "dataset", "data_root", "select_split", "test_split", "paper_runs"),
+        (),
+        vs2,
+        "reproduce vs2 on the clean images (VS2, VS2++, PASS on the final CLS)",
+    ),
+    Stage(
+        "sparsity",
+        (
+            "model",
+            "dataset",
+            "data_root",
+            "select_split",
+            "test_split",
+            "n_sae",
+            "n_test",
+            "seeds",
+            "expansion",
+            "l1_coeff",
+            "sae_lr",
+            "sae_batch_size",
+            "sae_steps",
+            "paper_runs",
+        ),
+        (),
+        sparsity,
+        "reproduce sparsity on the clean images (ReLU SAEs per block and token type)",
+    ),  # fmt: skip
+    Stage(
         "control",
         (*COMMON, *SAE_FIELDS, "control", "seeds", "select_split", "test_split", "n_sae", "n_select", "n_test", "ns"),
         (),
         control,
         "the negative control (--control)",
     ),  # fmt: skip
-    Stage("report", (), ("detect", "suppress", "steer", "steerability", "control"), report, "results.json, results.md"),
+    Stage(
+        "report",
+        (),
+        ("detect", "suppress", "steer", "steerability", "vs2", "sparsity", "control"),
+        report,
+        "results.json, results.md",
+    ),
 )
 
 

@@ -74,6 +74,10 @@ class EffectsConfig(RunOptions, SAEOptions):
     control: str | None = None
     """A testbed trained without planted mechanisms (`testbed build --word 0 --cue-in 0 --cue-out 0`):
     its detection and suppression rows are the negative control (first seed only)."""
+    paper_runs: bool = True
+    """Also run `reproduce vs2` (VS2, VS2++, PASS on the final CLS; tuned on the selection split's
+    validation part) and `reproduce sparsity` (ReLU SAEs per block and token type) on the testbed's clean
+    images: their rows are reported whatever their sign, with no target."""
     k: int = 16
     """Active latents per token (topk, batchtopk)."""
     expansion: int = 8

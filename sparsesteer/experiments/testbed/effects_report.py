@@ -230,6 +230,96 @@ def effect_rows(
     return rows
 
 
+VS2_ROWS = (("vs2", "VS2"), ("vs2_pass", "VS2 + PASS"), ("vs2pp_pseudo", "VS2++ (pseudo labels)"),
+            ("vs2pp_oracle", "VS2++ (oracle labels)"))  # fmt: skip
+"""The VS2 rows of `reproduce vs2` that the effects table repeats (key, label)."""
+
+
+def _ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, ties sharing their average rank."""
+    order = np.argsort(x, kind="stable")
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.arange(1, len(x) + 1)
+    for v in np.unique(x):
+        ranks[x == v] = ranks[x == v].mean()
+    return ranks
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    """Spearman's rank correlation (nan when either side is constant or has < 2 values)."""
+    a, b = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return float("nan")
+    return float(np.corrcoef(_ranks(a), _ranks(b))[0, 1])
+
+
+def paper_rows(vs2: dict[str, Any] | None, sparsity: dict[str, Any] | None) -> list[dict[str, Any]]:
+    """Rows of the paper pipelines run on the testbed, reported with no target (issue: 'whatever the
+    sign'): VS2 / VS2++ / PASS top-1 change against zero-shot on the clean test split, and two layouts
+    of the sparsity paper (CLS L0 rising with depth; patches denser than the CLS) on all-token SAEs."""
+    rows: list[dict[str, Any]] = []
+
+    def add(effect: str, value: float, pct: bool) -> None:
+        rows.append({"effect": effect, "mean": value, "sd": 0.0, "n": 1, "pct": pct, "target": None,
+                     "margin": None, "pass": None})  # fmt: skip
+
+    if vs2 is not None:
+        by_key = {r["key"]: r for r in vs2["rows"]}
+        for key, label in VS2_ROWS:
+            if key in by_key:
+                add(f"{label}: top-1 change vs zero-shot (clean test, final CLS)",
+                    by_key[key]["delta_vs_zeroshot"] / 100.0, True)  # fmt: skip
+    if sparsity is not None:
+        every = sorted((r for r in sparsity["rows"] if r["tokens"] == "all"), key=lambda r: r["block"])
+        if every:
+            blocks = [r["block"] for r in every]
+            add("sparsity: CLS L0 rises with depth (Spearman rho over blocks, all-token SAEs)",
+                spearman(blocks, [r["l0_cls"] for r in every]), False)  # fmt: skip
+            ratio = [r["l0_patch"] / r["l0_cls"] for r in every if r["l0_cls"]]
+            if ratio:
+                add("sparsity: patch L0 / CLS L0 (median over blocks, all-token SAEs)", float(np.median(ratio)), False)
+    return rows
+
+
+def vs2_section(vs2: dict[str, Any]) -> str:
+    """`reproduce vs2`'s rows on the testbed, as its own report prints them (top-1 and settings)."""
+    sae = vs2["sae"]
+    head = (
+        f"\n## VS2 / VS2++ / PASS (`reproduce vs2`, in `vs2/`)\n\nClean {vs2['test_split']} split ({vs2['n_test']} "
+        f"images); SAE: top-k on block {sae['block']}'s CLS, {sae['expansion']}x, k {sae['k']}, test FVU "
+        f"{sae['fvu']['test']:.3f}; tuned on the {vs2['validation']['split']} ({vs2['validation']['n']} images). "
+        "No target: reported whatever the sign.\n\n"
+    )
+    body = md_table(
+        ["method", "top-1 %", "Δ vs zero-shot", "settings (tuned on validation)"],
+        [[r["method"], f"{r['top1']:.2f}", f"{r['delta_vs_zeroshot']:+.2f}",
+          ", ".join(f"{k}={v}" for k, v in r["settings"].items() if k != "tuned_on")] for r in vs2["rows"]],
+    )  # fmt: skip
+    return head + body + "\n"
+
+
+def _num(x: Any, fmt: str) -> str:
+    return "—" if x is None or not np.isfinite(x) else format(x, fmt)
+
+
+def sparsity_section(sp: dict[str, Any]) -> str:
+    """`reproduce sparsity`'s per-block table on the testbed."""
+    sae = sp["sae"]
+    head = (
+        f"\n## Sparsity by block and token type (`reproduce sparsity`, in `sparsity/`)\n\nReLU + L1 SAEs "
+        f"(l1 {sae.get('l1_coeff', '?')}, {sae.get('expansion', '?')}x) on the clean {sp['train_split']} split, "
+        f"measured on {sp['n_test_images']} {sp['test_split']} images; % CE recovered with the "
+        f"{sp['zeroshot']['templates']} prompts.\n\n"
+    )
+    body = md_table(
+        ["block", "tokens", "patch L0", "CLS L0", "% EV", "% CE recovered", "% alive"],
+        [[str(r["block"]), r["tokens"], _num(r["l0_patch"], ".1f"), _num(r["l0_cls"], ".1f"),
+          _num(r["explained_variance_pct"], ".1f"), _num(r["ce_recovered_pct"], ".1f"), _num(r["alive_pct"], ".1f")]
+         for r in sorted(sp["rows"], key=lambda r: (r["block"], r["tokens"]))],
+    )  # fmt: skip
+    return head + body + "\n"
+
+
 def render(rows: list[dict[str, Any]]) -> str:
     return md_table(
         ["effect", "measured", "target", "margin", ""],
@@ -249,13 +339,16 @@ def write(run: Any) -> Path:
     det, sup = io.read_json(run.path("detect.json")), io.read_json(run.path("suppress.json"))
     steer = io.read_json(run.path("steer.json"))
     steerability = io.read_json(run.path("steerability", "results.json"))
-    rows = effect_rows(det, sup, steer, steerability)
+    vs2 = io.read_json(run.path("vs2", "results.json")) if c.paper_runs else None
+    sparsity = io.read_json(run.path("sparsity", "results.json")) if c.paper_runs else None
+    rows = effect_rows(det, sup, steer, steerability) + paper_rows(vs2, sparsity)
     tab = suppression_table(sup)
     result: dict[str, Any] = {
         "model": c.model, "dataset": c.dataset, "splits": {"select": c.select_split, "test": c.test_split},
         "sets": det["sets"], "seeds": list(run.seeds), "blocks": list(run.blocks), "tokens": c.tokens,
         "sae": {"arch": c.arch, "k": c.k, "expansion": c.expansion, "steps": c.sae_steps, "n_sae": c.n_sae},
         "rows": rows, "detection": {a: det[a] for a in ("word", "cue")}, "suppression": tab, "steering": steer,
+        "paper_runs": {"vs2": "vs2/results.json", "sparsity": "sparsity/results.json"} if c.paper_runs else None,
     }  # fmt: skip
     control_md = ""
     if c.control is not None:
@@ -278,6 +371,8 @@ def write(run: Any) -> Path:
         f"Unedited on the test split: clean {b['clean'] * 100:.1f}%, attacked {b['attacked'] * 100:.1f}% (oracle "
         f"{b['attacked_oracle'] * 100:.1f}%), worst group {b['worst_group'] * 100:.1f}% (oracle "
         f"{b['worst_group_oracle'] * 100:.1f}%) vs average {b['average'] * 100:.1f}%.\n\n{render(rows)}\n{control_md}"
+        + (vs2_section(vs2) if vs2 is not None else "")
+        + (sparsity_section(sparsity) if sparsity is not None else "")
     )
     io.write_text(run.path("results.md"), text)
     return run.path("results.md")
