@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from ...models.hook_names import hook_name
+from ...models.hook_names import TokenSelection, hook_name
 from ...utils import io
 from ...utils.config import to_dict
 from ...utils.errors import SparsesteerError
@@ -52,7 +52,7 @@ MIXED_PLANTING = {"select": "seed=31,word=0.5,words=misleading,cue_in=0.5,cue_ou
                   "test": "seed=2,word=0.5,words=misleading,cue_in=0.5,cue_out=0.5"}  # fmt: skip
 """Both shortcuts, each on half the images, independent of each other and of the class."""
 ROLES = ("select", "test")
-SPARSITY_TOKENS = ("all", "cls", "patch")
+SPARSITY_TOKENS: tuple[TokenSelection, ...] = ("all", "cls", "patch")
 
 
 @dataclasses.dataclass
