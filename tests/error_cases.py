@@ -192,6 +192,7 @@ COMMANDS: dict[str, list[str]] = {
     "train-into-a-used-dir": _train(out="{ws}/used"),
     "steer-into-a-used-dir": [*_steer("--latent", "0", "--strength", "1"), "--out", "{ws}/used"],
     "train-stopped-early": _train(out="{ws}/stopped"),
+    "train-over-a-finished-run": _train(out="{ws}/finished"),
     "evaluate-over-earlier-results": ["evaluate", "--sae", "{ws}/evaluated", "--activations", "{ws}/acts"],
     "overwrite-an-input": [
         "export",
@@ -247,6 +248,7 @@ COMMANDS: dict[str, list[str]] = {
     "vs2-multi-layer-one": [*VS2, "--multi-layer", "1"],
     "vs2-same-splits": [*VS2, "--test-split", "train"],
     "vs2-k-above-latents": [*VS2, "--sae-expansion", "2", "--sae-k", "64"],
+    "vs2-neighbours-above-fit": [*VS2, "--val-fraction", "0.25"],
     "sparsity-k-above-latents": [
         "reproduce",
         "sparsity",
@@ -314,6 +316,27 @@ def _api_labels_no_classes(ws: Path) -> None:
     from sparsesteer.sae import SparseAutoencoder
 
     SparseAutoencoder.load(ws / "sae").encode(torch.zeros(3, 7))
+
+
+def _api_train_saved_sae_differs(ws: Path) -> None:
+    """The SAE a finished run saved reads back other than trained (a failing disk, simulated): the
+    checkpoint is the only good copy, so it is not deleted."""
+    from unittest import mock
+
+    import torch
+
+    from sparsesteer.sae import SAEConfig, SparseAutoencoder
+    from sparsesteer.sae.train import TrainConfig, train
+
+    def load_damaged(path, *args, **kwargs):
+        sae = real(path, *args, **kwargs)
+        with torch.no_grad():
+            sae.b_dec.add_(1.0)
+        return sae
+
+    real = SparseAutoencoder.load
+    with mock.patch.object(SparseAutoencoder, "load", side_effect=load_damaged):
+        train(ws / "rows.npy", SAEConfig(k=2, n_latents=32), TrainConfig(batch_size=16, steps=2), ws / "new" / "t")
 
 
 def _api_sae_numpy(ws: Path) -> None:
@@ -459,6 +482,7 @@ API = {
     "api-steer-non-finite-input": _api_steer_non_finite_input,
     "api-stats-edited": _api_stats_edited,
     "api-sae-wrong-width": _api_sae_wrong_width,
+    "api-train-saved-sae-differs": _api_train_saved_sae_differs,
     "api-sae-numpy": _api_sae_numpy,
     "api-labels-no-classes": _api_labels_no_classes,
     "api-unknown-arch": _api_unknown_arch,
@@ -518,6 +542,8 @@ def build_error_workspace(ws: Path, clip: Path) -> Path:
     (ws / "used" / "notes.txt").write_text("mine")
     (ws / "stopped").mkdir()  # a training run killed before its first checkpoint
     (ws / "stopped" / "train_config.json").write_text("{}")
+    shutil.copytree(ws / "sae", ws / "finished")  # a finished training run: its SAE, settings, no checkpoint
+    (ws / "finished" / "train_config.json").write_text("{}")
     shutil.copytree(ws / "sae", ws / "evaluated")
     (ws / "evaluated" / "eval.json").write_text("{}")
     shutil.copytree(ws / "sae", ws / "nested" / "sae")

@@ -48,6 +48,7 @@ TRAIN = [
     "--init-samples", "512",
     "--device", "cpu",
     "--no-bf16",  # equality to float tolerance is a float32 property (bf16 rounds per matmul blocking)
+    "--keep-state",  # the finished runs' optimiser moments and counters are compared
 ]  # fmt: skip
 
 

@@ -127,6 +127,11 @@ CASES: dict[str, tuple[list[str], str]] = {
     ),
     "vs2-val-fraction-zero": (_vs2("--val-fraction", "0"), "--val-fraction must be in (0, 1)"),
     "vs2-val-part-empty": (_vs2("--val-fraction", "0.01"), "validation split of 0.01 x 12 train items is empty"),
+    "vs2-neighbours-above-fit": (
+        _vs2(),  # 12 train images, 1 held out: the tune stage's kNN database has 11 rows, --neighbours is 50
+        "--neighbours 50: VS2++ retrieves 50 neighbours per validation query from the 11 fit rows of split 'train' "
+        "(12 images, minus 1 held out by --val-fraction 0.1); give --neighbours 11 or fewer",
+    ),
     "vs2-multi-layer-deep": (_vs2("--multi-layer", "2,9"), "--multi-layer 9: steering the last 9 blocks"),
     "vs2-multi-layer-one": (_vs2("--multi-layer", "1"), "--multi-layer 1: Table 7 steers the last n >= 2"),
     "vs2-k-above-latents": (_vs2("--sae-k", "64"), "--sae-k 64: k must be smaller than the SAE's 64 latents"),

@@ -202,7 +202,7 @@ def test_train_stopped_before_its_first_checkpoint_is_resumable(tmp_path, capsys
     assert main([*argv, "--resume"]) == 0
     assert (out / "cfg.json").is_file() and json.loads((out / "train_config.json").read_text())
     assert main(argv) == 2
-    assert "already holds a training run (checkpoint at step 4): pass --resume" in capsys.readouterr().err
+    assert "already holds a finished training run (its SAE is saved; nothing to resume)" in capsys.readouterr().err
 
 
 def test_reproduce_continues_its_own_run_and_refuses_another_experiments(tmp_path, inputs, capsys):

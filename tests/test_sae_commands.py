@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from helpers import make_activation_cache
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
 
 from sparsesteer.activations.loader import TensorSource
 from sparsesteer.cli import main
@@ -61,14 +61,10 @@ def test_train_refuses_a_non_empty_out_that_is_not_its_run_unless_overwrite(cach
     assert run_train(cache, lens) == 2
     one_line_error(capsys, f"{lens} is not empty", "cfg.json, sae_weights.safetensors", "--overwrite")
     assert snapshot(lens) == before
-    # a saved SAE without its checkpoint folder, and a folder of other files
+    # a saved SAE that is not a training run (no train_config.json), and a folder of other files
     assert run_train(cache, tmp_path / "sae") == 0
     capsys.readouterr()
-    for p in (tmp_path / "sae" / "state").rglob("*"):
-        p.unlink() if p.is_file() else None
-    for d in sorted((tmp_path / "sae" / "state").rglob("*"), reverse=True):
-        d.rmdir()
-    (tmp_path / "sae" / "state").rmdir()
+    (tmp_path / "sae" / "train_config.json").unlink()
     assert run_train(cache, tmp_path / "sae") == 2
     one_line_error(capsys, "is not empty", "holds no training run to resume")
     (tmp_path / "notes").mkdir()
@@ -84,13 +80,12 @@ def test_train_refuses_a_non_empty_out_that_is_not_its_run_unless_overwrite(cach
         "cfg.json",
         "metrics.jsonl",
         "sae.safetensors",
-        "state",
         "train_config.json",
     ]
     assert SparseAutoencoder.load(lens).metadata["hook"] == "blocks.2.resid_post"
-    # a run with a checkpoint still asks for --resume (or --overwrite)
+    # a finished run is not replaced without --overwrite
     assert run_train(cache, lens) == 2
-    one_line_error(capsys, "already holds a training run", "--resume", "--overwrite")
+    one_line_error(capsys, "already holds a finished training run", "--overwrite")
     assert run_train(cache, lens, "--overwrite", "--resume") == 2
     one_line_error(capsys, "give only one")
 
@@ -123,6 +118,43 @@ def test_resume_needs_a_run_and_a_finished_run_keeps_its_outputs(cache, tmp_path
         str(cache), SAEConfig(k=2, expansion=2), TrainConfig(batch_size=64, steps=6, log_every=3), out, resume=True
     )
     assert res.steps == 6 and res.metrics[0] == final
+
+
+def test_a_finished_run_holds_the_sae_not_the_optimiser_state(cache, tmp_path, capsys):
+    """Issue 23: the checkpoint (weights + Adam's two moments, about 3x the SAE) is deleted once the SAE
+    is saved and read back; --keep-state keeps it, and an unfinished run keeps it to resume."""
+    out = tmp_path / "run"
+    assert main(["train", "--activations", str(cache), *QUICK[:2], "--n-latents", "256", *QUICK[4:],
+                 "--out", str(out)]) == 0  # fmt: skip
+    sae_bytes = (out / "sae.safetensors").stat().st_size + (out / "cfg.json").stat().st_size
+    total = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
+    assert not (out / "state").exists(), sorted(p.name for p in out.rglob("*"))
+    assert total < 1.25 * sae_bytes, (total, sae_bytes)  # the rest: train_config.json and metrics.jsonl
+    # --resume of the finished run reads it back, and changed settings are still named
+    capsys.readouterr()
+    assert main(["train", "--activations", str(cache), *QUICK[:2], "--n-latents", "256", *QUICK[4:],
+                 "--out", str(out), "--resume"]) == 0  # fmt: skip
+    assert f"{out}: fvu=" in capsys.readouterr().out and not (out / "state").exists()
+    assert main(["train", "--activations", str(cache), "--k", "3", "--n-latents", "256", *QUICK[4:],
+                 "--out", str(out), "--resume"]) == 2  # fmt: skip
+    one_line_error(capsys, f"cannot resume {out}: its saes settings differ", "k: 2 vs 3")
+    # --keep-state: the last checkpoint stays, with the optimiser moments
+    kept = tmp_path / "kept"
+    assert run_train(cache, kept, "--keep-state") == 0
+    (state,) = (kept / "state").iterdir()
+    assert any(".opt." in k for k in load_file(state / "state.safetensors"))
+    # a finished run that still has its checkpoint (killed before deleting it): --resume deletes it
+    assert run_train(cache, kept, "--resume") == 0
+    assert not (kept / "state").exists() and (kept / "sae.safetensors").is_file()
+    # an unfinished run (--stop-at) keeps its checkpoint and resumes to the same SAE
+    part = tmp_path / "part"
+    assert run_train(cache, part, "--stop-at", "3") == 0
+    assert [p.name for p in (part / "state").iterdir()] == ["000000003"]
+    assert run_train(cache, part, "--resume") == 0
+    assert not (part / "state").exists()
+    assert load_file(part / "sae.safetensors").keys() == load_file(kept / "sae.safetensors").keys()
+    for key, value in load_file(kept / "sae.safetensors").items():
+        assert torch.equal(load_file(part / "sae.safetensors")[key], value), key
 
 
 # ------------------------------------------------------------------ sweeps

@@ -161,10 +161,28 @@ def test_resume_after_sigkill_gives_bit_identical_weights(tmp_path):
 def test_rerun_without_resume_is_refused_and_changed_settings_cannot_resume(tmp_path):
     x = data()
     train(x, SAEConfig(k=4, n_latents=32), TrainConfig(batch_size=256, steps=4), tmp_path / "r")
-    with pytest.raises(SparsesteerError, match="already holds a training run.*--resume"):
+    with pytest.raises(SparsesteerError, match="already holds a finished training run.*--overwrite"):
         train(x, SAEConfig(k=4, n_latents=32), TrainConfig(batch_size=256, steps=4), tmp_path / "r")
     with pytest.raises(SparsesteerError, match=r"saes settings differ.*k: 4 vs 8"):
         train(x, SAEConfig(k=8, n_latents=32), TrainConfig(batch_size=256, steps=4), tmp_path / "r", resume=True)
+
+
+def test_the_checkpoint_is_deleted_only_after_the_saved_sae_reads_back_as_trained(tmp_path, monkeypatch):
+    real = SparseAutoencoder.load
+
+    def load_damaged(path, *args, **kwargs):  # a disk that returns other bytes than were written
+        sae = real(path, *args, **kwargs)
+        with torch.no_grad():
+            sae.W_dec[0, 0] += 1.0
+        return sae
+
+    monkeypatch.setattr(SparseAutoencoder, "load", load_damaged)
+    with pytest.raises(SparsesteerError, match=r"does not read back as trained \(W_dec\): its checkpoint stays"):
+        train(data(), SAEConfig(k=4, n_latents=32), TrainConfig(batch_size=256, steps=3), tmp_path / "r")
+    assert [p.name for p in (tmp_path / "r" / "state").iterdir()] == ["000000003"]
+    monkeypatch.setattr(SparseAutoencoder, "load", real)
+    train(data(), SAEConfig(k=4, n_latents=32), TrainConfig(batch_size=256, steps=3), tmp_path / "r", resume=True)
+    assert not (tmp_path / "r" / "state").exists()
 
 
 def test_nan_in_a_batch_names_batch_and_source_row(tmp_path):

@@ -125,3 +125,19 @@ def test_model_flags_are_checked_before_any_work(tiny_clip_dir, data, tmp_path, 
     assert "not both" in capsys.readouterr().err
     assert main([*base, "--activations", "a.npy", "--hook", HOOKS[0], "--hook", HOOKS[1]]) == 2
     assert "need --model" in capsys.readouterr().err
+
+
+def test_streaming_several_epochs_says_what_the_forwards_cost_before_it_starts(tiny_clip_dir, data, tmp_path, capsys):
+    """Issue 23: every pass over the images reruns the model; the run says so, with the count, first."""
+    argv = ["-q", "train", "--model", str(tiny_clip_dir), "--dataset", f"folder:{data}", "--hook", HOOKS[0],
+            "--tokens", "cls", "--k", "2", "--n-latents", "16", "--epochs", "2", "--batch-size", "5",
+            "--workers", "0", "--device", "cpu", "--init-samples", "10", "--out", str(tmp_path / "s")]  # fmt: skip
+    assert main(argv) == 0
+    err = capsys.readouterr().err.splitlines()
+    (line,) = [x for x in err if "image forward passes" in x]
+    assert line == (
+        "training from the model, without a cache: 2 passes over 10 images = about 20 image forward passes: every "
+        "pass runs the model again (10 forwards per pass); a cache (`sparsesteer cache`, then --activations) runs "
+        "it once per image"
+    )
+    assert err.index(line) < min(i for i, x in enumerate(err) if ": training in " in x)  # before training starts

@@ -151,6 +151,22 @@ class ModelRows:
     def labels(self, start: int, stop: int) -> np.ndarray | None:
         return self._labels[start:stop].copy()
 
+    def cost(self, rows: int) -> str:
+        """The line `train --model` logs before it starts: training on `rows` rows reruns the model on
+        every pass over the images, which a cache would not (docs/scaling.md)."""
+        passes = rows / self.n_rows
+        forwards = -(-rows // self.tokens_per_image)  # whole images: a row's image runs whole
+        head = (
+            f"training from the model, without a cache: {passes:.3g} passes over {self.n_images:,} images "
+            f"= about {forwards:,} image forward passes"
+        )
+        if passes <= 1:
+            return head
+        return (
+            f"{head}: every pass runs the model again ({self.n_images:,} forwards per pass); a cache "
+            "(`sparsesteer cache`, then --activations) runs it once per image"
+        )
+
     def describe(self) -> dict[str, Any]:
         """What the rows are (compared on --resume, recorded in each SAE's provenance)."""
         bb = self.backbone

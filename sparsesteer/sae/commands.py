@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -14,6 +15,8 @@ from ..utils.errors import SparsesteerError, unknown
 
 if TYPE_CHECKING:
     from ..activations.cache import RowSource
+
+log = logging.getLogger(__name__)
 
 # SAE fields that take comma-separated lists on the command line; their product is the sweep.
 SWEEP_FIELDS = ("arch", "k", "expansion", "n_latents", "l1_coeff")
@@ -37,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         help="train SAE(s) on cached activations",
         description="Train one SAE, or a sweep of SAEs on the same batches (comma-separated values of "
         f"{', '.join('--' + f.replace('_', '-') for f in SWEEP_FIELDS)} form a grid). "
-        "Writes cfg.json + sae.safetensors, metrics.jsonl and resumable checkpoints to --out.",
+        "Writes cfg.json + sae.safetensors, metrics.jsonl and resumable checkpoints to --out; the last "
+        "checkpoint is deleted when the run finishes (--keep-state keeps it).",
         epilog=EXAMPLES,
         formatter_class=HelpFormatter,
     )
@@ -210,10 +214,13 @@ def run_train(args: argparse.Namespace) -> int:
         for d in model_widths(run):  # the flags against the model's config, before the load
             for c in sae_cfgs:
                 c.resolved(d)
-        source = open_model_rows(run, train_cfg)
+        stream = open_model_rows(run, train_cfg)
+        source = stream
     trainer = Trainer(source, sae_cfgs, train_cfg, run.out)  # provenance comes from the source
+    if run.model is not None and world.rank == 0:
+        log.info("%s", stream.cost(trainer.total * train_cfg.batch_size))
     try:
-        result = trainer.fit(resume=run.resume, overwrite=run.overwrite, stop_at=run.stop_at)
+        result = trainer.fit(resume=run.resume, overwrite=run.overwrite, stop_at=run.stop_at, keep_state=run.keep_state)
     except OSError as e:
         if e.filename is None:  # a failed write (disk full) inside a checkpoint: say where
             e.filename = str(run.out)

@@ -361,6 +361,10 @@ class TrainData:
     stop_at: int | None = None
     """Checkpoint and stop after this step (a time-boxed slot); --resume continues, with the same or
     another number of torchrun ranks. None = run to the end."""
+    keep_state: bool = False
+    """Keep the last checkpoint (state/: weights, Adam moments, counters; about 3x the SAE's size) once the
+    run has finished, e.g. to inspect the optimiser; by default it is deleted after the SAE is saved and
+    read back. A finished run is not continued either way (--resume only reads it back; more steps is a new run)."""
 
     def __post_init__(self) -> None:
         hooks = (self.hooks,) if isinstance(self.hooks, str) else tuple(self.hooks)

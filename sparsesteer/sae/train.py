@@ -7,12 +7,16 @@ normalisation are shared. The run directory:
     OUT/cfg.json + sae.safetensors      the trained SAE (one config), or OUT/<name>/... (a sweep)
     OUT/metrics.jsonl                   one JSON line per logged step
     OUT/train_config.json               the run's settings
-    OUT/state/<step>/                   the latest checkpoint (safetensors + JSON), see `_save_state`
+    OUT/state/<step>/                   the latest checkpoint (safetensors + JSON), see `_save_state`;
+                                        removed when the run finishes (`keep_state` keeps it)
 
 A checkpoint holds weights, optimiser moments, the step, the stream position, dead/dense
 counters, the objectives' state (PASS prototypes) and RNG states, so `resume=True` continues
 exactly: on CPU a run killed with SIGKILL and resumed ends with bit-identical weights to an
-uninterrupted one (tested).
+uninterrupted one (tested). It is about 3x the SAE's size (weights and Adam's two moments) and only
+an unfinished run needs it: once the SAEs are saved and read back equal, it is deleted. A finished
+run is not continued (its learning-rate schedule has ended; more steps is another run), so
+`resume=True` on it only reads its SAEs back.
 
 A run starts only in an empty (or new) directory, or replaces one's contents with
 `overwrite=True`; `resume=True` continues a run from its latest checkpoint (from step 0 when it
@@ -249,11 +253,13 @@ class Trainer:
         overwrite: bool = False,
         on_log: Callable[[int, list[SparseAutoencoder]], None] | None = None,
         stop_at: int | None = None,
+        keep_state: bool = False,
     ) -> TrainResult:
         """Run (or, with `resume`, continue) training; `overwrite` replaces what --out holds.
         `on_log(step, saes)` is called at every logged step with the SAEs in their training state
         (inputs scaled by `self.scale`). `stop_at`: checkpoint and return after that step (a
-        time-boxed slot; `resume` continues); the result then holds no SAEs.
+        time-boxed slot; `resume` continues); the result then holds no SAEs. `keep_state`: keep the
+        last checkpoint of a finished run (by default it is deleted once the SAEs are saved).
 
         Under torchrun every rank runs this: each trains on its slice of every global batch (the
         stream and its position are global), gradients, firing counts and metrics are summed over
@@ -267,6 +273,9 @@ class Trainer:
             torch.backends.cudnn.allow_tf32 = cfg.tf32
         state_dir = self.out / "state"
         settings = self._settings()
+        if resume and latest is None and _finished_run(self.out):  # its checkpoint already removed
+            _check_same_settings(self.out, io.read_json(self.out / TRAIN_CONFIG), settings)
+            return self._finished(self.total, keep_state=keep_state)
         if writer and (overwrite or (resume and latest is None)):
             outputs.clear_dir(self.out)  # --overwrite, or a run that stopped before its first checkpoint
         if writer:
@@ -283,7 +292,7 @@ class Trainer:
         if resume and latest is not None:
             step, position, scales = self._load_state(latest[1], members, settings)
             if step >= self.total and all((p / "cfg.json").is_file() for p in self.paths()):
-                return self._finished(step)  # nothing left to do: keep the run's outputs as they are
+                return self._finished(step, keep_state=keep_state)  # nothing to do: outputs kept as they are
         else:
             stats = self._init_stats()
             scales = {g: s for g, (s, _) in stats.items()}
@@ -348,6 +357,9 @@ class Trainer:
             distributed.barrier()
             return TrainResult(self.paths(), [], last, step)
         result = self._finish(members, last, step, time.time() - t0)
+        if writer and not keep_state:
+            _verify_saved(result, state_dir)
+            _remove_state(state_dir)
         distributed.barrier()  # the SAEs are on disk before any rank returns
         return result
 
@@ -412,11 +424,14 @@ class Trainer:
                     return [dict(record.get(name, {})) for name in self.names]
         return [{} for _ in self.names]
 
-    def _finished(self, step: int) -> TrainResult:
-        """The result of a run that had already finished, read back from its outputs."""
+    def _finished(self, step: int, *, keep_state: bool) -> TrainResult:
+        """The result of a run that had already finished, read back from its outputs; its checkpoint
+        (left by a run stopped between saving the SAEs and deleting it) goes unless `keep_state`."""
         paths = self.paths()
         saes = [SparseAutoencoder.load(p) for p in paths]
         metrics = [dict(sae.metadata.get("training", {}).get("final_metrics", {})) for sae in saes]
+        if not keep_state and self.world.rank == 0:
+            _remove_state(self.out / "state")
         return TrainResult(paths, saes, metrics, step)
 
     # ------------------------------------------------------------------ logging
@@ -484,14 +499,7 @@ class Trainer:
         self, path: Path, members: list[Member], settings: dict[str, Any]
     ) -> tuple[int, int, dict[str | None, float]]:
         meta = io.read_json(path / "state.json")
-        saved = meta["settings"]
-        for key in ("train", "saes", "source", "hooks"):
-            diff = first_difference(saved.get(key), settings.get(key))
-            if diff is not None:
-                raise SparsesteerError(
-                    f"cannot resume {self.out}: its {key} settings differ from this run's ({diff}); "
-                    "rerun with the original settings, choose another --out, or pass --overwrite to start over"
-                )
+        _check_same_settings(self.out, meta["settings"], settings)
         file = path / "state.safetensors"
         if io.sha256_file(file) != meta["state_sha256"]:
             raise SparsesteerError(f"{file}: checksum mismatch, the checkpoint is corrupted")
@@ -543,6 +551,42 @@ class Trainer:
             paths.append(path)
             saes.append(sae)
         return TrainResult(paths, saes, last, step)
+
+
+def _check_same_settings(out: Path, saved: dict[str, Any], settings: dict[str, Any]) -> None:
+    """A run is resumed (or a finished one read back) only with the settings it was started with."""
+    for key in ("train", "saes", "source", "hooks"):
+        diff = first_difference(saved.get(key), settings.get(key))
+        if diff is not None:
+            raise SparsesteerError(
+                f"cannot resume {out}: its {key} settings differ from this run's ({diff}); "
+                "rerun with the original settings, choose another --out, or pass --overwrite to start over"
+            )
+
+
+def _verify_saved(result: TrainResult, state_dir: Path) -> None:
+    """Read every saved SAE back (its checksum checked) and compare it with the trained one: the
+    checkpoint, the only other copy of the weights, is deleted next."""
+    for path, sae in zip(result.paths, result.saes):
+        saved = SparseAutoencoder.load(path).state_dict()
+        for key, value in sae.state_dict().items():
+            if key not in saved or not torch.equal(saved[key].cpu(), value.cpu()):
+                raise SparsesteerError(
+                    f"{path}: the saved SAE does not read back as trained ({key}): its checkpoint stays in "
+                    f"{state_dir}; check the disk, then pass --overwrite to train again"
+                )
+
+
+def _remove_state(state_dir: Path) -> None:
+    """Delete a finished run's checkpoints: each is first renamed out of the names `_latest_state`
+    reads (one atomic step), so a deletion cut short never leaves a half checkpoint that looks valid."""
+    if not state_dir.is_dir():
+        return
+    for p in list(state_dir.iterdir()):
+        if p.name[0].isdigit():
+            p = p.rename(state_dir / f".{p.name}.removed")
+        shutil.rmtree(p) if p.is_dir() else p.unlink()
+    state_dir.rmdir()
 
 
 def firing_metrics(since_fired: torch.Tensor, samples: int, dead_after: int) -> dict[str, float]:
@@ -696,10 +740,13 @@ def train(
     *,
     resume: bool = False,
     overwrite: bool = False,
+    keep_state: bool = False,
     metadata: dict[str, Any] | None = None,
 ) -> TrainResult:
     """Train SAE(s) on activations (tensor, .npy file or cache directory); see `Trainer`."""
-    return Trainer(activations, saes, cfg, out, metadata=metadata).fit(resume=resume, overwrite=overwrite)
+    return Trainer(activations, saes, cfg, out, metadata=metadata).fit(
+        resume=resume, overwrite=overwrite, keep_state=keep_state
+    )
 
 
 # ---------------------------------------------------------------------- helpers
@@ -710,7 +757,7 @@ def check_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = Fa
     The output policy of every command (`utils.outputs.claim`): a new run needs `out` to be new or
     empty, or `overwrite` (which replaces its contents). A training run there is continued only with
     `resume`: from its latest checkpoint, or from step 0 when it stopped before its first one (its
-    train_config.json is there, nothing else worth keeping).
+    train_config.json is there, nothing else worth keeping); a finished one is only read back.
     """
     out = Path(out)
     if resume and overwrite:
@@ -718,7 +765,7 @@ def check_run_dir(out: str | Path, *, resume: bool = False, overwrite: bool = Fa
     io.check_writable_dir(out)
     latest = _latest_state(out / "state")
     if resume:
-        if latest is None and not _stopped_early(out):
+        if latest is None and not _stopped_early(out) and not _finished_run(out):
             raise SparsesteerError(
                 f"--resume: {out} holds no training run to resume (no checkpoint under {out / 'state'}); "
                 "check --out, or leave out --resume to start a run"
@@ -734,14 +781,29 @@ TRAIN_CONFIG = "train_config.json"
 
 def _stopped_early(out: Path) -> bool:
     """A run that stopped before its first checkpoint: its train_config.json, no checkpoint and no
-    saved SAE (a finished run whose state/ was deleted is not one: restarting it would lose the SAE)."""
+    saved SAE (a finished run, whose checkpoint is deleted, is not one: restarting it would lose the SAE)."""
     if not (out / TRAIN_CONFIG).is_file() or _latest_state(out / "state") is not None:
         return False
-    return not any((p / "cfg.json").is_file() for p in (out, *(q for q in out.iterdir() if q.is_dir())))
+    return not _saved_sae(out)
+
+
+def _finished_run(out: Path) -> bool:
+    """A finished run whose checkpoint was deleted (the default): its train_config.json and saved
+    SAE(s), no checkpoint. (The checkpoint goes only after every SAE of the run is saved.)"""
+    return (out / TRAIN_CONFIG).is_file() and _latest_state(out / "state") is None and _saved_sae(out)
+
+
+def _saved_sae(out: Path) -> bool:
+    return any((p / "cfg.json").is_file() for p in (out, *(q for q in out.iterdir() if q.is_dir())))
 
 
 def _training_run_refusal(out: Path) -> str:
     latest = _latest_state(out / "state")
+    if latest is None and _finished_run(out):
+        return (
+            f"{out} already holds a finished training run (its SAE is saved; nothing to resume): choose another "
+            "--out, or pass --overwrite to replace it"
+        )
     if latest is None:
         return (
             f"{out} holds a training run that stopped before its first checkpoint: pass --resume to run it again "
@@ -755,7 +817,7 @@ def _training_run_refusal(out: Path) -> str:
 
 TRAINING_RUN = outputs.OwnRun(
     "training run to resume",
-    holds=lambda out: _latest_state(out / "state") is not None or _stopped_early(out),
+    holds=lambda out: _latest_state(out / "state") is not None or _stopped_early(out) or _finished_run(out),
     refusal=_training_run_refusal,
 )
 

@@ -121,7 +121,7 @@ def sae_provenance(path: Path) -> Provenance:
 
 def train_sae(view: RowView, opts: SAEOptions, out: Path, *, seed: int, device: str) -> None:
     """Train one SAE on `view` into `out`, unless it is there already with these settings (a stage
-    interrupted after some SAEs keeps them); the optimiser state is removed afterwards."""
+    interrupted after some SAEs keeps them); the trainer deletes its optimiser state when it finishes."""
     from ...sae import SAEConfig
     from ...sae.train import TrainConfig, Trainer
     from ...utils import io
@@ -146,8 +146,7 @@ def train_sae(view: RowView, opts: SAEOptions, out: Path, *, seed: int, device: 
         log.info("%s: trained with these settings already, kept", out)
         return
     shutil.rmtree(out, ignore_errors=True)
-    Trainer(view, sae_cfg, train_cfg, out, metadata={"run_settings_sha256": digest}).fit()
-    shutil.rmtree(out / "state", ignore_errors=True)  # the optimiser state: as big as the SAE, not needed
+    Trainer(view, sae_cfg, train_cfg, out, metadata={"run_settings_sha256": digest}).fit()  # deletes state/
 
 
 class BlockSAEs:

@@ -77,7 +77,9 @@ class VS2Run(TrainTestRun):
     def check_inputs(self) -> None:
         """Refuse, before any stage, what this run cannot do, naming the setting at fault: the settings
         against the model's config (a CLIP, the Table 7 block counts, k against the SAE width), then the
-        datasets and the validation part; the model itself loads in the first stage that needs it."""
+        datasets, the validation part and the kNN database it tunes against (--neighbours): every size a
+        stage needs follows from these, so a small dataset is refused here, not after caching and
+        training. The model itself loads in the first stage that needs it."""
         c, shape = self.cfg, self.shape
         if shape.arch != "clip":
             raise SparsesteerError(
@@ -97,7 +99,15 @@ class VS2Run(TrainTestRun):
             )
         from ...steering.tuning import validation_split
 
-        validation_split(len(self.dataset(c.train_split)), c.val_fraction, c.seed)
+        n_train = len(self.dataset(c.train_split))
+        fit, val = validation_split(n_train, c.val_fraction, c.seed)
+        if c.neighbours > len(fit):  # the tune stage's kNN database: test queries search all of train, more rows
+            limited = f", --limit-train {c.limit_train}" if c.limit_train is not None else ""
+            raise SparsesteerError(
+                f"--neighbours {c.neighbours}: VS2++ retrieves {c.neighbours} neighbours per validation query from "
+                f"the {len(fit)} fit rows of split {c.train_split!r} ({n_train} images{limited}, minus {len(val)} held "
+                f"out by --val-fraction {c.val_fraction:g}); give --neighbours {len(fit)} or fewer, or more train images"
+            )
         self.dataset(c.test_split)
 
     @property
