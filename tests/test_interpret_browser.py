@@ -290,6 +290,11 @@ def test_live_steer_matches_a_direct_forward(live, site):
         assert [p for _, p in row["before"]] == pytest.approx(sorted(b.tolist(), reverse=True)[:3], abs=1e-5)
         assert [p for _, p in row["after"]] == pytest.approx(sorted(a.tolist(), reverse=True)[:3], abs=1e-5)
     assert r["changed"] == int((p0.argmax(-1) != p1.argmax(-1)).sum())
+    # the panel's bar chart: every class's mean change of probability over the images, largest first
+    mean_delta = {classes[c]: float((p1[:, c] - p0[:, c]).mean()) for c in range(len(classes))}
+    want = sorted(mean_delta, key=lambda n: -abs(mean_delta[n]))[:10]
+    assert [n for n, _ in r["deltas"]] == want
+    assert [d for _, d in r["deltas"]] == pytest.approx([mean_delta[n] for n in want], abs=1e-5)
     for bad, status in (
         ({"latent": 48, "strength": 1.0, "images": [0]}, 404),
         ({"latent": 1, "strength": float("nan"), "images": [0]}, 400),

@@ -171,17 +171,35 @@ def test_static_site_from_the_file_system(site, page, tmp_path):
     word = stats.lens.words[1]
     pg.fill("#q", word)
     w = stats.lens.words.index(word)
-    with_word = {j for j in range(L) if w in stats.lens.indices[j, :3].tolist()}
-    pg.wait_for_function("document.querySelector('#pageinfo').textContent === 'search'")
-    assert set(_ids(pg)) == with_word
+    with_word = {j for j in range(L) if w in stats.lens.indices[j, :3].tolist() and stats.fire_count[j] > 0}
+    n_pages = -(-len(with_word) // 10)
+    info = "search" if n_pages == 1 else f"search: page 1 of {n_pages}"
+    pg.wait_for_function(f"document.querySelector('#pageinfo').textContent === '{info}'")
+    # every hit counted (no cap), shown a page at a time
+    assert pg.inner_text("#status").startswith(f"{len(with_word)} latents for ")
+    found = _ids(pg)
+    for p in range(1, n_pages):
+        pg.click("#next")
+        pg.wait_for_function(f"document.querySelector('#pageinfo').textContent === 'search: page {p + 1} of {n_pages}'")
+        found += _ids(pg)
+    assert sorted(found) == sorted(with_word)
+    for _ in range(1, n_pages):
+        pg.click("#prev")
+    pg.wait_for_function(f"document.querySelector('#pageinfo').textContent === '{info}'")
     # open a latent page from the results
     j = _ids(pg)[0]
     pg.click(f"#latents tbody tr[data-latent='{j}'] a")
     pg.wait_for_selector(f"body[data-ready='{j}']")
     assert pg.inner_text("#title") == f"Latent {j}"
     n_top = sum(int((t.images[j] >= 0).sum()) for t in stats.top.values())
-    assert _check_images(pg) == n_top
-    assert pg.eval_on_selector_all("canvas.heat", "cs => cs.length") == n_top  # a heatmap on every top image
+    _check_images(pg)
+    n_nb = sum(int(stats.top["max"].images[i, 0] >= 0) for i in stats.neighbours.indices[j])  # neighbours' top images
+    tops = ", ".join(f"[data-ranking='{r}'] img" for r in stats.top)
+    assert pg.eval_on_selector_all(tops, "is => is.length") == n_top
+    assert pg.eval_on_selector_all("#neighbours img", "is => is.length") == n_nb
+    assert (
+        pg.eval_on_selector_all(tops.replace(" img", " canvas.heat"), "cs => cs.length") == n_top
+    )  # a heatmap on every top image
     # the heatmap of the first top image: viridis yellow, nearly opaque, where the latent fires most;
     # clearer where it fires less (the scale spans the smallest to the largest patch value shown)
     grid = stats.top["max"].tokens[j, 0, 1:].reshape(4, 4)
@@ -200,6 +218,14 @@ def test_static_site_from_the_file_system(site, page, tmp_path):
     assert pg.eval_on_selector_all("#hist rect", "rs => rs.length") == int((stats.hist_counts[j] > 0).sum())
     nb = pg.eval_on_selector_all("#neighbours a", "as => as.map(a => a.getAttribute('href'))")
     assert nb == [f"latent.html#{i}" for i in stats.neighbours.indices[j]]
+    # each neighbour with its label and its top image
+    labels = read_data(out, "map")["labels"]
+    names = pg.eval_on_selector_all("#neighbours .name", "ns => ns.map(n => n.textContent)")
+    srcs = pg.eval_on_selector_all("#neighbours .name", "ns => ns.map(n => (n.querySelector('img') || {}).src || '')")
+    for i, name, src in zip(stats.neighbours.indices[j], names, srcs):
+        best = int(stats.top["max"].images[i, 0])
+        assert name.startswith(f"latent {i}") and (best < 0 or src.endswith(f"/img/0/{best}.jpg")), (name, src)
+        assert name == f"latent {i}" or name[len(f"latent {i} ") :] in labels
     assert all(stats.lens.words[i] in pg.inner_text("#words") for i in stats.lens.indices[j])
     pg.screenshot(path=str(tmp_path / "latent.png"), full_page=True)
     # following a neighbour link loads that latent's page
@@ -214,6 +240,88 @@ def test_static_site_from_the_file_system(site, page, tmp_path):
     # the data one latent page loads: meta + one chunk (+ words) + assets, far below 500 KB
     meta = read_data(out, "meta")
     assert meta["chunk_size"] >= 1
+
+
+def test_index_overview_map_and_filters(site, page):
+    """The summary card's counts, the map (drawn, hover names a latent, a click opens it), dead latents
+    hidden until asked, go to page, and the purity order's minimum support."""
+    import base64
+
+    out, stats = site
+    pg, errors = page
+    L = stats.n_latents
+    live = stats.fire_count > 0
+    dead = [j for j in range(L) if not live[j]]
+    freq = stats.fire_count / stats.n_rows
+    pg.goto((out / "index.html").as_uri())
+    pg.wait_for_selector("body[data-ready='1']")
+    assert pg.inner_text("#n-latents").endswith(str(L))
+    assert pg.inner_text("#n-dead").split("\n")[-1].startswith(f"{len(dead)} (")
+    assert pg.inner_text("#n-dense").split("\n")[-1].startswith(f"{int((freq > 0.1).sum())} (")
+    hist = read_data(out, "overview")["hist"]
+    assert pg.eval_on_selector_all("#freq-hist rect", "rs => rs.length") == sum(c > 0 for c in hist["counts"])
+    # the map: drawn pixels, one point per live latent
+    assert "PCA" in pg.inner_text("#map-method") or "UMAP" in pg.inner_text("#map-method")
+    assert pg.get_attribute("#map", "data-drawn") == str(int(live.sum()))
+    painted = pg.evaluate(
+        """() => { const c = document.getElementById('map'); const d = c.getContext('2d').getImageData(0, 0, c.width,
+        c.height).data; let n = 0; for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++; return n; }"""
+    )
+    assert painted > 20
+    # hovering and clicking the live latent farthest from any other point
+    m = read_data(out, "map")
+    xy = np.stack([np.frombuffer(base64.b64decode(m[a]), "<u2").astype(float) / 65534 for a in ("x", "y")], 1)
+    box = pg.locator("#map").bounding_box()
+    pos = np.stack([8 + xy[:, 0] * (520 - 16), 8 + (1 - xy[:, 1]) * (340 - 16)], 1) * box["width"] / 520
+    ids = np.flatnonzero(live)
+    dist = np.linalg.norm(pos[ids, None] - pos[None, ids], axis=2) + np.eye(len(ids)) * 1e9
+    j = int(ids[dist.min(1).argmax()])
+    label = m["labels"][int(np.frombuffer(base64.b64decode(m["label"]), "<u2")[j])]
+    pg.hover("#map", position={"x": float(pos[j, 0]), "y": float(pos[j, 1])})
+    assert pg.inner_text("#map-hover") == f"latent {j}: {label}" == pg.get_attribute("#map", "title")
+    pg.click("#map", position={"x": float(pos[j, 0]), "y": float(pos[j, 1])})
+    pg.wait_for_selector(f"body[data-ready='{j}']")
+    assert pg.inner_text("#title") == f"Latent {j}"
+    # dead latents: hidden by default, shown with the box
+    pg.goto((out / "index.html").as_uri() + "#order=id")
+    pg.wait_for_selector("body[data-ready='1']")
+    page_of = {p: [i for i in range(10 * p, min(10 * p + 10, L)) if live[i]] for p in range(5)}
+    p_dead = dead[0] // 10 if dead else 0
+    pg.fill("#jump", str(p_dead + 1))  # go to page
+    pg.dispatch_event("#jump", "change")
+    _wait_view(pg, f"page {p_dead + 1} of 5", page_of[p_dead])
+    n_dead = sum(1 for i in dead if i // 10 == p_dead)
+    assert pg.inner_text("#status") == (f"on this page: {n_dead} hidden (dead)" if n_dead else "")
+    pg.check("#dead")  # a filter changed: back to page 1
+    _wait_view(pg, "page 1 of 5", list(range(10)))
+    pg.fill("#jump", str(p_dead + 1))
+    pg.dispatch_event("#jump", "change")
+    _wait_view(pg, f"page {p_dead + 1} of 5", list(range(10 * p_dead, min(10 * p_dead + 10, L))))
+    pg.uncheck("#dead")
+    # purity: by default only latents active on at least top_n images; the support is an input
+    top_n = stats.top["max"].images.shape[1]
+    pg.select_option("#order", "purity")
+    pg.wait_for_function("document.querySelector('#pageinfo').textContent.startsWith('page 1 of')")
+    assert pg.input_value("#support") == str(top_n)
+    assert all(stats.image_count[i] >= top_n for i in _ids(pg))
+    big = int(stats.image_count.max())
+    pg.fill("#support", str(big))
+    pg.dispatch_event("#support", "change")
+    order = read_order(out, "purity")  # pages without such a latent are skipped, the others show only them
+    pages = [order[i : i + 10] for i in range(0, L, 10)]
+    pages = [[i for i in p if stats.image_count[i] >= big] for p in pages]
+    pages = [p for p in pages if p]
+    _wait_view(pg, f"page 1 of {len(pages)}", pages[0])
+    n_low = 10 - len(pages[0])
+    assert pg.inner_text("#status") == (
+        f"on this page: {n_low} hidden (active on fewer than {big} images)" if n_low else ""
+    )
+    assert errors == []
+
+
+def read_order(out, name: str) -> list[int]:
+    meta = read_data(out, "meta")
+    return [r[0] for p in range(meta["orders"][name]["n_pages"]) for r in read_data(out, f"pages/{name}-{p}")]
 
 
 def test_index_shows_a_page_number_only_over_its_rows(site, page):
@@ -307,6 +415,11 @@ def test_server_with_a_model_steers_and_explores_patches(site, page, request, tm
         assert pg.locator("#steer-table").count() == 1, pg.inner_text("#steer-out")
         n = min(int((stats.top["max"].images[j] >= 0).sum()), 4)
         assert pg.eval_on_selector_all("#steer-table tr", "rs => rs.length") == n + 1
+        # per-class changes as bars on a ticked axis (3 classes here), a thumbnail on every row
+        assert pg.eval_on_selector_all("#steer-deltas rect", "rs => rs.length") == 3
+        assert pg.eval_on_selector_all("#steer-deltas .axis text", "ts => ts.length") >= 4
+        pg.wait_for_function("[...document.querySelectorAll('#steer-table img')].every(i => i.complete)")
+        assert pg.eval_on_selector_all("#steer-table img", "is => is.filter(i => i.naturalWidth > 0).length") == n
         # click the patch in row 2, column 3 of the 4 x 4 grid of the first dataset image shown, and
         # while its answer is held back, the patch in row 1, column 2: the late answer about (2, 3) is
         # dropped, the output stays that of the marked patch (1, 2)

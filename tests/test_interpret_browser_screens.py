@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -136,7 +137,17 @@ def synthetic_stats():
 @pytest.fixture(scope="module")
 def shapes_site(browser, tmp_path_factory):  # noqa: F811 (the imported fixture)
     out = tmp_path_factory.mktemp("screens") / "site"
-    write_site(synthetic_stats(), out, _Shapes(), page_size=8, title="Synthetic shapes", progress=False)
+    stats = synthetic_stats()
+    decoder = np.random.default_rng(5).normal(size=(stats.n_latents, 8))  # the index's map: PCA, umap-learn or not
+    saved = sys.modules.get("umap")
+    sys.modules["umap"] = None  # type: ignore[assignment]
+    try:
+        write_site(stats, out, _Shapes(), page_size=8, title="Synthetic shapes", progress=False, decoder=decoder)
+    finally:
+        if saved is None:
+            del sys.modules["umap"]
+        else:
+            sys.modules["umap"] = saved
     return out
 
 

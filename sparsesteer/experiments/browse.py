@@ -4,7 +4,8 @@ with a model behind a JSON API (what a static site cannot do).
     stats -> interpret.browser.site.write_site -> SITE/          (static: file:// or any host)
     --serve: interpret.browser.server on 127.0.0.1; with --model (and the stats' SAE):
         POST api/steer {latent, strength, mode, images}   zero-shot (or concept) top-5 before/after
-                                                          steering the latent in the forward pass
+                                                          steering the latent in the forward pass, and
+                                                          the 10 largest per-class probability changes
         POST api/patch {image | upload, patch, view}       the latents firing on one patch
         GET  api/image?index=I                            dataset image I as the model sees it (PNG)
         GET  api/info                                      what the live API offers
@@ -33,6 +34,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MODES = ("set", "add", "scale", "zero")
+DELTAS = 10
+"""Classes in the steering answer's `deltas`: the largest changes of mean probability, by magnitude."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,11 +115,32 @@ def run_browse(cfg: BrowseConfig) -> dict[str, Any]:
     if not reuse:
         ds = stats_dataset(stats, dataset=cfg.dataset, data_root=cfg.data_root, allow=cfg.allow_mismatch)
         result["summary"] = write_site(
-            stats, out, ds, overwrite=cfg.overwrite, thumb=cfg.thumb, page_size=cfg.page_size
-        )
+            stats, out, ds, overwrite=cfg.overwrite, thumb=cfg.thumb, page_size=cfg.page_size,
+            decoder=live.sae.W_dec if live is not None else decoder_directions(cfg, stats),
+        )  # fmt: skip
     if cfg.serve:
         serve(out, cfg, live)
     return result
+
+
+def decoder_directions(cfg: BrowseConfig, stats: LatentStats) -> Any:
+    """The SAE's decoder directions for the index's map (--sae, else the SAE the statistics record,
+    when it is still there and still the one they were computed with), or why there are none."""
+    from ..interpret.browser.site import public_name
+    from ..interpret.store import load_stats
+    from ..sae import SparseAutoencoder
+
+    sae_dir = cfg.sae or (stats.meta.get("sae") or {}).get("path")
+    if not sae_dir or not Path(sae_dir).exists():
+        return f"the SAE the statistics record ({public_name(sae_dir)}) is not here: give browse --sae DIR for the map"
+    if cfg.sae is None:
+        try:
+            load_stats(cfg.stats, sae=sae_dir)
+        except SparsesteerError:
+            return (
+                f"the SAE at {public_name(sae_dir)} is not the one of the statistics: give browse --sae DIR for the map"
+            )
+    return SparseAutoencoder.load(sae_dir, device="cpu").W_dec
 
 
 def serve(site: Path, cfg: BrowseConfig, live: LiveModel | None) -> None:
@@ -262,6 +286,8 @@ class LiveModel:
     def steer(self, req: ApiRequest) -> dict[str, Any]:
         """Top-5 readout of a few images without and with latent `latent` steered (`mode`, `strength`).
         A strength that is not a finite number within +-MAX_STEER, or an edit that overflows, is a 400."""
+        import torch
+
         from ..interpret.browser.server import ApiError
         from ..steering.edits import check_finite_result
         from ..steering.features import embed_steered, feature_edit
@@ -302,9 +328,12 @@ class LiveModel:
 
         rows = [{"image": i, "before": top(before[r]), "after": top(after[r])} for r, i in enumerate(ids)]
         changed = int((before.argmax(-1) != after.argmax(-1)).sum())
+        delta = (after - before).mean(0)  # per class, mean over the images: what the panel's bar chart shows
+        biggest = torch.argsort(delta.abs(), descending=True, stable=True)[:DELTAS]
         return {
             "latent": j, "mode": mode, "strength": strength, "hook": self.hook, "readout": self.readout.kind,
             "tokens": self.tokens if isinstance(self.tokens, str) else "selected", "images": rows, "changed": changed,
+            "deltas": [[names[int(i)], float(delta[i])] for i in biggest],
         }  # fmt: skip
 
     def patch(self, req: ApiRequest) -> dict[str, Any]:

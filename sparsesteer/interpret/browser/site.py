@@ -11,6 +11,7 @@ payload to `SS.put(key, data)` (JSONP style), loaded with a <script> tag when ne
     SITE/data/meta.js                          what every page needs: sizes, classes, orders, paging
     SITE/data/pages/ORDER-P.js                 page P of the index sorted by ORDER (frequency, max,
                                                purity, id): one row per latent
+    SITE/data/overview.js, data/map.js         the index's summary card and decoder map (`overview`)
     SITE/data/words.js, data/words/G.js        search: the word list; word -> latents, in groups
     SITE/data/latents/C.js                     the full record of `chunk_size` consecutive latents
     SITE/img/B/I.jpg                           one thumbnail per top image, shared by all latents
@@ -141,8 +142,11 @@ def thumb_path(image: int) -> str:
     return f"img/{image // 1000}/{image}.jpg"
 
 
-def latent_record(stats: LatentStats, j: int, table: dict[str, np.ndarray], keep: list[int]) -> dict[str, Any]:
-    """Everything the latent page shows about latent j (numbers rounded to 4-5 significant digits)."""
+def latent_record(
+    stats: LatentStats, j: int, table: dict[str, np.ndarray], keep: list[int], labels: list[str] | None = None
+) -> dict[str, Any]:
+    """Everything the latent page shows about latent j (numbers rounded to 4-5 significant digits).
+    `labels`: every latent's label (`latent_labels`), shown with each decoder neighbour."""
     rec: dict[str, Any] = {
         "id": j,
         "fire_count": int(stats.fire_count[j]),
@@ -172,8 +176,10 @@ def latent_record(stats: LatentStats, j: int, table: dict[str, np.ndarray], keep
         u, c = np.unique(labs, return_counts=True)
         rec["labels"][name] = [[int(a), int(b)] for a, b in sorted(zip(u, c), key=lambda t: (-t[1], t[0]))]
     if stats.neighbours is not None:
+        best = stats.top["max"].images[:, 0]  # a neighbour's thumbnail: its top image (-1: never active)
         rec["neighbours"] = [
-            [int(i), _sig(float(c), 4)] for i, c in zip(stats.neighbours.indices[j], stats.neighbours.cosine[j])
+            [int(i), _sig(float(c), 4), int(best[i]), labels[int(i)] if labels else ""]
+            for i, c in zip(stats.neighbours.indices[j], stats.neighbours.cosine[j])
         ]
     if stats.lens is not None:
         rec["lens"] = [[int(i), _sig(float(c), 4)] for i, c in zip(stats.lens.indices[j], stats.lens.cosine[j])]
@@ -222,6 +228,30 @@ def _word_index(stats: LatentStats, table: dict[str, np.ndarray], words: list[st
     return ranked
 
 
+def latent_labels(stats: LatentStats, table: dict[str, np.ndarray], classes: list[str]) -> list[str]:
+    """Each latent's label for the map and the neighbour lists: its CLIP-Dissect label, else the most
+    common class of its top images ("" for neither)."""
+    out = []
+    for j in range(stats.n_latents):
+        word = dissect_label(stats, j)[0]
+        lab = int(table["label"][j])
+        out.append(word or (classes[lab] if 0 <= lab < len(classes) else ("" if lab < 0 else str(lab))))
+    return out
+
+
+def _write_overview(stats: LatentStats, write, labels: list[str], decoder: Any) -> None:
+    """data/overview.js (the summary card; `map`: whether data/map.js exists, or why not) and data/map.js."""
+    from .overview import decoder_map, overview
+
+    ov = overview(stats.fire_count, stats.n_rows)
+    if decoder is None or isinstance(decoder, str):
+        ov["map"] = decoder or "no decoder directions were given (the SAE is needed: browse --sae DIR)"
+    else:
+        ov["map"] = True
+        write("data/map.js", _js("map", decoder_map(decoder, stats.fire_count > 0, labels)))
+    write("data/overview.js", _js("overview", ov))
+
+
 def check_images(stats: LatentStats, dataset: ImageDataset) -> np.ndarray:
     """The distinct top images (sorted); refuses, before any work, images the dataset lacks."""
     ids = np.unique(np.concatenate([t.images.ravel() for t in stats.top.values()]))
@@ -262,10 +292,13 @@ def write_site(
     chunk_bytes: int = 100_000,
     title: str | None = None,
     progress: bool = True,
+    decoder: Any = None,
 ) -> SiteSummary:
     """Write the browser for `stats` to `out` (see the module docstring); `dataset` holds the images
     (`interpret.heatmaps.stats_dataset(stats)`). `thumb`: thumbnail side in pixels; `page_size`:
-    latents per index page; `chunk_bytes`: target size of a latent data file."""
+    latents per index page; `chunk_bytes`: target size of a latent data file; `decoder`: the SAE's
+    decoder directions [n_latents, d] (`sae.W_dec`) for the index's map, or a str saying why there
+    is none (shown on the map's card)."""
     out = Path(out)
     if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
         raise SparsesteerError(f"{out} already exists; pass --overwrite to replace it")
@@ -273,10 +306,16 @@ def write_site(
         if v < 1:
             raise SparsesteerError(f"write_site: {name} must be >= 1, got {v}")
     ids = check_images(stats, dataset)
+    if decoder is not None and not isinstance(decoder, str):
+        decoder = np.asarray(decoder.detach().cpu().float() if hasattr(decoder, "detach") else decoder, np.float64)
+        if decoder.ndim != 2 or len(decoder) != stats.n_latents:
+            raise SparsesteerError(
+                f"write_site: decoder of shape {tuple(decoder.shape)}, expected [{stats.n_latents}, d] (one row per latent)"
+            )
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".staging", dir=out.parent))
     try:
-        summary = _write(stats, stage, dataset, ids, thumb, page_size, chunk_bytes, title, progress)
+        summary = _write(stats, stage, dataset, ids, thumb, page_size, chunk_bytes, title, progress, decoder)
         _swap(stage, out)
     finally:
         if stage.exists():
@@ -296,7 +335,7 @@ def _swap(stage: Path, out: Path) -> None:
         os.replace(stage, out)
 
 
-def _write(stats, stage: Path, dataset, ids, thumb, page_size, chunk_bytes, title, progress) -> tuple:
+def _write(stats, stage: Path, dataset, ids, thumb, page_size, chunk_bytes, title, progress, decoder) -> tuple:
     L = stats.n_latents
     table = latent_table(stats)
     keep = _patch_tokens(stats)
@@ -323,25 +362,29 @@ def _write(stats, stage: Path, dataset, ids, thumb, page_size, chunk_bytes, titl
     freq = table["frequency"]
     for name in ORDERS:
         ids_o = order(table, name)
-        min_freq = []
+        min_freq, n_live, max_support = [], [], []  # per page: what the index's filters skip pages by
         for p in range(n_pages):
             sl = ids_o[p * page_size : (p + 1) * page_size]
             rows = [
                 [int(j), _sig(float(freq[j])), _sig(float(table["max"][j])), _sig(float(table["purity"][j]), 3),
-                 top_word(int(j)), *(dissect_label(stats, int(j)) if stats.dissect is not None else ())]
+                 top_word(int(j)), *(dissect_label(stats, int(j)) if stats.dissect is not None else ("", None)),
+                 int(stats.image_count[j])]
                 for j in sl
             ]  # fmt: skip
             write(f"data/pages/{name}-{p}.js", _js(f"pages/{name}-{p}", rows))
             shown = [_sig(float(freq[j])) for j in sl]  # the rounded values the rows show and filter on
             min_freq.append(_floor_sig(min(math.inf if v is None else v for v in shown)))
-        orders[name] = {"n_pages": n_pages, "min_freq": min_freq}
+            n_live.append(int((stats.fire_count[sl] > 0).sum()))
+            max_support.append(int(stats.image_count[sl].max()))
+        orders[name] = {"n_pages": n_pages, "min_freq": min_freq, "n_live": n_live, "max_support": max_support}
     # latent chunks: size from the record of the latent with the most top images
     busiest = int(np.argmax(sum((t.images >= 0).sum(1) for t in stats.top.values())))
-    est = len(json.dumps(latent_record(stats, busiest, table, keep), separators=(",", ":")))
+    labels = latent_labels(stats, table, classes)
+    est = len(json.dumps(latent_record(stats, busiest, table, keep, labels), separators=(",", ":")))
     chunk = max(1, min(256, chunk_bytes // max(est, 1)))
     n_chunks = -(-L // chunk)
     for c in range(n_chunks):
-        recs = [latent_record(stats, j, table, keep) for j in range(c * chunk, min((c + 1) * chunk, L))]
+        recs = [latent_record(stats, j, table, keep, labels) for j in range(c * chunk, min((c + 1) * chunk, L))]
         write(f"data/latents/{c}.js", _js(f"latents/{c}", recs))
     # search
     groups = 64
@@ -371,6 +414,7 @@ def _write(stats, stage: Path, dataset, ids, thumb, page_size, chunk_bytes, titl
         "hist_centres": [_sig(float(c), 4) for c in stats.hist_centres],
         "chunk_size": chunk,
         "page_size": page_size,
+        "top_n": int(stats.top["max"].images.shape[1]),
         "orders": orders,
         "sae": {k: public_name((meta.get("sae") or {}).get(k)) for k in ("path", "weights_sha256", "arch", "k")},
         "model": public_name(_model_id((meta.get("activations") or {}).get("model"))),
@@ -380,6 +424,7 @@ def _write(stats, stage: Path, dataset, ids, thumb, page_size, chunk_bytes, titl
         "stats_sha256": meta.get("tensors_sha256"),
     }
     write("data/meta.js", _js("meta", site_meta))
+    _write_overview(stats, write, labels, decoder)
     static = resources.files(__package__) / "static"
     for name in PAGES:
         write(name, (static / name).read_bytes())

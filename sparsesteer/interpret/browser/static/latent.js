@@ -231,13 +231,59 @@
     }
     if (rec.neighbours) {
       cols.appendChild(el("section", {class: "card", id: "neighbours"}, el("h2", {}, "Decoder neighbours"),
-        bars(rec.neighbours.map(([i, c]) => ["latent " + i, c, SS.latentHref(i)]), "cosine of decoder directions")));
+        bars(rec.neighbours.map(([i, c, image, label]) => [neighbourName(i, image, label), c, SS.latentHref(i)]),
+          "cosine of decoder directions")));
     }
     out.push(cols);
     return out;
   }
 
+  // A decoder neighbour: its top image (when it ever fires), id and label (CLIP-Dissect, else top class).
+  function neighbourName(i, image, label) {
+    const thumb = image !== undefined && image >= 0
+      ? el("img", {class: "mini", src: SS.thumbPath(image), width: 32, height: 32, alt: "top image of latent " + i})
+      : el("span", {class: "mini none", "aria-hidden": "true"});
+    return [thumb, "latent " + i, label ? el("span", {class: "muted"}, " " + label) : null];
+  }
+
   // ---- served with a model: steering and the patch explorer ----
+
+  // Mean change of each class's probability (the API's `deltas`, largest magnitude first) as
+  // horizontal bars from a zero line, on a ticked symmetric axis: an inline SVG.
+  function deltaChart(deltas) {
+    const W = 460, rowH = 18, L = 150, R = 56, T = 6, B = 38;
+    const H = T + rowH * deltas.length + B;
+    const pw = W - L - R;
+    const m = Math.max(1e-9, ...deltas.map(([, d]) => Math.abs(d)));
+    const ticks = niceTicks(m, false);
+    const top = ticks[ticks.length - 1];
+    const X = (v) => L + pw / 2 + (v / top) * (pw / 2);
+    const root = svg("svg", {id: "steer-deltas", width: W, height: H, viewBox: "0 0 " + W + " " + H, role: "img",
+      "aria-label": "mean change of each class's probability when steering"});
+    deltas.forEach(([name, d], r) => {
+      const y = T + r * rowH;
+      root.appendChild(svg("text", {x: L - 8, y: y + rowH - 5, "text-anchor": "end", class: "name"},
+        name.length > 22 ? name.slice(0, 21) + "…" : name));
+      const bar = svg("rect", {x: Math.min(X(0), X(d)), y: y + 3, width: Math.max(1, Math.abs(X(d) - X(0))),
+        height: rowH - 6, class: d >= 0 ? "up" : "down"});
+      bar.appendChild(svg("title", {}, name + ": " + (d >= 0 ? "+" : "") + fmt(d)));
+      root.appendChild(bar);
+      root.appendChild(svg("text", {x: L + pw + 6, y: y + rowH - 5, class: "val"}, (d >= 0 ? "+" : "") + fmt(d)));
+    });
+    const axis = svg("g", {class: "axis"});
+    const yb = T + rowH * deltas.length;
+    axis.appendChild(svg("path", {d: "M" + X(0) + "," + T + "V" + yb}));
+    axis.appendChild(svg("path", {d: "M" + L + "," + yb + "H" + (L + pw)}));
+    for (const t of [...ticks.slice(1).map((v) => -v).reverse(), ...ticks]) {
+      axis.appendChild(svg("path", {d: "M" + X(t) + "," + yb + "v5"}));
+      axis.appendChild(svg("text", {x: X(t), y: yb + 17, "text-anchor": "middle"}, t > 0 ? "+" + fmt(t) : fmt(t)));
+    }
+    axis.appendChild(svg("text", {x: L + pw / 2, y: H - 3, "text-anchor": "middle", class: "title"},
+      "change of probability (after − before, mean over the images)"));
+    root.appendChild(axis);
+    return root;
+  }
+
   function probsList(items) {
     return el("ol", {}, items.map(([name, p]) => el("li", {}, name + " " + fmt(p, 2))));
   }
@@ -259,9 +305,11 @@
         if (my !== asked) return;
         out.replaceChildren(el("p", {class: "muted"}, r.readout + ", " + r.hook + ", tokens " + r.tokens +
           "; top-1 changed on " + r.changed + " of " + r.images.length + " images"),
+          ...(r.deltas && r.deltas.length ? [el("h3", {}, "Change of the " + r.readout + " probabilities"), deltaChart(r.deltas)] : []),
           el("table", {id: "steer-table"}, el("tr", {}, el("th", {}, "image"), el("th", {class: "word"}, "before"),
             el("th", {class: "word"}, "after")),
-          r.images.map((x) => el("tr", {}, el("td", {}, "#" + x.image), el("td", {class: "word"}, probsList(x.before)),
+          r.images.map((x) => el("tr", {}, el("td", {class: "steer-img"}, el("img", {src: SS.thumbPath(x.image), width: 64,
+            height: 64, alt: "image " + x.image}), el("div", {}, "#" + x.image)), el("td", {class: "word"}, probsList(x.before)),
             el("td", {class: "word"}, probsList(x.after))))));
       } catch (e) {
         if (my === asked) out.replaceChildren(el("p", {class: "error"}, String(e.message || e)));
