@@ -345,6 +345,21 @@ def _api_sae_numpy(ws: Path) -> None:
     SparseAutoencoder.load(ws / "sae").encode(np.zeros((3, 32), np.float32))
 
 
+def _api_site_decoder_shape(ws: Path) -> None:
+    from sparsesteer.interpret.browser.site import write_site
+    from sparsesteer.interpret.stats import LatentStats, TopImages
+
+    top = TopImages(
+        np.zeros((2, 1), np.float32), np.full((2, 1), -1), np.zeros((2, 1, 1), np.float32), np.full((2, 1), -1)
+    )
+    stats = LatentStats(
+        n_rows=4, n_images=2, token_positions=[0], fire_count=np.array([1, 0]), image_count=np.array([1, 0]),
+        act_sum=np.ones(2), act_max=np.ones(2, np.float32), hist_centres=np.ones(1),
+        hist_counts=np.zeros((2, 1), np.int64), top={"max": top},
+    )  # fmt: skip
+    write_site(stats, ws / "new" / "site-decoder", [], decoder=np.zeros((3, 4)), progress=False)
+
+
 def _api_unknown_arch(ws: Path) -> None:
     from sparsesteer.sae import SAEConfig
 
@@ -486,6 +501,7 @@ API = {
     "api-sae-numpy": _api_sae_numpy,
     "api-labels-no-classes": _api_labels_no_classes,
     "api-unknown-arch": _api_unknown_arch,
+    "api-site-decoder-shape": _api_site_decoder_shape,
     "api-unknown-dataset": _api_unknown_dataset,
     "api-sample-missing-file": _api_sample_missing_file,
     "api-sample-altered": _api_sample_altered,

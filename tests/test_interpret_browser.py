@@ -460,3 +460,50 @@ def test_public_name_cuts_absolute_paths_to_their_last_component():
     assert public_name("cifar10:root=/data/c10") == "cifar10:root=c10" and public_name(r"C:\data\imgs") == "imgs"
     for kept in ("openai/clip-vit-base-patch32", "runs/sae", "hf:org/name", None, 8):
         assert public_name(kept) == kept
+
+
+def test_live_search_by_text_matches_a_direct_computation(live, site, monkeypatch):
+    """api/search: the live latents closest to a text, by the concept directions (this SAE reads the tiny
+    CLIP's final block) or, where the lens does not apply, by the text embedding of each latent's label."""
+    from sparsesteer.interpret import lens
+    from sparsesteer.interpret.browser.server import ApiError, ApiRequest
+    from sparsesteer.models.zeroshot import encode_text
+
+    _, stats = site
+    bb, sae = live.bb, live.sae
+    q = encode_text(bb, ["a photo of a dog"])[0]
+    q = q / q.norm()
+    live_ids = [j for j in range(stats.n_latents) if stats.fire_count[j] > 0]
+
+    def expect(score: dict[int, float], k: int) -> list[int]:
+        return sorted(score, key=lambda j: (-score[j], j))[:k]
+
+    r = live.search(ApiRequest("POST", {}, {"text": " a photo of a dog ", "k": 7}))
+    assert r["method"].startswith("concept directions") and r["n_latents"] == len(live_ids)
+    ln = bb.vision.get_parameter("post_layernorm.weight").detach()
+    proj = bb.model.get_parameter("visual_projection.weight").detach()
+    with torch.no_grad():
+        W = sae.W_dec.detach().float()
+        e = ((W - W.mean(1, keepdim=True)) * ln) @ proj.T  # the head's linear part, computed here
+        cos = {j: float(e[j] @ q / e[j].norm()) for j in live_ids}
+    assert [j for j, _ in r["latents"]] == expect(cos, 7)
+    assert [s for _, s in r["latents"]] == pytest.approx([cos[j] for j in expect(cos, 7)], abs=1e-5)
+    # an SAE the lens does not apply to: each latent's label (here the most common class of its top images)
+    monkeypatch.setattr(lens, "lens_refusal", lambda sae, bb: "not the final CLS")
+    live._search = None
+    try:
+        r = live.search(ApiRequest("POST", {}, {"text": "a photo of a dog", "k": 50}))
+    finally:
+        live._search = None
+    classes = live.ds.classes
+    emb = {c: v / v.norm() for c, v in zip(classes, encode_text(bb, classes))}
+    score = {}
+    for j in live_ids:
+        labs = Counter(int(x) for x, i in zip(stats.top["max"].labels[j], stats.top["max"].images[j]) if i >= 0)
+        best = min(labs, key=lambda lab: (-labs[lab], lab))
+        score[j] = float(emb[classes[best]] @ q)
+    assert r["method"] == "the latents' labels" and [j for j, _ in r["latents"]] == expect(score, 50)
+    for bad in ({"text": ""}, {"text": 3}, {"text": "dog", "k": 0}, {"text": "dog", "k": True}):
+        with pytest.raises(ApiError) as e:
+            live.search(ApiRequest("POST", {}, bad))
+        assert e.value.status == 400

@@ -255,6 +255,7 @@ def test_index_overview_map_and_filters(site, page):
     freq = stats.fire_count / stats.n_rows
     pg.goto((out / "index.html").as_uri())
     pg.wait_for_selector("body[data-ready='1']")
+    assert pg.is_hidden("#tq-label")  # search by text needs the server's model
     assert pg.inner_text("#n-latents").endswith(str(L))
     assert pg.inner_text("#n-dead").split("\n")[-1].startswith(f"{len(dead)} (")
     assert pg.inner_text("#n-dense").split("\n")[-1].startswith(f"{int((freq > 0.1).sum())} (")
@@ -443,6 +444,16 @@ def test_server_with_a_model_steers_and_explores_patches(site, page, request, tm
         got = pg.eval_on_selector_all("#patch-latents a", "as => as.map(a => a.getAttribute('href'))")
         assert got == [f"latent.html#{i}" for i, _ in want]
         pg.screenshot(path=str(tmp_path / "live.png"), full_page=True)
+        # search by text on the index, through api/search: the closest live latents, a page at a time
+        pg.goto(f"{base}/index.html")
+        pg.wait_for_selector("body[data-ready='1']")
+        pg.wait_for_selector("#tq-label:not([hidden])")
+        pg.fill("#tq", "a photo of a dog")
+        pg.press("#tq", "Enter")
+        pg.wait_for_function("document.querySelector('#pageinfo').textContent.startsWith('text search')")
+        found = live.search(ApiRequest("POST", {}, {"text": "a photo of a dog", "k": 200}))["latents"]
+        assert _ids(pg) == [i for i, _ in found][:10]
+        assert pg.inner_text("#status").startswith(f"the {len(found)} of {len(found)} live latents closest to")
         # a latent out of range in a URL: the server's 404 page
         r = pg.goto(f"{base}/latent/{stats.n_latents}")
         assert r.status == 404 and "No such latent" in pg.inner_text("h1")

@@ -209,3 +209,16 @@ def test_paper_rows_repeat_vs2_and_sparsity_without_targets():
     text = render(list(rows.values()))
     assert "| 4.5 |" in text and "| -1.2 |" in text and "FAIL" not in text and "(reported)" in text
     assert paper_rows(None, None) == []
+
+
+def test_vs2_section_prints_reproduce_vs2s_rows_and_settings():
+    from sparsesteer.experiments.testbed.effects_report import vs2_section
+
+    vs2 = {"test_split": "test", "n_test": 10, "validation": {"split": "validation part of train", "n": 4},
+           "sae": {"block": 5, "expansion": 4, "k": 64, "fvu": {"test": 0.0891}},
+           "rows": [{"method": "VS2++ (oracle)", "top1": 49.731, "delta_vs_zeroshot": 0.031,
+                     "settings": {"lam": 1.0, "fallbacks": {"fallback": "group", "empty_positive": 58},
+                                  "tuned_on": "x"}}]}  # fmt: skip
+    text = vs2_section(vs2)
+    assert "| VS2++ (oracle) | 49.73 | +0.03 | lam=1.0, fallbacks=fallback:group empty_positive:58 |" in text
+    assert "test FVU 0.089" in text and "block 5" in text and "(4 images)" in text

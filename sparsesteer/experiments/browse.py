@@ -6,6 +6,7 @@ with a model behind a JSON API (what a static site cannot do).
         POST api/steer {latent, strength, mode, images}   zero-shot (or concept) top-5 before/after
                                                           steering the latent in the forward pass, and
                                                           the 10 largest per-class probability changes
+        POST api/search {text, k}                          the live latents closest to a text (CLIP)
         POST api/patch {image | upload, patch, view}       the latents firing on one patch
         GET  api/image?index=I                            dataset image I as the model sees it (PNG)
         GET  api/info                                      what the live API offers
@@ -180,6 +181,7 @@ class LiveModel:
         self.bb, self.sae, self.hook, self.tokens = bb, sae, hook, tokens
         self.readout, self.ds, self.stats, self.steer_images, self.notes = readout, ds, stats, steer_images, notes
         self.lock = threading.Lock()
+        self._search: tuple[str, Any, Any] | None = None  # (method, per-latent vectors or labels, label vectors)
 
     @classmethod
     def open(cls, cfg: BrowseConfig, stats: LatentStats) -> LiveModel:
@@ -212,7 +214,7 @@ class LiveModel:
         return cls(bb, sae, hook, tokens, readout, ds, stats, cfg.steer_images, notes)
 
     def handlers(self) -> dict[str, Any]:
-        return {"info": self.info, "steer": self.steer, "patch": self.patch, "image": self.image}
+        return {"info": self.info, "steer": self.steer, "patch": self.patch, "image": self.image, "search": self.search}
 
     # ---- helpers ------------------------------------------------------------------------------
     def _index(self, value: Any, what: str, n: int, param: str | None = None) -> int:
@@ -281,6 +283,7 @@ class LiveModel:
             "modes": list(MODES),
             "steer_images": self.steer_images,
             "notes": self.notes,
+            "search": bool(self.bb.has_text),
         }
 
     def steer(self, req: ApiRequest) -> dict[str, Any]:
@@ -335,6 +338,72 @@ class LiveModel:
             "tokens": self.tokens if isinstance(self.tokens, str) else "selected", "images": rows, "changed": changed,
             "deltas": [[names[int(i)], float(delta[i])] for i in biggest],
         }  # fmt: skip
+
+    def _search_index(self) -> tuple[str, Any, Any]:
+        """What a text is compared with, computed once: each latent's concept direction (its decoder
+        direction through the CLIP head, `lens.head_directions`) when the SAE reads the final-layer
+        CLS; else the text embedding of each latent's label (CLIP-Dissect, else its top images' most
+        common class; `browser.site.latent_labels`)."""
+        import torch
+
+        from ..interpret.browser.site import latent_labels, latent_table
+        from ..interpret.lens import head_directions, lens_refusal
+        from ..models.zeroshot import encode_text
+
+        if self._search is None:
+            if lens_refusal(self.sae, self.bb) is None:
+                ln = self.bb.vision.get_parameter("post_layernorm.weight").detach().cpu()
+                proj = self.bb.model.get_parameter("visual_projection.weight").detach().cpu()
+                W = self.sae.W_dec.detach().cpu()
+                dirs = torch.cat([head_directions(W[a : a + 4096], ln, proj) for a in range(0, len(W), 4096)])
+                self._search = ("concept directions (decoder through the CLIP head)", dirs, None)
+            else:
+                classes = list(self.stats.meta.get("classes") or getattr(self.ds, "classes", None) or [])
+                labels = latent_labels(self.stats, latent_table(self.stats), classes)
+                names = sorted({x for x in labels if x})
+                pos = {x: i for i, x in enumerate(names)}
+                emb = encode_text(self.bb, names) if names else torch.zeros(0, 1)
+                emb = emb / emb.norm(dim=1, keepdim=True).clamp_min(1e-12)
+                self._search = ("the latents' labels", torch.tensor([pos.get(x, -1) for x in labels]), emb)
+        return self._search
+
+    def search(self, req: ApiRequest) -> dict[str, Any]:
+        """The `k` (default 50, at most 1000) live latents whose concept direction or label (see
+        `_search_index`) is closest to `text` by cosine with its text embedding, closest first (ties: lower id)."""
+        import numpy as np
+
+        from ..interpret.browser.server import ApiError
+        from ..models.zeroshot import encode_text
+
+        if req.method != "POST":
+            raise ApiError(405, "POST a JSON object {text, k}")
+        text = req.body.get("text")
+        if not isinstance(text, str) or not text.strip():
+            raise ApiError(400, "text must be a non-empty string")
+        k = req.body.get("k", 50)
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= 1000:
+            raise ApiError(400, f"k must be an integer in 1..1000, got {k!r}")
+        if not self.bb.has_text:
+            raise ApiError(400, f"search by text needs a model with a text tower; {self.bb.model_id} has none")
+        with self.lock:
+            method, vecs, label_emb = self._search_index()
+            q = encode_text(self.bb, [text.strip()])[0]
+            q = q / q.norm().clamp_min(1e-12)
+            if label_emb is None:
+                score = (vecs @ q).numpy().astype(np.float64)
+            else:
+                sims = (label_emb @ q).numpy().astype(np.float64) if len(label_emb) else np.zeros(0)
+                idx = vecs.numpy()
+                score = np.where(idx >= 0, sims[np.maximum(idx, 0)] if len(sims) else 0.0, -np.inf)
+        ok = (self.stats.fire_count > 0) & np.isfinite(score)
+        ids = np.flatnonzero(ok)
+        best = ids[np.lexsort((ids, -score[ids]))][:k]
+        return {
+            "text": text.strip(),
+            "method": method,
+            "n_latents": int(ok.sum()),
+            "latents": [[int(j), float(score[j])] for j in best],
+        }
 
     def patch(self, req: ApiRequest) -> dict[str, Any]:
         """The latents active on patch `patch` (row-major) of an image, largest first; `view`: also

@@ -49,6 +49,28 @@ def head_directions(W_dec: torch.Tensor, ln_weight: torch.Tensor, proj: torch.Te
     return e / e.norm(dim=1, keepdim=True).clamp_min(1e-12)
 
 
+def lens_refusal(sae: SparseAutoencoder, backbone: Backbone) -> str | None:
+    """Why the CLIP head cannot map this SAE's decoder directions into the text space (None: it can):
+    the lens needs a CLIP model and an SAE on its final-layer CLS (or all tokens)."""
+    from ..models.hook_names import final_resid
+
+    if backbone.arch != "clip":
+        return f"needs a CLIP model (text tower and head), got {backbone.arch}"
+    if sae.d_in != backbone.d_model:
+        return (
+            f"the SAE's d_in={sae.d_in} is not the model's width {backbone.d_model}; "
+            "the lens is for SAEs on the final-layer CLS"
+        )
+    prov = sae.provenance
+    final = final_resid(backbone.n_blocks)
+    if (prov.hook is not None and prov.hook != final) or prov.tokens == "patch":
+        return (
+            f"the SAE reads {prov.describe(('hook', 'tokens'))}; the lens maps directions through "
+            f"the CLIP head, so it is for SAEs on the final-layer CLS ({final}, tokens cls)"
+        )
+    return None
+
+
 def concept_lens(
     sae: SparseAutoencoder,
     backbone: Backbone,
@@ -65,22 +87,9 @@ def concept_lens(
 
     from ..models.zeroshot import ZeroShotClassifier
 
-    if backbone.arch != "clip":
-        raise SparsesteerError(f"concept lens: needs a CLIP model (text tower and head), got {backbone.arch}")
-    if sae.d_in != backbone.d_model:
-        raise SparsesteerError(
-            f"concept lens: the SAE's d_in={sae.d_in} is not the model's width {backbone.d_model}; "
-            "the lens is for SAEs on the final-layer CLS"
-        )
-    from ..models.hook_names import final_resid
-
-    prov = sae.provenance
-    final = final_resid(backbone.n_blocks)
-    if (prov.hook is not None and prov.hook != final) or prov.tokens == "patch":
-        raise SparsesteerError(
-            f"concept lens: the SAE reads {prov.describe(('hook', 'tokens'))}; the lens maps directions through "
-            f"the CLIP head, so it is for SAEs on the final-layer CLS ({final}, tokens cls)"
-        )
+    why = lens_refusal(sae, backbone)
+    if why is not None:
+        raise SparsesteerError(f"concept lens: {why}")
     words = vocab.concepts if isinstance(vocab, Vocabulary) else tuple(vocab)
     if not 1 <= k <= len(words):
         raise SparsesteerError(f"concept lens: k must be in 1..{len(words)} (the vocabulary size), got {k}")

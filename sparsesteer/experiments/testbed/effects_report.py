@@ -281,6 +281,11 @@ def paper_rows(vs2: dict[str, Any] | None, sparsity: dict[str, Any] | None) -> l
     return rows
 
 
+def _setting(v: Any) -> str:
+    """A tuned setting as `reproduce vs2` prints it: a record as key:value pairs."""
+    return " ".join(f"{k}:{x}" for k, x in v.items()) if isinstance(v, dict) else str(v)
+
+
 def vs2_section(vs2: dict[str, Any]) -> str:
     """`reproduce vs2`'s rows on the testbed, as its own report prints them (top-1 and settings)."""
     sae = vs2["sae"]
@@ -293,7 +298,7 @@ def vs2_section(vs2: dict[str, Any]) -> str:
     body = md_table(
         ["method", "top-1 %", "Δ vs zero-shot", "settings (tuned on validation)"],
         [[r["method"], f"{r['top1']:.2f}", f"{r['delta_vs_zeroshot']:+.2f}",
-          ", ".join(f"{k}={v}" for k, v in r["settings"].items() if k != "tuned_on")] for r in vs2["rows"]],
+          ", ".join(f"{k}={_setting(v)}" for k, v in r["settings"].items() if k != "tuned_on")] for r in vs2["rows"]],
     )  # fmt: skip
     return head + body + "\n"
 

@@ -305,13 +305,13 @@ def write_site(
     for name, v in (("thumb", thumb), ("page_size", page_size), ("chunk_bytes", chunk_bytes)):
         if v < 1:
             raise SparsesteerError(f"write_site: {name} must be >= 1, got {v}")
-    ids = check_images(stats, dataset)
     if decoder is not None and not isinstance(decoder, str):
         decoder = np.asarray(decoder.detach().cpu().float() if hasattr(decoder, "detach") else decoder, np.float64)
         if decoder.ndim != 2 or len(decoder) != stats.n_latents:
             raise SparsesteerError(
                 f"write_site: decoder of shape {tuple(decoder.shape)}, expected [{stats.n_latents}, d] (one row per latent)"
             )
+    ids = check_images(stats, dataset)
     out.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".staging", dir=out.parent))
     try:

@@ -4,11 +4,12 @@
 // (data/pages/ORDER-P.js, rows [id, frequency, max, purity, top word, label, score, active images]);
 // filters (density limit, dead latents hidden unless asked, the purity order's minimum support) skip
 // the pages none of whose latents pass; search by id, top word or CLIP-Dissect label lists every
-// hit, paged. State lives in the URL hash (order, page, thr, sup, dead, q) so that views can be linked.
+// hit, paged. Served with a model (`browse --serve --model`), search by text asks the server's
+// api/search. State lives in the URL hash (order, page, thr, sup, dead, q, tq) so that views can be linked.
 (function () {
   const {el, fmt, load} = SS;
   let meta = null;
-  const state = {order: "frequency", page: 0, thr: null, sup: null, dead: false, q: ""};
+  const state = {order: "frequency", page: 0, thr: null, sup: null, dead: false, q: "", tq: ""};
 
   function readHash() {
     const h = new URLSearchParams(location.hash.slice(1));
@@ -20,6 +21,7 @@
     state.sup = Number.isFinite(sup) && sup >= 0 ? sup : meta.top_n || 0;
     state.dead = h.get("dead") === "1";
     state.q = h.get("q") || "";
+    state.tq = h.get("tq") || "";
   }
 
   function writeHash() {
@@ -30,6 +32,7 @@
     if (state.sup !== (meta.top_n || 0)) h.set("sup", String(state.sup));
     if (state.dead) h.set("dead", "1");
     if (state.q) h.set("q", state.q);
+    if (state.tq) h.set("tq", state.tq);
     history.replaceState(null, "", "#" + h.toString());
   }
 
@@ -166,14 +169,31 @@
         (hidden ? "; " + hiddenText(all, {...s, order: "search"}) : "")};
   }
 
+  // The latents the server finds closest to a text (its model's text embedding against each latent's
+  // concept direction or label), closest first, a page at a time.
+  async function textView(s) {
+    const r = await SS.api("search", {text: s.tq, k: 200});
+    const all = await rowsOf(r.latents.map((x) => x[0]));
+    const t = {...s, order: "search"};
+    const kept = all.filter((row) => !hiddenBy(t, row));
+    const size = meta.page_size;
+    const pages = Math.max(1, Math.ceil(kept.length / size));
+    const i = Math.min(s.page, pages - 1);
+    const hidden = all.length - kept.length;
+    return {info: pages > 1 ? "text search: page " + (i + 1) + " of " + pages : "text search", prev: i > 0,
+      next: i < pages - 1, pages, rows: kept.slice(i * size, (i + 1) * size),
+      status: "the " + all.length + " of " + r.n_latents + " live latents closest to \u201c" + r.text + "\u201d (cosine with " +
+        r.method + ")" + (hidden ? "; " + hiddenText(all, t) : "")};
+  }
+
   // Renders a copy of the state as it is now: later changes start a newer render instead.
   async function render() {
-    if (!state.q.trim()) state.page = Math.max(0, Math.min(state.page, visiblePages(state).length - 1));
+    if (!state.q.trim() && !state.tq) state.page = Math.max(0, Math.min(state.page, visiblePages(state).length - 1));
     writeHash();
     const my = ++token;
     const s = {...state};
     try {
-      show(my, s.q.trim() ? await searchView(s) : await pageView(s));
+      show(my, s.tq ? await textView(s) : s.q.trim() ? await searchView(s) : await pageView(s));
     } catch (e) {
       if (my === token) SS.showError(e);
     }
@@ -409,6 +429,16 @@
     });
     document.getElementById("q").addEventListener("input", (e) => {
       state.q = e.target.value;
+      state.tq = "";
+      document.getElementById("tq").value = "";
+      state.page = 0;
+      render();
+    });
+    document.getElementById("tq").value = state.tq;
+    document.getElementById("tq").addEventListener("change", (e) => {
+      state.tq = e.target.value.trim();
+      state.q = "";
+      document.getElementById("q").value = "";
       state.page = 0;
       render();
     });
@@ -429,6 +459,9 @@
       render();
     });
     const ov = overview().catch(SS.showError);
+    const info = await SS.liveInfo();
+    document.getElementById("tq-label").hidden = !(info && info.search);
+    if (!(info && info.search)) state.tq = "";
     await render();
     await ov;
     document.body.dataset.ready = "1";
