@@ -145,6 +145,7 @@ COMMANDS: dict[str, list[str]] = {
     # wrong shapes
     "activations-1d": _train("{ws}/vec.npy"),
     "labels-wrong-length": [*_train("{ws}/rows.npy"), "--labels", "{ws}/labels-short.npy"],
+    "interpret-negative-samples": _interpret("--samples", "-1"),
     "sae-width-mismatch": _interpret(sae="{ws}/sae-d8"),
     "labels-unknown-vocab": _interpret("--labels", "{ws}/no-words.txt"),
     "labels-without-text": [

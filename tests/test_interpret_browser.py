@@ -84,15 +84,42 @@ def test_site_data_matches_the_statistics(site):
         assert dist == stats.label_distribution(j)
         assert [n[0] for n in rec["neighbours"]] == stats.neighbours.indices[j].tolist()
         assert [w[0] for w in rec["lens"]] == stats.lens.indices[j].tolist()
+        check_sample_records(rec, stats, j, keep)
     # search: a word lists the latents that have it among their first lens words
     group = read_data(out, "words/0")
     for w in range(len(words)):
         want = {j for j in range(L) if w in stats.lens.indices[j, :3].tolist()}
         assert set(group[str(w)]) == want
-    # one thumbnail per distinct top image, at the thumbnail size
-    imgs = {int(i) for t in stats.top.values() for i in t.images.ravel() if i >= 0}
+    # one thumbnail per distinct top or sampled image, at the thumbnail size
+    sampled = np.concatenate([stats.intervals.images.ravel(), stats.random.images.ravel()])
+    imgs = {int(i) for t in stats.top.values() for i in t.images.ravel() if i >= 0} | {
+        int(i) for i in sampled if i >= 0
+    }
     assert {int(p.stem) for p in (out / "img").rglob("*.jpg")} == imgs
     assert Image.open(out / thumb_path(min(imgs))).size == (96, 96)
+
+
+def check_sample_records(rec: dict, stats: LatentStats, j: int, keep: list[int]) -> None:
+    """Latent j's "intervals" and "random" records against the statistics: ranges, counts, images,
+    values; a heatmap exactly for the images that are top images too (their stored tokens)."""
+    iv, rd = stats.intervals, stats.random
+    known = {int(i): t.tokens[j, r, keep] for t in stats.top.values() for r, i in enumerate(t.images[j]) if i >= 0}
+    n_int = max(int((~np.isnan(iv.bounds[j])).sum()) - 1, 0)
+    assert len(rec["intervals"]) == n_int
+    pairs = [(x[3], iv.images[j, i], iv.values[j, i]) for i, x in enumerate(rec["intervals"])]
+    for i, (lo, hi, count, _) in enumerate(rec["intervals"]):
+        assert lo == pytest.approx(float(iv.bounds[j, i]), rel=1e-3) and count == iv.counts[j, i]
+        assert (
+            hi is None if np.isinf(iv.bounds[j, i + 1]) else hi == pytest.approx(float(iv.bounds[j, i + 1]), rel=1e-3)
+        )
+    for items, images, values in [*pairs, (rec["random"], rd.images[j], rd.values[j])]:
+        assert [t[0] for t in items] == [int(i) for i in images if i >= 0]
+        for (img, v, _, grid), want in zip(items, values):
+            assert v == pytest.approx(float(want), rel=1e-4)
+            assert (grid is not None) == (img in known)
+            if grid is not None:
+                vmax = rec["vmax"]["max"]
+                np.testing.assert_allclose(dequantise_grid(grid, vmax), known[img], atol=vmax / 255 / 2 + 1e-5)
 
 
 def _synthetic(L: int, n_images: int, top_n: int, m: int, seed: int = 0) -> LatentStats:

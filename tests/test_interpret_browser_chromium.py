@@ -216,6 +216,23 @@ def test_static_site_from_the_file_system(site, page, tmp_path):
     assert alpha[0][3] == pytest.approx(255 * 0.85, abs=40)  # smoothing mixes in the neighbouring patches
     assert alpha[1][3] < alpha[0][3]
     assert pg.eval_on_selector_all("#hist rect", "rs => rs.length") == int((stats.hist_counts[j] > 0).sum())
+    # random images per activation interval (highest first) and among the active images; heatmaps where known
+    rec = read_data(out, f"latents/{j // read_data(out, 'meta')['chunk_size']}")[
+        j % read_data(out, "meta")["chunk_size"]
+    ]
+    shown = pg.eval_on_selector_all("#intervals .interval", "ds => ds.map(d => d.querySelectorAll('img').length)")
+    assert shown == [len(x[3]) for x in rec["intervals"]][::-1] and len(shown) >= 1
+    heads = pg.eval_on_selector_all("#intervals h3", "hs => hs.map(h => h.textContent)")
+    assert (
+        heads[-1].startswith(f"{rec['intervals'][0][0]:.3g} \u2013 ")
+        and f"\u00b7 {rec['intervals'][0][2]} image" in heads[-1]
+    )
+    srcs = pg.eval_on_selector_all("#random img", "is => is.map(i => i.getAttribute('src'))")
+    assert srcs == [f"img/0/{t[0]}.jpg" for t in rec["random"]] and len(srcs) == min(4, int(stats.image_count[j]))
+    n_heat = sum(t[3] is not None for x in rec["intervals"] for t in x[3]) + sum(
+        t[3] is not None for t in rec["random"]
+    )
+    assert pg.eval_on_selector_all("#intervals canvas.heat, #random canvas.heat", "cs => cs.length") == n_heat
     nb = pg.eval_on_selector_all("#neighbours a", "as => as.map(a => a.getAttribute('href'))")
     assert nb == [f"latent.html#{i}" for i in stats.neighbours.indices[j]]
     # each neighbour with its label and its top image
@@ -240,6 +257,28 @@ def test_static_site_from_the_file_system(site, page, tmp_path):
     # the data one latent page loads: meta + one chunk (+ words) + assets, far below 500 KB
     meta = read_data(out, "meta")
     assert meta["chunk_size"] >= 1
+
+
+def test_a_latent_page_of_statistics_without_samples(site, page, tmp_path):
+    """Statistics written before the random samples (no intervals / random) still give a latent page,
+    without those two sections."""
+    from dataclasses import replace
+
+    from sparsesteer.interpret.browser.site import write_site
+    from sparsesteer.interpret.heatmaps import stats_dataset
+
+    stats = replace(site[1], intervals=None, random=None)  # a copy: the fixture's statistics stay whole
+    out = tmp_path / "site"
+    write_site(stats, out, stats_dataset(stats), progress=False)
+    assert "intervals" not in read_data(out, "latents/0")[0]
+    pg, errors = page
+    j = int(np.argmax(stats.fire_count))
+    pg.goto((out / "latent.html").as_uri() + f"#{j}")
+    pg.wait_for_selector(f"body[data-ready='{j}']")
+    assert pg.eval_on_selector_all("#intervals, #random", "s => s.length") == 0
+    assert pg.eval_on_selector_all("[data-ranking='max'] img", "is => is.length") >= 1
+    _check_images(pg)
+    assert errors == []
 
 
 def test_index_overview_map_and_filters(site, page):
@@ -385,6 +424,7 @@ def test_latent_page_shows_only_the_latest_latent(site, page):
     fact = "b => [...document.querySelectorAll('#facts div')].find(d => d.firstChild.textContent === b).lastChild.textContent"
     assert pg.evaluate(fact, "active tokens") == str(int(stats.fire_count[last]))
     n_top = sum(int((t.images[last] >= 0).sum()) for t in stats.top.values())
+    n_top += sum(int((s.images[last] >= 0).sum()) for s in (stats.intervals, stats.random))  # and its random images
     assert pg.eval_on_selector_all("#main .thumb", "ts => ts.length") == n_top
     assert pg.get_attribute("body", "data-ready") == str(last)
     assert errors == []

@@ -63,10 +63,11 @@ class _Shapes:
 
 
 def synthetic_stats():
-    """12 latents over 8 images of 17 tokens (CLS first, a 4 x 4 patch grid), with a lens and neighbours."""
+    """12 latents over 8 images of 17 tokens (CLS first, a 4 x 4 patch grid), with a lens, neighbours and
+    random images per activation interval and among the active images."""
     from sparsesteer.interpret.lens import LensWords
     from sparsesteer.interpret.neighbours import Neighbours
-    from sparsesteer.interpret.stats import LatentStats, TopImages
+    from sparsesteer.interpret.stats import LatentStats, SampledImages, TopImages
 
     rng = np.random.default_rng(7)
     L, n_images, m = 12, 8, 1 + GRID * GRID
@@ -99,6 +100,19 @@ def synthetic_stats():
         lo = 8 + j % 5
         hist[j, lo : lo + 7] = np.round(fire[j] * np.array([1, 3, 6, 8, 5, 2, 1]) / 26).astype(np.int64) + 1
     words = ("bird", "boat", "car", "dog", "disc", "square")
+    # random images: 4 intervals (the third empty) of 4, and 4 among the active images
+    bounds = np.tile(np.array([0.25, 0.5, 1, 2, np.inf], np.float32), (L, 1))
+    counts = np.tile(np.array([37, 12, 0, 3]), (L, 1))
+    iv_images = np.full((L, 4, 4), -1, np.int64)
+    iv_values = np.zeros((L, 4, 4), np.float32)
+    for j in range(L):
+        for i, n in enumerate((4, 4, 0, 3)):
+            iv_images[j, i, :n] = rng.permutation(n_images)[:n]
+            iv_values[j, i, :n] = np.sort(bounds[j, i] * (1 + rng.random(n) * 0.9))[::-1]
+    rd_images = np.stack([rng.permutation(n_images)[:4] for _ in range(L)])
+    rd_values = -np.sort(-rng.random((L, 4)) * 3, 1).astype(np.float32)
+    intervals = SampledImages(iv_images, iv_values, np.where(iv_images >= 0, iv_images % 4, -1), counts, bounds)
+    random = SampledImages(rd_images, rd_values, rd_images % 4, np.minimum(fire, n_images))
     return LatentStats(
         n_rows=n_images * m,
         n_images=n_images,
@@ -131,6 +145,8 @@ def synthetic_stats():
             np.array([[0.31, 0.24, 0.18]] * L, np.float32),
             words,
         ),
+        intervals=intervals,
+        random=random,
     )
 
 

@@ -238,7 +238,7 @@ def test_save_load_roundtrip_and_refusals(setup, tmp_path):
         load_stats(out, activations=other_cache)
 
 
-def _synthetic_stats(L=512, n=10, m=50, n_images=5000, seed=0):
+def _synthetic_stats(L=512, n=10, m=50, n_images=5000, seed=0, samples=True):
     """Statistics with a real run's shapes (3 rankings, m tokens) but random contents: `max` and
     `patch` share most images (as they do when a latent's best token is a patch), `cls` does not."""
     from sparsesteer.interpret.neighbours import Neighbours
@@ -266,6 +266,16 @@ def _synthetic_stats(L=512, n=10, m=50, n_images=5000, seed=0):
         neighbours=Neighbours(rng.integers(0, L, (L, 10)), rng.random((L, 10), dtype=np.float32)),
     )  # fmt: skip
     stats.meta = {"classes": [str(i) for i in range(1000)], "activations": {"cls_position": 0}}
+    if samples:  # 4 random images in each of 4 intervals, and 4 random active images, every slot full
+        from sparsesteer.interpret.stats import SampledImages
+
+        img = rng.integers(0, n_images, (L, 4, 4))
+        bounds = np.sort(rng.random((L, 5)), 1).astype(np.float32)
+        stats.intervals = SampledImages(img, rng.random((L, 4, 4), dtype=np.float32), img % 1000,
+                                        rng.integers(4, 10**4, (L, 4)), bounds)  # fmt: skip
+        stats.random = SampledImages(
+            img[:, 0], rng.random((L, 4), dtype=np.float32), img[:, 0] % 1000, stats.image_count
+        )
     return stats
 
 
@@ -295,6 +305,14 @@ def test_stored_statistics_are_compact_and_read_back(tmp_path):
     np.testing.assert_array_equal(back.hist_counts, stats.hist_counts)
     np.testing.assert_array_equal(back.neighbours.indices, stats.neighbours.indices)
     np.testing.assert_array_equal(back.neighbours.cosine, stats.neighbours.cosine)
+    for name in ("intervals", "random"):  # uint16 images here (5,000), float16 values
+        a, b = getattr(stats, name), getattr(back, name)
+        assert t[f"{name}.images"].dtype == np.uint16 and t[f"{name}.values"].dtype == np.float16
+        np.testing.assert_array_equal(b.images, a.images)
+        np.testing.assert_array_equal(b.labels, a.labels)
+        np.testing.assert_array_equal(b.counts, a.counts)
+        np.testing.assert_allclose(b.values, a.values, rtol=2**-11)
+    np.testing.assert_array_equal(back.intervals.bounds, stats.intervals.bounds)
     # a slot pointing past its latent's examples (files edited consistently) is named, not an IndexError
     import json
 
@@ -311,6 +329,17 @@ def test_stored_statistics_are_compact_and_read_back(tmp_path):
     (out / "stats.json").write_text(json.dumps(meta))
     with pytest.raises(SparsesteerError, match=r"top.cls.example points outside its latent's examples"):
         load_stats(out)
+
+
+def test_statistics_without_samples_load_as_before(tmp_path):
+    """Version 2 statistics written before the random samples (no intervals.* / random.* tensors) load,
+    with `intervals` and `random` None."""
+    from safetensors.numpy import load_file
+
+    out = save_stats(_synthetic_stats(L=8, samples=False), tmp_path / "s")
+    assert not [k for k in load_file(str(out / "stats.safetensors")) if k.startswith(("intervals.", "random."))]
+    back = load_stats(out)
+    assert back.intervals is None and back.random is None and back.top["max"].images.shape == (8, 10)
 
 
 def test_statistics_of_an_older_format_are_refused_by_name(tmp_path):
@@ -352,3 +381,147 @@ def test_running_top_sort_paths_agree():
             t.update(ks[starts], np.maximum.reduceat(val[o], starts), imgs, keys, rows % m, val, ordered)
     for f in ("values", "images", "tokens"):
         np.testing.assert_array_equal(getattr(tops[True], f), getattr(tops[False], f))
+
+
+def _dense_scores(cache, sae, n_images):
+    """[image, latent] max activation over the image's tokens, from dense codes."""
+    dense, _, m = brute(cache, sae)
+    return dense.reshape(-1, m, sae.n_latents)[:n_images].max(1)
+
+
+@pytest.mark.parametrize("batch_size", [64, 4096])
+def test_samples_lie_in_their_intervals_and_fire(setup, batch_size):
+    """Issue 22 item 4, against dense codes: every sampled image fires with the value recorded, lies in
+    its interval, is drawn without repeats from it (min(k, count) of them); the intervals split the
+    latent's occupied histogram bins evenly; the counts are the images per interval; random images fire."""
+    cache, sae = setup
+    score = _dense_scores(cache, sae, 300)
+    stats = latent_stats(sae, cache.rows(None, "all"), n_bins=12, hist_min=0.01, hist_max=10.0, batch_size=batch_size)
+    iv, rd = stats.intervals, stats.random
+    assert iv.images.shape == (24, 4, 4) and rd.images.shape == (24, 4)
+    edges = 10 ** np.linspace(-2, 1, 13)
+    for j in range(24):
+        s = score[:, j]
+        active = np.flatnonzero(s > 0)
+        assert rd.counts[j] == len(active) == stats.image_count[j]
+        got = rd.images[j][rd.images[j] >= 0]
+        assert len(got) == min(4, len(active)) == len(set(got.tolist())) and (s[got] > 0).all()
+        np.testing.assert_allclose(rd.values[j][: len(got)], s[got], rtol=1e-5)
+        bins = np.clip(np.searchsorted(edges, s[active], side="right") - 1, 0, 11)
+        first, last = bins.min(), bins.max()
+        n_int = min(4, last - first + 1)
+        b = iv.bounds[j]
+        assert np.isnan(b[n_int + 1 :]).all() and np.isfinite(b[:n_int]).all()
+        want = [0.0 if e == 0 else edges[e] for e in first + (np.arange(n_int + 1) * (last - first + 1)) // n_int]
+        want[-1] = np.inf if last == 11 else want[-1]
+        np.testing.assert_allclose(b[: n_int + 1], want, rtol=1e-6)
+        for i in range(4):
+            got = iv.images[j, i][iv.images[j, i] >= 0]
+            if i >= n_int:
+                assert not len(got) and iv.counts[j, i] == 0
+                continue
+            inside = active[(s[active] >= b[i]) & (s[active] < b[i + 1])]
+            assert iv.counts[j, i] == len(inside)
+            assert len(got) == min(4, len(inside)) == len(set(got.tolist()))
+            assert set(got.tolist()) <= set(inside.tolist())
+            np.testing.assert_allclose(iv.values[j, i][: len(got)], s[got], rtol=1e-5)
+            assert (np.diff(iv.values[j, i][: len(got)]) <= 0).all()  # shown highest first
+        assert iv.counts[j].sum() == len(active)
+
+
+def test_samples_are_the_same_for_a_seed_and_differ_across_seeds(setup):
+    cache, sae = setup
+    a = latent_stats(sae, cache.rows(None, "all"), batch_size=64, seed=5, progress=False)
+    b = latent_stats(sae, cache.rows(None, "all"), batch_size=4096, seed=5, progress=False)
+    c = latent_stats(sae, cache.rows(None, "all"), batch_size=4096, seed=6, progress=False)
+    for name in ("intervals", "random"):
+        np.testing.assert_array_equal(getattr(a, name).images, getattr(b, name).images)
+        assert (getattr(a, name).images != getattr(c, name).images).any()
+    assert a.meta["samples"] == {"k": 4, "n_intervals": 4, "seed": 5, "method": "bottom-k hash priority"}
+    assert latent_stats(sae, cache.rows(None, "all"), samples=0, progress=False).intervals is None
+
+
+def test_samples_are_uniform_over_seeds(setup):
+    """Over 300 seeds, each of the images a latent fires on (in one interval, and overall) is drawn
+    about k / eligible of the time: within 5 standard deviations of the binomial count."""
+    cache, sae = setup
+    n_img = 12
+    score = _dense_scores(cache, sae, n_img)
+    n_active = (score > 0).sum(0)
+    pos = np.where(score > 0, score, np.nan)
+    spans = (np.nanmin(pos, 0) < 1) & (np.nanmax(pos, 0) >= 1)  # active on both sides of a bin edge
+    j = int(np.flatnonzero((n_active >= 5) & (n_active <= 8) & spans)[0])
+    eligible = np.flatnonzero(score[:, j] > 0)
+    k, seeds = 2, 300
+    view = cache.rows(None, "all")
+    hits_r = {int(i): 0 for i in eligible}
+    hits_i: dict[int, int] = {}
+    kw = {"max_images": n_img, "samples": k, "n_intervals": 1, "n_bins": 4, "hist_min": 0.1, "hist_max": 10.0}
+    first = latent_stats(sae, view, progress=False, **kw)
+    assert first.intervals.counts[j, 0] == len(eligible)  # one interval, merged from two bins' samples
+    assert (first.intervals.bounds[j, :2] < 1).tolist() == [True, False]
+    for seed in range(seeds):
+        st = latent_stats(sae, view, seed=seed, progress=False, **kw)
+        for i in st.random.images[j]:
+            hits_r[int(i)] += 1
+        for i in st.intervals.images[j, 0]:
+            hits_i[int(i)] = hits_i.get(int(i), 0) + 1
+    p = k / len(eligible)
+    lo, hi = seeds * p - 5 * np.sqrt(seeds * p * (1 - p)), seeds * p + 5 * np.sqrt(seeds * p * (1 - p))
+    for hits in (hits_r, hits_i):
+        assert set(hits) == set(hits_r) and sum(hits.values()) == k * seeds
+        assert all(lo <= h <= hi for h in hits.values()), (hits, lo, hi)
+
+
+class _ListView:
+    """A row view over rows in memory whose rows (2 tokens per image, CLS first) belong to `images` in
+    that order; unlike a cache (whose writer refuses it), an image may come twice."""
+
+    def __init__(self, images: list[int], acts: np.ndarray):
+        from types import SimpleNamespace
+
+        self.acts, self.images = torch.from_numpy(acts), np.asarray(images)
+        self.n_rows, self.d = len(acts), acts.shape[1]
+        settings = SimpleNamespace(cls_position=0)
+        self.cache = SimpleNamespace(tokens_per_image=2, settings=settings, labels=None, path="rows")
+
+    def row_index(self, start: int, stop: int) -> np.ndarray:
+        r = np.arange(start, stop)
+        return np.stack([self.images[r // 2], r % 2], axis=1)
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        return self.acts[start:stop]
+
+
+def _identity_stats(images: list[int], acts: np.ndarray, **kw):
+    """latent_stats of an identity TopK SAE (k=1) over `_ListView(images, acts)`."""
+    d = acts.shape[1]
+    sae = build(SAEConfig(arch="topk", d_in=d, n_latents=d, k=1))
+    with torch.no_grad():
+        sae.W_enc.copy_(torch.eye(d))
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return latent_stats(sae, _ListView(images, acts), progress=False, **kw)
+
+
+@pytest.mark.parametrize("batch_size", [2, 4, 100])
+def test_an_image_is_in_a_ranking_once(batch_size):
+    """Issue 22 item 4: a view holding image 0 three times listed it up to three times in a ranking; now
+    once, with its best copy's score and tokens, whether the copies share a chunk or not (batch_size 2:
+    one image per chunk). A cache cannot hold an image twice (its writer refuses it) and a ranking
+    scores an image once (max over its tokens), so `interpret` runs never had duplicates; a row source
+    of another kind could."""
+    images = [0, 1, 0, 2, 0]
+    acts = np.zeros((10, 2), np.float32)  # rows: (CLS, patch) of each image in turn
+    acts[:, 0] = [5, 1, 3, 0, 6, 9, 2, 0, 4, 0]  # latent 0 on image 0's copies: [5, 1], [6, 9], [4, 0]
+    acts[7, 1] = 7  # latent 1 fires on image 2's patch only
+    stats = _identity_stats(images, acts, top_n=4, batch_size=batch_size)
+    top = stats.top["max"]
+    assert top.images[0].tolist() == [0, 1, 2, -1]
+    assert top.values[0].tolist() == [9, 3, 2, 0]
+    assert top.tokens[0, 0].tolist() == [6, 9]  # the best copy's tokens
+    assert stats.top["cls"].images[0].tolist() == [0, 1, 2, -1]
+    assert stats.top["cls"].values[0].tolist() == [6, 3, 2, 0]
+    assert stats.top["patch"].images[0].tolist() == [0, -1, -1, -1]
+    assert stats.top["max"].images[1].tolist() == [2, -1, -1, -1]
+    assert sorted(stats.random.images[0].tolist()) == [-1, 0, 1, 2]  # the random sample: once each too

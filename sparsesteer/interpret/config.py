@@ -50,6 +50,9 @@ class InterpretConfig(DeviceOptions):
     """Use only the first N images of the cache; None = all."""
     neighbours: int = 10
     """Nearest latents by decoder cosine kept per latent; 0 = none."""
+    samples: int = 4
+    """Beyond the top images: random images (seed 0) per activation interval (4 per latent) and among all
+    the images where the latent fires; 0 = none."""
     vocab: str | None = None
     """Concept lens (SAEs on the final CLS of a CLIP model): imagenet1k, cifar100 or a text file of words;
     None = no lens."""
@@ -84,7 +87,7 @@ class InterpretConfig(DeviceOptions):
             positive_int(getattr(self, name), "--" + name.replace("_", "-"))
         if self.max_images is not None:
             positive_int(self.max_images, "--max-images")
-        for name in ("neighbours", "montages"):
+        for name in ("neighbours", "montages", "samples"):
             if getattr(self, name) < 0:
                 raise SparsesteerError(f"--{name} must be >= 0, got {getattr(self, name)}")
         if not 0 < self.hist_min < self.hist_max:

@@ -259,6 +259,7 @@ def run_interpret(cfg: InterpretConfig) -> tuple[Path, LatentStats]:
         batch_size=cfg.batch_size,
         max_images=cfg.max_images,
         keep_images=cfg.labels_images if dissect_vocab is not None else 0,
+        samples=cfg.samples,
     )
     if cfg.neighbours:
         stats.neighbours = decoder_neighbours(sae.W_dec, k=min(cfg.neighbours, sae.n_latents - 1))
@@ -320,7 +321,7 @@ def run_interpret(cfg: InterpretConfig) -> tuple[Path, LatentStats]:
             "lambda": dissect.LAMBDA,
             "inclusion": [dissect.P_START, dissect.P_END],
         }
-    stats.meta = meta
+    stats.meta = {**stats.meta, **meta}  # latent_stats records how it drew its samples
     out = Path(cfg.out)
     from ..utils.plots import frequency_histogram
 

@@ -18,8 +18,27 @@ is > 0. Per latent the pass keeps, in memory independent of the number of rows:
 Rankings: "max" (max over the view's tokens) always; when the view holds the CLS token and patch
 tokens, also "cls" (the CLS activation) and "patch" (max over patch tokens). Each ranking keeps a
 running top-n per latent: a chunk's (image, latent) scores below the latent's current n-th are
-dropped, the rest merged with the kept ones by one sort. Memory: about
-n_latents x top_n x (m + 3) x 4 bytes per ranking, plus n_latents x n_bins x 8.
+dropped, the rest merged with the kept ones by one sort. An image is in a ranking at most once: a
+ranking scores each image once (its best token), and should a row source yield an image twice (a
+cache's writer refuses that, a streamed view numbers images in order; a hand-made view could), the
+best copy is kept with its tokens. Memory: about n_latents x top_n x (m + 3) x 4 bytes per ranking,
+plus n_latents x n_bins x 8.
+
+Beyond the top images (`samples` > 0, as Neuronpedia shows them): `intervals`, `samples` images drawn
+uniformly at random among the latent's active images whose score ("max" over tokens) lies in each of
+up to `n_intervals` activation intervals, and `random`, `samples` images drawn uniformly among all its
+active images. Both are bottom-k (priority) samples, a form of reservoir sampling: every (image,
+latent) pair gets a pseudo-random priority, a hash of (seed, image, latent), and a sample keeps the
+`samples` pairs of highest priority, in a running top like the rankings'. So a rerun, another
+`batch_size` or another chunk order picks the same images, and the union of two samples' sets
+re-sampled by priority is a sample of the union. Intervals cannot be defined before the pass ends
+relative to the latent's values (a running max moves), so the pass keeps one such sample per latent
+and histogram bin (the fixed log10 bins above; memory n_latents x n_bins x samples x 16 bytes) with
+the bin's image count; at the end each latent's occupied bins, first to last, are split into
+`n_intervals` runs of consecutive bins of equal log width, and each interval's sample is the top
+`samples` priorities of its bins' samples: exactly a uniform sample of the interval's images. (A
+view that held an image twice would count each copy in its own interval; caches and streamed views
+hold each image once.)
 """
 
 from __future__ import annotations
@@ -54,6 +73,25 @@ class TopImages:
 
 
 @dataclass
+class SampledImages:
+    """Images drawn at random among those where each latent fires (see the module docstring), highest
+    value first; empty slots: image -1, value 0. `intervals` has an interval axis and `bounds`."""
+
+    images: np.ndarray
+    """int64 [n_latents, (n_intervals,) k] image index in the cache (-1: empty slot)."""
+    values: np.ndarray
+    """float32, same shape: the latent's max activation over the image's tokens."""
+    labels: np.ndarray
+    """int64, same shape: the image's label (-1: unlabeled or empty slot)."""
+    counts: np.ndarray
+    """int64 [n_latents(, n_intervals)] active images the sample is drawn from."""
+    bounds: np.ndarray | None = None
+    """float32 [n_latents, n_intervals + 1] interval edges (interval i: bounds[i] <= value < bounds[i+1];
+    0 and inf at the ends of the histogram range, whose end bins hold what lies outside; NaN past the
+    latent's last interval)."""
+
+
+@dataclass
 class LatentStats:
     """Per-latent statistics (see the module docstring); `meta` records where they came from."""
 
@@ -77,6 +115,10 @@ class LatentStats:
     """`lens.LensWords` or None."""
     dissect: Any = None
     """`dissect.ConceptLabels` (CLIP-Dissect labels) or None."""
+    intervals: SampledImages | None = None
+    """Random images per activation interval (None: not computed, e.g. statistics written before them)."""
+    random: SampledImages | None = None
+    """Random active images (None: not computed)."""
     probe_top: np.ndarray | None = None
     """int64 [n_latents, keep_images] each latent's best images by max over tokens, values > 0 only
     (-1: empty), when `latent_stats(keep_images=...)` asked for them: what `dissect` reads. Not saved."""
@@ -134,6 +176,8 @@ class _RunningTop:
         by (latent, -score) breaks ties by image; otherwise a three-key sort does)."""
         lat = keys % self.L
         keep = scores >= self.values[lat, -1]
+        if not ordered:  # an image may come twice: keep the best copy of each (image, latent) of this chunk
+            keep &= _best_copies(lat, image_ids[keys // self.L], scores)
         if not keep.any():
             return
         keys, scores, lat = keys[keep], scores[keep], lat[keep]
@@ -158,9 +202,11 @@ class _RunningTop:
         img_all = np.concatenate([self.images[U].ravel(), image_ids[keys // self.L]])
         if ordered:  # kept entries (earlier images) first, then this chunk's in image order
             order = np.argsort(_desc_key(lat_all, val_all), kind="stable")
-        else:
+        else:  # and an image kept from an earlier chunk may come again: its best copy stays
             img_key = np.where(img_all < 0, np.iinfo(np.int64).max, img_all)
             order = np.lexsort((img_key, -val_all, lat_all))
+            first = _best_copies(lat_all[order], img_all[order], None)
+            order = order[first | (img_all[order] < 0)]
         lat_s = lat_all[order]
         rank = np.arange(len(lat_s)) - np.searchsorted(lat_s, lat_s, side="left")
         sel = rank < n
@@ -176,6 +222,32 @@ class _RunningTop:
         flat[la[new] * n + r[new]] = cand_tok[o[new] - n_old]
         self.values[la, r] = val_all[o]
         self.images[la, r] = img_all[o]
+
+
+def _best_copies(lat: np.ndarray, img: np.ndarray, scores: np.ndarray | None) -> np.ndarray:
+    """bool mask of the first entry of each (latent, image) pair when ordered by score descending
+    (`scores` None: the entries already are in that order within each pair)."""
+    key_order = np.lexsort((np.arange(len(lat)) if scores is None else -scores, img, lat))
+    ls, im = lat[key_order], img[key_order]
+    first_sorted = np.concatenate([[True], (ls[1:] != ls[:-1]) | (im[1:] != im[:-1])])
+    out = np.empty(len(lat), bool)
+    out[key_order] = first_sorted
+    return out
+
+
+def _priority(images: np.ndarray, lat: np.ndarray, salt: int) -> np.ndarray:
+    """float32 pseudo-random priorities 1..2^24 of (image, latent) pairs: splitmix64 of (salt, image),
+    mixed with the latent and hashed again (exact in float32, never 0, which marks an empty slot)."""
+
+    def mix(x: np.ndarray) -> np.ndarray:
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+    h = mix(images.astype(np.uint64) ^ np.uint64(salt & 0xFFFFFFFFFFFFFFFF))
+    h = mix(h ^ (lat.astype(np.uint64) * np.uint64(0xD1B54A32D192ED03)))
+    return ((h >> np.uint64(40)) + np.uint64(1)).astype(np.float32)
 
 
 def _desc_key(lat: np.ndarray, val: np.ndarray) -> np.ndarray:
@@ -206,17 +278,24 @@ def latent_stats(
     progress: bool = True,
     desc: str = "interpret",
     keep_images: int = 0,
+    samples: int = 4,
+    n_intervals: int = 4,
+    seed: int = 0,
 ) -> LatentStats:
     """One pass over `view` (see the module docstring). `batch_size` rows per chunk (rounded down to
     whole images; results do not depend on it); `max_images` stops after that many images; `desc`
     labels the progress bar; `keep_images` > 0 also keeps each latent's best `keep_images` images by
-    the "max" ranking without their tokens (`LatentStats.probe_top`, for CLIP-Dissect labels)."""
+    the "max" ranking without their tokens (`LatentStats.probe_top`, for CLIP-Dissect labels);
+    `samples` random images per activation interval (`n_intervals` of them) and random active images
+    per latent, drawn with `seed` (`samples` 0: none)."""
     import torch
 
     from ..utils.progress import progress as bar
 
-    if top_n < 1 or n_bins < 1 or batch_size < 1:
-        raise SparsesteerError("latent_stats: top_n, n_bins and batch_size must be >= 1")
+    if top_n < 1 or n_bins < 1 or batch_size < 1 or n_intervals < 1:
+        raise SparsesteerError("latent_stats: top_n, n_bins, batch_size and n_intervals must be >= 1")
+    if samples < 0:
+        raise SparsesteerError(f"latent_stats: samples must be >= 0, got {samples}")
     if not 0 < hist_min < hist_max:
         raise SparsesteerError(f"latent_stats: need 0 < hist_min < hist_max, got {hist_min}, {hist_max}")
     if view.d != sae.d_in:
@@ -236,6 +315,10 @@ def latent_stats(
         rankings["patch"] = ~is_cls
     tops = {name: _RunningTop(L, top_n, m) for name in rankings}
     probe = _RunningTop(L, keep_images, 1) if keep_images > 0 else None
+    # samples: the value of each sampled image rides in the one "token" slot, its priority is the score
+    by_bin = _RunningTop(L * n_bins, samples, 1) if samples else None
+    rand = _RunningTop(L, samples, 1) if samples else None
+    bin_images = np.zeros(L * n_bins if samples else 0, np.int64)
     fire_count = np.zeros(L, np.int64)
     image_count = np.zeros(L, np.int64)
     act_sum = np.zeros(L, np.float64)
@@ -291,8 +374,17 @@ def latent_stats(
                 uk = ks[starts]
                 if name == "max":
                     image_count += np.bincount(uk % L, minlength=L)
+                    zero = np.zeros(len(uk), np.int64)
                     if probe is not None:  # the same scores, one "token" each: no per-token vectors kept
-                        probe.update(uk, scores, image_ids, uk, np.zeros(len(uk), np.int64), scores, ordered)
+                        probe.update(uk, scores, image_ids, uk, zero, scores, ordered)
+                    if by_bin is not None and rand is not None:
+                        img, lt = image_ids[uk // L], uk % L
+                        sb = np.clip(((np.log10(scores) - lo) * (n_bins / (hi - lo))).astype(np.int64), 0, n_bins - 1)
+                        stream = lt * n_bins + sb
+                        bin_images += np.bincount(stream, minlength=L * n_bins)
+                        bk = (uk // L) * (L * n_bins) + stream  # sorted like uk
+                        by_bin.update(bk, _priority(img, lt, 2 * seed), image_ids, bk, zero, scores, ordered)
+                        rand.update(uk, _priority(img, lt, 2 * seed + 1), image_ids, uk, zero, scores, ordered)
                 tops[name].update(uk, scores, image_ids, keys, tok, val, ordered)
             pb.update(stop - start)
     top = {}
@@ -302,6 +394,11 @@ def latent_stats(
             filled = t.images >= 0
             labs[filled] = labels_all[t.images[filled]]
         top[name] = TopImages(t.values, t.images, t.tokens, labs)
+    intervals = random = None
+    if by_bin is not None and rand is not None:
+        intervals = _interval_samples(by_bin, bin_images.reshape(L, n_bins), edges, n_intervals, labels_all)
+        counts = image_count.copy()
+        random = _sorted_samples(rand.images, rand.tokens[..., 0], counts, labels_all)
     return LatentStats(
         n_rows=n_rows,
         n_images=n_rows // m,
@@ -314,4 +411,73 @@ def latent_stats(
         hist_counts=hist.reshape(L, n_bins),
         top=top,
         probe_top=probe.images if probe is not None else None,
+        intervals=intervals,
+        random=random,
+        meta={"samples": {"k": samples, "n_intervals": n_intervals, "seed": seed, "method": "bottom-k hash priority"}}
+        if samples
+        else {},
     )
+
+
+def _sorted_samples(
+    images: np.ndarray, values: np.ndarray, counts: np.ndarray, labels_all: np.ndarray | None
+) -> SampledImages:
+    """Samples [..., k] (filled slots first) reordered by value descending (ties: lower image), with labels."""
+    filled = images >= 0
+    img_key = np.where(filled, images, np.iinfo(np.int64).max)
+    order = np.lexsort((img_key, -np.where(filled, values, -np.inf)), axis=-1)
+    images = np.take_along_axis(images, order, -1)
+    values = np.where(images >= 0, np.take_along_axis(values, order, -1), 0).astype(np.float32)
+    labels = np.full(images.shape, -1, np.int64)
+    if labels_all is not None:
+        labels[images >= 0] = labels_all[images[images >= 0]]
+    return SampledImages(images, values, labels, counts)
+
+
+def _interval_samples(
+    by_bin: _RunningTop, bin_images: np.ndarray, log_edges: np.ndarray, n_intervals: int, labels_all: np.ndarray | None
+) -> SampledImages:
+    """Each latent's intervals (its occupied bins, first to last, split into `n_intervals` runs of
+    equal log width; fewer when it spans fewer bins) and their samples: the highest priorities among
+    the samples of the interval's bins."""
+    L, B = bin_images.shape
+    k = by_bin.n
+    occ = bin_images > 0
+    live = np.any(occ, axis=1, keepdims=False).astype(bool)
+    first = np.argmax(occ, 1)
+    last = B - 1 - np.argmax(occ[:, ::-1], 1)
+    span = last - first + 1
+    n_int = np.where(live, np.minimum(span, n_intervals), 0)
+    g = np.arange(n_intervals + 1)
+    starts = first[:, None] + (g[None, :] * span[:, None]) // np.maximum(n_int, 1)[:, None]  # [L, I+1] bin edges
+    valid = (g[None, :] <= n_int[:, None]) & live[:, None]
+    edge_vals = 10.0**log_edges
+    edge_vals[0], edge_vals[-1] = 0.0, np.inf  # the end bins hold what lies outside the range
+    bounds = np.where(valid, edge_vals[np.clip(starts, 0, B)], np.nan).astype(np.float32)
+    # interval of each (latent, bin): -1 outside the latent's intervals
+    b = np.arange(B)
+    which = (b[None, :, None] >= starts[:, None, 1:]).sum(2)  # [L, B] how many interval ends lie at or below b
+    inside = (b[None, :] >= first[:, None]) & (b[None, :] <= last[:, None]) & live[:, None]
+    which = np.where(inside, which, -1)
+    counts = np.zeros((L, n_intervals), np.int64)
+    lat_i, bin_i = np.nonzero(inside)
+    np.add.at(counts, (lat_i, which[lat_i, bin_i]), bin_images[lat_i, bin_i])
+    # the candidates: every kept sample of every bin, grouped by (latent, interval), best priority first
+    imgs = by_bin.images.reshape(L, B, k)
+    pri = by_bin.values.reshape(L, B, k)
+    val = by_bin.tokens.reshape(L, B, k)
+    lat_c, bin_c, slot_c = np.nonzero(imgs >= 0)
+    group = lat_c * n_intervals + which[lat_c, bin_c]
+    im_c = imgs[lat_c, bin_c, slot_c]
+    order = np.lexsort((im_c, -pri[lat_c, bin_c, slot_c], group))
+    gs = group[order]
+    rank = np.arange(len(gs)) - np.searchsorted(gs, gs, side="left")
+    sel = order[rank < k]
+    images = np.full((L * n_intervals, k), -1, np.int64)
+    values = np.zeros((L * n_intervals, k), np.float32)
+    r = rank[rank < k]
+    images[group[sel], r] = im_c[sel]
+    values[group[sel], r] = val[lat_c[sel], bin_c[sel], slot_c[sel]]
+    out = _sorted_samples(images.reshape(L, n_intervals, k), values.reshape(L, n_intervals, k), counts, labels_all)
+    out.bounds = bounds
+    return out

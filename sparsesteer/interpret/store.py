@@ -18,13 +18,20 @@ latent for 10 top images per ranking of 50 tokens, against 7 KB in version 1):
     lens.indices [L, k] int32, lens.cosine [L, k] float32                   (when computed; words in JSON)
     dissect.indices [L, k] int32 (-1: no label), dissect.scores [L, k] float32 (NaN: no label)
                                             CLIP-Dissect labels (when computed; words in JSON)
+    intervals.images [L, I, s], random.images [L, s]   random images per activation interval and among
+                                       all active images (when computed): the smallest unsigned dtype
+                                       (uint32 past 65,535 images), its largest value for an empty slot;
+                                       .values float16 (float32 when one exceeds float16's range),
+                                       .labels int8..; intervals.counts [L, I] uint8.. images in each
+                                       interval, intervals.bounds [L, I + 1] float32 its edges
 An image in several rankings of a latent is stored once. `load_stats` gives back `TopImages` as
 `latent_stats` returns them, the token activations to within scale / 510 (the browser's heatmaps
 quantise to 0..255 anyway). Version 1 files (float32 tokens per ranking) are refused by name.
 stats.json: format, format_version, n_rows, n_images, n_latents, token_positions, rankings, top_n,
 hist (min, max, n_bins), sae (path, weights_sha256, tensors_sha256, arch, k), activations (path,
 settings_sha256, hook, tokens, model), dataset (spec, split: where the images are), classes,
-lens (vocabulary and its sha256), dissect (vocabulary, model, settings, words), tensors_sha256 (of stats.safetensors), meta_sha256 (of stats.json's
+lens (vocabulary and its sha256), dissect (vocabulary, model, settings, words), samples (how the
+random images were drawn), tensors_sha256 (of stats.safetensors), meta_sha256 (of stats.json's
 own contents without this field: canonical JSON, sorted keys). Loading refuses an edited or damaged
 file of either kind, and tensors whose shapes disagree with stats.json, naming the file.
 """
@@ -40,7 +47,10 @@ import numpy as np
 
 from ..utils import io
 from ..utils.errors import SparsesteerError
-from .stats import LatentStats, TopImages
+from .stats import LatentStats, SampledImages, TopImages
+
+SAMPLES = ("intervals", "random")
+"""Optional sample tensors (statistics written before them load without: `LatentStats.intervals` None)."""
 
 if TYPE_CHECKING:
     from ..activations.cache import ActivationCache
@@ -148,7 +158,40 @@ def _tensors(stats: LatentStats) -> dict[str, np.ndarray]:
     if stats.dissect is not None:
         out["dissect.indices"] = stats.dissect.indices.astype(np.int32)
         out["dissect.scores"] = stats.dissect.scores.astype(np.float32)
+    for name in SAMPLES:
+        samples: SampledImages | None = getattr(stats, name)
+        if samples is not None:
+            out |= _sample_tensors(name, samples)
     return {k: np.ascontiguousarray(v) for k, v in out.items()}
+
+
+def _sample_tensors(name: str, s: SampledImages) -> dict[str, np.ndarray]:
+    """Compact tensors of one `SampledImages` (see the module docstring)."""
+    img_dtype = _int_dtype(0, int(s.images.max(initial=-1)) + 1)
+    empty = np.iinfo(img_dtype).max
+    f16 = np.abs(s.values).max(initial=0) <= np.finfo(np.float16).max
+    out = {
+        f"{name}.images": np.where(s.images >= 0, s.images, empty).astype(img_dtype),
+        f"{name}.values": s.values.astype(np.float16 if f16 else np.float32),
+        f"{name}.labels": s.labels.astype(_int_dtype(-1, int(s.labels.max(initial=0)))),
+    }
+    if s.bounds is not None:
+        out[f"{name}.bounds"] = s.bounds.astype(np.float32)
+        out[f"{name}.counts"] = s.counts.astype(_int_dtype(0, int(s.counts.max(initial=0))))
+    return out
+
+
+def _samples(t: dict[str, np.ndarray], name: str, image_count: np.ndarray) -> SampledImages | None:
+    """The inverse of `_sample_tensors` (None when the file has none)."""
+    if f"{name}.images" not in t:
+        return None
+    raw = t[f"{name}.images"]
+    images = np.where(raw == np.iinfo(raw.dtype).max, -1, raw.astype(np.int64))
+    counts = t[f"{name}.counts"].astype(np.int64) if f"{name}.counts" in t else image_count.astype(np.int64)
+    bounds = t.get(f"{name}.bounds")
+    return SampledImages(
+        images, t[f"{name}.values"].astype(np.float32), t[f"{name}.labels"].astype(np.int64), counts, bounds
+    )
 
 
 def _top_images(file: Path, t: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, TopImages]:
@@ -237,6 +280,13 @@ def _check_shapes(file: Path, t: dict[str, np.ndarray], meta: dict[str, Any]) ->
     if "dissect.indices" in t:  # optional: statistics without labels load as before
         k = (t["dissect.indices"].shape[1:] or (-1,))[0]  # a 1-D tensor fails the check below
         want |= {"dissect.indices": (L, k), "dissect.scores": (L, k)}
+    if "intervals.images" in t:  # optional too: statistics written before the samples load as before
+        ik = tuple(t["intervals.images"].shape[1:3]) if t["intervals.images"].ndim == 3 else (-1, -1)
+        want |= {f"intervals.{x}": (L, *ik) for x in ("images", "values", "labels")}
+        want |= {"intervals.counts": (L, ik[0]), "intervals.bounds": (L, ik[0] + 1)}
+    if "random.images" in t:
+        rk = (t["random.images"].shape[1:] or (-1,))[0]
+        want |= {f"random.{x}": (L, rk) for x in ("images", "values", "labels")}
     for name, shape in want.items():
         if name not in t:
             raise SparsesteerError(f"{file} has no tensor {name!r} (listed by {META}): the statistics are damaged")
@@ -356,4 +406,6 @@ def load_stats(
         if idx.max(initial=-1) >= len(words):
             raise SparsesteerError(f"{file}: dissect.indices points outside the {len(words)} label words of {META}")
         stats.dissect = ConceptLabels(idx, t["dissect.scores"], words)
+    stats.intervals = _samples(t, "intervals", stats.image_count)
+    stats.random = _samples(t, "random", stats.image_count)
     return stats

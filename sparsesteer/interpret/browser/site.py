@@ -14,7 +14,7 @@ payload to `SS.put(key, data)` (JSONP style), loaded with a <script> tag when ne
     SITE/data/overview.js, data/map.js         the index's summary card and decoder map (`overview`)
     SITE/data/words.js, data/words/G.js        search: the word list; word -> latents, in groups
     SITE/data/latents/C.js                     the full record of `chunk_size` consecutive latents
-    SITE/img/B/I.jpg                           one thumbnail per top image, shared by all latents
+    SITE/img/B/I.jpg                           one thumbnail per top or sampled image, shared by all latents
 
 Sizes stay bounded at any number of latents: the index page loads the shell, meta.js and one page
 file; a latent page loads the shell, meta.js, one chunk (sized to about `chunk_bytes`) and its
@@ -175,6 +175,7 @@ def latent_record(
         labs = labs[labs >= 0]
         u, c = np.unique(labs, return_counts=True)
         rec["labels"][name] = [[int(a), int(b)] for a, b in sorted(zip(u, c), key=lambda t: (-t[1], t[0]))]
+    rec |= sample_records(stats, j, keep)
     if stats.neighbours is not None:
         best = stats.top["max"].images[:, 0]  # a neighbour's thumbnail: its top image (-1: never active)
         rec["neighbours"] = [
@@ -187,6 +188,34 @@ def latent_record(
         d = stats.dissect
         rec["dissect"] = [[d.words[int(i)], _sig(float(c), 4)] for i, c in zip(d.indices[j], d.scores[j]) if i >= 0]
     return rec
+
+
+def sample_records(stats: LatentStats, j: int, keep: list[int]) -> dict[str, Any]:
+    """Latent j's random images: "intervals" [[lo, hi, count, images]] (hi None: no upper edge) and
+    "random" images, each image [image, value, label, grid]. Their per-token activations are not
+    stored (about 1 KB per latent more), so an image has a heatmap (on the "max" ranking's scale)
+    only when it is one of the latent's top images too; else grid is None."""
+    out: dict[str, Any] = {}
+    known = {int(i): t.tokens[j, r] for t in stats.top.values() for r, i in enumerate(t.images[j]) if i >= 0}
+    vmax = float(stats.top["max"].tokens[j].max(initial=0.0))
+
+    def images(s: Any, where: tuple) -> list[list[Any]]:
+        return [
+            [int(i), _sig(float(v), 5), int(lab), quantise_grid(known[int(i)], keep, vmax) if int(i) in known else None]
+            for i, v, lab in zip(s.images[where], s.values[where], s.labels[where])
+            if i >= 0
+        ]
+
+    if stats.intervals is not None and stats.intervals.bounds is not None:
+        s, b = stats.intervals, stats.intervals.bounds[j]
+        out["intervals"] = [
+            [_sig(float(b[i]), 4), _sig(float(b[i + 1]), 4), int(s.counts[j, i]), images(s, (j, i))]
+            for i in range(s.images.shape[1])
+            if not math.isnan(b[i + 1])  # NaN: past the latent's last interval
+        ]
+    if stats.random is not None:
+        out["random"] = images(stats.random, (j,))
+    return out
 
 
 def dissect_label(stats: LatentStats, j: int) -> tuple[str, float | None]:
@@ -253,8 +282,9 @@ def _write_overview(stats: LatentStats, write, labels: list[str], decoder: Any) 
 
 
 def check_images(stats: LatentStats, dataset: ImageDataset) -> np.ndarray:
-    """The distinct top images (sorted); refuses, before any work, images the dataset lacks."""
-    ids = np.unique(np.concatenate([t.images.ravel() for t in stats.top.values()]))
+    """The distinct top and sampled images (sorted); refuses, before any work, images the dataset lacks."""
+    samples = [s.images.ravel() for s in (stats.intervals, stats.random) if s is not None]
+    ids = np.unique(np.concatenate([t.images.ravel() for t in stats.top.values()] + samples))
     ids = ids[ids >= 0]
     if len(ids) and ids[-1] >= len(dataset):
         raise SparsesteerError(

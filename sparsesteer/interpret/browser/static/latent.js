@@ -1,5 +1,6 @@
 "use strict";
-// One latent (latent.html#J): facts, top images per ranking with heatmaps, activation histogram,
+// One latent (latent.html#J): facts, top images per ranking with heatmaps, random images per
+// activation interval and among its active images, activation histogram,
 // label distribution, concept-lens words, decoder neighbours. Its data is one chunk file
 // (data/latents/C.js). Served with a model (`browse --serve --model`), the live panel adds
 // steering and a patch explorer through the server's JSON API.
@@ -213,6 +214,7 @@
       }
       out.push(el("section", {class: "card"}, head, body));
     }
+    out.push(...sampleSections(rec));
     const cols = el("div", {class: "cols"});
     cols.appendChild(el("section", {class: "card"}, el("h2", {}, "Activation histogram"), histogram(rec)));
     const labs = rec.labels.max || [];
@@ -244,6 +246,40 @@
       ? el("img", {class: "mini", src: SS.thumbPath(image), width: 32, height: 32, alt: "top image of latent " + i})
       : el("span", {class: "mini none", "aria-hidden": "true"});
     return [thumb, "latent " + i, label ? el("span", {class: "muted"}, " " + label) : null];
+  }
+
+  // Beyond the top images (statistics that hold them): random images from each activation interval,
+  // and random images among all those where the latent fires. A heatmap is drawn where the image is
+  // one of the latent's top images too (the stored per-patch values); the others show the image alone.
+  function sampleSections(rec) {
+    const out = [];
+    const grids = (items) => items.map((t) => t[3]);
+    const thumbs = (items, scale, attrs) => el("div", {class: "thumbs", ...attrs},
+      items.map(([img, v, lab, grid]) => thumb(img, v, lab, grid, scale)));
+    if (rec.intervals) {
+      const all = rec.intervals.flatMap((x) => x[3]);
+      const scale = SS.heatScale(grids(all), rec.vmax.max || 0);
+      const head = el("div", {class: "card-head"}, el("h2", {}, "Activation intervals"));
+      if (meta.grid && all.some((t) => t[3])) head.appendChild(SS.colourBar(scale));
+      // highest interval first, continuing from the top images
+      const rows = rec.intervals.map(([lo, hi, count, items], i) => el("div", {class: "interval", "data-interval": i},
+        el("h3", {}, fmt(lo) + " \u2013 " + (hi === null ? fmt(rec.max) + " (max)" : fmt(hi)),
+          el("span", {class: "muted"}, " \u00b7 " + count + (count === 1 ? " image" : " images") +
+            (items.length < count ? ", " + items.length + " at random" : ""))),
+        items.length ? thumbs(items, scale, {}) : el("p", {class: "muted"}, "no image in this interval"))).reverse();
+      out.push(el("section", {class: "card", id: "intervals"}, head,
+        el("p", {class: "muted note"}, "Images drawn at random among those whose largest activation (over tokens) " +
+          "lies in each interval."),
+        rows.length ? el("div", {class: "intervals"}, rows) : el("p", {class: "muted"}, "never active")));
+    }
+    if (rec.random) {
+      const scale = SS.heatScale(grids(rec.random), rec.vmax.max || 0);
+      const head = el("div", {class: "card-head"}, el("h2", {}, "Random active images"),
+        el("span", {class: "muted"}, rec.random.length + " of the " + rec.image_count + " images where it fires"));
+      out.push(el("section", {class: "card", id: "random"}, head,
+        rec.random.length ? thumbs(rec.random, scale, {"data-sample": "random"}) : el("p", {class: "muted"}, "never active")));
+    }
+    return out;
   }
 
   // ---- served with a model: steering and the patch explorer ----
