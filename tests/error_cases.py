@@ -305,14 +305,14 @@ def _api_stats_edited(ws: Path) -> None:
     load_stats(ws / "stats-edited")
 
 
-def _api_sae_wrong_width(ws: Path) -> None:
-    import torch
 def _api_labels_no_classes(ws: Path) -> None:
     from sparsesteer.interpret.run import labels_vocab
 
     labels_vocab("classes", None, "the activations (…)")
 
 
+def _api_sae_wrong_width(ws: Path) -> None:
+    import torch
 
     from sparsesteer.sae import SparseAutoencoder
 
@@ -497,10 +497,10 @@ API = {
     "api-subset-replay-given": _api_subset_replay_given,
     "api-steer-non-finite-input": _api_steer_non_finite_input,
     "api-stats-edited": _api_stats_edited,
+    "api-labels-no-classes": _api_labels_no_classes,
     "api-sae-wrong-width": _api_sae_wrong_width,
     "api-train-saved-sae-differs": _api_train_saved_sae_differs,
     "api-sae-numpy": _api_sae_numpy,
-    "api-labels-no-classes": _api_labels_no_classes,
     "api-unknown-arch": _api_unknown_arch,
     "api-site-decoder-shape": _api_site_decoder_shape,
     "api-unknown-dataset": _api_unknown_dataset,
