@@ -176,6 +176,11 @@ def load_record(w: Path, s: dict[str, Any]) -> dict[str, Any]:
 
 
 def save_record(w: Path, rec: dict[str, Any]) -> None:
+    import resource
+
+    # a child's ru_maxrss may count the forked copy of this process before its exec: this process's own
+    # peak is that floor, recorded beside the commands' figures
+    rec["parent_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
     tmp = w / "rehearsal.json.tmp"
     tmp.write_text(json.dumps(rec, indent=1) + "\n")
     os.replace(tmp, w / "rehearsal.json")
@@ -378,7 +383,8 @@ def markdown(rec: dict[str, Any]) -> str:
     s, cmds = rec["settings"], rec["commands"]
     lines = [
         f"Rehearsal: {s['images']} images ({s['preset']}, {s['latents']} latents, k {s['k']}, "
-        f"block {s['middle_block']}, batch {s['batch_size']} rows).",
+        f"block {s['middle_block']}, batch {s['batch_size']} rows). This script's own peak RSS: "
+        f"{rec.get('parent_peak_rss_mib', '?')} MiB (a child's peak RSS may count the forked copy of it).",
         "",
         "| command | status | images | rows | wall (s) | throughput | peak RSS (MiB) | bytes written "
         "| reference | reference rate | command / reference |",

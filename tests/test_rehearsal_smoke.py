@@ -36,8 +36,9 @@ def test_rehearsal_smoke_runs_every_command_and_resumes(cifar10_jpeg, tmp_path):
     cmds = rec["commands"]
     assert set(cmds) == COMMANDS and all(c["status"] == "finished" for c in cmds.values())
     assert all(c["wall_s"] > 0 and c["peak_rss_mib"] > 0 for c in cmds.values())
-    # the parent stays small, so a child's peak RSS is its own (a forked copy of a 300 MiB parent would floor it)
-    assert min(c["peak_rss_mib"] for c in cmds.values()) < 300
+    # a child's ru_maxrss may count the forked copy of the parent before its exec: the parent's own peak is
+    # recorded beside them (the floor a reader must allow for), and every child's peak lies above it
+    assert 0 < rec["parent_peak_rss_mib"] < min(c["peak_rss_mib"] for c in cmds.values())
     for name in COMMANDS - {n for n in COMMANDS if n.startswith("ref-")}:
         assert cmds[name]["bytes"] > 0, name  # every command wrote its outputs
     assert cmds["train-all"]["rows"] == 64 * 17 and cmds["train-cls"]["rows"] == 64  # tiny CLIP: 17 tokens

@@ -47,8 +47,9 @@ def test_every_kind_of_output_gets_the_umask_mode(tmp_path):
         out = tmp_path / "out"
         acts = make_activation_cache(out / "acts", n_images=100, positions=(0, 1), d=8)  # .npy shards + manifest
         train = ["-q", "train", "--activations", str(acts), "--arch", "topk,relu", "--k", "2", "--n-latents", "16",
-                 "--steps", "4", "--checkpoint-every", "2", "--batch-size", "16", "--out", str(out / "run")]  # fmt: skip
-        assert main(train) == 0  # sae.safetensors, cfg.json, metrics.jsonl, state/, fvu_vs_l0.png
+                 "--steps", "4", "--checkpoint-every", "2", "--batch-size", "16", "--keep-state",
+                 "--out", str(out / "run")]  # fmt: skip
+        assert main(train) == 0  # sae.safetensors, cfg.json, metrics.jsonl, state/ (kept), fvu_vs_l0.png
         sae = out / "run" / "topk-k2-n16"
         assert (sae / "sae.safetensors").is_file() and list((out / "run").rglob("state.safetensors"))
         interpret = ["-q", "interpret", "--sae", str(sae), "--activations", str(acts), "--top-n", "2",
