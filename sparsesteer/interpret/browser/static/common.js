@@ -217,6 +217,14 @@ window.SS = (function () {
     }
   }
 
-  return {put, load, idle, el, fmt, thumbPath, viridis, heatScale, drawHeatmap, colourBar, patchProbe, latentHref,
+  // An SVG element with attributes (and text): the charts of the index and latent pages.
+  function svg(tag, attrs, text) {
+    const e = document.createElementNS("http://www.w3.org/2000/svg", tag);
+    for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
+    if (text !== undefined) e.textContent = text;
+    return e;
+  }
+
+  return {put, load, idle, el, svg, fmt, thumbPath, viridis, heatScale, drawHeatmap, colourBar, patchProbe, latentHref,
     showError, api, liveInfo};
 })();

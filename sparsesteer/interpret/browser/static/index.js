@@ -200,14 +200,7 @@
   }
 
   // ---- the overview: summary card and map ----
-  const SVG = "http://www.w3.org/2000/svg";
-
-  function svg(tag, attrs, text) {
-    const e = document.createElementNS(SVG, tag);
-    for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
-    if (text !== undefined) e.textContent = text;
-    return e;
-  }
+  const svg = SS.svg;
 
   function countTicks(maxv) {
     const raw = Math.max(maxv, 1) / 4;

@@ -42,14 +42,7 @@
         el("div", {class: "label", title: className(label)}, className(label))));
   }
 
-  const SVG = "http://www.w3.org/2000/svg";
-
-  function svg(tag, attrs, text) {
-    const e = document.createElementNS(SVG, tag);
-    for (const [k, v] of Object.entries(attrs || {})) e.setAttribute(k, v);
-    if (text !== undefined) e.textContent = text;
-    return e;
-  }
+  const svg = SS.svg;
 
   // Tick values 0..top (top >= maxv) at a round step, about four of them; whole numbers for counts.
   function niceTicks(maxv, whole) {
