@@ -201,6 +201,39 @@ def test_neighbours_screened_in_bf16_are_exact(screen, monkeypatch):
         assert 0 < sum(redone) < 400  # some rows fell back, most were settled by the screen
 
 
+@pytest.mark.parametrize("block", [128, 100, 450])
+def test_neighbours_screen_keeps_every_row_above_its_last_candidate(block):
+    """The symmetric screen (each pair once; later rows filter by their last candidate) against a dense
+    bf16 product: no column outside a row's candidates beats its last one (beyond a bf16 rounding of a
+    product done in another shape), and the final neighbours equal an fp64 full sort. Row 300 sits in a
+    random block but close to 100 near-copies in block 0: at block 100 it and 170 others take more than
+    SPILL entries from block 0 (the dense path); block 450 puts the copies and row 300 in one block."""
+    import sparsesteer.interpret.neighbours as nbm
+
+    g = torch.Generator().manual_seed(5)
+    W = torch.randn(500, 32, generator=g)
+    W[:100] = W[0] + 0.05 * torch.randn(100, 32, generator=g)
+    W[300] = W[0] + 0.05 * torch.randn(32, generator=g)
+    U = torch.nn.functional.normalize(W, dim=1)
+    last, cand = nbm._screen(U.to(torch.bfloat16), 42, block)
+    assert cand.shape == (500, 42) and (cand >= 0).all()
+    assert not (cand == torch.arange(500)[:, None]).any()  # never itself
+    assert all(len(set(r)) == 42 for r in cand.tolist())
+    dense = (U.to(torch.bfloat16) @ U.to(torch.bfloat16).T).float()
+    dense.fill_diagonal_(-float("inf"))
+    outside = dense.scatter(1, cand, -float("inf"))
+    assert (outside.max(1).values <= last + 2.0**-8).all()
+    assert (torch.gather(dense, 1, cand).min(1).values >= last - 2.0**-8).all()
+    assert (cand[300] < 100).all()  # its candidates: the near-copies, wherever they were taken in
+    nb = decoder_neighbours(W, k=10, block=block, screen=True)
+    C = (torch.nn.functional.normalize(W.double(), dim=1) @ torch.nn.functional.normalize(W.double(), dim=1).T).numpy()
+    np.fill_diagonal(C, -np.inf)
+    ref = np.argsort(-C, axis=1, kind="stable")[:, :10]
+    np.testing.assert_allclose(nb.cosine, np.take_along_axis(C, ref, 1), atol=1e-6)
+    clear = np.abs(np.diff(np.take_along_axis(C, np.argsort(-C, axis=1)[:, :11], 1), axis=1)).min(1) > 1e-5
+    np.testing.assert_array_equal(nb.indices[clear], ref[clear])
+
+
 def test_save_load_roundtrip_and_refusals(setup, tmp_path):
     cache, sae = setup
     stats = latent_stats(sae, cache.rows(None, "all"), top_n=3)
