@@ -14,7 +14,7 @@ from PIL import Image
 
 from sparsesteer.activations.cache import ActivationCache
 from sparsesteer.cli import main
-from sparsesteer.interpret.heatmaps import heatmap, overlay, patch_grid, stats_dataset
+from sparsesteer.interpret.heatmaps import heatmap, latent_scale, montage, overlay, patch_grid, stats_dataset
 from sparsesteer.interpret.stats import latent_stats
 from sparsesteer.interpret.store import load_stats
 from sparsesteer.sae import SAEConfig, build
@@ -62,7 +62,7 @@ def test_cli_writes_stats_that_match_the_library(run):
     assert stats.neighbours.indices.shape == (48, 4)
     montages = sorted(p.name for p in (out / "montages").iterdir())
     assert len(montages) == 2 and all(m.startswith("latent_") for m in montages)
-    assert Image.open(out / "montages" / montages[0]).size == (5 * 112, 112)
+    assert Image.open(out / "montages" / montages[0]).size == (5 * 112, 112 + 18)  # a row of tiles, the colour bar
 
 
 def test_lens_matches_direct_computation(run):
@@ -87,10 +87,17 @@ def test_lens_matches_direct_computation(run):
 
 
 def test_heatmap_hand_worked():
-    """A 2x2 grid with one hot patch: upsampled, the top-left quarter turns red, the rest stays."""
+    """A 2x2 grid with one hot patch on a blue image, scale 0..2: the top-left corner gets the top of
+    viridis (#fde725) at opacity 0.85, the bottom-right (0: the bottom of the scale) stays blue; a
+    scale that starts above 0 (a dense latent) leaves its weakest patch uncovered, not one colour."""
     img = Image.new("RGB", (4, 4), (0, 0, 255))
-    out = np.asarray(overlay(img, np.array([[2.0, 0], [0, 0]]), vmax=2.0, alpha=1.0))
-    assert tuple(out[0, 0]) == (255, 0, 0) and tuple(out[3, 3]) == (0, 0, 255)
+    out = np.asarray(overlay(img, np.array([[2.0, 0], [0, 0]]), 0.0, 2.0)).astype(float)
+    np.testing.assert_allclose(out[0, 0], 0.15 * np.array([0, 0, 255]) + 0.85 * np.array([253, 231, 37]), atol=1.5)
+    assert tuple(out[3, 3]) == (0, 0, 255)
+    dense = np.asarray(overlay(img, np.array([[5.0, 3], [3, 3]]), 3.0, 5.0)).astype(float)
+    assert tuple(dense[3, 3]) == (0, 0, 255) and dense[0, 0, 0] > 200  # 3 is the bottom, 5 the top
+    flat = np.asarray(overlay(img, np.full((2, 2), 4.0), 4.0, 4.0)).astype(float)  # one value: all at the top
+    np.testing.assert_allclose(flat[0, 0], out[0, 0], atol=1.5)
     from sparsesteer.interpret.stats import LatentStats
 
     s = LatentStats(0, 0, [0, 1, 2, 3, 4], *[np.zeros(1)] * 6, top={}, meta={"activations": {"cls_position": 0}})
@@ -108,6 +115,17 @@ def test_other_sae_and_missing_images_are_refused(run, tmp_path, capsys):
     stats = load_stats(out)
     ds = stats_dataset(stats)
     assert heatmap(stats, int(np.argmax(stats.fire_count)), 0, ds, size=32).size == (32, 32)
+    j = int(np.argmax(stats.fire_count))
+    lo, hi = latent_scale(stats, j)
+    patches = np.stack(
+        [patch_grid(stats, t) for t, i in zip(stats.top["max"].tokens[j], stats.top["max"].images[j]) if i >= 0]
+    )
+    assert (lo, hi) == (float(patches.min()), float(patches.max())) and hi > 0
+    sheet = montage(stats, j, ds, size=32, cols=5)
+    n = int((stats.top["max"].images[j] >= 0).sum())
+    assert sheet.size == (160, 32 * -(-n // 5) + 18)  # the tiles, then the colour bar
+    bar = np.asarray(sheet)[-9, 20:140].astype(float)  # the bar's middle row, left of the text to right
+    assert bar[0].sum() > bar[-1].sum() - 1e3 and np.abs(np.diff(bar, axis=0)).sum() > 0  # a ramp, not one colour
     # images gone: the dataset cannot be opened
     moved = tmp_path / "moved"
     shutil.copytree(data, moved)

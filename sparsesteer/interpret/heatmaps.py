@@ -5,8 +5,12 @@
     montage(stats, latent=7, dataset=ds).save("l7.png")        # the top images side by side
 
 A heatmap is the latent's activation on each patch token of the image (from the statistics: no
-model run), laid out on the square patch grid, upsampled bilinearly to the image size, normalised
-by the latent's largest activation over its top images, and blended over the image in red.
+model run), laid out on the square patch grid, upsampled bilinearly to the image size and blended
+over the image in viridis, as the browser draws it: the colour scale runs from the smallest to the
+largest patch value of the latent's top images (a sparse latent's silent patches put its bottom at
+0; a dense latent that fires on every patch starts at its weakest one, so its maps still show where
+it fires most instead of one colour), and the overlay's opacity rises with the value (none at the
+bottom of the scale). A montage carries the scale as a colour bar with its two ends.
 """
 
 from __future__ import annotations
@@ -95,23 +99,49 @@ def patch_grid(stats: LatentStats, tokens_m: np.ndarray) -> np.ndarray:
     return np.asarray(tokens_m, np.float32)[keep].reshape(g, g)
 
 
-def overlay(image: Image.Image, grid: np.ndarray, vmax: float, *, alpha: float = 0.6) -> Image.Image:
-    """`grid` upsampled to the image and blended over it in red (0 = the image, vmax = full red)."""
+def overlay(image: Image.Image, grid: np.ndarray, lo: float, hi: float) -> Image.Image:
+    """`grid` upsampled to the image and blended over it in viridis on the scale lo..hi (see the
+    module docstring): position t = (v - lo) / (hi - lo), opacity 0 at t <= 0, else 0.25 + 0.6 t."""
     from PIL import Image
 
-    h = np.clip(grid / vmax, 0, 1) if vmax > 0 else np.zeros_like(grid)
-    mask = Image.fromarray((h * 255).astype(np.uint8), mode="L").resize(image.size, Image.Resampling.BILINEAR)
-    a = np.asarray(mask, np.float32)[..., None] / 255 * alpha
-    base = np.asarray(image, np.float32)
-    red = np.zeros_like(base)
-    red[..., 0] = 255
-    return Image.fromarray((base * (1 - a) + red * a).round().astype(np.uint8), mode="RGB")
+    v = Image.fromarray(np.asarray(grid, np.float32), mode="F").resize(image.size, Image.Resampling.BILINEAR)
+    t = _position(np.asarray(v, np.float32), lo, hi)
+    rgb, a = _colour(t)
+    base = np.asarray(image.convert("RGB"), np.float32)
+    return Image.fromarray((base * (1 - a) + rgb * a).round().astype(np.uint8), mode="RGB")
+
+
+def _position(v: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    if hi > lo:
+        return np.clip((v - lo) / (hi - lo), 0, 1)
+    return (v > 0).astype(np.float32)
+
+
+def _colour(t: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """viridis RGB (0..255) and overlay opacity [..., 1] at scale positions t (the browser's heatAlpha)."""
+    from matplotlib import colormaps
+
+    rgb = colormaps["viridis"](t)[..., :3] * 255
+    a = np.where(t > 0, 0.25 + 0.6 * np.minimum(t, 1), 0.0)[..., None]
+    return rgb, a
+
+
+def latent_scale(stats: LatentStats, latent: int, ranking: str = "max") -> tuple[float, float]:
+    """The colour scale of `latent`'s heatmaps: its smallest and largest patch value over its top
+    images under `ranking` (0, 0 when it has none)."""
+    top = stats.top[ranking]
+    filled = top.images[latent] >= 0
+    if not filled.any():
+        return 0.0, 0.0
+    vals = np.stack([patch_grid(stats, tok) for tok in top.tokens[latent][filled]])
+    return float(vals.min()), float(vals.max())
 
 
 def heatmap(
     stats: LatentStats, latent: int, rank: int, dataset: ImageDataset, *, ranking: str = "max", size: int = 224
 ) -> Image.Image:
-    """The `rank`-th top image of `latent` with its patch heatmap, resized to size x size."""
+    """The `rank`-th top image of `latent` with its patch heatmap, resized to size x size (colour scale:
+    `latent_scale`, the same for all its top images)."""
     from PIL import Image
 
     top = stats.top[ranking]
@@ -119,28 +149,47 @@ def heatmap(
     if img < 0:
         raise SparsesteerError(f"latent {latent} has fewer than {rank + 1} top images under {ranking!r}")
     image = load_image(dataset, img).resize((size, size), Image.Resampling.BICUBIC)
-    vmax = float(top.tokens[latent].max())
-    return overlay(image, patch_grid(stats, top.tokens[latent, rank]), vmax)
+    lo, hi = latent_scale(stats, latent, ranking)
+    return overlay(image, patch_grid(stats, top.tokens[latent, rank]), lo, hi)
+
+
+def colour_bar(lo: float, hi: float, width: int, height: int = 18) -> Image.Image:
+    """The key of a heatmap scale: the ramp at its overlay opacity over white, the two ends written."""
+    from PIL import Image, ImageDraw
+
+    t = np.broadcast_to(np.linspace(0, 1, width, dtype=np.float32), (height, width))
+    rgb, a = _colour(t)
+    bar = Image.fromarray((255 * (1 - a) + rgb * a).round().astype(np.uint8), mode="RGB")
+    draw = ImageDraw.Draw(bar)
+    for text, anchor, x in ((f"{lo:.3g}", "lm", 3), (f"{hi:.3g}", "rm", width - 3)):
+        draw.text((x, height // 2), text, fill=(0, 0, 0), anchor=anchor)
+    return bar
 
 
 def montage(
     stats: LatentStats, latent: int, dataset: ImageDataset, *, ranking: str = "max", size: int = 112, cols: int = 5
 ) -> Image.Image:
-    """The latent's top images (with heatmaps when every patch is in the statistics) in a grid."""
+    """The latent's top images (with heatmaps when every patch is in the statistics) in a grid, and
+    under it the colour bar of their common scale."""
     from PIL import Image
 
     top = stats.top[ranking]
     n = int((top.images[latent] >= 0).sum())
     rows = max(math.ceil(n / cols), 1)
-    sheet = Image.new("RGB", (cols * size, rows * size), "white")
+    try:
+        scale: tuple[float, float] | None = latent_scale(stats, latent, ranking)
+    except SparsesteerError as e:
+        if "square grid" not in str(e):
+            raise
+        scale = None  # not every patch in the statistics: the images alone
+    bar = colour_bar(*scale, cols * size) if scale is not None and n else None
+    sheet = Image.new("RGB", (cols * size, rows * size + (bar.height if bar else 0)), "white")
     for r in range(n):
-        try:
-            tile = heatmap(stats, latent, r, dataset, ranking=ranking, size=size)
-        except SparsesteerError as e:
-            if "square grid" not in str(e):
-                raise
-            tile = load_image(dataset, int(top.images[latent, r])).resize((size, size), Image.Resampling.BICUBIC)
+        image = load_image(dataset, int(top.images[latent, r])).resize((size, size), Image.Resampling.BICUBIC)
+        tile = overlay(image, patch_grid(stats, top.tokens[latent, r]), *scale) if scale is not None else image
         sheet.paste(tile, ((r % cols) * size, (r // cols) * size))
+    if bar is not None:
+        sheet.paste(bar, (0, rows * size))
     return sheet
 
 
