@@ -315,6 +315,35 @@ def test_hover_shows_the_patch_value_and_the_toggle_hides_the_overlay(shapes_sit
     assert errors == []
 
 
+def test_the_patch_values_can_be_read_from_the_keyboard(shapes_site, page):
+    """Tab reaches a heatmap, the arrows move the outlined patch and its value matches the stored one;
+    leaving (Tab on) hides it again."""
+    pg, errors = page
+    _open(pg, shapes_site, str(DENSE))
+    rec = read_data(shapes_site, "latents/0")[DENSE]
+    q = np.frombuffer(__import__("base64").b64decode(rec["top"]["patch"][0][3]), np.uint8)
+    frame = pg.locator("[data-ranking='patch'] .thumb .frame").first
+    frame.focus()
+    probe = frame.locator(".probe")
+    probe.wait_for(state="visible")
+
+    def text(row, col):
+        value = q[row * GRID + col] / 255 * rec["vmax"]["patch"]
+        return f"patch ({row}, {col}): {float(f'{value:.3g}'):g}"
+
+    assert probe.inner_text() == text(0, 0)
+    scrolled = pg.evaluate("window.scrollY")  # focusing may scroll the frame into view
+    for key in ("ArrowDown", "ArrowRight", "ArrowRight", "ArrowUp", "ArrowDown"):
+        pg.keyboard.press(key)
+    assert probe.inner_text() == text(1, 2)
+    assert pg.evaluate("window.scrollY") == scrolled  # the arrows did not scroll the page
+    pg.keyboard.press("Home")
+    assert probe.inner_text() == text(0, 0)
+    pg.keyboard.press("Tab")
+    probe.wait_for(state="hidden")
+    assert errors == []
+
+
 @pytest.mark.parametrize("size", [(1366, 768), (1440, 900)])
 def test_pages_fit_a_laptop_screen(shapes_site, page, size):
     """No horizontal scrolling at laptop sizes; the favicon is the site's own (no request elsewhere)."""

@@ -155,24 +155,52 @@ window.SS = (function () {
   }
 
   // Hovering a heatmap shows the latent's value on the patch under the pointer (in `readout`) and
-  // outlines that patch (`cell`). Works with the overlay hidden too.
+  // outlines that patch (`cell`). Works with the overlay hidden too. From the keyboard: the frame takes
+  // the focus (Tab), the arrow keys move the outlined patch, Home goes back to the first; leaving hides it.
   function patchProbe(frame, b64, grid, vmax, readout, cell) {
     const bytes = gridBytes(b64);
-    frame.addEventListener("mousemove", (ev) => {
-      const rect = frame.getBoundingClientRect();
-      const col = Math.min(grid - 1, Math.max(0, Math.floor(((ev.clientX - rect.left) / rect.width) * grid)));
-      const row = Math.min(grid - 1, Math.max(0, Math.floor(((ev.clientY - rect.top) / rect.height) * grid)));
+    let at = null;
+    function show(row, col) {
+      at = [row, col];
       readout.textContent = "patch (" + row + ", " + col + "): " + fmt((bytes[row * grid + col] / 255) * vmax);
       cell.style.left = (100 * col) / grid + "%";
       cell.style.top = (100 * row) / grid + "%";
       cell.style.width = cell.style.height = 100 / grid + "%";
       cell.hidden = false;
-    });
-    frame.addEventListener("mouseleave", () => {
+    }
+    function hide() {
       readout.textContent = "";
       cell.hidden = true;
+    }
+    const clamp = (v) => Math.min(grid - 1, Math.max(0, v));
+    frame.addEventListener("mousemove", (ev) => {
+      const rect = frame.getBoundingClientRect();
+      show(clamp(Math.floor(((ev.clientY - rect.top) / rect.height) * grid)),
+        clamp(Math.floor(((ev.clientX - rect.left) / rect.width) * grid)));
+    });
+    frame.addEventListener("mouseleave", () => {
+      if (document.activeElement !== frame) hide();
+    });
+    frame.tabIndex = 0;
+    frame.setAttribute("role", "group");
+    frame.setAttribute("aria-label", "patch values: arrow keys move between the " + grid + " x " + grid + " patches");
+    readout.setAttribute("aria-live", "polite");
+    frame.addEventListener("focus", () => show(...(at || [0, 0])));
+    frame.addEventListener("blur", hide);
+    const moves = {ArrowUp: [-1, 0], ArrowDown: [1, 0], ArrowLeft: [0, -1], ArrowRight: [0, 1]};
+    frame.addEventListener("keydown", (ev) => {
+      if (ev.key === "Home") {
+        show(0, 0);
+      } else if (moves[ev.key]) {
+        const [r, c] = at || [0, 0];
+        show(clamp(r + moves[ev.key][0]), clamp(c + moves[ev.key][1]));
+      } else {
+        return;
+      }
+      ev.preventDefault();  // the arrows move the patch, not the page
     });
   }
+
 
   function latentHref(j) {
     return "latent.html#" + j;
