@@ -21,6 +21,15 @@ sample of `train-all`, 50,000 images; the test-side sets of `reproduce` take N/5
     steer        steer features (latent 0 set to 10 at the SAE's hook, on the N images)
     vs2          reproduce vs2 (all stages; --retriever clip: no DINOv2 offline)
     typographic  reproduce typographic, one sweep: block M, --epochs 1 of its SAE
+    cache-all-bf16 / ref-forward-all-bf16   cache-all with the forward under bf16 autocast (`--bf16`,
+                 stored as bfloat16), and the bare forward under the same autocast
+
+`--kill-test NAMES` (comma list or all, after the commands finished) reruns each named command
+into WORK/kill/, SIGKILLs it and its children at a random moment of its recorded wall time
+(`--kill-seed`), reruns it as a user would (the same command, plus --resume for train; if that is
+refused, as its message says, without --resume, then with --overwrite) and compares the sha256 of
+its result files (JSON without timing keys and dates, paths normalised; logs, metrics streams and
+checkpoints left out) with the uninterrupted run's. The outcome joins rehearsal.json ("kill") and the table.
 
 Per command it records wall time, throughput (images/s; rows/s for training), the peak RSS of the
 child and its descendants (`os.wait4`'s ru_maxrss), the bytes its output holds when it ends, and
@@ -40,6 +49,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -77,6 +87,8 @@ class Step:
     reference_of: bool = False
     """A reference itself: runs this script, reports its own rate (model load excluded)."""
     note: str = ""
+    resume: tuple[str, ...] = ()
+    """What a user adds to the same command to continue after it was killed (train: --resume)."""
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -126,16 +138,16 @@ def plan(s: dict[str, Any], w: Path) -> list[Step]:
         Step("ref-forward-cls", ["--reference", "forward", "--hook", "head", *ref], w / "ref-forward-cls",
              s["reference_images"], reference_of=True),
         Step("train-cls", ["train", "--activations", str(w / "cache-cls"), *sae, "--out", str(w / "sae-cls")],
-             w / "sae-cls", n, rows=n, needs=("cache-cls",), reference="ref-sae-cls"),
+             w / "sae-cls", n, rows=n, needs=("cache-cls",), reference="ref-sae-cls", resume=("--resume",)),
         Step("ref-sae-cls", ["--reference", "sae", "--cache", "cache-cls", *ref], w / "ref-sae-cls", n, rows=n,
              needs=("cache-cls",), reference_of=True),
         Step("train-all", ["train", "--activations", str(w / "cache-all"), *sae, "--out", str(w / "sae-all")],
-             w / "sae-all", n, rows=n * tokens, needs=("cache-all",), reference="ref-sae-all"),
+             w / "sae-all", n, rows=n * tokens, needs=("cache-all",), reference="ref-sae-all", resume=("--resume",)),
         Step("ref-sae-all", ["--reference", "sae", "--cache", "cache-all", *ref], w / "ref-sae-all", n,
              rows=n * tokens, needs=("cache-all",), reference_of=True),
         Step("train-model", ["train", "--model", model, *images, "--hook", hook, "--tokens", "all", *sae,
                              "--out", str(w / "sae-stream")], w / "sae-stream", n, rows=n * tokens,
-             note="compare: cache-all + train-all"),
+             note="compare: cache-all + train-all", resume=("--resume",)),
         Step("evaluate", ["evaluate", "--sae", str(w / "sae-all"), "--activations", str(w / "cache-all"),
                           "--suite", "default", "--out", str(w / "eval")], w / "eval", n, rows=n * tokens,
              needs=("train-all",)),
@@ -157,6 +169,11 @@ def plan(s: dict[str, Any], w: Path) -> list[Step]:
                              "--expansion", str(s["latents"] // (768 if s["preset"] == "ViT-B/32" else 32)),
                              "--sae-epochs", "1", "--out", str(w / "typo")], w / "typo", n + 2 * t,
              note=f"{n} SAE + {t} select + {t} test images"),
+        Step("cache-all-bf16", ["cache", "--model", model, *images, "--hook", hook, "--tokens", "all", "--bf16",
+                                "--dtype", "bfloat16", "--out", str(w / "cache-all-bf16")], w / "cache-all-bf16", n,
+             reference="ref-forward-all-bf16"),
+        Step("ref-forward-all-bf16", ["--reference", "forward", "--hook", hook, "--bf16", *ref],
+             w / "ref-forward-all-bf16", s["reference_images"], reference_of=True),
     ]
     # fmt: on
 
@@ -289,6 +306,153 @@ def rehearse(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# ------------------------------------------------------------------------------------- kill test
+IGNORED_KEYS = (
+    "time",
+    "timing",
+    "seconds",
+    "wall",
+    "elapsed",
+    "started",
+    "finished_at",
+    "date",
+    "duration",
+    "rss",
+    "per_s",
+    "created",
+    "updated",
+    "_s",
+)
+"""JSON keys (substrings, or the suffix _s) that record when or how long, not what: left out of the
+comparison, as are string values that are ISO dates."""
+ISO_DATE = re.compile(r"^\d{4}-\d\d-\d\d[T ]\d\d:\d\d")
+
+
+def _normalised(path: Path, out: Path) -> bytes:
+    """A file's bytes for the comparison: JSON without timing keys, every text with its own output
+    directory written as OUT (the killed run's copy lives elsewhere)."""
+    data = path.read_bytes()
+    if path.suffix not in (".json", ".js", ".md", ".html", ".txt", ".csv"):
+        return data
+    text = data.decode(errors="replace").replace(str(out.resolve()), "OUT").replace(str(out), "OUT")
+    if path.suffix == ".json":
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            return text.encode()
+
+        def clean(o: Any) -> Any:
+            if isinstance(o, dict):
+                return {k: clean(v) for k, v in o.items() if not any(x in k.lower() for x in IGNORED_KEYS[:-1])
+                        and not k.endswith(IGNORED_KEYS[-1])}  # fmt: skip
+            if isinstance(o, str) and ISO_DATE.match(o):
+                return "DATE"
+            return [clean(v) for v in o] if isinstance(o, list) else o
+
+        return json.dumps(clean(obj), sort_keys=True).encode()
+    return text.encode()
+
+
+def fingerprint(out: Path) -> dict[str, str]:
+    """sha256 of every result file under `out` (normalised, see `_normalised`); logs, metrics streams
+    and training checkpoints (state/) are not results."""
+    import hashlib
+
+    if out.is_file():
+        return {out.name: hashlib.sha256(_normalised(out, out)).hexdigest()}
+    prints = {}
+    for f in sorted(out.rglob("*")):
+        rel = f.relative_to(out)
+        if not f.is_file() or f.is_symlink() or "state" in rel.parts or f.suffix in (".log", ".jsonl", ".tmp"):
+            continue
+        prints[str(rel)] = hashlib.sha256(_normalised(f, out)).hexdigest()
+    return prints
+
+
+def kill_test(step: Step, w: Path, done: dict[str, Any], rng: Any) -> dict[str, Any]:
+    """Run `step` into WORK/kill/NAME, SIGKILL it (with any children) at a random moment of its
+    recorded wall time, rerun it as a user would (the same command, plus `step.resume`; with
+    --overwrite only if refused, see below), and compare its results with the uninterrupted run's."""
+    import signal
+
+    out = w / "kill" / step.out.name
+    if out.exists():
+        shutil.rmtree(out) if out.is_dir() else out.unlink()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    argv = [str(out) if a == str(step.out) else a for a in step.argv]
+    cmd = [*sparsesteer_exe(), "-q", *argv]
+    log = w / "logs" / f"kill-{step.name}.log"
+    at = float(rng.uniform(0.1, 0.9)) * done["wall_s"]
+    with open(log, "w") as f:
+        f.write(" ".join(cmd) + f"\n(SIGKILL after {at:.1f} s)\n")
+        f.flush()
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.STDOUT, env=child_env(), cwd=w, start_new_session=True)
+        try:
+            proc.wait(timeout=at)
+            killed = False  # it finished first: a faster run than the recorded one
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+            killed = True
+    rec: dict[str, Any] = {"kill_after_s": round(at, 1), "killed": killed, "rerun": []}
+    # a user reruns the command (train: with --resume); if that is refused (train killed before its first
+    # checkpoint: nothing to resume), as the message says, without --resume, then with --overwrite
+    tries = [list(step.resume)] + ([[]] if step.resume else []) + [["--overwrite"]]
+    t0 = time.perf_counter()
+    for extra in tries:
+        rec["rerun"].append(" ".join(["sparsesteer", *argv, *extra]))
+        again = subprocess.run([*cmd, *extra], capture_output=True, text=True, env=child_env(), cwd=w)
+        if again.returncode != 2:
+            break
+        rec.setdefault("refused", []).append((again.stderr.strip().splitlines() or [""])[-1][:300])
+    rec["rerun_s"] = round(time.perf_counter() - t0, 1)
+    rec["rc"] = again.returncode
+    if again.returncode:
+        rec["error"] = "\n".join(again.stderr.strip().splitlines()[-5:])
+        rec["identical"] = False
+        return rec
+    a, b = fingerprint(step.out), fingerprint(out)
+    rec["files"] = len(a)
+    rec["differ"] = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+    rec["identical"] = not rec["differ"]
+    return rec
+
+
+def kill_tests(args: argparse.Namespace) -> int:
+    """--kill-test NAMES: `kill_test` each finished command, recorded in rehearsal.json ("kill")."""
+    import numpy as np
+
+    s = settings(args)
+    w = work_dir(args)
+    rec = load_record(w, s)
+    steps = {st.name: st for st in plan(s, w) if not st.reference_of}
+    names = list(steps) if args.kill_test == "all" else args.kill_test.split(",")
+    if set(names) - set(steps):
+        raise RehearsalError(
+            f"--kill-test: unknown command(s) {sorted(set(names) - set(steps))}; known: {', '.join(steps)}"
+        )
+    rng = np.random.default_rng(args.kill_seed)
+    bad = 0
+    for name in names:
+        done = rec["commands"].get(name, {})
+        if done.get("status") != "finished":
+            print(f"  kill {name}: not run, the command has no finished run to compare with", flush=True)
+            bad += 1
+            continue
+        print(f"  kill {name}: running ...", flush=True)
+        r = kill_test(steps[name], w, done, rng)
+        rec.setdefault("kill", {})[name] = r
+        save_record(w, rec)
+        bad += not r["identical"]
+        what = (
+            "identical" if r["identical"] else f"DIFFERENT ({', '.join(r.get('differ', [])[:5]) or r.get('error', '')})"
+        )
+        how = "killed" if r["killed"] else "finished before the kill"
+        print(f"  kill {name}: {how} at {r['kill_after_s']} s, rerun {r['rerun_s']} s: {what}"
+              + (f"; refused first: {' / '.join(r['refused'])}" if "refused" in r else ""), flush=True)  # fmt: skip
+    return 1 if bad else 0
+
+
 def make_model(w: Path) -> None:
     import transformers
 
@@ -309,7 +473,8 @@ def make_model(w: Path) -> None:
 def reference_forward(args: argparse.Namespace) -> dict[str, Any]:
     """A bare batched forward over the first reference_images images of the same --limit sample:
     decode and preprocess in the loop, the vision tower run up to the hook (head: the whole tower
-    and the projection), no hooks, no writing. Timed after one warm-up batch."""
+    and the projection; `--bf16`: under bf16 autocast, as `cache --bf16`), no hooks, no writing.
+    Timed after one warm-up batch."""
     import torch
 
     from sparsesteer.data import limit_dataset, open_dataset
@@ -327,9 +492,10 @@ def reference_forward(args: argparse.Namespace) -> dict[str, Any]:
         vision.encoder.layers = vision.encoder.layers[: block + 1]  # resid_post of the block = the last output
 
     def forward(pixels):
-        if args.hook == "head":
-            return model.get_image_features(pixel_values=pixels)
-        return vision(pixel_values=pixels).last_hidden_state
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bool(args.bf16)):
+            if args.hook == "head":
+                return model.get_image_features(pixel_values=pixels)
+            return vision(pixel_values=pixels).last_hidden_state
 
     with torch.inference_mode():
         forward(torch.from_numpy(bb.preprocessor.batch([ds[i].image for i in range(min(batch, n))])))
@@ -400,6 +566,17 @@ def markdown(rec: dict[str, Any]) -> str:
             f"| {r['peak_rss_mib']:,.0f} | {r['bytes']:,} | {r.get('reference') or r.get('note', '')} "
             f"| {f'{ref_rate:,.2f} ' + ref['rate_unit'] if ref_rate else ''} | {ratio} |"
         )
+    if rec.get("kill"):
+        lines += ["", "SIGKILL at a random moment, then the same command rerun (`--kill-test`):", "",
+                  "| command | killed after (s) | rerun | rerun (s) | result files | identical to the uninterrupted run |",
+                  "|---|---:|---|---:|---:|---|"]  # fmt: skip
+        for name, k in rec["kill"].items():
+            how = " then ".join(f"`{c}`" for c in k["rerun"]) + (
+                f" (refused: {' / '.join(k['refused'])})" if "refused" in k else ""
+            )
+            same = "yes" if k["identical"] else "NO: " + (", ".join(k.get("differ", [])[:5]) or k.get("error", ""))
+            when = f"{k['kill_after_s']}" if k["killed"] else f"{k['kill_after_s']} (finished first)"
+            lines.append(f"| {name} | {when} | {how} | {k['rerun_s']} | {k.get('files', 0)} | {same} |")
     return "\n".join(lines) + "\n"
 
 
@@ -451,9 +628,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--reference-images", type=int, default=256, help="images timed by the bare forward")
     p.add_argument("--reference-steps", type=int, default=20, help="steps timed by the bare SAE loop")
     p.add_argument("--compare", nargs="+", metavar="JSON", help="print growth factors between these rehearsals")
+    p.add_argument(
+        "--kill-test",
+        metavar="NAMES",
+        help="SIGKILL these finished commands (comma list, or all) at a "
+        "random moment in a copy, rerun, and compare with the uninterrupted results",
+    )
+    p.add_argument("--kill-seed", type=int, default=0, help="seed of the kill moments")
     p.add_argument("--make-model", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--reference", choices=("forward", "sae"), help=argparse.SUPPRESS)
     p.add_argument("--hook", help=argparse.SUPPRESS)
+    p.add_argument("--bf16", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--cache", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     try:
@@ -471,7 +656,7 @@ def main(argv: list[str] | None = None) -> int:
             raise RehearsalError(f"--images must be 1..50,000 (the {SPLIT} split), got {args.images}")
         if args.latents < 1 or not 1 <= args.k <= args.latents:
             raise RehearsalError(f"--k must be 1..--latents, got k {args.k}, latents {args.latents}")
-        return rehearse(args)
+        return kill_tests(args) if args.kill_test else rehearse(args)
     except RehearsalError as e:
         print(f"rehearsal: error: {e}", file=sys.stderr)
         return 2

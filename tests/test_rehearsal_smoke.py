@@ -16,7 +16,40 @@ SCRIPT = ROOT / "benchmarks" / "rehearsal.py"
 COMMANDS = {
     "cache-all", "ref-forward-all", "cache-cls", "ref-forward-cls", "train-cls", "ref-sae-cls", "train-all",
     "ref-sae-all", "train-model", "evaluate", "interpret", "browse", "steer", "vs2", "typographic",
+    "cache-all-bf16", "ref-forward-all-bf16",
 }  # fmt: skip
+
+
+def _script():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("rehearsal_script", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_kill_test_fingerprint_ignores_timings_and_paths_but_not_results(tmp_path):
+    """The kill test's comparison: two runs' outputs differing only in timing keys, their own output
+    path, logs and checkpoints compare equal; a changed result value or byte, or a missing file, does not."""
+    fingerprint = _script().fingerprint
+    a, b = tmp_path / "a" / "out", tmp_path / "b" / "out"
+    for d, t, rss in ((a, 1.5, 900), (b, 7.25, 950)):
+        (d / "state").mkdir(parents=True)
+        (d / "results.json").write_text(json.dumps({"top1": 0.5, "wall_s": t, "timing": {"x": t}, "peak_rss_mib": rss,
+                                                    "out": str(d), "nested": [{"seconds": t, "n": 3}], "written": f"2026-12-07T23:4{int(t)}:00+00:00"}))  # fmt: skip
+        (d / "w.safetensors").write_bytes(b"\x00\x01")
+        (d / "state" / "ckpt.safetensors").write_bytes(str(t).encode())
+        (d / "train.log").write_text(f"took {t}")
+        (d / "metrics.jsonl").write_text(json.dumps({"step": 1, "t": t}))
+    assert fingerprint(a) == fingerprint(b) and set(fingerprint(a)) == {"results.json", "w.safetensors"}
+    (b / "results.json").write_text((b / "results.json").read_text().replace('"top1": 0.5', '"top1": 0.51'))
+    assert fingerprint(a)["results.json"] != fingerprint(b)["results.json"]
+    (b / "w.safetensors").write_bytes(b"\x00\x02")
+    assert fingerprint(a)["w.safetensors"] != fingerprint(b)["w.safetensors"]
+    (b / "w.safetensors").unlink()
+    assert "w.safetensors" not in fingerprint(b)
 
 
 def _run(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -26,7 +59,7 @@ def _run(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
     )  # fmt: skip
 
 
-@pytest.mark.slow  # ~3 minutes: 16 subprocesses, each importing torch
+@pytest.mark.slow  # ~3 minutes: 18 subprocesses, each importing torch
 def test_rehearsal_smoke_runs_every_command_and_resumes(cifar10_jpeg, tmp_path):
     work = tmp_path / "w"
     small = ["--preset", "tiny", "--latents", "64", "--k", "4", "--data", str(cifar10_jpeg), "--work", str(work)]
@@ -42,8 +75,10 @@ def test_rehearsal_smoke_runs_every_command_and_resumes(cifar10_jpeg, tmp_path):
     for name in COMMANDS - {n for n in COMMANDS if n.startswith("ref-")}:
         assert cmds[name]["bytes"] > 0, name  # every command wrote its outputs
     assert cmds["train-all"]["rows"] == 64 * 17 and cmds["train-cls"]["rows"] == 64  # tiny CLIP: 17 tokens
-    for ref in ("ref-forward-all", "ref-forward-cls", "ref-sae-all", "ref-sae-cls"):
+    for ref in ("ref-forward-all", "ref-forward-cls", "ref-sae-all", "ref-sae-cls", "ref-forward-all-bf16"):
         assert cmds[ref]["rate"] > 0
+    manifest = json.loads((work / "cache-all-bf16" / "manifest.json").read_text())
+    assert "bf16_check" in manifest["checks"]  # the bf16 cache did run its forward under autocast
     table = (work / "rehearsal.md").read_text()
     assert all(f"| {name} | finished |" in table for name in COMMANDS)
 
@@ -59,6 +94,16 @@ def test_rehearsal_smoke_runs_every_command_and_resumes(cifar10_jpeg, tmp_path):
     assert {n: c["started"] for n, c in rec2["commands"].items() if n != "browse"} == {
         n: c["started"] for n, c in cmds.items()
     }
+
+    # SIGKILL at a random moment, rerun as a user would, same results (a cache resumes, train takes --resume)
+    killed = _run("--images", "64", *small, "--kill-test", "cache-all,train-all,interpret")
+    assert killed.returncode == 0, killed.stdout[-3000:] + killed.stderr[-3000:]
+    kill = json.loads((work / "rehearsal.json").read_text())["kill"]
+    assert set(kill) == {"cache-all", "train-all", "interpret"} and all(
+        k["identical"] and k["files"] > 0 for k in kill.values()
+    )
+    assert kill["train-all"]["rerun"][0].endswith("--resume")  # then without it if killed before a checkpoint
+    assert "| train-all |" in (work / "rehearsal.md").read_text().split("--kill-test")[1]
 
     # other settings in the same work directory: one line naming what differs, exit status 2
     other = _run("--images", "64", *small, "--k", "5")
