@@ -80,6 +80,19 @@ def test_chunk_restarts_batching_at_each_boundary(folder_ds):
     np.testing.assert_array_equal(torch.cat([b.pixels for b in batches]).numpy(), reference(folder_ds, range(1, 7)))
 
 
+def test_spans_are_batched_each_as_if_read_alone(folder_ds):
+    """Several ranges through one loader (`train --model` reads a window's chunks so): batching restarts
+    at each range (and at each chunk within it), ranges come in the order given."""
+    batches = list(image_batches(folder_ds, PRE, batch_size=2, spans=[(4, 7), (0, 3), (3, 3)], workers=0))
+    assert [(b.start, b.stop) for b in batches] == [(4, 6), (6, 7), (0, 2), (2, 3)]
+    want = reference(folder_ds, [4, 5, 6, 0, 1, 2])
+    np.testing.assert_array_equal(torch.cat([b.pixels for b in batches]).numpy(), want)
+    chunked = list(image_batches(folder_ds, PRE, batch_size=2, spans=[(1, 7)], chunk=3, workers=0))
+    assert [(b.start, b.stop) for b in chunked] == [(1, 3), (3, 4), (4, 6), (6, 7)]
+    with pytest.raises(SparsesteerError, match=r"image range \[6, 99\) is outside"):
+        list(image_batches(folder_ds, PRE, spans=[(0, 2), (6, 99)]))
+
+
 def test_bad_arguments(folder_ds):
     with pytest.raises(SparsesteerError, match=r"unknown --on-bad-image value 'skp' \(did you mean 'skip'\?\)"):
         list(image_batches(folder_ds, PRE, on_bad_image="skp"))

@@ -63,16 +63,49 @@ def test_one_forward_per_batch_feeds_every_hook(bb, data, tmp_path, monkeypatch)
         f"{h}/topk-k{k}-n16" for h in HOOKS for k in (2, 4)
     ]
     assert all(capture == tuple(HOOKS) for _, capture in calls)  # every forward captures both hooks
-    # 30 rows = 3 passes (windows) over 10 images plus the 10-image initialisation sample: 40
-    # images forwarded, each once per window for both hooks. On CPU the forwards run in the
-    # trainer's thread (no second team of intra-op threads beside the step), so no window is read
-    # ahead
+    # 30 rows = 3 passes (windows) over 10 images, and the 10-image initialisation sample, whose
+    # rows the first window takes over instead of running the model again (40 before): 30 images
+    # forwarded, each once per window for both hooks. On CPU the forwards run in the trainer's
+    # thread (no second team of intra-op threads beside the step), so no window is read ahead
     assert rows.reads_in_caller
-    assert sum(n for n, _ in calls) == 40
+    assert sum(n for n, _ in calls) == 30 and not rows._kept
     for path in result.paths:
         sae = SparseAutoencoder.load(path)
         assert sae.metadata["hook"] in HOOKS and path.parent.name == sae.metadata["hook"]
         assert sae.metadata["tokens"] == "cls" and sae.metadata["model"]["id"] == bb.model_id
+
+
+def test_a_window_of_chunks_is_one_pass_with_the_bits_of_separate_reads(bb, data, monkeypatch):
+    """read_many: the chunks of a window through one DataLoader, each batched as if read alone, so
+    its rows equal (bit for bit) those of separate reads; kept chunks are handed over once, and only
+    within the budget."""
+    import torch.utils.data as tud
+
+    ds = open_dataset(f"folder:{data}", "train")
+    rows = ModelRows(bb, ds, HOOKS, "all", image_batch_size=2, images_per_chunk=3)  # chunks of 3 images, 10 in all
+    spans = [(c * rows.chunk_rows, min(rows.n_rows, (c + 1) * rows.chunk_rows)) for c in (0, 2, 3)]
+    loaders = []  # image_batches imports DataLoader when called: count the loaders it makes
+
+    class Counting(tud.DataLoader):
+        def __init__(self, *a, **kw):
+            loaders.append(1)
+            super().__init__(*a, **kw)
+
+    monkeypatch.setattr(tud, "DataLoader", Counting)
+    together = rows.read_many(spans)
+    assert len(loaders) == 1
+    apart = [ModelRows(bb, ds, HOOKS, "all", image_batch_size=2, images_per_chunk=3).read(a, b) for a, b in spans]
+    assert len(loaders) == 4
+    assert all(torch.equal(x, y) for x, y in zip(together, apart))
+    # kept by `keeping` within the budget (two chunks of 3 images fit, the third does not), handed over once
+    bytes_per_chunk = rows.chunk_rows * rows.d * 4
+    with rows.keeping(2 * bytes_per_chunk):
+        rows.read(0, 3 * rows.chunk_rows - 5)  # the first three chunks
+    assert sorted(rows._kept) == spans[:1] + [(rows.chunk_rows, 2 * rows.chunk_rows)]
+    n = len(loaders)
+    again = rows.read_many(spans[:1])
+    assert len(loaders) == n and torch.equal(again[0], together[0]) and spans[0] not in rows._kept
+    assert torch.equal(rows.read_many(spans[:1])[0], together[0]) and len(loaders) == n + 1  # once only
 
 
 def _train(clip, data, out, *extra):

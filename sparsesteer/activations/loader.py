@@ -203,13 +203,13 @@ class ShuffledBatches:
 
     def _load(self, win: _Window) -> tuple[Tensor, np.ndarray | None, np.ndarray]:
         """Rows of a window, permuted: (acts, labels, source row ids)."""
-        parts, labs, rows = [], [], []
-        for c in sorted(win.chunks):  # read in file order; the permutation below decides the order
-            s = c * self.chunk_rows
-            e = s + self._chunk_len(c)
-            parts.append(self.source.read(s, e))
-            labs.append(self.source.labels(s, e))
-            rows.append(np.arange(s, e))
+        spans = [(c * self.chunk_rows, c * self.chunk_rows + self._chunk_len(c)) for c in sorted(win.chunks)]
+        # read in file order; the permutation below decides the order. A model-backed source reads
+        # a window's chunks in one pass of its decoding workers (`stream.ModelRows.read_many`).
+        read_many = getattr(self.source, "read_many", None)
+        parts = read_many(spans) if read_many else [self.source.read(s, e) for s, e in spans]
+        labs = [self.source.labels(s, e) for s, e in spans]
+        rows = [np.arange(s, e) for s, e in spans]
         perm = np.random.default_rng([self.seed, win.epoch, win.index + 1]).permutation(win.n_rows)
         acts = torch.cat(parts).index_select(0, torch.from_numpy(perm))  # faster than [perm] on CPU
         row_ids = np.concatenate(rows)[perm]
@@ -288,7 +288,9 @@ def sample_rows(source: RowSource, n: int, *, seed: int = 0, chunk_rows: int = 4
     initialisation statistics (geometric median, mean norm) without reading everything."""
     if source.n_rows <= n:
         return source.read(0, source.n_rows).to(torch.float32)
-    chunk_rows = min(chunk_rows, n)
+    # a source with a chunk grid (`stream.ModelRows`) is sampled in its own chunks, which the stream
+    # then reads again (kept by `ModelRows.keeping`, not recomputed)
+    chunk_rows = min(getattr(source, "chunk_rows", None) or chunk_rows, n)
     n_chunks = math.ceil(source.n_rows / chunk_rows)
     take = np.sort(np.random.default_rng([seed, 7]).choice(n_chunks, size=math.ceil(n / chunk_rows), replace=False))
     parts = [source.read(int(c) * chunk_rows, min(source.n_rows, (int(c) + 1) * chunk_rows)) for c in take]

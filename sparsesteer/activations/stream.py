@@ -16,6 +16,8 @@ each pass over the data runs the model again.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -75,6 +77,8 @@ class ModelRows:
         # stays float32, so that rows streamed from the model equal a (float32) cache's rows
         dev = backbone.device
         self.bf16 = precision.resolve_bf16(bf16, dev) if bf16 is not None or dev.type == "cuda" else False
+        self._kept: dict[tuple[int, int], torch.Tensor] = {}
+        self._keep_budget = 0
         self._labels = np.repeat(dataset.labels().astype(np.int64), self.tokens_per_image)
 
     @property
@@ -93,14 +97,51 @@ class ModelRows:
         return self.collective_reads or self.backbone.device.type == "cpu"
 
     def read(self, start: int, stop: int) -> torch.Tensor:
-        """float32 rows [stop - start, d]: the model run on the images these rows belong to."""
+        """float32 rows [stop - start, d]: the model run on the images these rows belong to.
+
+        The model always runs on whole chunks of the stream's grid (`chunk_rows`, whole images), in
+        the same batches whoever reads them, so a row has the same bits whether it was computed for
+        the initialisation sample, for the stream, or again after a resume."""
+        c0, c1 = start // self.chunk_rows, -(-stop // self.chunk_rows)
+        parts = self.read_many([self._chunk(c) for c in range(c0, c1)])
+        rows = parts[0] if len(parts) == 1 else torch.cat(parts)
+        return rows[start - c0 * self.chunk_rows : stop - c0 * self.chunk_rows]
+
+    def _chunk(self, c: int) -> tuple[int, int]:
+        return c * self.chunk_rows, min(self.n_rows, (c + 1) * self.chunk_rows)
+
+    @contextlib.contextmanager
+    def keeping(self, max_bytes: int) -> Iterator[None]:
+        """Keep the chunks read inside this block (up to `max_bytes`) until the stream reads them:
+        the trainer's initialisation sample is then not computed a second time by the first epoch."""
+        self._keep_budget = max_bytes
+        try:
+            yield
+        finally:
+            self._keep_budget = 0
+
+    def read_many(self, spans: list[tuple[int, int]]) -> list[torch.Tensor]:
+        """Rows of several chunks of the grid (`(start, stop)` as `_chunk` gives them), computed in
+        one pass of the decoding workers (one `DataLoader` per call, not per chunk), each chunk in
+        the batches a read of it alone would use; chunks kept by `keeping` are handed over, once."""
         t = self.tokens_per_image
-        first, last = start // t, -(-stop // t)
+        out: dict[tuple[int, int], torch.Tensor] = {s: self._kept.pop(s) for s in spans if s in self._kept}
+        todo = [s for s in dict.fromkeys(spans) if s not in out]
+        for s in todo:
+            if s[0] % t or s[1] % t:
+                raise ValueError(f"rows {s} are not whole images of {t} rows")
         if self.collective_reads:
-            out = self._shared_forward(first, last)
+            computed = [self._shared_forward(a // t, b // t) for a, b in todo]
         else:
-            out = self._forward(first, last, torch.device("cpu"))
-        return out[start - first * t : stop - first * t]
+            computed = self._forward([(a // t, b // t) for a, b in todo], torch.device("cpu"))
+        for s, rows in zip(todo, computed):
+            out[s] = rows
+            if rows.numel() * 4 <= self._keep_budget - self._kept_bytes():
+                self._kept[s] = rows
+        return [out[s] for s in spans]
+
+    def _kept_bytes(self) -> int:
+        return sum(r.numel() * r.element_size() for r in self._kept.values())
 
     def _shared_forward(self, first: int, last: int) -> torch.Tensor:
         """The rows of images [first, last), each rank computing a contiguous share, all-gathered
@@ -112,41 +153,38 @@ class ModelRows:
         per = -(-n // size)
         bounds = [(first + min(n, r * per), first + min(n, (r + 1) * per)) for r in range(size)]
         device = self.backbone.device
-        mine = self._forward(*bounds[rank], device)
+        mine = self._forward([bounds[rank]], device)[0]
         padded = torch.zeros((per * t, self.d), dtype=torch.float32, device=device)
         padded[: mine.shape[0]] = mine
         parts = [torch.empty_like(padded) for _ in range(size)]
         dist.all_gather(parts, padded)
         return torch.cat([p[: (b - a) * t] for p, (a, b) in zip(parts, bounds)]).cpu()
 
-    def _forward(self, first: int, last: int, device: torch.device) -> torch.Tensor:
-        """Rows of images [first, last) (all their tokens), on `device`."""
+    def _forward(self, images: list[tuple[int, int]], device: torch.device) -> list[torch.Tensor]:
+        """Rows of each image range [first, last) (all their tokens), on `device`; batching restarts
+        at each range, so a range's rows do not depend on the others read with it."""
         from ..data.batches import image_batches
 
         t = self.tokens_per_image
-        out = torch.empty(((last - first) * t, self.d), dtype=torch.float32, device=device)
-        if last <= first:
-            return out
+        outs = [torch.empty(((b - a) * t, self.d), dtype=torch.float32, device=device) for a, b in images]
+        spans = [(a, b) for a, b in images if b > a]
+        if not spans:
+            return outs
         cuda = self.backbone.device.type == "cuda"
         batches = image_batches(
-            self.dataset,
-            self.pre,
-            batch_size=self.image_batch_size,
-            workers=self.workers,
-            start=first,
-            stop=last,
+            self.dataset, self.pre, batch_size=self.image_batch_size, workers=self.workers, spans=spans,
             pin_memory=cuda,
-        )
-        row = 0
+        )  # fmt: skip
         for batch in batches:
             pixels = batch.pixels.to(self.backbone.device, non_blocking=cuda)
             with precision.autocast(self.bf16, self.backbone.device):
                 acts = self.backbone.run(pixels, self.plan.hooks, tokens=self.plan.tokens)
+            i = next(j for j, (a, b) in enumerate(images) if a <= batch.start < b)  # batches never cross ranges
+            row = (batch.start - images[i][0]) * t
             n = len(batch.indices) * t
             for h, (a, b) in self.column_groups.items():
-                out[row : row + n, a:b] = acts[h].reshape(n, b - a).float().to(device)
-            row += n
-        return out
+                outs[i][row : row + n, a:b] = acts[h].reshape(n, b - a).float().to(device)
+        return outs
 
     def labels(self, start: int, stop: int) -> np.ndarray | None:
         return self._labels[start:stop].copy()

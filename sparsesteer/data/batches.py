@@ -131,20 +131,26 @@ class _Collate:
 
 
 class _BatchRanges:
-    """The index lists of the batches, generated lazily (a list would grow with the dataset)."""
+    """The index lists of the batches, generated lazily (a list would grow with the dataset):
+    batching restarts at each span and at every `chunk` images within it."""
 
-    def __init__(self, start: int, stop: int, batch_size: int, chunk: int):
-        self.start, self.stop, self.batch_size, self.chunk = start, stop, batch_size, chunk
+    def __init__(self, spans: list[tuple[int, int]], batch_size: int, chunk: int | None):
+        self.spans, self.batch_size, self.chunk = spans, batch_size, chunk
 
     def __iter__(self) -> Iterator[list[int]]:
-        for c in range(self.start, self.stop, self.chunk):
-            end = min(c + self.chunk, self.stop)
-            for a in range(c, end, self.batch_size):
-                yield list(range(a, min(a + self.batch_size, end)))
+        for start, stop in self.spans:
+            for c in range(start, stop, self.chunk or stop - start):
+                end = min(c + (self.chunk or stop - start), stop)
+                for a in range(c, end, self.batch_size):
+                    yield list(range(a, min(a + self.batch_size, end)))
 
     def __len__(self) -> int:
-        full, rest = divmod(self.stop - self.start, self.chunk)
-        return full * -(-self.chunk // self.batch_size) + -(-rest // self.batch_size)
+        n = 0
+        for start, stop in self.spans:
+            chunk = self.chunk or stop - start
+            full, rest = divmod(stop - start, chunk)
+            n += full * -(-chunk // self.batch_size) + -(-rest // self.batch_size)
+        return n
 
 
 def image_batches(
@@ -159,6 +165,7 @@ def image_batches(
     chunk: int | None = None,
     prefetch: int = 2,
     pin_memory: bool | None = None,
+    spans: list[tuple[int, int]] | None = None,
 ) -> Iterator[ImageBatch]:
     """Preprocessed batches of `dataset[start:stop]`, in index order.
 
@@ -170,6 +177,8 @@ def image_batches(
     chunk: no batch crosses `start + k * chunk`; batching restarts at each such boundary. The cache
         producer passes its shard size, so a run resumed at a shard boundary feeds the model exactly
         the batches an uninterrupted run would (same kernels, same bits).
+    spans: several ranges [start, stop) instead of one, read in this order by the same workers; each
+        is batched as if read alone (`train --model` reads a window's chunks in one pass).
     """
     import torch
     from torch.utils.data import DataLoader, Dataset
@@ -184,13 +193,15 @@ def image_batches(
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 0:
         raise SparsesteerError(f"workers must be an integer >= 0, got {workers!r}")
     n = len(dataset)
-    stop = n if stop is None else stop
-    if not 0 <= start <= stop <= n:
-        raise SparsesteerError(f"image range [{start}, {stop}) is outside the dataset's {n} images")
-    if start == stop:
+    spans = [(start, n if stop is None else stop)] if spans is None else spans
+    for a, b in spans:
+        if not 0 <= a <= b <= n:
+            raise SparsesteerError(f"image range [{a}, {b}) is outside the dataset's {n} images")
+    spans = [(a, b) for a, b in spans if b > a]
+    if not spans:
         return
     pin = torch.cuda.is_available() if pin_memory is None else pin_memory
-    ranges = _BatchRanges(start, stop, batch_size, chunk or (stop - start))
+    ranges = _BatchRanges(spans, batch_size, chunk)
     workers = min(workers, len(ranges))
     # DataLoader needs only __getitem__ and __len__ of a map-style dataset; _Decode avoids importing torch
     items = cast("Dataset[_Item]", _Decode(dataset, preprocessor))

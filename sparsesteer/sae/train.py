@@ -26,6 +26,7 @@ stops the run with the step and, when an input row caused it, that row of the so
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -223,7 +224,11 @@ class Trainer:
 
     def _init_stats(self) -> dict[str | None, tuple[float, torch.Tensor]]:
         """Per column group (hook): (input scale, initial b_dec) from a sample of the data."""
-        full = sample_rows(self.source, self.cfg.init_samples, seed=self.cfg.seed)
+        # a model-backed source keeps the chunks it computes for the sample until the first epoch
+        # reads them, up to the stream's buffer size (each image runs once, not twice)
+        keeping = getattr(self.source, "keeping", None)
+        with keeping(self.cfg.buffer_mb << 20) if keeping else contextlib.nullcontext():
+            full = sample_rows(self.source, self.cfg.init_samples, seed=self.cfg.seed)
         if not bool(torch.isfinite(full).all()):
             _check_finite(full, "initialisation sample", None, self.source, _first_bad_row(self.source))
         stats = {}
