@@ -562,8 +562,10 @@ def markdown(rec: dict[str, Any]) -> str:
         ref_rate = ref.get("rate")
         ratio = f"{rate / ref_rate:.2f}x" if ref_rate and r["status"] == "finished" else ""
         parts = [cmds.get(n) for n in r.get("note", "").removeprefix("compare: ").split(" + ")]
-        if r.get("note", "").startswith("compare: ") and r["status"] == "finished" and all(
-            c and c["status"] == "finished" for c in parts
+        if (
+            r.get("note", "").startswith("compare: ")
+            and r["status"] == "finished"
+            and all(c and c["status"] == "finished" for c in parts)
         ):  # a sum of commands' wall times (train --model against cache + train): a ratio of times
             ratio = f"{r['wall_s'] / sum(c['wall_s'] for c in parts if c):.2f}x time"
         lines.append(

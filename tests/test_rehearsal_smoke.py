@@ -81,7 +81,9 @@ def test_rehearsal_smoke_runs_every_command_and_resumes(cifar10_jpeg, tmp_path):
     assert "bf16_check" in manifest["checks"]  # the bf16 cache did run its forward under autocast
     table = (work / "rehearsal.md").read_text()
     assert all(f"| {name} | finished |" in table for name in COMMANDS)
-    assert next(x for x in table.splitlines() if x.startswith("| train-model |")).endswith("x time |")  # vs cache + train
+    assert next(x for x in table.splitlines() if x.startswith("| train-model |")).endswith(
+        "x time |"
+    )  # vs cache + train
 
     # an unfinished command (killed: no record) reruns from an empty output; finished ones are skipped
     del cmds["browse"]
